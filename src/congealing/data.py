@@ -1,0 +1,468 @@
+"""Image sets: a user's folder, MNIST, CUB-200-2011 and NeRF-synthetic, in their official layouts.
+
+Where the data lives (:func:`find_dataset`), in this order:
+
+1. an explicit ``root`` argument;
+2. the environment variable ``CONGEAL_DATA`` (CI points it at a read-only copy);
+3. the download cache ``$CONGEAL_CACHE/data`` (default ``~/.cache/congealing/data``), filled on
+   first use from the official files, checked against their published checksums.
+
+With no copy found and no network, the error names the dataset, every place looked in, and how to
+get it. Nothing is ever written next to the data.
+
+Images come out as float tensors in ``[0, 1]``, ``(N, 3, S, S)``; keypoints in pixel coordinates of
+those tensors (centres at integers, the convention of :mod:`congealing.warps`).
+"""
+from __future__ import annotations
+
+import gzip
+import hashlib
+import json
+import os
+import shutil
+import tarfile
+import urllib.request
+import warnings
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, UnidentifiedImageError
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".gif")
+
+
+class DatasetNotFoundError(FileNotFoundError):
+    """A dataset is neither on disk nor downloadable; the message says how to get it."""
+
+
+class ImageSetError(ValueError):
+    """A folder of images cannot be used as a set; the message lists every offending file."""
+
+
+# ----------------------------------------------------------------------------- locating data
+
+
+@dataclass(frozen=True)
+class DatasetSource:
+    """Where a dataset comes from: its folder name, a file that proves it is there, and downloads."""
+
+    name: str
+    folder: str
+    marker: str
+    homepage: str
+    files: tuple = ()  # (url, filename, md5 or None, extract_to_folder?)
+    size_note: str = ""
+
+
+DATASETS = {
+    "mnist": DatasetSource(
+        "MNIST test set",
+        "mnist",
+        "t10k-images-idx3-ubyte.gz",
+        "http://yann.lecun.com/exdb/mnist/",
+        (
+            ("https://ossci-datasets.s3.amazonaws.com/mnist/t10k-images-idx3-ubyte.gz", "t10k-images-idx3-ubyte.gz", "9fb629c4189551a2d022fa330f9573f3", False),
+            ("https://ossci-datasets.s3.amazonaws.com/mnist/t10k-labels-idx1-ubyte.gz", "t10k-labels-idx1-ubyte.gz", "ec29112dd5afa0611ce80d1b7f02629c", False),
+        ),
+        "2 MB",
+    ),
+    "cub": DatasetSource(
+        "CUB-200-2011",
+        "CUB_200_2011",
+        "images.txt",
+        "https://www.vision.caltech.edu/datasets/cub_200_2011/",
+        (("https://data.caltech.edu/records/65de6-vp158/files/CUB_200_2011.tgz", "CUB_200_2011.tgz", "97eceeb196236b17998738112f37df78", True),),
+        "1.1 GB",
+    ),
+    "nerf_synthetic": DatasetSource(
+        "NeRF-synthetic",
+        "nerf_synthetic",
+        "lego/transforms_train.json",
+        "https://www.matthewtancik.com/nerf",
+        (("http://cseweb.ucsd.edu/~viscomp/projects/LF/papers/ECCV20/nerf/nerf_example_data.zip", "nerf_example_data.zip", None, True),),
+        "1.9 GB (with the LLFF scenes)",
+    ),
+}
+
+
+def cache_dir() -> Path:
+    """The project cache: ``$CONGEAL_CACHE`` or ``~/.cache/congealing``."""
+    return Path(os.environ.get("CONGEAL_CACHE") or Path.home() / ".cache" / "congealing")
+
+
+def find_dataset(key: str, root: str | os.PathLike | None = None, download: bool = True) -> Path:
+    """The folder of dataset ``key`` (``"mnist"``, ``"cub"``, ``"nerf_synthetic"``).
+
+    ``root`` and ``$CONGEAL_DATA`` may point either at the dataset folder itself or at its parent.
+    """
+    source = DATASETS[key]
+    candidates: list[tuple[str, Path]] = []
+    if root is not None:
+        candidates.append(("root argument", Path(root)))
+    if os.environ.get("CONGEAL_DATA"):
+        candidates.append(("$CONGEAL_DATA", Path(os.environ["CONGEAL_DATA"])))
+    cached = cache_dir() / "data"
+    candidates.append(("download cache", cached))
+    looked = []
+    for label, base in candidates:
+        for folder in (base / source.folder, base):
+            looked.append(f"{folder} ({label})")
+            if (folder / source.marker).exists():
+                return folder
+    if download:
+        try:
+            return _download(source, cached)
+        except OSError as error:  # no network, server gone, disk full...
+            reason = f"downloading failed: {error}"
+    else:
+        reason = "download=False"
+    raise DatasetNotFoundError(
+        f"{source.name} not found. Looked for {source.folder}/{source.marker} in:\n  "
+        + "\n  ".join(looked)
+        + f"\nand {reason}.\nGet it from {source.homepage} ({source.size_note}), unpack it so that "
+        f"<DIR>/{source.folder}/{source.marker} exists, and set CONGEAL_DATA=<DIR> (or pass root=<DIR>)."
+    )
+
+
+def _md5(path: Path) -> str:
+    digest = hashlib.md5()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _download(source: DatasetSource, cached: Path) -> Path:
+    target = cached / source.folder
+    target.mkdir(parents=True, exist_ok=True)
+    for url, filename, md5, extract in source.files:
+        path = (cached if extract else target) / filename
+        if not path.exists():
+            print(f"downloading {source.name}: {url}")
+            partial = path.with_name(path.name + ".partial")
+            with urllib.request.urlopen(url, timeout=60) as response, open(partial, "wb") as out:
+                shutil.copyfileobj(response, out)
+            os.replace(partial, path)
+        if md5 is not None and _md5(path) != md5:
+            path.unlink()
+            raise OSError(f"checksum mismatch for {url} (expected md5 {md5}); the file was removed")
+        if extract:
+            if filename.endswith((".tgz", ".tar.gz")):
+                with tarfile.open(path) as archive:
+                    archive.extractall(cached, filter="data")
+            else:
+                with zipfile.ZipFile(path) as archive:
+                    archive.extractall(cached)
+            path.unlink()
+    if not (target / source.marker).exists():
+        raise OSError(f"the download did not produce {target / source.marker}")
+    return target
+
+
+# ----------------------------------------------------------------------------- image helpers
+
+
+def read_image(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray | None]:
+    """Read any common image as float RGB ``(H, W, 3)`` in ``[0, 1]`` plus its alpha ``(H, W)`` or None.
+
+    Greyscale, palette, 16-bit and RGBA files are all accepted; 16-bit images keep their full range.
+    """
+    with Image.open(path) as img:
+        img.load()
+        alpha = None
+        if img.mode in ("I;16", "I;16B", "I;16L", "I"):
+            data = np.asarray(img, dtype=np.float64)
+            peak = 65535.0 if data.max() > 255 else 255.0
+            grey = np.clip(data / peak, 0.0, 1.0).astype(np.float32)
+            return np.repeat(grey[..., None], 3, axis=-1), None
+        if img.mode == "F":
+            grey = np.asarray(img, dtype=np.float32)
+            grey = (grey - grey.min()) / max(float(grey.max() - grey.min()), 1e-12)
+            return np.repeat(grey[..., None], 3, axis=-1), None
+        if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
+            rgba = np.asarray(img.convert("RGBA"), dtype=np.float32) / 255.0
+            return rgba[..., :3], rgba[..., 3]
+        return np.asarray(img.convert("RGB"), dtype=np.float32) / 255.0, None
+
+
+def to_square(array: np.ndarray, size: int, method: str = "pad") -> np.ndarray:
+    """Resize ``(H, W, C)`` to ``(size, size, C)``: ``pad`` (longer side to ``size``, centred on
+    zeros) or ``crop`` (central square, then resize). Lanczos resampling."""
+    if method not in ("pad", "crop"):
+        raise ValueError(f"method must be 'pad' or 'crop', got {method!r}")
+    H, W = array.shape[:2]
+    if method == "crop":
+        side = min(H, W)
+        top, left = (H - side) // 2, (W - side) // 2
+        return _resize(array[top : top + side, left : left + side], (size, size))
+    scale = size / max(H, W)
+    h, w = max(1, round(H * scale)), max(1, round(W * scale))
+    out = np.zeros((size, size, array.shape[2]), dtype=np.float32)
+    top, left = (size - h) // 2, (size - w) // 2
+    out[top : top + h, left : left + w] = _resize(array, (h, w))
+    return out
+
+
+def _resize(array: np.ndarray, size_hw: tuple[int, int]) -> np.ndarray:
+    channels = [Image.fromarray(array[..., c].astype(np.float32), mode="F") for c in range(array.shape[2])]
+    resized = [np.asarray(ch.resize((size_hw[1], size_hw[0]), Image.LANCZOS)) for ch in channels]
+    return np.clip(np.stack(resized, axis=-1), 0.0, 1.0).astype(np.float32)
+
+
+def to_tensor(arrays: list[np.ndarray]) -> torch.Tensor:
+    """A list of ``(H, W, C)`` arrays to one ``(N, C, H, W)`` float tensor."""
+    return torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous().float()
+
+
+# ----------------------------------------------------------------------------- a user's folder
+
+
+@dataclass
+class ImageSet:
+    """A set of square images ``(N, 3, S, S)`` with their names, optional masks ``(N, 1, S, S)``,
+    and the files that could not be read (empty unless ``skip_unreadable``)."""
+
+    images: torch.Tensor
+    names: list[str]
+    masks: torch.Tensor | None = None
+    original_sizes: list[tuple[int, int]] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return self.images.shape[0]
+
+
+def load_image_folder(
+    folder: str | os.PathLike,
+    size: int = 256,
+    method: str = "pad",
+    min_images: int = 1,
+    max_images: int | None = None,
+    skip_unreadable: bool = False,
+) -> ImageSet:
+    """Load every image in ``folder`` (sorted by name) as a square set.
+
+    Mixed sizes and modes are fine (see :func:`read_image`, :func:`to_square`); an RGBA file's alpha
+    becomes its mask. Unreadable files raise :class:`ImageSetError` naming each one, unless
+    ``skip_unreadable`` is set, in which case they are listed in ``ImageSet.skipped`` and a warning
+    is issued. The files themselves are never modified.
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise ImageSetError(f"{folder} is not a folder")
+    paths = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+    arrays, masks, names, sizes, bad = [], [], [], [], []
+    for path in paths:
+        try:
+            rgb, alpha = read_image(path)
+        except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as error:
+            bad.append(f"{path.name}: {type(error).__name__}: {error}")
+            continue
+        sizes.append(rgb.shape[:2])
+        arrays.append(to_square(rgb, size, method))
+        mask = alpha if alpha is not None else np.ones(rgb.shape[:2], dtype=np.float32)
+        masks.append(to_square(mask[..., None], size, method))
+        names.append(path.name)
+    if bad and not skip_unreadable:
+        raise ImageSetError(f"{len(bad)} unreadable image(s) in {folder}:\n  " + "\n  ".join(bad))
+    if bad:
+        warnings.warn(f"skipped {len(bad)} unreadable image(s) in {folder}: " + "; ".join(bad))
+    if len(arrays) < min_images:
+        raise ImageSetError(
+            f"{folder} holds {len(arrays)} readable image(s) ({', '.join(IMAGE_SUFFIXES)}); at least {min_images} needed"
+        )
+    if max_images is not None and len(arrays) > max_images:
+        raise ImageSetError(f"{folder} holds {len(arrays)} images; at most {max_images} are supported here")
+    return ImageSet(to_tensor(arrays), names, to_tensor(masks), sizes, bad)
+
+
+# ----------------------------------------------------------------------------- MNIST
+
+
+def _read_idx(path: Path) -> np.ndarray:
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rb") as handle:
+        data = handle.read()
+    if data[:2] != b"\x00\x00" or data[2] != 0x08:
+        raise ValueError(f"{path} is not an unsigned-byte idx file")
+    ndim = data[3]
+    shape = tuple(int.from_bytes(data[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))
+    return np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim).reshape(shape)
+
+
+def load_mnist(root=None, digits=None, limit: int | None = None, download: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+    """The MNIST test set: images ``(N, 1, 28, 28)`` in ``[0, 1]`` and labels ``(N,)``.
+
+    ``digits`` keeps only those classes; ``limit`` keeps the first ``limit`` images (after filtering).
+    """
+    folder = find_dataset("mnist", root, download)
+    images = _read_idx(_first_existing(folder, "t10k-images-idx3-ubyte"))
+    labels = _read_idx(_first_existing(folder, "t10k-labels-idx1-ubyte"))
+    images = torch.from_numpy(images.copy()).float().div(255.0)[:, None]
+    labels = torch.from_numpy(labels.copy()).long()
+    if digits is not None:
+        keep = torch.isin(labels, torch.as_tensor(list(np.atleast_1d(digits))))
+        images, labels = images[keep], labels[keep]
+    if limit is not None:
+        images, labels = images[:limit], labels[:limit]
+    return images, labels
+
+
+def _first_existing(folder: Path, stem: str) -> Path:
+    for name in (stem + ".gz", stem):
+        if (folder / name).exists():
+            return folder / name
+    raise DatasetNotFoundError(f"{folder} has no {stem}(.gz)")
+
+
+# ----------------------------------------------------------------------------- CUB-200-2011
+
+
+@dataclass
+class CUBSet:
+    """One CUB class, box-cropped to squares.
+
+    ``images`` ``(N, 3, S, S)``; ``keypoints`` ``(N, 15, 2)`` pixel ``(x, y)`` in the crop;
+    ``visible`` ``(N, 15)`` bool; ``boxes`` ``(N, 4)`` the bird's box ``(x0, y0, x1, y1)`` in the crop.
+    """
+
+    images: torch.Tensor
+    keypoints: torch.Tensor
+    visible: torch.Tensor
+    boxes: torch.Tensor
+    names: list[str]
+    part_names: list[str]
+    class_name: str
+
+    def __len__(self) -> int:
+        return self.images.shape[0]
+
+
+def _read_table(path: Path) -> list[list[str]]:
+    with open(path) as handle:
+        return [line.split() for line in handle if line.strip()]
+
+
+def cub_crop_box(box_xywh, pad: float = 0.05) -> tuple[int, int, int]:
+    """The square crop ``(x0, y0, side)`` around a CUB box, in 0-based pixels (the ACSM protocol).
+
+    The box is padded by ``pad`` of its width/height on each side, then the shorter side grows
+    symmetrically to make a square (half-up rounding, as the published code).
+
+    >>> cub_crop_box((61.0, 28.0, 100.0, 50.0))
+    (55, -3, 109)
+    """
+    x, y, w, h = box_xywh
+    x0, y0, x1, y1 = x - 1, y - 1, x + w - 2, y + h - 2  # 1-based (x, y, w, h) -> 0-based corners
+    bw, bh = x1 - x0, y1 - y0
+    x0, x1, y0, y1 = x0 - pad * bw, x1 + pad * bw, y0 - pad * bh, y1 + pad * bh
+    cx, cy = (x0 + x1) / 2, (y0 + y1) / 2
+    side = max(x1 - x0, y1 - y0)
+    half_up = lambda v: int(np.floor(v + 0.5))  # noqa: E731
+    return half_up(cx - side / 2), half_up(cy - side / 2), half_up(side)
+
+
+def load_cub_class(class_id: int, split: str = "test", size: int = 256, root=None, download: bool = True, limit: int | None = None) -> CUBSet:
+    """Images of CUB class ``class_id`` (1-200) in ``split`` (``"test"``, ``"train"`` or ``"all"``).
+
+    Each image is cropped to the padded, squared ground-truth box (pixels outside the photo are
+    zero) and resized to ``size`` with Lanczos; keypoints and the box are carried into the crop.
+    CUB's part coordinates are 1-based; they are shifted to this project's 0-based pixel centres.
+    """
+    if split not in ("test", "train", "all"):
+        raise ValueError(f"split must be 'test', 'train' or 'all', got {split!r}")
+    folder = find_dataset("cub", root, download)
+    images_txt = {int(i): p for i, p in _read_table(folder / "images.txt")}
+    labels = {int(i): int(c) for i, c in _read_table(folder / "image_class_labels.txt")}
+    is_train = {int(i): t == "1" for i, t in _read_table(folder / "train_test_split.txt")}
+    boxes = {int(r[0]): tuple(map(float, r[1:])) for r in _read_table(folder / "bounding_boxes.txt")}
+    class_names = {int(i): n for i, n in _read_table(folder / "classes.txt")}
+    part_names = [" ".join(r[1:]) for r in _read_table(folder / "parts" / "parts.txt")]
+    parts: dict[int, np.ndarray] = {}
+    for image_id, part_id, x, y, vis in _read_table(folder / "parts" / "part_locs.txt"):
+        table = parts.setdefault(int(image_id), np.zeros((len(part_names), 3), dtype=np.float32))
+        table[int(part_id) - 1] = (float(x), float(y), float(vis))
+    if class_id not in class_names:
+        raise ValueError(f"class {class_id} is not in {folder} (it holds {min(class_names)}-{max(class_names)})")
+    ids = [i for i in sorted(images_txt) if labels[i] == class_id and (split == "all" or is_train[i] == (split == "train"))]
+    if limit is not None:
+        ids = ids[:limit]
+    if not ids:
+        raise DatasetNotFoundError(f"no {split} images of class {class_id} under {folder / 'images'}")
+    arrays, keypoints, visible, crop_boxes, names = [], [], [], [], []
+    for image_id in ids:
+        path = folder / "images" / images_txt[image_id]
+        if not path.exists():
+            raise DatasetNotFoundError(f"{path} is listed in images.txt but missing")
+        with Image.open(path) as photo:
+            x0, y0, side = cub_crop_box(boxes[image_id])
+            crop = photo.convert("RGB").crop((x0, y0, x0 + side, y0 + side)).resize((size, size), Image.LANCZOS)
+        arrays.append(np.asarray(crop, dtype=np.float32) / 255.0)
+        scale = size / side
+        to_crop = lambda px, py: ((px - x0 + 0.5) * scale - 0.5, (py - y0 + 0.5) * scale - 0.5)  # noqa: E731
+        table = parts.get(image_id, np.zeros((len(part_names), 3), dtype=np.float32))
+        vis = table[:, 2] > 0
+        kx, ky = to_crop(table[:, 0] - 1.0, table[:, 1] - 1.0)
+        keypoints.append(np.where(vis[:, None], np.stack([kx, ky], axis=-1), 0.0))
+        visible.append(vis)
+        bx, by, bw, bh = boxes[image_id]
+        (cx0, cy0), (cx1, cy1) = to_crop(bx - 1, by - 1), to_crop(bx + bw - 2, by + bh - 2)
+        crop_boxes.append((cx0, cy0, cx1, cy1))
+        names.append(images_txt[image_id])
+    return CUBSet(
+        images=to_tensor(arrays),
+        keypoints=torch.tensor(np.stack(keypoints), dtype=torch.float32),
+        visible=torch.tensor(np.stack(visible)),
+        boxes=torch.tensor(crop_boxes, dtype=torch.float32),
+        names=names,
+        part_names=part_names,
+        class_name=class_names[class_id],
+    )
+
+
+# ----------------------------------------------------------------------------- NeRF-synthetic
+
+
+@dataclass
+class NerfScene:
+    """Views of a NeRF-synthetic scene.
+
+    ``images`` ``(N, 3, S, S)`` composited on ``background``; ``masks`` ``(N, 1, S, S)`` (alpha);
+    ``c2w`` ``(N, 4, 4)`` camera-to-world (Blender/OpenGL: the camera looks down its -z axis, y up);
+    ``fov`` the horizontal field of view in radians; ``focal`` in pixels at size ``S``.
+    """
+
+    images: torch.Tensor
+    masks: torch.Tensor
+    c2w: torch.Tensor
+    fov: float
+    focal: float
+    names: list[str]
+
+    def __len__(self) -> int:
+        return self.images.shape[0]
+
+
+def load_nerf_synthetic(scene: str = "lego", split: str = "train", size: int = 200, root=None, download: bool = True, background: float = 1.0, views=None) -> NerfScene:
+    """Load a NeRF-synthetic scene's views at ``size`` x ``size`` pixels (``views``: indices to keep)."""
+    folder = find_dataset("nerf_synthetic", root, download) / scene
+    meta_path = folder / f"transforms_{split}.json"
+    if not meta_path.exists():
+        raise DatasetNotFoundError(f"{meta_path} not found (scenes: {sorted(p.name for p in folder.parent.iterdir() if p.is_dir())})")
+    meta = json.loads(meta_path.read_text())
+    frames = meta["frames"] if views is None else [meta["frames"][i] for i in views]
+    images, masks, poses, names = [], [], [], []
+    for frame in frames:
+        path = (folder / frame["file_path"]).with_suffix(".png")
+        with Image.open(path) as img:
+            rgba = np.asarray(img.convert("RGBA").resize((size, size), Image.LANCZOS), dtype=np.float32) / 255.0
+        alpha = rgba[..., 3:4]
+        images.append(rgba[..., :3] * alpha + background * (1.0 - alpha))
+        masks.append(alpha)
+        poses.append(np.asarray(frame["transform_matrix"], dtype=np.float32))
+        names.append(path.name)
+    fov = float(meta["camera_angle_x"])
+    return NerfScene(to_tensor(images), to_tensor(masks), torch.from_numpy(np.stack(poses)), fov, 0.5 * size / np.tan(0.5 * fov), names)

@@ -1,0 +1,67 @@
+"""Run settings shared by every chapter: the quick/full switch, seeding and the device.
+
+There is one switch for the whole book: the environment variable ``CONGEAL_MODE`` (``quick``, the
+default, or ``full``). Notebooks, benchmarks and the ``congeal`` CLI all read it through
+:func:`get_mode`; the CLI's ``--mode`` flag overrides it. Quick mode is sized for 2 CPU cores and a
+few minutes per notebook; full mode uses the papers' settings and expects a GPU.
+
+>>> get_mode("full")
+'full'
+>>> pick({"quick": 10, "full": 8000}, mode="quick")
+10
+"""
+from __future__ import annotations
+
+import os
+import random
+
+import numpy as np
+import torch
+
+MODES = ("quick", "full")
+
+
+def get_mode(mode: str | None = None) -> str:
+    """Return the run mode: ``mode`` if given, else ``$CONGEAL_MODE``, else ``"quick"``."""
+    chosen = (mode or os.environ.get("CONGEAL_MODE") or "quick").strip().lower()
+    if chosen not in MODES:
+        raise ValueError(f"unknown mode {chosen!r}: CONGEAL_MODE / --mode must be one of {MODES}")
+    return chosen
+
+
+def pick(options: dict, mode: str | None = None):
+    """Select the value for the current mode from ``{"quick": ..., "full": ...}``."""
+    return options[get_mode(mode)]
+
+
+def seed_everything(seed: int = 0) -> torch.Generator:
+    """Seed Python, NumPy and torch; return a torch generator seeded the same way."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    return torch.Generator().manual_seed(seed)
+
+
+def get_device(preference: str | None = None) -> torch.device:
+    """The device to compute on: ``preference`` (``"cpu"``, ``"cuda"``, ``"mps"``, ``"auto"``),
+    else ``$CONGEAL_DEVICE``, else the best available (CUDA, then Apple MPS, then CPU)."""
+    choice = (preference or os.environ.get("CONGEAL_DEVICE") or "auto").lower()
+    if choice == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    device = torch.device(choice)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("CUDA was requested but torch.cuda.is_available() is False")
+    return device
+
+
+def run_label(mode: str | None = None, backbone: str | None = None, device=None) -> str:
+    """A short provenance string for figure titles, e.g. ``"quick mode · efficientnet_lite0 · cpu"``."""
+    parts = [f"{get_mode(mode)} mode"]
+    if backbone:
+        parts.append(str(backbone))
+    parts.append(str(device if device is not None else get_device()))
+    return " · ".join(parts)

@@ -1,0 +1,313 @@
+"""Planar warps: Lie-algebra parameters, matrix exponentials, and dense sampling grids.
+
+Conventions (used by every chapter)
+-----------------------------------
+* Images, feature maps and masks are ``(B, C, H, W)`` tensors.
+* Points are ``(B, N, 2)`` tensors of ``(x, y)``.
+* **Normalised coordinates** run from -1 to 1 across the image: -1 and +1 are the *outer edges* of
+  the first and last pixel, exactly as ``F.grid_sample(..., align_corners=False)`` reads them. All
+  transforms act on normalised coordinates, so one matrix works at any resolution.
+* **Pixel coordinates** put pixel centres at integers ``0 .. W-1`` (x) and ``0 .. H-1`` (y).
+* A **transform** is a ``(B, 3, 3)`` matrix ``T`` acting on homogeneous normalised coordinates. It
+  maps a point of the *input* image to the *output* (aligned) frame: ``p_out ~ T @ p_in``. Warping
+  an image by ``T`` therefore samples the input at ``T^-1(p)`` for every output pixel ``p``
+  (:func:`warp_image`), which is what makes image warps and point warps agree.
+* ``compose(A, B)`` is ``A @ B``: first ``B``, then ``A``.
+* A **sampling grid** ``(B, H, W, 2)`` is the dense, non-parametric warp: for every output pixel,
+  the normalised input coordinate to read (the ``grid_sample`` convention, a *backward* map).
+
+Lie algebras
+------------
+The eight generators below span sl(3) (up to the identity, see :func:`lie_basis`). Their prefixes
+are the nested algebras of the groups translation (2) < SE(2) (3) < similarity (4) < affine (6) <
+homography (8), so a parameter vector of a small group is a parameter vector of every bigger group,
+and projecting onto a smaller group is just zeroing the tail (:func:`project`). ``exp`` of any
+algebra element is invertible, with inverse ``exp(-xi)``: no parameter value can make a warp
+singular, which is why the later chapters optimise in the algebra.
+
+>>> xi = torch.tensor([[0.2, -0.1, 0.3]])          # se(2): tx, ty, rotation
+>>> T = exp(xi, "se2")
+>>> torch.allclose(compose(T, exp(-xi, "se2")), torch.eye(3).expand(1, 3, 3), atol=1e-6)
+True
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+#: Number of Lie-algebra parameters of each group, in nesting order.
+GROUP_DIMS = {"translation": 2, "se2": 3, "similarity": 4, "affine": 6, "homography": 8}
+#: Human-readable names of the eight generators, in order.
+GENERATOR_NAMES = (
+    "translate x",
+    "translate y",
+    "rotate",
+    "scale",
+    "aspect",
+    "shear",
+    "perspective x",
+    "perspective y",
+)
+
+
+def lie_basis(dtype=torch.float32, device=None) -> torch.Tensor:
+    """The eight generators ``(8, 3, 3)``: tx, ty, rotation, scale, aspect, shear, 2 x perspective.
+
+    The scale generator is ``diag(1, 1, 0)``. Its traceless sl(3) version ``diag(1, 1, -2) / 3``
+    differs from it by a multiple of the identity, which commutes with everything and so only
+    rescales ``exp`` by a scalar: the same homography. Using ``diag(1, 1, 0)`` keeps the affine
+    subgroup's matrices with last row exactly ``(0, 0, 1)``.
+
+    >>> lie_basis().shape
+    torch.Size([8, 3, 3])
+    """
+    G = torch.zeros(8, 3, 3, dtype=dtype, device=device)
+    G[0, 0, 2] = 1.0  # translate x
+    G[1, 1, 2] = 1.0  # translate y
+    G[2, 0, 1], G[2, 1, 0] = -1.0, 1.0  # rotate
+    G[3, 0, 0], G[3, 1, 1] = 1.0, 1.0  # isotropic scale
+    G[4, 0, 0], G[4, 1, 1] = 1.0, -1.0  # aspect (area-preserving stretch)
+    G[5, 0, 1], G[5, 1, 0] = 1.0, 1.0  # shear (symmetric)
+    G[6, 2, 0] = 1.0  # perspective x
+    G[7, 2, 1] = 1.0  # perspective y
+    return G
+
+
+def _check_group(group: str) -> int:
+    if group not in GROUP_DIMS:
+        raise ValueError(f"unknown group {group!r}; choose one of {list(GROUP_DIMS)}")
+    return GROUP_DIMS[group]
+
+
+def project(xi: torch.Tensor, group: str) -> torch.Tensor:
+    """Project algebra parameters ``(B, k)`` onto ``group``'s sub-algebra: keep its prefix, zero the rest.
+
+    The result has the same shape as ``xi``; this is the curriculum step of SpaceJAM
+    (se(2) -> aff(2) -> sl(3)) in one line.
+
+    >>> project(torch.ones(1, 8), "similarity")
+    tensor([[1., 1., 1., 1., 0., 0., 0., 0.]])
+    """
+    dim = _check_group(group)
+    keep = torch.zeros(xi.shape[-1], dtype=xi.dtype, device=xi.device)
+    keep[:dim] = 1.0
+    return xi * keep
+
+
+def hat(xi: torch.Tensor) -> torch.Tensor:
+    """Algebra parameters ``(B, k)``, ``k <= 8``, to algebra matrices ``(B, 3, 3)``."""
+    if xi.ndim != 2 or xi.shape[-1] > 8:
+        raise ValueError(f"expected parameters of shape (B, k<=8), got {tuple(xi.shape)}")
+    G = lie_basis(xi.dtype, xi.device)[: xi.shape[-1]]
+    return torch.einsum("bk,kij->bij", xi, G)
+
+
+def exp(xi: torch.Tensor, group: str | None = None) -> torch.Tensor:
+    """The transform ``(B, 3, 3)`` of algebra parameters ``xi`` ``(B, k)`` (the matrix exponential).
+
+    With ``group`` given, ``xi`` must have exactly that group's number of parameters. Homographies
+    are normalised so that ``T[2, 2] = 1``. Differentiable.
+
+    >>> exp(torch.tensor([[0.5, 0.0]]), "translation")[0]
+    tensor([[1.0000, 0.0000, 0.5000],
+            [0.0000, 1.0000, 0.0000],
+            [0.0000, 0.0000, 1.0000]])
+    """
+    if group is not None and xi.shape[-1] != _check_group(group):
+        raise ValueError(f"group {group!r} has {GROUP_DIMS[group]} parameters, got {xi.shape[-1]}")
+    if not torch.isfinite(xi).all():
+        raise FloatingPointError("non-finite Lie-algebra parameters (NaN or inf): the optimisation diverged")
+    T = torch.linalg.matrix_exp(hat(xi))
+    if xi.shape[-1] > 6:
+        T = T / T[:, 2:3, 2:3]
+    return T
+
+
+def identity(batch: int = 1, dtype=torch.float32, device=None) -> torch.Tensor:
+    """``batch`` identity transforms ``(B, 3, 3)``."""
+    return torch.eye(3, dtype=dtype, device=device).expand(batch, 3, 3).clone()
+
+
+def compose(*transforms: torch.Tensor) -> torch.Tensor:
+    """``compose(A, B, C) = A @ B @ C``: apply ``C`` first, then ``B``, then ``A``."""
+    if not transforms:
+        raise ValueError("compose needs at least one transform")
+    out = transforms[0]
+    for T in transforms[1:]:
+        out = out @ T
+    return _normalise(out)
+
+
+def invert(T: torch.Tensor) -> torch.Tensor:
+    """The inverse transform ``(B, 3, 3)``.
+
+    >>> T = exp(torch.tensor([[0.1, 0.2, 0.3, 0.1, 0.05, -0.05, 0.1, 0.0]]))
+    >>> torch.allclose(compose(T, invert(T)), identity(1), atol=1e-5)
+    True
+    """
+    return _normalise(torch.linalg.inv(T))
+
+
+def _normalise(T: torch.Tensor) -> torch.Tensor:
+    # Homographies are defined up to scale; keep T[2, 2] = 1 so affine matrices stay affine.
+    return T / T[..., 2:3, 2:3]
+
+
+def hflip(flip: torch.Tensor | bool, batch: int | None = None, dtype=torch.float32, device=None) -> torch.Tensor:
+    """Horizontal-flip transforms ``(B, 3, 3)``: ``diag(-1, 1, 1)`` where ``flip`` is true, else identity.
+
+    In normalised coordinates the flip is ``x -> -x`` about the image centre. It is not in the
+    identity component of any group above (its determinant is -1), so it is handled as a discrete
+    choice composed with a group element: ``T = exp(xi) @ hflip(f)``.
+
+    >>> hflip(torch.tensor([True, False]))[:, 0, 0]
+    tensor([-1.,  1.])
+    """
+    flip = torch.as_tensor(flip, device=device).reshape(-1)
+    if batch is not None and flip.numel() == 1:
+        flip = flip.expand(batch)
+    T = identity(flip.numel(), dtype=dtype, device=device)
+    T[:, 0, 0] = 1.0 - 2.0 * flip.to(dtype)
+    return T
+
+
+# ----------------------------------------------------------------------------- coordinates
+
+
+def pixel_to_normalized(points: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Pixel coordinates (centres at integers) to normalised ``[-1, 1]`` coordinates.
+
+    ``size`` is ``(H, W)``.
+
+    >>> pixel_to_normalized(torch.tensor([[[0.0, 0.0], [3.0, 1.0]]]), (2, 4))
+    tensor([[[-0.7500, -0.5000],
+             [ 0.7500,  0.5000]]])
+    """
+    H, W = size
+    scale = points.new_tensor([W, H])
+    return (2.0 * points + 1.0) / scale - 1.0
+
+
+def normalized_to_pixel(points: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Inverse of :func:`pixel_to_normalized`."""
+    H, W = size
+    scale = points.new_tensor([W, H])
+    return ((points + 1.0) * scale - 1.0) / 2.0
+
+
+def transform_points(T: torch.Tensor, points: torch.Tensor) -> torch.Tensor:
+    """Map normalised points ``(B, N, 2)`` by transforms ``(B, 3, 3)`` (input frame -> output frame).
+
+    >>> transform_points(exp(torch.tensor([[0.5, -0.5]]), "translation"), torch.zeros(1, 1, 2))
+    tensor([[[ 0.5000, -0.5000]]])
+    """
+    ones = torch.ones_like(points[..., :1])
+    homogeneous = torch.cat([points, ones], dim=-1) @ T.transpose(1, 2)
+    return homogeneous[..., :2] / homogeneous[..., 2:3]
+
+
+def identity_grid(size: tuple[int, int], batch: int = 1, dtype=torch.float32, device=None) -> torch.Tensor:
+    """The sampling grid ``(B, H, W, 2)`` of the identity: every pixel centre's normalised ``(x, y)``."""
+    H, W = size
+    xs = (2.0 * torch.arange(W, dtype=dtype, device=device) + 1.0) / W - 1.0
+    ys = (2.0 * torch.arange(H, dtype=dtype, device=device) + 1.0) / H - 1.0
+    grid = torch.stack(torch.meshgrid(xs, ys, indexing="xy"), dim=-1)
+    return grid.expand(batch, H, W, 2).clone()
+
+
+def sampling_grid(T: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """The sampling grid ``(B, H, W, 2)`` that warps an image by ``T``: ``T^-1`` at every output pixel."""
+    B = T.shape[0]
+    grid = identity_grid(size, B, T.dtype, T.device).reshape(B, -1, 2)
+    return transform_points(invert(T), grid).reshape(B, *size, 2)
+
+
+def warp_image(
+    image: torch.Tensor,
+    T: torch.Tensor,
+    size: tuple[int, int] | None = None,
+    mode: str = "bilinear",
+    padding_mode: str = "zeros",
+) -> torch.Tensor:
+    """Warp images, feature maps or masks ``(B, C, H, W)`` by transforms ``T`` ``(B, 3, 3)``.
+
+    ``size`` is the output ``(H, W)`` (default: the input's). Use ``mode="nearest"`` for label
+    masks. Differentiable in both ``image`` and ``T``.
+
+    >>> img = torch.zeros(1, 1, 5, 5); img[0, 0, 2, 2] = 1.0
+    >>> shifted = warp_image(img, exp(torch.tensor([[0.4, 0.0]]), "translation"))  # 0.4 = one pixel
+    >>> shifted[0, 0, 2].tolist()
+    [0.0, 0.0, 0.0, 1.0, 0.0]
+    """
+    _check_image(image)
+    if T.shape[0] != image.shape[0]:
+        raise ValueError(f"{image.shape[0]} images but {T.shape[0]} transforms")
+    grid = sampling_grid(T.to(image.dtype), size or tuple(image.shape[-2:]))
+    return warp_by_grid(image, grid, mode=mode, padding_mode=padding_mode)
+
+
+def _check_image(image: torch.Tensor) -> None:
+    if image.ndim != 4:
+        raise ValueError(f"expected a (B, C, H, W) tensor, got shape {tuple(image.shape)}")
+
+
+# ----------------------------------------------------------------------------- dense grids
+
+
+def warp_by_grid(image: torch.Tensor, grid: torch.Tensor, mode: str = "bilinear", padding_mode: str = "zeros") -> torch.Tensor:
+    """Sample ``image`` ``(B, C, H, W)`` at ``grid`` ``(B, h, w, 2)``: the dense (flow-field) warp."""
+    _check_image(image)
+    return F.grid_sample(image, grid.to(image.dtype), mode=mode, padding_mode=padding_mode, align_corners=False)
+
+
+def flow_to_grid(flow: torch.Tensor) -> torch.Tensor:
+    """A displacement field ``(B, 2, H, W)`` (normalised units) to a sampling grid ``(B, H, W, 2)``."""
+    B, _, H, W = flow.shape
+    return identity_grid((H, W), B, flow.dtype, flow.device) + flow.permute(0, 2, 3, 1)
+
+
+def grid_to_flow(grid: torch.Tensor) -> torch.Tensor:
+    """Inverse of :func:`flow_to_grid`."""
+    B, H, W, _ = grid.shape
+    return (grid - identity_grid((H, W), B, grid.dtype, grid.device)).permute(0, 3, 1, 2)
+
+
+def compose_grids(first: torch.Tensor, second: torch.Tensor) -> torch.Tensor:
+    """One grid that does what warping by ``first`` and then by ``second`` does.
+
+    ``warp_by_grid(warp_by_grid(img, first), second) ~= warp_by_grid(img, compose_grids(first, second))``
+    (exactly, up to the interpolation of the grid itself). ``first`` is ``(B, h1, w1, 2)`` and
+    ``second`` ``(B, h2, w2, 2)``; the result has ``second``'s size.
+    """
+    sampled = warp_by_grid(first.permute(0, 3, 1, 2), second, padding_mode="border")
+    return sampled.permute(0, 2, 3, 1)
+
+
+def grid_points(points: torch.Tensor, grid: torch.Tensor) -> torch.Tensor:
+    """Map normalised points ``(B, N, 2)`` of the *output* frame to the input image through ``grid``."""
+    sampled = warp_by_grid(grid.permute(0, 3, 1, 2), points[:, :, None, :], padding_mode="border")
+    return sampled[..., 0].permute(0, 2, 1)
+
+
+def invert_grid_points(points: torch.Tensor, grid: torch.Tensor, chunk: int = 4096) -> torch.Tensor:
+    """Map normalised points ``(B, N, 2)`` of the *input* image to the output frame of ``grid``.
+
+    A sampling grid only says where each output pixel reads from; the inverse is taken by nearest
+    neighbours: the output pixel whose grid value lies closest to each point. Points that no output
+    pixel reads from come back at the closest one that does.
+    """
+    B, h, w, _ = grid.shape
+    flat = grid.reshape(B, h * w, 2)
+    out_coords = identity_grid((h, w), 1, grid.dtype, grid.device).reshape(1, h * w, 2).expand(B, -1, -1)
+    result = []
+    for start in range(0, points.shape[1], chunk):
+        nearest = torch.cdist(points[:, start : start + chunk].to(grid.dtype), flat).argmin(dim=-1)
+        result.append(torch.gather(out_coords, 1, nearest[..., None].expand(-1, -1, 2)))
+    return torch.cat(result, dim=1)
+
+
+def invert_grid(grid: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """The nearest-neighbour inverse ``(B, H, W, 2)`` of a sampling grid, for an input of ``size``."""
+    B = grid.shape[0]
+    pixels = identity_grid(size, B, grid.dtype, grid.device).reshape(B, -1, 2)
+    return invert_grid_points(pixels, grid).reshape(B, *size, 2)

@@ -1,0 +1,81 @@
+"""Widgets that work twice: live in a Jupyter kernel, and still in the rendered HTML book.
+
+The rendered book has no kernel, so no Python callback can run there. Every widget here is
+therefore built from *precomputed* frames: an ``ipywidgets.Stack`` of ``Image`` widgets whose
+``selected_index`` is ``jslink``-ed to a slider (or to tab/toggle buttons). The link runs in the
+browser, and an executed notebook stores the widget state, so the page keeps working as a static
+file. The algorithms never import this module.
+
+>>> png = to_png(torch.zeros(3, 8, 8))
+>>> png[:4] == b"\\x89PNG"
+True
+"""
+from __future__ import annotations
+
+import io
+from typing import Sequence
+
+import numpy as np
+import torch
+from PIL import Image as PILImage
+
+
+def to_png(picture, size: int | None = None) -> bytes:
+    """PNG bytes of a picture: a ``(3|1, H, W)`` tensor or ``(H, W[, 3|4])`` array in ``[0, 1]``
+    (or uint8), a PIL image, or a matplotlib figure. ``size`` rescales the longer side."""
+    if hasattr(picture, "savefig"):
+        buffer = io.BytesIO()
+        picture.savefig(buffer, format="png", bbox_inches="tight", dpi=picture.dpi)
+        image = PILImage.open(io.BytesIO(buffer.getvalue()))
+    elif isinstance(picture, PILImage.Image):
+        image = picture
+    else:
+        array = picture.detach().cpu().numpy() if isinstance(picture, torch.Tensor) else np.asarray(picture)
+        if array.ndim == 3 and array.shape[0] in (1, 3, 4) and array.shape[-1] not in (1, 3, 4):
+            array = np.moveaxis(array, 0, -1)
+        if array.ndim == 3 and array.shape[-1] == 1:
+            array = array[..., 0]
+        if array.dtype != np.uint8:
+            array = (np.clip(array, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
+        image = PILImage.fromarray(array)
+    if size is not None:
+        scale = size / max(image.size)
+        image = image.resize((max(1, round(image.width * scale)), max(1, round(image.height * scale))), PILImage.NEAREST if scale > 1 else PILImage.LANCZOS)
+    buffer = io.BytesIO()
+    image.save(buffer, format="png")
+    return buffer.getvalue()
+
+
+def frame_slider(frames: Sequence, labels: Sequence[str] | None = None, description: str = "step", size: int | None = None, width: str | None = None):
+    """A slider over precomputed frames (pictures or figures), with a caption per frame.
+
+    Returns an ``ipywidgets.VBox``; moving the slider shows the matching frame, in a kernel and in
+    the static HTML alike.
+    """
+    import ipywidgets as widgets
+
+    if len(frames) == 0:
+        raise ValueError("frame_slider needs at least one frame")
+    layout = widgets.Layout(width=width) if width else widgets.Layout()
+    images = [widgets.Image(value=frame if isinstance(frame, bytes) else to_png(frame, size), format="png", layout=layout) for frame in frames]
+    stack = widgets.Stack(images, selected_index=0)
+    slider = widgets.IntSlider(value=0, min=0, max=len(frames) - 1, description=description, continuous_update=True)
+    children = [slider, stack]
+    widgets.jslink((slider, "value"), (stack, "selected_index"))
+    if labels is not None:
+        if len(labels) != len(frames):
+            raise ValueError(f"{len(frames)} frames but {len(labels)} labels")
+        captions = widgets.Stack([widgets.HTML(f"<code>{label}</code>") for label in labels], selected_index=0)
+        widgets.jslink((slider, "value"), (captions, "selected_index"))
+        children.insert(1, captions)
+    return widgets.VBox(children)
+
+
+def tabbed(panels: dict):
+    """Put several widgets in tabs (tab switching also works without a kernel)."""
+    import ipywidgets as widgets
+
+    tab = widgets.Tab(children=list(panels.values()))
+    for index, title in enumerate(panels):
+        tab.set_title(index, title)
+    return tab
