@@ -1,0 +1,107 @@
+"""What ``congeal align`` writes: one folder layout for every method.
+
+::
+
+    OUT/
+      index.html        inputs, aligned images and atlas side by side (opens without a server)
+      summary.json      method, mode, names, timings and method-specific numbers
+      mappings.pt       per-image transforms (N, 3, 3) and/or sampling grids (N, H, W, 2);
+                        torch.load(path, weights_only=True)
+      atlas.png         the atlas (mean aligned image); atlas_<name>.png for any other atlas views
+      inputs/NAME.png   the inputs as the method saw them (square)
+      aligned/NAME.png  each input warped into the common frame
+
+The folder is written next to ``OUT`` first and moved into place at the end, so an interrupted run
+never leaves a half-written report; an existing ``OUT`` is replaced only if it is an earlier report.
+"""
+from __future__ import annotations
+
+import html
+import json
+import shutil
+from pathlib import Path
+
+import torch
+
+from .widgets import to_png
+
+REPORT_MARKER = "summary.json"
+
+
+def _check_target(out: Path) -> None:
+    if out.exists() and any(out.iterdir()) and not (out / REPORT_MARKER).exists():
+        raise FileExistsError(f"{out} exists and is not a congeal report; choose an empty or new folder (nothing was written)")
+
+
+def write_alignment(
+    out,
+    *,
+    method: str,
+    names: list[str],
+    inputs: torch.Tensor,
+    aligned: torch.Tensor,
+    atlas: dict[str, torch.Tensor],
+    mode: str,
+    transforms: torch.Tensor | None = None,
+    grids: torch.Tensor | None = None,
+    summary: dict | None = None,
+    extra_images: dict[str, torch.Tensor] | None = None,
+) -> Path:
+    """Write a report folder (layout above). ``atlas`` maps a view name (``"mean"`` first) to a
+    ``(C, H, W)`` image; ``extra_images`` maps a column title to ``(N, C, H, W)`` images shown in
+    the report beside the aligned ones (e.g. an edit propagated to every image)."""
+    out = Path(out)
+    _check_target(out)
+    if len(names) != inputs.shape[0] or aligned.shape[0] != inputs.shape[0]:
+        raise ValueError(f"{len(names)} names, {inputs.shape[0]} inputs and {aligned.shape[0]} aligned images")
+    staging = out.with_name(f".{out.name}.partial")
+    shutil.rmtree(staging, ignore_errors=True)
+    columns = {"input": ("inputs", inputs), "aligned": ("aligned", aligned)}
+    for title, images in (extra_images or {}).items():
+        columns[title] = (_slug(title), images)
+    stems = [Path(name).stem for name in names]
+    for folder, images in columns.values():
+        (staging / folder).mkdir(parents=True)
+        for stem, image in zip(stems, images):
+            (staging / folder / f"{stem}.png").write_bytes(to_png(image))
+    atlas_files = {}
+    for index, (view, image) in enumerate(atlas.items()):
+        filename = "atlas.png" if index == 0 else f"atlas_{_slug(view)}.png"
+        (staging / filename).write_bytes(to_png(image))
+        atlas_files[view] = filename
+    mappings = {"names": list(names), "method": method}
+    if transforms is not None:
+        mappings["transforms"] = transforms.detach().cpu().float()
+    if grids is not None:
+        mappings["grids"] = grids.detach().cpu().float()
+    torch.save(mappings, staging / "mappings.pt")
+    info = {"method": method, "mode": mode, "images": list(names), "atlas": atlas_files, **(summary or {})}
+    (staging / REPORT_MARKER).write_text(json.dumps(info, indent=2))
+    (staging / "index.html").write_text(_html(method, mode, stems, columns, atlas_files, summary or {}))
+    if out.exists():
+        shutil.rmtree(out)
+    staging.rename(out)
+    return out
+
+
+def _slug(text: str) -> str:
+    return "".join(c if c.isalnum() else "_" for c in text.lower()).strip("_") or "view"
+
+
+def _html(method, mode, stems, columns, atlas_files, summary) -> str:
+    head = "".join(f"<th>{html.escape(title)}</th>" for title in columns)
+    rows = []
+    for stem in stems:
+        cells = "".join(f'<td><img src="{folder}/{html.escape(stem)}.png" alt="{html.escape(stem)} {html.escape(title)}"></td>' for title, (folder, _) in columns.items())
+        rows.append(f"<tr><th>{html.escape(stem)}</th>{cells}</tr>")
+    atlases = "".join(f'<figure><img src="{f}" alt="atlas {html.escape(v)}"><figcaption>{html.escape(v)}</figcaption></figure>' for v, f in atlas_files.items())
+    facts = "".join(f"<li><b>{html.escape(str(k))}</b>: {html.escape(str(v))}</li>" for k, v in summary.items() if not isinstance(v, (list, dict)))
+    return f"""<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>congeal align: {html.escape(method)}</title>
+<style>body{{font-family:sans-serif;margin:1.5em}} img{{width:128px;image-rendering:auto}}
+figure{{display:inline-block;margin:0 1em 1em 0}} figure img{{width:192px}} td,th{{padding:2px 4px}}</style></head>
+<body><h1>Joint alignment: {html.escape(method)}</h1>
+<p>{len(stems)} images, {html.escape(mode)} mode.</p><ul>{facts}</ul>
+<h2>Atlas</h2>{atlases}
+<h2>Images</h2><table><tr><th>image</th>{head}</tr>{''.join(rows)}</table></body></html>
+"""
