@@ -24,6 +24,7 @@ METHODS: dict[str, str] = {
     "entropy": "congealing.classical:align_folder",
     "lsq": "congealing.classical:align_folder",
     "ic-lsq": "congealing.classical:align_folder",
+    "neural": "congealing.neural:align_folder",
     "spacejam": "congealing.spacejam:align_folder",
 }
 #: ``congeal eval --dataset NAME`` -> "module:function(args) -> dict" (JSON-ready, plus a 'table' string).

@@ -278,3 +278,26 @@ def extract_descriptors(
         torch.save(descriptors, partial)
         os.replace(partial, path)
     return descriptors
+
+
+def pca_project(descriptors: torch.Tensor, k: int, masks: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Project descriptors ``(N, D, h, w)`` on the top ``k`` principal components of the whole set.
+
+    The components are fitted on all locations of all images (only where ``masks`` ``(N, 1, h, w)``
+    is > 0.5, if given), so the same component means the same thing in every image. Returns the
+    projections ``(N, k, h, w)``, the components ``(k, D)`` and the mean ``(D,)``.
+
+    >>> maps, components, mean = pca_project(torch.randn(2, 16, 4, 4), k=3)
+    >>> maps.shape, components.shape
+    (torch.Size([2, 3, 4, 4]), torch.Size([3, 16]))
+    """
+    N, D, h, w = descriptors.shape
+    flat = descriptors.permute(0, 2, 3, 1).reshape(-1, D)
+    fit = flat if masks is None else flat[masks.permute(0, 2, 3, 1).reshape(-1) > 0.5]
+    if fit.shape[0] < k:
+        raise ValueError(f"PCA with k={k} needs at least {k} locations, got {fit.shape[0]}")
+    mean = fit.mean(dim=0)
+    _, _, V = torch.pca_lowrank(fit - mean, q=min(k + 8, D), center=False, niter=4)
+    components = V[:, :k].T.contiguous()
+    projected = (flat - mean) @ components.T
+    return projected.reshape(N, h, w, k).permute(0, 3, 1, 2).contiguous(), components, mean
