@@ -297,7 +297,11 @@ def pca_project(descriptors: torch.Tensor, k: int, masks: torch.Tensor | None = 
     if fit.shape[0] < k:
         raise ValueError(f"PCA with k={k} needs at least {k} locations, got {fit.shape[0]}")
     mean = fit.mean(dim=0)
-    _, _, V = torch.pca_lowrank(fit - mean, q=min(k + 8, D), center=False, niter=4)
-    components = V[:, :k].T.contiguous()
+    centred = (fit - mean).double()
+    _, vectors = torch.linalg.eigh(centred.T @ centred)  # exact and deterministic (D x D)
+    components = vectors[:, -k:].flip(-1).T
+    # An eigenvector's sign is arbitrary: make each one's largest entry positive, so reruns agree.
+    signs = torch.sign(components.gather(1, components.abs().argmax(dim=1, keepdim=True)))
+    components = (components * signs).float().contiguous()
     projected = (flat - mean) @ components.T
     return projected.reshape(N, h, w, k).permute(0, 3, 1, 2).contiguous(), components, mean
