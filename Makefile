@@ -1,0 +1,42 @@
+# Two commands for a newcomer:
+#   make book   build the rendered book (executes every notebook) into _build/html
+#   make test   the full test suite CI runs: unit tests and doctests, nbval over every notebook
+#               in _toc.yml, the book build, and the browser test of the built pages
+# Both create the virtual environment .venv from the pinned requirements on first use.
+# Environment: CONGEAL_DATA (data folder), CONGEAL_MODE (quick|full, default quick).
+
+PYTHON ?= python3
+VENV   ?= .venv
+BIN     = $(VENV)/bin
+export CONGEAL_MODE ?= quick
+export PYTHONUNBUFFERED = 1
+
+.PHONY: book test unit notebooks browser env clean
+
+env: $(VENV)/.installed
+
+$(VENV)/.installed: requirements.txt pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q -r requirements.txt
+	$(BIN)/pip install -q --no-deps -e .
+	touch $@
+
+book/_static/vendor/mathjax/tex-mml-chtml.js: book/tools/fetch_vendor_js.py | env
+	$(BIN)/python book/tools/fetch_vendor_js.py
+
+book: env book/_static/vendor/mathjax/tex-mml-chtml.js
+	$(BIN)/jupyter-book build --warningiserror --keep-going .
+
+unit: env
+	$(BIN)/pytest -m "not browser" -q
+
+notebooks: env
+	$(BIN)/pytest -q --nbval-lax --nbval-current-env $$($(BIN)/python tests/toc_notebooks.py)
+
+browser: env
+	$(BIN)/pytest -m browser -q
+
+test: unit notebooks book browser
+
+clean:
+	rm -rf _build

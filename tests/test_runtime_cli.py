@@ -1,0 +1,70 @@
+"""The quick/full switch, seeding, device choice, and the congeal command's plumbing."""
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from congealing import cli, runtime
+
+
+def test_mode_switch(monkeypatch):
+    monkeypatch.delenv("CONGEAL_MODE", raising=False)
+    assert runtime.get_mode() == "quick"
+    monkeypatch.setenv("CONGEAL_MODE", "FULL")
+    assert runtime.get_mode() == "full"
+    assert runtime.get_mode("quick") == "quick"  # an explicit choice wins
+    assert runtime.pick({"quick": 1, "full": 2}) == 2
+    monkeypatch.setenv("CONGEAL_MODE", "fast")
+    with pytest.raises(ValueError, match="quick"):
+        runtime.get_mode()
+
+
+def test_seed_is_reproducible():
+    runtime.seed_everything(3)
+    a = torch.rand(4)
+    runtime.seed_everything(3)
+    assert torch.equal(a, torch.rand(4))
+
+
+def test_device_choice(monkeypatch):
+    monkeypatch.delenv("CONGEAL_DEVICE", raising=False)
+    assert runtime.get_device("cpu").type == "cpu"
+    assert runtime.get_device().type in {"cpu", "cuda", "mps"}
+    if not torch.cuda.is_available():
+        with pytest.raises(RuntimeError, match="CUDA"):
+            runtime.get_device("cuda")
+
+
+def test_run_label_names_mode_backbone_device():
+    label = runtime.run_label("full", "efficientnet_lite0", "cpu")
+    assert label == "full mode · efficientnet_lite0 · cpu"
+
+
+def test_cli_routes_resolve_to_chapters():
+    for target in list(cli.METHODS.values()) + list(cli.EVALUATIONS.values()):
+        module, function = target.split(":")
+        assert module.startswith("congealing.") and function
+
+
+def test_cli_unknown_method_and_bad_folder(tmp_path, capsys):
+    assert cli.main(["align", str(tmp_path), "--method", "nope", "--out", str(tmp_path / "o")]) == 2
+    assert "unknown method" in capsys.readouterr().err
+    assert cli.main(["eval", "--dataset", "imagenet", "--method", "nn"]) == 2
+    assert "unknown dataset" in capsys.readouterr().err
+
+
+def test_cli_rejects_a_set_of_one(tmp_path, capsys):
+    from PIL import Image
+
+    Image.new("RGB", (16, 16)).save(tmp_path / "only.png")
+    method = sorted(cli.METHODS)[0]
+    assert cli.main(["align", str(tmp_path), "--method", method, "--out", str(tmp_path / "out")]) == 2
+    assert "at least 2" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
+def test_console_script_runs_info(data_root):
+    result = subprocess.run([sys.executable, "-m", "congealing.cli", "info", "--mode", "full", "--backbone", "efficientnet_lite0"], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert "mode:    full" in result.stdout and "efficientnet_lite0" in result.stdout
