@@ -101,3 +101,24 @@ def test_image_folder_bad_input(tmp_path):
     assert sorted(p.read_bytes() for p in tmp_path.iterdir()) == before  # nothing was touched
     with pytest.raises(data.ImageSetError, match="not a folder"):
         data.load_image_folder(tmp_path / "missing")
+
+
+def test_download_checks_checksums(tmp_path, monkeypatch, isolated_cache):
+    """The download path, exercised offline with file:// URLs standing in for the official ones."""
+    import gzip
+    import hashlib
+
+    monkeypatch.delenv("CONGEAL_DATA", raising=False)
+    payload = gzip.compress(b"\x00\x00\x08\x01" + (3).to_bytes(4, "big") + bytes([1, 2, 3]))
+    served = tmp_path / "served.gz"
+    served.write_bytes(payload)
+    good = data.DatasetSource("toy", "toy", "labels.gz", "https://example.org", ((served.as_uri(), "labels.gz", hashlib.md5(payload).hexdigest(), False),))
+    monkeypatch.setitem(data.DATASETS, "toy", good)
+    folder = data.find_dataset("toy")
+    assert folder == isolated_cache / "data" / "toy" and (folder / "labels.gz").read_bytes() == payload
+    assert data.find_dataset("toy", download=False) == folder  # found in the cache the second time
+    bad = data.DatasetSource("bad", "bad", "labels.gz", "https://example.org", ((served.as_uri(), "labels.gz", "0" * 32, False),))
+    monkeypatch.setitem(data.DATASETS, "bad", bad)
+    with pytest.raises(data.DatasetNotFoundError, match="checksum mismatch"):
+        data.find_dataset("bad")
+    assert not (isolated_cache / "data" / "bad" / "labels.gz").exists()  # the corrupt file was removed
