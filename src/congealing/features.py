@@ -26,6 +26,7 @@ per (images, backbone, grid), so no notebook extracts the same set twice.
 from __future__ import annotations
 
 import hashlib
+import math
 import os
 import re
 import warnings
@@ -305,3 +306,129 @@ def pca_project(descriptors: torch.Tensor, k: int, masks: torch.Tensor | None = 
     components = (components * signs).float().contiguous()
     projected = (flat - mean) @ components.T
     return projected.reshape(N, h, w, k).permute(0, 3, 1, 2).contiguous(), components, mean
+
+
+# ----------------------------------------------------------------------------- saliency and co-segmentation
+
+
+def _unit_rows(descriptors: torch.Tensor) -> torch.Tensor:
+    N, D, h, w = descriptors.shape
+    return F.normalize(descriptors.permute(0, 2, 3, 1).reshape(N, h * w, D).float(), dim=-1)
+
+
+def commonness(descriptors: torch.Tensor, grid: int = 32) -> torch.Tensor:
+    """A saliency for any backbone: how well each location is matched in the *other* images ``(N, 1, h, w)``.
+
+    For every location of image ``n``, its best cosine similarity in image ``m`` is averaged over
+    ``m != n``, then min-max normalised per image to ``[0, 1]``. What the set has in common (the
+    object) is matched everywhere; a background seen in one photo only is not. Computed on a
+    ``grid`` x ``grid`` version of ``descriptors`` ``(N, D, h, w)`` and upsampled back (cost
+    ``N^2 grid^4 D``). Needs at least two images.
+
+    >>> d = torch.randn(3, 8, 4, 4)
+    >>> d[:, :, :2, :2] = torch.randn(8, 1, 1)   # the same "object" in every image
+    >>> s = commonness(d, grid=4)
+    >>> bool(s[:, 0, :2, :2].min() == 1.0), s.shape
+    (True, torch.Size([3, 1, 4, 4]))
+    """
+    N, D, h, w = descriptors.shape
+    if N < 2:
+        raise ValueError("commonness compares images with each other: it needs at least 2 images")
+    small = F.interpolate(descriptors.float(), size=(grid, grid), mode="bilinear", align_corners=False) if (h, w) != (grid, grid) else descriptors.float()
+    rows = _unit_rows(small)  # (N, g*g, D)
+    score = torch.zeros(N, grid * grid)
+    for n in range(N):
+        best = torch.einsum("id,mjd->mij", rows[n], rows).amax(dim=2)  # (N, g*g): best match in each image
+        score[n] = (best.sum(dim=0) - best[n]) / (N - 1)
+    score = score.reshape(N, 1, grid, grid)
+    if (h, w) != (grid, grid):
+        score = F.interpolate(score, size=(h, w), mode="bilinear", align_corners=False)
+    low, high = score.amin(dim=(2, 3), keepdim=True), score.amax(dim=(2, 3), keepdim=True)
+    return (score - low) / (high - low + 1e-12)
+
+
+def kmeans(points: torch.Tensor, k: int, iterations: int = 30, restarts: int = 3, seed: int = 0) -> tuple[torch.Tensor, float]:
+    """Plain (Euclidean) k-means of ``points`` ``(M, D)``: centroids ``(k, D)`` and the mean squared distance.
+
+    k-means++ initialisation from a seeded generator, ``restarts`` runs, the best kept: the same
+    inputs and ``seed`` give the same centroids.
+
+    >>> x = torch.cat([torch.zeros(5, 2), torch.ones(5, 2) * 10])
+    >>> centroids, inertia = kmeans(x, 2)
+    >>> sorted(centroids[:, 0].tolist()), inertia
+    ([0.0, 10.0], 0.0)
+    """
+    if points.shape[0] < k:
+        raise ValueError(f"k-means with k={k} needs at least {k} points, got {points.shape[0]}")
+    generator = torch.Generator().manual_seed(seed)
+    points = points.float()
+    squared = points.pow(2).sum(dim=1, keepdim=True)  # (M, 1)
+    distances = lambda c: (squared - 2 * points @ c.T + c.pow(2).sum(dim=1)).clamp(min=0)  # noqa: E731  (M, k)
+    best = (None, math.inf)
+    for _ in range(restarts):
+        centroids = points[torch.randint(points.shape[0], (1,), generator=generator)]
+        for _ in range(1, k):
+            nearest = distances(centroids).amin(dim=1)
+            weights = nearest if nearest.sum() > 0 else torch.ones_like(nearest)
+            centroids = torch.cat([centroids, points[torch.multinomial(weights, 1, generator=generator)]])
+        for _ in range(iterations):
+            assignment = F.one_hot(distances(centroids).argmin(dim=1), k).float()  # (M, k)
+            counts = assignment.sum(dim=0)[:, None]
+            centroids = torch.where(counts > 0, assignment.T @ points / counts.clamp(min=1), centroids)
+        inertia = float(distances(centroids).amin(dim=1).mean())
+        if inertia < best[1]:
+            best = (centroids, inertia)
+    return best
+
+
+def cosegment(
+    descriptors: torch.Tensor,
+    saliency: torch.Tensor | None = None,
+    max_clusters: int = 14,
+    elbow: float = 0.975,
+    vote_threshold: float = 0.5,
+    vote_fraction: float = 0.75,
+    sample: int = 100,
+    seed: int = 0,
+) -> torch.Tensor:
+    """Co-segment the common object of a set: binary masks ``(N, 1, h, w)`` from descriptors ``(N, D, h, w)``.
+
+    Amir et al.'s recipe, without the CRF/GrabCut refinement:
+
+    1. k-means on the set's unit descriptors (every ``sample``-th location of every image), for
+       k = 2, 3, ... up to ``max_clusters``; stop at the first k whose mean squared distance is
+       above ``elbow`` times the previous one (the elbow), and label every location with it;
+    2. image n *votes* for cluster c if the mean ``saliency`` of its locations labelled c is
+       above ``vote_threshold``;
+    3. the clusters with votes from at least ``vote_fraction`` of the images are the object (at
+       least the most voted one); the mask is where those clusters are.
+
+    ``saliency`` ``(N, 1, h, w)`` in ``[0, 1]``: a ViT's CLS attention (:meth:`ViTKeys.saliency`,
+    resized; Amir et al. vote with a threshold of 0.065 on it), or by default :func:`commonness`,
+    which works for any backbone. Deterministic for a given ``seed``.
+    """
+    N, D, h, w = descriptors.shape
+    if saliency is None:
+        saliency = commonness(descriptors)
+    if saliency.shape != (N, 1, h, w):
+        raise ValueError(f"saliency must be (N, 1, h, w) = {(N, 1, h, w)}, got {tuple(saliency.shape)}")
+    rows = _unit_rows(descriptors)  # (N, h*w, D)
+    fit = rows[:, ::sample].reshape(-1, D)
+    centroids, previous = kmeans(fit, 1, seed=seed)
+    for k in range(2, max_clusters + 1):
+        candidate, inertia = kmeans(fit, k, seed=seed)
+        centroids = candidate
+        if inertia > elbow * previous:
+            break
+        previous = inertia
+    k = centroids.shape[0]
+    squared = centroids.pow(2).sum(dim=1)
+    labels = torch.stack([(squared - 2 * image @ centroids.T).argmin(dim=1) for image in rows])  # (N, h*w): nearest centroid
+    flat_saliency = saliency.reshape(N, h * w).float()
+    sums = torch.zeros(N, k).scatter_add_(1, labels, flat_saliency)
+    counts = torch.zeros(N, k).scatter_add_(1, labels, torch.ones_like(flat_saliency))
+    present = counts > 0
+    votes = (present & (sums / counts.clamp(min=1) > vote_threshold)).sum(dim=0)
+    salient = votes >= math.ceil(vote_fraction * N)
+    salient[votes.argmax()] = True
+    return salient[labels].reshape(N, 1, h, w).float()
