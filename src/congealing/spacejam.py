@@ -1,0 +1,738 @@
+"""SpaceJAM: fast joint alignment with a ~16K-parameter network (Barel et al., ECCV 2024).
+
+The pipeline, as in the official code (``BGU-CS-VIL/SpaceJAM``), with the changes listed below:
+
+1. **Keys** (:func:`prepare_keys`): dense descriptors of every image, PCA to ``K = 25`` components
+   fitted on all locations of the whole set, multiplied by the set's foreground masks.
+2. **Autoencoder** (:class:`KeyAutoencoder`): a per-pixel MLP of 1x1 convolutions, 25 -> 3 -> 25
+   channels, 3,036 parameters. Its 3-channel code (the "low-dimensional keys", shown as RGB) is what
+   the alignment network reads. Pretrained with a masked L2 reconstruction loss.
+3. **Alignment network** (:class:`RecurrentLieSTN`): a small CNN (13,271 parameters) that reads a
+   code map and predicts a Lie-algebra element ``xi`` in sl(3) (8 numbers). It runs 5 times with
+   the same weights; each step re-warps the *original* code with the transform so far (so the
+   network never sees an interpolation of an interpolation), and the steps compose as matrix
+   products of exponentials, ``T = exp(xi_5) ... exp(xi_1)``. The last layer starts at zero, so
+   every transform is the identity at initialisation.
+4. **Curriculum**: ``xi`` is projected onto se(2), then aff(2), then sl(3)
+   (:func:`congealing.warps.project`), using the nesting of the algebras.
+5. **Inverse-compositional loss** (:func:`ic_loss`): for every ordered pair ``(i, j)`` of a batch,
+   the keys of ``i`` carried into ``j``'s own frame by ``T_j^-1 T_i`` must reproduce ``j``'s keys.
+   Nothing is measured in the atlas frame, so shrinking every image does not lower the loss, and no
+   regulariser is needed.
+6. **Reflections**: every image is also seen mirrored; the loss of each image takes the better of
+   its two flip configurations (gradients only through the best), and each image's flip
+   configuration ``c_n`` (used when it is the source of a pair, and in its final transform) is
+   updated every 20 epochs from a 20-epoch history, between 10 % and 90 % of training.
+
+Transforms follow :mod:`congealing.warps`: ``T_n`` ``(3, 3)`` maps image ``n``'s normalised
+coordinates to the common frame (flip included), so a keypoint moves from ``a`` to ``b`` by
+``T_b^-1 T_a`` in closed form.
+
+Differences from the official code, and why
+-------------------------------------------
+* Pairs are warped **once**, directly by ``T_j^-1 T_i``, instead of forward into an atlas and back
+  (two interpolations), and the *decoded* keys are warped rather than the codes (the decoder is
+  per-pixel, so it runs on ``B`` maps instead of ``4 B^2``). Outside the source image the
+  prediction is 0, which is exactly the masked background value. This removes the official code's
+  giant temporaries (22 GB on CPU, see the book's anchors) and is what makes it fast.
+* The flip choice takes the minimum over the *target's* two configurations (the official code
+  averages over the target's flips and takes the minimum over the atlas's flip); the history that
+  drives the update is recorded from the training losses instead of an extra evaluation pass
+  against one random image's atlas.
+* The encoder's global scalar normaliser keeps running statistics for evaluation (the official one
+  uses the statistics of whichever 2 maps it is given at test time).
+* The network predicts the 8 sl(3) coordinates of :func:`congealing.warps.lie_basis` (the official
+  one predicts 9 matrix entries), so the STN has 13,271 instead of 13,304 parameters.
+* PCA: a plain centred PCA on the unit-norm descriptors (no double standardisation), and the keys
+  are divided by one scalar (their foreground standard deviation) so losses are O(1) for any
+  backbone.
+
+>>> cfg = SpaceJAMConfig.for_mode("quick")
+>>> cfg.pca_dim, cfg.low_dim, cfg.recurrences, cfg.batch_size
+(25, 3, 5, 10)
+>>> ae, stn = KeyAutoencoder(cfg), RecurrentLieSTN(cfg)
+>>> count_parameters(ae), count_parameters(stn)
+(3036, 13271)
+"""
+from __future__ import annotations
+
+import os
+import time
+import warnings
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Callable
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from . import warps
+
+GROUPS = ("se2", "affine", "homography")
+
+
+# ----------------------------------------------------------------------------- configuration
+
+
+@dataclass(frozen=True)
+class SpaceJAMConfig:
+    """Every number of the method, with the official code's defaults (full mode).
+
+    Quick mode (:meth:`for_mode`) changes only:
+
+    * ``map_size`` 256 -> 32. The official code bilinearly upsamples 64x64 descriptor grids to
+      256x256; upsampled maps carry no extra information but cost more per warp (the loss warps
+      ``2 B^2`` maps per batch). 32x32 is the native grid of a stride-8 backbone on 256-pixel
+      images (EfficientNet-Lite0's finest stage) and makes every warp 64x cheaper than at 256
+      (64x64 measured 4x slower than 32x32 per epoch on 2 cores). The STN's adaptive pools keep its
+      layers, and parameter count, identical at any size.
+    * ``ae_epochs`` 301 -> 60 and ``epochs`` 401 -> 120, so a 30-image class trains in minutes on
+      2 CPU cores. Every epoch-based schedule (curriculum switches, StepLR period, flip updates
+      and their window) is scaled by the same factor, so the *shape* of training is kept.
+    * ``stn_lr`` 2e-4 -> 1e-3. With 3.3x fewer Adam steps, the published rate cannot move the
+      network as far (Adam's step is about ``lr`` per step whatever the gradient's size): on CUB
+      class 1 (EfficientNet-Lite0) it left PCK@0.1 at 12 %, near the identity, against 27.5 % with
+      1e-3 (2e-4 x 401/120 = 6.7e-4 keeps the path length; 1e-3 rounds it up).
+    """
+
+    # keys
+    pca_dim: int = 25
+    map_size: int = 256
+    descriptor_grid: int = 64
+    # autoencoder (1x1 convs): 25 -> 32 -> 16 -> 3 and back
+    low_dim: int = 3
+    ae_hidden: tuple = (32, 16)
+    # alignment network
+    stn_channels: tuple = (10, 5)
+    stn_kernels: tuple = (7, 5)
+    stn_pools: tuple = (32, 8)
+    stn_hidden: int = 32
+    recurrences: int = 5
+    # optimisation
+    ae_epochs: int = 301
+    epochs: int = 401
+    batch_size: int = 10
+    ae_lr: float = 1e-3
+    stn_lr: float = 2e-4
+    joint_ae_lr: float = 1e-3
+    lr_step: int = 50
+    lr_gamma: float = 0.9
+    # curriculum: se(2) from epoch 0, aff(2) from 101, sl(3) from 201
+    curriculum_epochs: tuple = (101, 201)
+    # reflections
+    flips: bool = True
+    flip_every: int = 20
+    flip_window: int = 20
+    flip_range: tuple = (0.1, 0.9)
+    # switches for the ablations (all True/"lie"/"ic" is the method)
+    pretrain_ae: bool = True
+    curriculum: bool = True
+    parameterisation: str = "lie"  # or "matrix": T = I + A per step, no exponential
+    loss: str = "ic"  # or "atlas": distance to the mean of the aligned keys, no regulariser
+    seed: int = 42
+
+    @classmethod
+    def for_mode(cls, mode: str | None = None, **overrides) -> "SpaceJAMConfig":
+        """The published settings (``full``) or their CPU-sized version (``quick``); see the class docstring."""
+        from .runtime import get_mode
+
+        config = cls()
+        if get_mode(mode) == "quick":
+            config = config.scaled(ae_epochs=60, epochs=120, map_size=32, stn_lr=1e-3)
+        return replace(config, **overrides)
+
+    def scaled(self, *, ae_epochs: int, epochs: int, **changes) -> "SpaceJAMConfig":
+        """A copy trained for ``epochs`` joint epochs, with every epoch-based schedule scaled alike."""
+        f = epochs / self.epochs
+        scale = lambda v: max(1, round(v * f))  # noqa: E731
+        return replace(
+            self,
+            ae_epochs=ae_epochs,
+            epochs=epochs,
+            lr_step=scale(self.lr_step),
+            curriculum_epochs=tuple(scale(e) for e in self.curriculum_epochs),
+            flip_every=scale(self.flip_every),
+            flip_window=scale(self.flip_window),
+            **changes,
+        )
+
+    def group_at(self, epoch: int) -> str:
+        """The transformation group trained at (0-based) joint ``epoch``.
+
+        >>> cfg = SpaceJAMConfig()
+        >>> cfg.group_at(0), cfg.group_at(101), cfg.group_at(400)
+        ('se2', 'affine', 'homography')
+        """
+        if not self.curriculum:
+            return "homography"
+        return GROUPS[sum(epoch >= e for e in self.curriculum_epochs)]
+
+    def flip_update_at(self, epoch: int) -> bool:
+        """Whether the flip configurations are re-chosen after (0-based) ``epoch``
+        (official: epochs 60, 80, ..., 360 of 401)."""
+        low, high = self.flip_range
+        return self.flips and epoch > 0 and epoch % self.flip_every == 0 and low < epoch / self.epochs < high
+
+
+def count_parameters(module: nn.Module) -> int:
+    """Number of trainable parameters."""
+    return sum(p.numel() for p in module.parameters() if p.requires_grad)
+
+
+# ----------------------------------------------------------------------------- keys
+
+
+def prepare_keys(
+    images: torch.Tensor,
+    backbone,
+    config: SpaceJAMConfig,
+    masks: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Masked PCA keys ``(N, K, S, S)`` and masks ``(N, 1, S, S)`` of images ``(N, 3, H, W)``.
+
+    ``masks`` ``(N, 1, *, *)`` in ``[0, 1]``: the set's foreground. If ``None``, Chapter 3's
+    co-segmentation (:func:`congealing.features.cosegment`) is used when it is available,
+    otherwise the whole image. Descriptors are cached on disk by
+    :func:`congealing.features.extract_descriptors`.
+    """
+    from . import features
+
+    if images.ndim != 4 or images.shape[1] != 3:
+        raise ValueError(f"expected RGB images (N, 3, H, W), got {tuple(images.shape)}")
+    if images.shape[0] < 2:
+        raise ValueError(f"joint alignment needs at least 2 images, got {images.shape[0]}")
+    descriptors = features.extract_descriptors(images, backbone, grid=config.descriptor_grid)
+    if masks is None:
+        cosegment = getattr(features, "cosegment", None)
+        masks = cosegment(descriptors) if cosegment is not None else torch.ones(images.shape[0], 1, 8, 8)
+    return keys_from_descriptors(descriptors, masks.float(), config)
+
+
+def keys_from_descriptors(descriptors: torch.Tensor, masks: torch.Tensor, config: SpaceJAMConfig) -> tuple[torch.Tensor, torch.Tensor]:
+    """Descriptors ``(N, D, h, w)`` and masks ``(N, 1, *, *)`` to keys ``(N, K, S, S)`` and masks ``(N, 1, S, S)``.
+
+    PCA is fitted on all locations of all images (background included, as the official code does),
+    then the maps are resized to ``config.map_size``, multiplied by the masks, and divided by one
+    scalar, their standard deviation on the foreground.
+
+    >>> keys, m = keys_from_descriptors(torch.randn(3, 40, 8, 8), torch.ones(3, 1, 8, 8), SpaceJAMConfig(map_size=16))
+    >>> keys.shape, m.shape
+    (torch.Size([3, 25, 16, 16]), torch.Size([3, 1, 16, 16]))
+    """
+    from .features import pca_project
+
+    size = (config.map_size, config.map_size)
+    maps, _, _ = pca_project(descriptors.float(), config.pca_dim)
+    if maps.shape[-2:] != size:
+        maps = F.interpolate(maps, size=size, mode="bilinear", align_corners=False)
+    masks = (F.interpolate(masks.float(), size=size, mode="bilinear", align_corners=False) > 0.5).float()
+    empty = masks.flatten(1).sum(1) == 0
+    if empty.any():
+        # An empty mask would make an image all-zero keys (nothing to align); keep the whole image instead.
+        warnings.warn(f"the masks of images {empty.nonzero().flatten().tolist()} are empty; using the whole image for them")
+        masks[empty] = 1.0
+    keys = maps * masks
+    scale = keys.permute(1, 0, 2, 3)[:, masks[:, 0] > 0].std()
+    return (keys / scale.clamp_min(1e-12)).contiguous(), masks
+
+
+# ----------------------------------------------------------------------------- networks
+
+
+class GlobalNorm(nn.Module):
+    """``(x - mean) / (std + 1e-8)`` with one scalar mean and std over the whole batch tensor.
+
+    The official encoder's last step. In training the batch's statistics are used and a running
+    average is kept (like batch norm), which evaluation uses, so a code does not depend on which
+    other images are evaluated with it.
+    """
+
+    def __init__(self, momentum: float = 0.1):
+        super().__init__()
+        self.momentum = momentum
+        self.register_buffer("running_mean", torch.zeros(()))
+        self.register_buffer("running_std", torch.ones(()))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.training:
+            mean, std = x.mean(), x.std()
+            with torch.no_grad():
+                self.running_mean.lerp_(mean.detach(), self.momentum)
+                self.running_std.lerp_(std.detach(), self.momentum)
+        else:
+            mean, std = self.running_mean, self.running_std
+        return (x - mean) / (std + 1e-8)
+
+
+def _mlp(channels: list[int]) -> list[nn.Module]:
+    layers: list[nn.Module] = []
+    for index, (a, b) in enumerate(zip(channels[:-1], channels[1:])):
+        layers.append(nn.Conv2d(a, b, 1))
+        if index < len(channels) - 2:  # official order inside a hidden block: conv, ReLU, BN
+            layers += [nn.ReLU(), nn.BatchNorm2d(b)]
+    return layers
+
+
+class KeyAutoencoder(nn.Module):
+    """Per-pixel autoencoder: keys ``(B, 25, H, W)`` -> codes ``(B, 3, H, W)`` -> keys.
+
+    1x1 convolutions only, so it is "fully convolutional" at any resolution and commutes with
+    flips. 3,036 parameters with the defaults.
+
+    >>> ae = KeyAutoencoder(SpaceJAMConfig())
+    >>> ae.encode(torch.randn(2, 25, 8, 8)).shape
+    torch.Size([2, 3, 8, 8])
+    """
+
+    def __init__(self, config: SpaceJAMConfig):
+        super().__init__()
+        widths = [config.pca_dim, *config.ae_hidden, config.low_dim]
+        self.encoder = nn.Sequential(*_mlp(widths), GlobalNorm())
+        self.decoder = nn.Sequential(*_mlp(widths[::-1]))
+
+    def encode(self, keys: torch.Tensor) -> torch.Tensor:
+        return self.encoder(keys)
+
+    def decode(self, codes: torch.Tensor) -> torch.Tensor:
+        return self.decoder(codes)
+
+    def forward(self, keys: torch.Tensor) -> torch.Tensor:
+        return self.decode(self.encode(keys))
+
+
+class RecurrentLieSTN(nn.Module):
+    """The localisation network, applied ``recurrences`` times with shared weights.
+
+    Input codes ``(B, 3, S, S)`` (any ``S`` >= 19); output transforms ``(B, 3, 3)`` (and, with
+    ``return_steps``, the transform after every step, ``(B, steps, 3, 3)``). 13,271 parameters with
+    the defaults; the head starts at zero so the output is the identity at initialisation.
+
+    >>> stn = RecurrentLieSTN(SpaceJAMConfig())
+    >>> torch.allclose(stn(torch.randn(2, 3, 64, 64), "homography"), torch.eye(3).expand(2, 3, 3))
+    True
+    """
+
+    def __init__(self, config: SpaceJAMConfig):
+        super().__init__()
+        (c1, c2), (k1, k2), (p1, p2) = config.stn_channels, config.stn_kernels, config.stn_pools
+        self.features = nn.Sequential(
+            nn.Conv2d(config.low_dim, c1, k1), nn.AdaptiveMaxPool2d(p1), nn.ReLU(),
+            nn.Conv2d(c1, c2, k2), nn.AdaptiveMaxPool2d(p2), nn.ReLU(), nn.Flatten(),
+        )
+        self.head = nn.Sequential(nn.Linear(c2 * p2 * p2, config.stn_hidden), nn.ReLU(), nn.Linear(config.stn_hidden, 8))
+        nn.init.zeros_(self.head[-1].weight)  # identity at initialisation: exp(0) = I
+        nn.init.zeros_(self.head[-1].bias)
+        self.recurrences = config.recurrences
+        self.parameterisation = config.parameterisation
+
+    def step(self, codes: torch.Tensor, group: str) -> torch.Tensor:
+        """One increment ``(B, 3, 3)``: ``exp(project(xi))`` (or ``I + hat(xi)`` without the Lie parameterisation)."""
+        xi = warps.project(self.head(self.features(codes)), group)
+        if self.parameterisation == "matrix":
+            return torch.eye(3, dtype=xi.dtype, device=xi.device) + warps.hat(xi)
+        return warps.exp(xi)
+
+    def forward(self, codes: torch.Tensor, group: str = "homography", steps: int | None = None, return_steps: bool = False):
+        T = warps.identity(codes.shape[0], codes.dtype, codes.device)
+        history = []
+        for k in range(self.recurrences if steps is None else steps):
+            # Each step reads the *original* codes warped once by the transform so far.
+            view = codes if k == 0 else warps.warp_image(codes, T)
+            T = warps.compose(self.step(view, group), T)  # the new increment acts in the aligned frame
+            history.append(T)
+        if return_steps:
+            return T, torch.stack(history, dim=1)
+        return T
+
+
+# ----------------------------------------------------------------------------- losses
+
+
+def _safe_homogeneous(points: torch.Tensor, T: torch.Tensor) -> torch.Tensor:
+    """``T`` ``(B, 3, 3)`` applied to normalised points ``(B, P, 2)``, keeping ``w`` away from 0."""
+    h = torch.cat([points, torch.ones_like(points[..., :1])], dim=-1) @ T.transpose(1, 2)
+    w = h[..., 2:3]
+    w = torch.where(w.abs() < 1e-6, torch.full_like(w, 1e-6) * torch.where(w < 0, -1.0, 1.0), w)
+    return h[..., :2] / w
+
+
+def pair_predictions(sources: torch.Tensor, source_T: torch.Tensor, target_T: torch.Tensor) -> torch.Tensor:
+    """Every source map carried into every target's frame, with ONE interpolation each.
+
+    ``sources`` ``(A, C, S, S)`` with transforms ``source_T`` ``(A, 3, 3)``; targets' transforms
+    ``target_T`` ``(Q, 3, 3)``. Returns ``(A, C, Q, S, S)``: entry ``[a, :, q]`` is source ``a``
+    warped by ``T_q^-1 T_a``. The ``Q`` sampling grids of one source are stacked vertically into
+    one tall grid, so ``grid_sample`` reads each source once and no copies of the sources are made.
+
+    >>> x = torch.rand(2, 4, 8, 8); T = warps.exp(torch.randn(2, 8) * 0.1)
+    >>> out = pair_predictions(x, T, T)
+    >>> torch.allclose(out[0, :, 0], x[0], atol=1e-5), tuple(out.shape)
+    (True, (2, 4, 2, 8, 8))
+    """
+    A, C, S, _ = sources.shape
+    Q = target_T.shape[0]
+    # Sampling the source at (T_q^-1 T_a)^-1 p = T_a^-1 T_q p for every pixel p of target q's frame.
+    relative = torch.linalg.solve(source_T[:, None], target_T[None].expand(A, Q, 3, 3))
+    grid = warps.identity_grid((S, S), 1, sources.dtype, sources.device).reshape(1, S * S, 2).expand(A * Q, -1, -1)
+    points = _safe_homogeneous(grid, relative.reshape(A * Q, 3, 3)).reshape(A, Q * S, S, 2)
+    out = F.grid_sample(sources, points, mode="bilinear", padding_mode="zeros", align_corners=False)
+    return out.reshape(A, C, Q, S, S)
+
+
+def ic_loss(
+    decoded: torch.Tensor,
+    keys: torch.Tensor,
+    transforms: torch.Tensor,
+    config_index: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The inverse-compositional loss over all ordered pairs of a batch, with reflections.
+
+    ``decoded`` ``(B, K, S, S)``: the autoencoder's keys of the batch (the sources); ``keys``
+    ``(B, K, S, S)``: the masked PCA keys (the targets); ``transforms`` ``(R, B, 3, 3)``: each
+    image's transform in each of its ``R`` flip configurations (``R = 1`` or ``2``);
+    ``config_index`` ``(B,)``: each image's current configuration, used when it is the source.
+
+    For target ``j`` in configuration ``r``: ``e[j, r] = mean_i mean_pixels |keys_j - W(decoded_i;
+    T_{j,r}^-1 T_{i,c_i})|^2 / K`` (the self pair ``i = j`` included, as in the official code,
+    where it keeps the decoder honest). Returns the loss ``mean_j min_r e[j, r]`` (gradients through
+    the best configuration only) and ``e`` ``(B, R)`` detached, for the flip history.
+
+    >>> x = torch.rand(3, 5, 8, 8); T = warps.identity(3)[None]
+    >>> loss, e = ic_loss(x[:1].expand(3, -1, -1, -1), x[:1].expand(3, -1, -1, -1), T, torch.zeros(3, dtype=torch.long))
+    >>> float(loss) < 1e-10, tuple(e.shape)
+    (True, (3, 1))
+    """
+    R, B = transforms.shape[:2]
+    source_T = transforms[config_index, torch.arange(B, device=transforms.device)]
+    predictions = pair_predictions(decoded, source_T, transforms.reshape(R * B, 3, 3))  # (B_src, K, R*B_tgt, S, S)
+    K = keys.shape[1]
+    errors = (predictions.reshape(B, K, R, B, *keys.shape[-2:]) - keys.transpose(0, 1)[None, :, None]).pow(2)
+    per_target = errors.mean(dim=(1, 4, 5)).mean(dim=0).transpose(0, 1)  # (B_tgt, R)
+    loss = per_target.min(dim=1).values.mean()
+    return loss, per_target.detach()
+
+
+def atlas_loss(decoded: torch.Tensor, keys: torch.Tensor, transforms: torch.Tensor, config_index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Ablation: distance of every aligned map to their mean (the atlas), in the atlas frame, with no
+    regulariser. Same arguments and returns as :func:`ic_loss`. Shrinking every image towards one
+    point (or off the frame) lowers it, which is the trivial solution the IC loss avoids."""
+    R, B = transforms.shape[:2]
+    identity = warps.identity(1, transforms.dtype, transforms.device)
+    # Warp each image into the common frame: sources with T, target frame = identity.
+    aligned = pair_predictions(decoded, transforms.reshape(R * B, 3, 3)[torch.arange(B) + B * config_index], identity)[:, :, 0]
+    atlas = aligned.mean(dim=0, keepdim=True)
+    per_config = []
+    for r in range(R):
+        warped = pair_predictions(decoded, transforms[r], identity)[:, :, 0]
+        per_config.append((warped - atlas).pow(2).mean(dim=(1, 2, 3)))
+    per_target = torch.stack(per_config, dim=1)
+    return per_target.min(dim=1).values.mean(), per_target.detach()
+
+
+# ----------------------------------------------------------------------------- training
+
+
+@dataclass
+class SpaceJAMResult:
+    """What :func:`fit` returns.
+
+    ``transforms`` ``(N, 3, 3)``: image -> common frame (flip included); ``flips`` ``(N,)`` bool;
+    ``steps`` ``(N, recurrences, 3, 3)``: the transform after each recurrent step (flip included);
+    ``stages`` maps a curriculum group to the transforms ``(N, 3, 3)`` at the end of its stage;
+    ``codes`` ``(N, 3, S, S)``: the low-dimensional keys; ``losses``: mean loss per joint epoch.
+    """
+
+    transforms: torch.Tensor
+    flips: torch.Tensor
+    steps: torch.Tensor
+    stages: dict
+    codes: torch.Tensor
+    keys: torch.Tensor
+    masks: torch.Tensor
+    ae_losses: list
+    losses: list
+    seconds: dict
+    parameters: dict
+    config: SpaceJAMConfig
+    model: dict = field(default_factory=dict, repr=False)
+
+
+def _flip_transforms(B: int, dtype, device) -> torch.Tensor:
+    return torch.stack([warps.identity(B, dtype, device), warps.hflip(True, B, dtype, device)])  # (2, B, 3, 3)
+
+
+@torch.no_grad()
+def infer(ae: KeyAutoencoder, stn: RecurrentLieSTN, keys: torch.Tensor, flips: torch.Tensor, group: str = "homography", chunk: int = 16):
+    """Evaluation-mode transforms of all images: ``(T (N, 3, 3), steps (N, L, 3, 3), codes (N, 3, S, S))``.
+
+    ``T_n = M_n R_n`` where ``R_n`` is the flip of image ``n``'s configuration and ``M_n`` the STN's
+    output for the (possibly mirrored) codes.
+    """
+    ae.eval(), stn.eval()
+    Ts, all_steps, codes = [], [], []
+    for start in range(0, keys.shape[0], chunk):
+        z = ae.encode(keys[start : start + chunk])
+        f = flips[start : start + chunk].to(z.device)
+        z_in = torch.where(f[:, None, None, None], z.flip(-1), z)
+        M, steps = stn(z_in, group, return_steps=True)
+        R = warps.hflip(f, dtype=z.dtype, device=z.device)
+        Ts.append(M @ R)
+        all_steps.append(steps @ R[:, None])
+        codes.append(z)
+    return torch.cat(Ts), torch.cat(all_steps), torch.cat(codes)
+
+
+def _check_finite(loss: torch.Tensor, phase: str, epoch: int, step: int, name: str) -> None:
+    if not torch.isfinite(loss):
+        raise FloatingPointError(f"SpaceJAM diverged in {phase}, epoch {epoch}, step {step}: {name} = {loss.item()}; lower the learning rates")
+
+
+def fit(
+    keys: torch.Tensor,
+    masks: torch.Tensor,
+    config: SpaceJAMConfig | None = None,
+    device=None,
+    checkpoint: str | os.PathLike | None = None,
+    resume: bool = False,
+    checkpoint_every: int = 20,
+    verbose: bool = False,
+) -> SpaceJAMResult:
+    """Train SpaceJAM on keys ``(N, K, S, S)`` with masks ``(N, 1, S, S)`` and return every image's transform.
+
+    ``checkpoint``: a file written every ``checkpoint_every`` epochs (a plain dict of tensors and
+    numbers); with ``resume`` training continues from it. Raises ``ValueError`` for fewer than two
+    images and ``FloatingPointError`` (naming the phase, epoch, step and loss) on divergence.
+    """
+    config = config or SpaceJAMConfig.for_mode()
+    if keys.ndim != 4 or keys.shape[1] != config.pca_dim:
+        raise ValueError(f"expected keys (N, {config.pca_dim}, S, S), got {tuple(keys.shape)}")
+    N = keys.shape[0]
+    if N < 2:
+        raise ValueError(f"joint alignment needs at least 2 images, got {N}: there is nothing to align a single image to")
+    device = torch.device(device or "cpu")
+    torch.manual_seed(config.seed)
+    generator = torch.Generator().manual_seed(config.seed)
+    keys, masks = keys.to(device).float(), masks.to(device).float()
+    ae, stn = KeyAutoencoder(config).to(device), RecurrentLieSTN(config).to(device)
+    ae_opt = torch.optim.Adam(ae.parameters(), lr=config.ae_lr)
+    ae_sched = torch.optim.lr_scheduler.StepLR(ae_opt, config.lr_step, config.lr_gamma)
+    stn_opt = torch.optim.Adam(stn.parameters(), lr=config.stn_lr)
+    joint_opt = torch.optim.Adam(ae.parameters(), lr=config.joint_ae_lr)  # a fresh optimiser, as the official code
+    stn_sched = torch.optim.lr_scheduler.StepLR(stn_opt, config.lr_step, config.lr_gamma)
+    joint_sched = torch.optim.lr_scheduler.StepLR(joint_opt, config.lr_step, config.lr_gamma)
+    R = 2 if config.flips else 1
+    flips = torch.zeros(N, dtype=torch.bool)
+    history = torch.zeros(config.epochs, N, R)
+    ae_losses: list[float] = []
+    losses: list[float] = []
+    stages: dict[str, torch.Tensor] = {}
+    start_ae, start_joint = 0, 0
+    seconds = {"ae": 0.0, "joint": 0.0}
+    objects = dict(ae=ae, stn=stn, ae_opt=ae_opt, ae_sched=ae_sched, stn_opt=stn_opt, joint_opt=joint_opt, stn_sched=stn_sched, joint_sched=joint_sched)
+    if resume and checkpoint is not None and Path(checkpoint).exists():
+        state = torch.load(checkpoint, map_location=device, weights_only=True)
+        for name, obj in objects.items():
+            obj.load_state_dict(state[name])
+        flips = state["flips"].bool().cpu()
+        done = state["history"].cpu()[: config.epochs]
+        history[: done.shape[0]] = done
+        ae_losses, losses = state["ae_losses"].tolist(), state["losses"].tolist()
+        start_ae, start_joint = int(state["ae_epoch"]), int(state["epoch"])
+        stages = {k[len("stage_"):]: v.cpu() for k, v in state.items() if k.startswith("stage_")}
+        generator.set_state(state["generator"])
+        seconds = {"ae": float(state["seconds_ae"]), "joint": float(state["seconds_joint"])}
+
+    def save(ae_epoch: int, epoch: int) -> None:
+        if checkpoint is None:
+            return
+        state = {name: obj.state_dict() for name, obj in objects.items()}
+        state.update(
+            flips=flips.clone(), history=history.clone(), ae_losses=torch.tensor(ae_losses), losses=torch.tensor(losses),
+            ae_epoch=ae_epoch, epoch=epoch, generator=generator.get_state(),
+            seconds_ae=seconds["ae"], seconds_joint=seconds["joint"], config=_config_dict(config),
+            **{f"stage_{k}": v for k, v in stages.items()},
+        )
+        path = Path(checkpoint)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        torch.save(state, path.with_name(path.name + ".partial"))
+        os.replace(path.with_name(path.name + ".partial"), path)
+
+    # --- 1. autoencoder pretraining: masked L2 reconstruction of the keys
+    ae_epochs = config.ae_epochs if config.pretrain_ae else 0
+    ae.train()
+    tic = time.perf_counter()
+    for epoch in range(start_ae, ae_epochs):
+        total = 0.0
+        for step, batch in enumerate(torch.randperm(N, generator=generator).split(config.batch_size)):
+            x, m = keys[batch], masks[batch]
+            x, m = torch.cat([x, x.flip(-1)]), torch.cat([m, m.flip(-1)])  # each image with its mirror, as the official code
+            loss = ((ae(x) - x).pow(2).mean(dim=1, keepdim=True) * m).mean()
+            _check_finite(loss, "autoencoder pretraining", epoch, step, "reconstruction loss")
+            ae_opt.zero_grad(set_to_none=True)
+            loss.backward()
+            ae_opt.step()
+            total += loss.item() * len(batch)
+        ae_sched.step()
+        ae_losses.append(total / N)
+        if (epoch + 1) % checkpoint_every == 0:
+            seconds["ae"] += time.perf_counter() - tic
+            tic = time.perf_counter()
+            save(epoch + 1, 0)
+    seconds["ae"] += time.perf_counter() - tic
+    start_ae = ae_epochs
+
+    # --- 2. joint training: IC loss, recurrent Lie STN, curriculum, reflections
+    loss_fn = ic_loss if config.loss == "ic" else atlas_loss
+    reflections = _flip_transforms(N, keys.dtype, device)[:R]
+    tic = time.perf_counter()
+    for epoch in range(start_joint, config.epochs):
+        group = config.group_at(epoch)
+        ae.train(), stn.train()
+        total = 0.0
+        for step, batch in enumerate(torch.randperm(N, generator=generator).split(config.batch_size)):
+            x = keys[batch]
+            z = ae.encode(x)
+            views = torch.cat([z, z.flip(-1)]) if R == 2 else z
+            M = stn(views, group).reshape(R, len(batch), 3, 3)
+            transforms = M @ reflections[:, batch]  # image coordinates -> common frame, per configuration
+            loss, per_target = loss_fn(ae.decode(z), x, transforms, flips[batch].long().to(device) if R == 2 else torch.zeros(len(batch), dtype=torch.long, device=device))
+            _check_finite(loss, "joint training", epoch, step, f"{config.loss} loss")
+            stn_opt.zero_grad(set_to_none=True)
+            joint_opt.zero_grad(set_to_none=True)
+            loss.backward()
+            stn_opt.step()
+            joint_opt.step()
+            history[epoch, batch] = per_target.cpu()
+            total += loss.item() * len(batch)
+        stn_sched.step()
+        joint_sched.step()
+        losses.append(total / N)
+        if config.flip_update_at(epoch):
+            window = history[max(0, epoch - config.flip_window + 1) : epoch + 1].mean(dim=0)
+            flips = window.argmin(dim=1).bool()
+        next_group = config.group_at(epoch + 1) if epoch + 1 < config.epochs else None
+        if next_group != group:
+            stages[group] = infer(ae, stn, keys, flips, group)[0].cpu()
+        if verbose and (epoch % 10 == 0 or epoch == config.epochs - 1):
+            print(f"epoch {epoch:4d} [{group}] loss {losses[-1]:.4f}  flipped {int(flips.sum())}/{N}")
+        if (epoch + 1) % checkpoint_every == 0 or epoch + 1 == config.epochs:
+            seconds["joint"] += time.perf_counter() - tic
+            tic = time.perf_counter()
+            save(start_ae, epoch + 1)
+    seconds["joint"] += time.perf_counter() - tic
+
+    transforms, steps, codes = infer(ae, stn, keys, flips, config.group_at(config.epochs - 1))
+    return SpaceJAMResult(
+        transforms=transforms.cpu(), flips=flips.clone(), steps=steps.cpu(), stages=stages, codes=codes.cpu(),
+        keys=keys.cpu(), masks=masks.cpu(), ae_losses=ae_losses, losses=losses, seconds=seconds,
+        parameters={"autoencoder": count_parameters(ae), "stn": count_parameters(stn), "total": count_parameters(ae) + count_parameters(stn)},
+        config=config, model={"ae": ae, "stn": stn},
+    )
+
+
+def _config_dict(config: SpaceJAMConfig) -> dict:
+    """The config as plain numbers and strings (checkpoint-safe)."""
+    return {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(config).items()}
+
+
+# ----------------------------------------------------------------------------- after training
+
+
+def atlas(maps: torch.Tensor, transforms: torch.Tensor, masks: torch.Tensor | None = None) -> torch.Tensor:
+    """The atlas ``(C, H, W)``: the mean of ``maps`` ``(N, C, H, W)`` warped by ``transforms`` ``(N, 3, 3)``.
+
+    With ``masks`` ``(N, 1, H, W)``, the mean runs over the images whose warped mask covers each
+    pixel (so the background does not darken it).
+
+    >>> atlas(torch.ones(2, 3, 4, 4), warps.identity(2)).shape
+    torch.Size([3, 4, 4])
+    """
+    warped = warps.warp_image(maps.float(), transforms.float())
+    if masks is None:
+        return warped.mean(dim=0)
+    weight = warps.warp_image(masks.float(), transforms.float())
+    return (warped * weight).sum(dim=0) / weight.sum(dim=0).clamp_min(1e-6)
+
+
+def transfer_points(transforms: torch.Tensor, src: int, tgt: int, points: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Closed-form keypoint transfer: pixel ``(x, y)`` points ``(K, 2)`` of image ``src`` to image
+    ``tgt``, through ``T_src`` then ``T_tgt^-1``.
+
+    >>> T = warps.identity(2)
+    >>> transfer_points(T, 0, 1, torch.tensor([[3.0, 4.0]]), (8, 8))
+    tensor([[3., 4.]])
+    """
+    relative = warps.compose(warps.invert(transforms[tgt : tgt + 1]), transforms[src : src + 1])
+    normalised = warps.pixel_to_normalized(points[None].float(), size)
+    return warps.normalized_to_pixel(warps.transform_points(relative, normalised), size)[0]
+
+
+def fit_transfer(cub, backbone, mode: str | None = None, seed: int = 0, device=None) -> Callable:
+    """``congeal eval --method spacejam``: train on one CUB class and return its transfer function.
+
+    Masks: Chapter 3's co-segmentation when available, otherwise the whole crop.
+    """
+    config = SpaceJAMConfig.for_mode(mode, seed=seed)
+    keys, masks = prepare_keys(cub.images, backbone, config)
+    result = fit(keys, masks, config, device=device)
+    from .eval import transfer_via_transforms
+
+    return transfer_via_transforms(result.transforms, cub.images.shape[-1])
+
+
+def align_folder(image_set, args) -> None:
+    """``congeal align DIR --method spacejam --out OUT``: align a folder and write the report.
+
+    A checkpoint is kept beside ``OUT`` while training (``.OUT.spacejam.pt``) and copied into
+    ``OUT/checkpoint.pt`` at the end; ``--resume`` continues from either.
+    """
+    from .features import load_backbone
+    from .report import write_alignment
+    from .runtime import get_device, get_mode
+
+    out = Path(args.out)
+    device = get_device(getattr(args, "device", None))
+    config = SpaceJAMConfig.for_mode(args.mode, seed=getattr(args, "seed", 42))
+    backbone = load_backbone(getattr(args, "backbone", None), device=device)
+    masks = image_set.masks
+    if masks is not None and bool((masks > 0.5).all()):
+        masks = None  # no alpha channel: use the co-segmentation when available
+    keys, masks = prepare_keys(image_set.images, backbone, config, masks)
+    sidecar = out.with_name(f".{out.name}.spacejam.pt")
+    final = out / "checkpoint.pt"
+    if getattr(args, "resume", False) and not sidecar.exists() and final.exists():
+        sidecar.parent.mkdir(parents=True, exist_ok=True)
+        sidecar.write_bytes(final.read_bytes())
+    tic = time.perf_counter()
+    result = fit(keys, masks, config, device=device, checkpoint=sidecar, resume=getattr(args, "resume", False))
+    images = image_set.images
+    aligned = warps.warp_image(images, result.transforms)
+    codes_rgb = codes_to_rgb(result.codes)
+    size = images.shape[-2:]
+    codes_up = F.interpolate(codes_rgb, size=size, mode="bilinear", align_corners=False)
+    mask_up = F.interpolate(result.masks, size=size, mode="bilinear", align_corners=False)
+    views = {
+        "mean": atlas(images, result.transforms),
+        "foreground": atlas(images, result.transforms, mask_up),
+        "keys": atlas(codes_up, result.transforms, mask_up),
+    }
+    write_alignment(
+        out, method="spacejam", names=image_set.names, inputs=images, aligned=aligned, atlas=views, mode=get_mode(args.mode),
+        transforms=result.transforms,
+        summary={
+            "backbone": backbone.name, "seconds": round(time.perf_counter() - tic, 1), "trainable_parameters": result.parameters["total"],
+            "flipped": int(result.flips.sum()), "final_loss": result.losses[-1] if result.losses else None, "config": _config_dict(config),
+        },
+        extra_images={"low-dim keys": F.interpolate(codes_rgb, size=size, mode="nearest")},
+    )
+    final.write_bytes(sidecar.read_bytes())
+    sidecar.unlink()
+
+
+def codes_to_rgb(codes: torch.Tensor) -> torch.Tensor:
+    """Low-dimensional keys ``(N, 3, S, S)`` as RGB in ``[0, 1]`` (one min-max over the whole set,
+    so the same colour means the same code in every image)."""
+    low = codes.amin(dim=(0, 2, 3), keepdim=True)
+    high = codes.amax(dim=(0, 2, 3), keepdim=True)
+    return (codes - low) / (high - low).clamp_min(1e-12)
