@@ -1,0 +1,924 @@
+"""Neural Congealing (Ofri-Amar, Geyer, Kasten, Dekel, CVPR 2023) in plain PyTorch, CPU or GPU.
+
+The idea: an image set is summarised by an **atlas**, a learnable grid of descriptor "keys"
+``(D, A, A)`` plus a saliency map ``(A, A)``, and every image gets a mapping into it. The mapping is
+two spatial transformer networks (STNs) that read the RGB image: a **rigid** one predicting a
+similarity ``(theta, s, t)`` and a **non-rigid** one predicting a coarse flow that is convexly
+upsampled to the atlas resolution. Their composition is one sampling grid ``G_n`` ``(A, A, 2)``
+that reads image ``n`` (its RGB, its keys, its saliency) at every atlas pixel. Atlas and mappings
+are trained jointly, so the atlas converges to the mode of the set in feature space.
+
+Coordinates follow :mod:`congealing.warps`: normalised ``[-1, 1]`` with ``align_corners=False``.
+The similarity matrix ``T`` ``(B, 3, 3)`` here maps **atlas -> image** (it builds a sampling grid),
+and ``G_n(p) = T_n [p + delta_n(p); 1]``: the flow lives in atlas space before the similarity.
+
+Everything the official code (``dolev104/neural_congealing``) does is here, written anew: the
+losses with their masks and batch-wide normalisations, the rigid bootstrap, the detached
+rigid/non-rigid objectives, optional flips, the gradual atlas, relaxed rigidity, closed-form +
+nearest-neighbour keypoint transfer and edit propagation. The CUDA-only pieces (fused activations,
+FIR filters, splatting) are replaced by plain-PyTorch equivalents, so it runs anywhere.
+
+>>> cfg = NeuralCongealingConfig.for_mode("quick")
+>>> cfg.atlas_size, cfg.coarse_flow_size, cfg.upsample_factor
+(32, 8, 4)
+"""
+from __future__ import annotations
+
+import math
+import os
+import time
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Callable
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from . import warps
+
+# ----------------------------------------------------------------------------- configuration
+
+
+@dataclass(frozen=True)
+class NeuralCongealingConfig:
+    """Every setting of Neural Congealing; the defaults are the paper's full-mode settings.
+
+    Loss weights use the paper's notation; each term's absolute weight is ``loss_scale`` times the
+    product shown in :meth:`weights` (they equal the official code's coefficients: keys 3500 (L2) +
+    4000 (cosine), saliency 5000, centre 3000, saliency sparsity 450, keys sparsity 10, scale 800,
+    magnitude 8000, local rigidity 100, global rigidity 350). The paper's ``gamma = 2`` multiplies
+    the saliency sparsity ``L1 + 0.5 * L0``; that is what reconciles the paper's ``lambda_p`` with
+    the code's 450.
+
+    ``for_mode("quick")`` (2 CPU cores, a few minutes for a 30-image CUB class) changes:
+
+    * ``image_size`` 256 -> 128, ``stn_input_size`` 128 -> 64, ``flow_input_size`` 128 -> 64:
+      the STNs' cost grows with the square of their input, and 64 px still shows a bird's pose.
+    * ``atlas_size`` 128 -> 32, ``coarse_flow_size`` 16 -> 8 (so convex upsampling is x4, not x8):
+      32 is EfficientNet-Lite0's native stride-8 grid at 256 px; keys upsampled to 128 add no
+      information but 16x the cost of every warp and loss.
+    * ``stn_width`` 64 -> 16, ``stn_max_width`` 512 -> 64, ``stn_hidden`` 512 -> 64: ~100x fewer
+      STN weights; the STNs only regress a similarity and a coarse flow.
+    * ``epochs`` 8000 -> 60, ``bootstrap_epochs`` 1000 -> 20, ``update_every`` 100 -> 10:
+      minutes instead of hours (the batch stays 2: per-image cost dominates a step on a CPU, so
+      small batches give the most updates per second).
+    * ``lr_stn`` 1e-4 -> 3e-3, ``lr_atlas`` 8e-4 -> 4e-3: with ~100x fewer optimiser steps the
+      published rates barely leave the identity. Quick mode is a demonstration of the method, not
+      a converged run: expect far lower PCK than the paper (the chapter reports it).
+    * the global rigidity step ``global_delta`` is given at a 128-px atlas and scaled with the
+      atlas (20 -> 5 px at 32), so it always spans the same fraction of the object.
+
+    >>> NeuralCongealingConfig().weights()["rigidity_global"]
+    350.0
+    >>> NeuralCongealingConfig(relaxed_rigidity=True).weights()["rigidity_local"]
+    25.0
+    """
+
+    # resolutions
+    image_size: int = 256
+    stn_input_size: int = 128
+    flow_input_size: int = 128
+    atlas_size: int = 128
+    coarse_flow_size: int = 16
+    # STN widths (the official GANgealing trunk with channel multiplier 0.5)
+    stn_width: int = 64
+    stn_max_width: int = 512
+    stn_hidden: int = 512
+    # losses (paper notation; absolute weight = loss_scale x product, see weights())
+    loss_scale: float = 4000.0
+    lambda_l: float = 0.875  # keys L2 (cosine has weight 1)
+    lambda_s: float = 1.25  # saliency
+    lambda_r: float = 0.025  # mapping regularisation (local rigidity)
+    lambda_s1: float = 8.0  # scale
+    lambda_s2: float = 80.0  # flow magnitude
+    lambda_s3: float = 3.5  # global rigidity
+    lambda_a: float = 0.75  # atlas regularisation (centre)
+    lambda_p: float = 0.075  # atlas sparsity
+    lambda_k: float = 0.044  # keys sparsity (inside lambda_p)
+    gamma: float = 2.0  # saliency sparsity: gamma * (L1 + 0.5 * L0)
+    l0_steepness: float = 5.0  # L0 ~ 2 sigmoid(5 a) - 1
+    huber_delta: float = 0.7
+    local_delta: int = 1
+    global_delta: float = 20.0  # pixels of a 128-px atlas; scaled with atlas_size
+    relaxed_rigidity: bool = False  # the supplementary's evaluation sets: local x0.25, global x90/350
+    # schedule
+    epochs: int = 8000
+    bootstrap_epochs: int = 1000
+    batch_size: int = 2
+    lr_stn: float = 1e-4
+    lr_atlas: float = 8e-4
+    flips: bool = False
+    gradual_atlas: bool = False
+    update_every: int = 100  # epochs between flip / gradual-atlas decisions
+    checkpoint_every: int = 1000
+    seed: int = 0
+
+    @classmethod
+    def for_mode(cls, mode: str | None = None, **overrides) -> "NeuralCongealingConfig":
+        """Full mode: the published defaults. Quick mode: the changes listed in the class docstring."""
+        from .runtime import get_mode
+
+        base = cls()
+        if get_mode(mode) == "quick":
+            base = replace(
+                base, image_size=128, stn_input_size=64, flow_input_size=64, atlas_size=32, coarse_flow_size=8,
+                stn_width=16, stn_max_width=64, stn_hidden=64, epochs=60, bootstrap_epochs=20,
+                update_every=10, checkpoint_every=20, lr_stn=3e-3, lr_atlas=4e-3,
+            )
+        return replace(base, **overrides)
+
+    def __post_init__(self):
+        for name in ("stn_input_size", "flow_input_size", "atlas_size", "coarse_flow_size"):
+            size = getattr(self, name)
+            if size < 4 or size & (size - 1):
+                raise ValueError(f"{name} must be a power of two >= 4, got {size}")
+        if self.atlas_size % self.coarse_flow_size or self.flow_input_size < 2 * self.coarse_flow_size:
+            raise ValueError("atlas_size must be a multiple of coarse_flow_size, and flow_input_size at least twice it")
+        if not 0 <= self.bootstrap_epochs <= self.epochs:
+            raise ValueError(f"bootstrap_epochs ({self.bootstrap_epochs}) must lie in [0, epochs={self.epochs}]")
+
+    @property
+    def upsample_factor(self) -> int:
+        return self.atlas_size // self.coarse_flow_size
+
+    @property
+    def global_delta_px(self) -> int:
+        return max(1, round(self.global_delta * self.atlas_size / 128))
+
+    def weights(self) -> dict[str, float]:
+        """The absolute weight of every loss term."""
+        c = self.loss_scale
+        local, glob = (0.25, 90.0 / 350.0) if self.relaxed_rigidity else (1.0, 1.0)
+        return {
+            "keys_l2": c * self.lambda_l,
+            "keys_cos": c,
+            "saliency": c * self.lambda_s,
+            "sparsity_saliency": c * self.lambda_a * self.lambda_p * self.gamma,
+            "sparsity_keys": c * self.lambda_a * self.lambda_p * self.lambda_k,
+            "center": c * self.lambda_a,
+            "scale": c * self.lambda_r * self.lambda_s1,
+            "magnitude": c * self.lambda_r * self.lambda_s2,
+            "rigidity_local": c * self.lambda_r * local,
+            "rigidity_global": c * self.lambda_r * self.lambda_s3 * glob,
+        }
+
+
+# ----------------------------------------------------------------------------- loss terms
+
+
+def masked_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """``sum(mask * values) / sum(mask)`` over everything (the batch-wide normalisation of the paper).
+
+    >>> masked_mean(torch.tensor([1.0, 3.0]), torch.tensor([1.0, 0.0]))
+    tensor(1.)
+    """
+    return (mask * values).sum() / mask.sum().clamp_min(1e-8)
+
+
+def keys_loss(atlas_keys: torch.Tensor, keys: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Channel-mean squared distance and cosine distance between atlas keys ``(1|B, D, A, A)`` and
+    congealed keys ``(B, D, A, A)``, averaged under ``mask`` ``(B, 1, A, A)``. Returns ``(l2, cos)``.
+
+    Both come from one dot product and two squared norms (``|a-k|^2 = |a|^2 + |k|^2 - 2 a.k``):
+    with D in the hundreds these channel reductions are most of a step's cost on a CPU.
+
+    >>> k = torch.randn(2, 5, 3, 3)
+    >>> [round(v.item(), 6) for v in keys_loss(k, k, torch.ones(2, 1, 3, 3))]
+    [0.0, 0.0]
+    """
+    dot = (atlas_keys * keys).sum(dim=1, keepdim=True)
+    a2 = atlas_keys.pow(2).sum(dim=1, keepdim=True)
+    k2 = keys.pow(2).sum(dim=1, keepdim=True)
+    l2 = (a2 + k2 - 2.0 * dot).clamp_min(0.0) / keys.shape[1]
+    cos = 1.0 - dot / (a2 * k2).clamp_min(1e-16).sqrt()
+    return masked_mean(l2, mask), masked_mean(cos, mask)
+
+
+def saliency_loss(atlas_saliency: torch.Tensor, saliency: torch.Tensor, inside: torch.Tensor, delta: float = 0.7) -> torch.Tensor:
+    """Huber distance between the atlas saliency ``(1|B, 1, A, A)`` and congealed masks ``(B, 1, A, A)``
+    over pixels that map inside the image (``inside``)."""
+    huber = F.huber_loss(atlas_saliency.expand_as(saliency), saliency, reduction="none", delta=delta)
+    return masked_mean(huber, inside)
+
+
+def l0_approx(values: torch.Tensor, steepness: float = 5.0) -> torch.Tensor:
+    """A smooth count of non-zeros: ``2 sigmoid(steepness * v) - 1``; 0 at 0, close to 1 from ~0.5 up.
+
+    >>> l0_approx(torch.tensor([0.0, 1.0])).round(decimals=3)
+    tensor([0.0000, 0.9870])
+    """
+    return 2.0 * torch.sigmoid(steepness * values) - 1.0
+
+
+def saliency_sparsity(atlas_saliency: torch.Tensor, steepness: float = 5.0) -> torch.Tensor:
+    """``mean |a| + 0.5 mean L0(a)`` over the atlas saliency ``(..., A, A)``: keeps the atlas foreground small."""
+    return atlas_saliency.abs().mean() + 0.5 * l0_approx(atlas_saliency, steepness).mean()
+
+
+def keys_sparsity(atlas_keys: torch.Tensor, atlas_saliency: torch.Tensor) -> torch.Tensor:
+    """L1 norm (summed over the D channels) of the atlas keys ``(D, A, A)``, averaged with weight
+    ``1 - saliency`` ``(A, A)`` (detached): background atlas keys go to zero."""
+    weight = 1.0 - atlas_saliency.detach()
+    return masked_mean(atlas_keys.abs().sum(dim=0), weight)
+
+
+def center_loss(atlas_saliency: torch.Tensor, inside: torch.Tensor | None = None) -> torch.Tensor:
+    """Half the squared distance of the saliency's centre of mass from the atlas centre.
+
+    ``atlas_saliency`` ``(A, A)``; ``inside`` ``(A, A)`` (the pixels some image reaches) weighs it.
+
+    >>> s = torch.zeros(8, 8); s[3:5, 3:5] = 1
+    >>> center_loss(s).item()
+    0.0
+    """
+    A_h, A_w = atlas_saliency.shape[-2:]
+    coords = warps.identity_grid((A_h, A_w), 1, atlas_saliency.dtype, atlas_saliency.device)[0]  # (A, A, 2) x, y
+    weight = atlas_saliency if inside is None else atlas_saliency * inside
+    centre = (weight[..., None] * coords).sum(dim=(0, 1)) / weight.sum().clamp_min(1e-8)
+    return 0.5 * centre.pow(2).sum()
+
+
+def rigidity_loss(grid: torch.Tensor, mask: torch.Tensor, delta: int = 1) -> torch.Tensor:
+    """Rigidity of a sampling grid ``(B, A, A, 2)``: ``|J^T J|_F + |(J^T J + 1e-3 I)^-1|_F``,
+    averaged under ``mask`` ``(B, A, A)``.
+
+    ``J`` is the finite-difference Jacobian over ``delta`` atlas pixels, in pixel units (so the
+    identity has ``J = I``). The value is about ``2 sqrt(2) = 2.83`` for any rotation or translation
+    and larger for shears, stretches and folds.
+
+    >>> g = warps.identity_grid((8, 8))
+    >>> round(rigidity_loss(g, torch.ones(1, 8, 8)).item(), 3)
+    2.827
+    """
+    B, H, W, _ = grid.shape
+    scale = torch.tensor([W / 2.0, H / 2.0], dtype=grid.dtype, device=grid.device) / delta
+    d_dx = (grid[:, :-delta, delta:] - grid[:, :-delta, :-delta]) * scale  # columns of J
+    d_dy = (grid[:, delta:, :-delta] - grid[:, :-delta, :-delta]) * scale
+    J = torch.stack([d_dx, d_dy], dim=-1)  # (B, H-d, W-d, 2, 2)
+    JtJ = J.transpose(-1, -2) @ J
+    a, b = JtJ[..., 0, 0] + 1e-3, JtJ[..., 0, 1]
+    c, d = JtJ[..., 1, 0], JtJ[..., 1, 1] + 1e-3
+    det = a * d - b * c
+    inverse_norm = torch.sqrt(a**2 + b**2 + c**2 + d**2) / det.abs().clamp_min(1e-12)
+    per_pixel = JtJ.pow(2).sum(dim=(-1, -2)).sqrt() + inverse_norm
+    return masked_mean(per_pixel, mask[:, :-delta, :-delta])
+
+
+# ----------------------------------------------------------------------------- networks
+
+
+class EqualConv(nn.Conv2d):
+    """A conv whose N(0, 1) weights are scaled by ``1/sqrt(fan_in)`` at run time (StyleGAN2)."""
+
+    def __init__(self, cin, cout, kernel, stride=1, bias=True):
+        super().__init__(cin, cout, kernel, stride=stride, padding=kernel // 2, bias=bias)
+        nn.init.normal_(self.weight)
+        if bias:
+            nn.init.zeros_(self.bias)
+        self.gain = 1.0 / math.sqrt(cin * kernel * kernel)
+
+    def forward(self, x):
+        return F.conv2d(x, self.weight * self.gain, self.bias, self.stride, self.padding)
+
+
+def _act(x):
+    # StyleGAN2's fused leaky ReLU, without the CUDA kernel.
+    return math.sqrt(2.0) * F.leaky_relu(x, 0.2)
+
+
+def _blur(x):
+    # [1, 3, 3, 1] FIR low-pass before every stride-2 step (anti-aliasing, as upfirdn2d).
+    k = torch.tensor([1.0, 3.0, 3.0, 1.0], dtype=x.dtype, device=x.device)
+    k = (k[:, None] * k[None, :]) / 64.0
+    C = x.shape[1]
+    return F.conv2d(F.pad(x, (1, 2, 1, 2), mode="reflect"), k.expand(C, 1, 4, 4), groups=C)
+
+
+class ResBlock(nn.Module):
+    """conv3x3 -> (blur) conv3x3 (stride 2 if ``down``), plus a 1x1 skip; ``(main + skip) / sqrt 2``."""
+
+    def __init__(self, cin, cout, down=True):
+        super().__init__()
+        self.down = down
+        self.conv1 = EqualConv(cin, cin, 3)
+        self.conv2 = EqualConv(cin, cout, 3, stride=2 if down else 1)
+        self.skip = EqualConv(cin, cout, 1, stride=2 if down else 1, bias=False)
+
+    def forward(self, x):
+        y = _act(self.conv1(x))
+        y = _act(self.conv2(_blur(y) if self.down else y))
+        return (y + self.skip(_blur(x) if self.down else x)) / math.sqrt(2.0)
+
+
+def _trunk(size: int, stop: int, width: int, max_width: int, extra: bool) -> tuple[nn.Sequential, int]:
+    """1x1 conv 3->width, then stride-2 ResBlocks from ``size`` down to ``stop`` (channels doubling, capped)."""
+    layers, c = [EqualConv(3, width, 1), nn.LeakyReLU(0.2)], width
+    while size > stop:
+        out = min(max_width, 2 * c)
+        layers.append(ResBlock(c, out))
+        c, size = out, size // 2
+    if extra:
+        layers.append(ResBlock(c, c, down=False))
+    layers += [EqualConv(c, c, 3), nn.LeakyReLU(0.2)]
+    return nn.Sequential(*layers), c
+
+
+class RigidSTN(nn.Module):
+    """RGB ``(B, 3, s, s)`` -> raw similarity parameters ``(B, 4)`` = ``(o1, o2, o3, o4)``, zero at init
+    (the identity): ``theta = pi tanh(o1)``, ``scale = exp(o2)``, ``t = (o3, o4)``."""
+
+    def __init__(self, cfg: NeuralCongealingConfig):
+        super().__init__()
+        self.trunk, c = _trunk(cfg.stn_input_size, 4, cfg.stn_width, cfg.stn_max_width, extra=False)
+        self.hidden = nn.Linear(c * 16, cfg.stn_hidden)
+        self.out = nn.Linear(cfg.stn_hidden, 4)
+        nn.init.zeros_(self.out.weight)  # start exactly at the identity
+        nn.init.zeros_(self.out.bias)
+
+    def forward(self, images):
+        return self.out(_act(self.hidden(self.trunk(images).flatten(1))))
+
+
+def similarity_matrix(raw: torch.Tensor) -> torch.Tensor:
+    """Raw STN outputs ``(B, 4)`` -> atlas-to-image similarity ``(B, 3, 3)``.
+
+    >>> torch.equal(similarity_matrix(torch.zeros(1, 4))[0], torch.eye(3))
+    True
+    """
+    theta, scale = math.pi * torch.tanh(raw[:, 0]), torch.exp(raw[:, 1])
+    cos, sin = scale * torch.cos(theta), scale * torch.sin(theta)
+    zero, one = torch.zeros_like(cos), torch.ones_like(cos)
+    rows = [torch.stack([cos, -sin, raw[:, 2]], -1), torch.stack([sin, cos, raw[:, 3]], -1), torch.stack([zero, zero, one], -1)]
+    return torch.stack(rows, dim=1)
+
+
+def similarity_inverse(T: torch.Tensor) -> torch.Tensor:
+    """Closed-form inverse of similarities ``(B, 3, 3)``: ``(1/s) [R^T | -R^T t]``.
+
+    >>> T = similarity_matrix(torch.tensor([[0.3, 0.2, 0.1, -0.4]]))
+    >>> torch.allclose(similarity_inverse(T) @ T, torch.eye(3), atol=1e-6)
+    True
+    """
+    A, t = T[:, :2, :2], T[:, :2, 2:]
+    scale2 = (A[:, 0, 0] ** 2 + A[:, 1, 0] ** 2)[:, None, None]
+    A_inv = A.transpose(1, 2) / scale2
+    top = torch.cat([A_inv, -A_inv @ t], dim=2)
+    return torch.cat([top, T[:, 2:]], dim=1)
+
+
+def convex_upsample(flow: torch.Tensor, weights: torch.Tensor, factor: int) -> torch.Tensor:
+    """RAFT's learned upsampling: flow ``(B, 2, h, w)`` and logits ``(B, 9 f^2, h, w)`` ->
+    ``(B, 2, f h, f w)``; every fine pixel is a convex combination of its 3x3 coarse neighbours.
+    The flow is multiplied by ``f`` first (RAFT's pixel convention, kept by the official code).
+
+    >>> convex_upsample(torch.ones(1, 2, 4, 4), torch.zeros(1, 9 * 4, 4, 4), 2).shape
+    torch.Size([1, 2, 8, 8])
+    """
+    B, _, h, w = flow.shape
+    mask = weights.view(B, 1, 9, factor, factor, h, w).softmax(dim=2)
+    neighbours = F.unfold(factor * flow, 3, padding=1).view(B, 2, 9, 1, 1, h, w)
+    up = (mask * neighbours).sum(dim=2)  # (B, 2, f, f, h, w)
+    return up.permute(0, 1, 4, 2, 5, 3).reshape(B, 2, factor * h, factor * w)
+
+
+class FlowSTN(nn.Module):
+    """Similarity-aligned RGB ``(B, 3, s, s)`` -> residual flow ``(B, 2, A, A)`` in normalised atlas units,
+    zero at init: a coarse ``(coarse, coarse)`` flow, convexly upsampled by ``A / coarse``."""
+
+    def __init__(self, cfg: NeuralCongealingConfig):
+        super().__init__()
+        self.factor = cfg.upsample_factor
+        self.trunk, c = _trunk(cfg.flow_input_size, cfg.coarse_flow_size, cfg.stn_width, cfg.stn_max_width, extra=True)
+        self.flow_head = nn.Sequential(EqualConv(c, c, 3), nn.ReLU(), EqualConv(c, 2, 3))
+        nn.init.zeros_(self.flow_head[2].weight)  # start exactly at the identity
+        self.mask_head = nn.Sequential(EqualConv(c, c, 3), nn.ReLU(), EqualConv(c, 9 * self.factor**2, 3))
+
+    def forward(self, images):
+        features = self.trunk(images)
+        return convex_upsample(self.flow_head(features), self.mask_head(features), self.factor)
+
+
+class NeuralCongealing(nn.Module):
+    """The atlas (keys ``(D, A, A)`` and saliency logits ``(A, A)``) and the two STNs."""
+
+    def __init__(self, cfg: NeuralCongealingConfig, dim: int):
+        super().__init__()
+        self.cfg = cfg
+        self.rigid, self.flow = RigidSTN(cfg), FlowSTN(cfg)
+        self.atlas_keys = nn.Parameter(torch.zeros(dim, cfg.atlas_size, cfg.atlas_size))
+        self.atlas_logits = nn.Parameter(torch.zeros(cfg.atlas_size, cfg.atlas_size))
+        self.flow_active = False  # set by fit(): the flow STN joins after the rigid bootstrap
+
+    @torch.no_grad()
+    def init_atlas(self, keys: torch.Tensor, masks: torch.Tensor) -> None:
+        """Atlas keys = mean keys ``(N, D, A, A)``; saliency = mean mask ``(N, 1, A, A)`` rescaled to
+        ``[0.1, 0.9]`` (a constant mean, e.g. all-ones masks, gives 0.5 everywhere)."""
+        self.atlas_keys.copy_(keys.mean(dim=0))
+        m = masks.mean(dim=(0, 1))
+        spread = m.max() - m.min()
+        m = 0.1 + 0.8 * (m - m.min()) / spread if spread > 1e-6 else torch.full_like(m, 0.5)
+        self.atlas_logits.copy_(torch.logit(m))
+
+    @property
+    def atlas_saliency(self) -> torch.Tensor:
+        return torch.sigmoid(self.atlas_logits)
+
+    def mapping(self, stn_images, src_images, use_flow: bool, detach_rigid: bool = True) -> dict:
+        """Sampling grids of a batch: ``stn_images`` ``(B, 3, s, s)`` feed the rigid STN, ``src_images``
+        ``(B, 3, S, S)`` are warped into the flow STN's input. Returns ``T`` ``(B, 3, 3)``, ``raw``
+        ``(B, 4)``, ``sim_grid`` and ``grid`` ``(B, A, A, 2)``, ``delta`` ``(B, A, A, 2)`` (or None)."""
+        cfg, B = self.cfg, stn_images.shape[0]
+        raw = self.rigid(stn_images)
+        T = similarity_matrix(raw)
+        ident = warps.identity_grid((cfg.atlas_size,) * 2, B, T.dtype, T.device)
+        sim_grid = warps.transform_points(T, ident.reshape(B, -1, 2)).reshape_as(ident)
+        out = {"raw": raw, "T": T, "sim_grid": sim_grid, "grid": sim_grid, "delta": None}
+        if use_flow:
+            # The flow branch sees the similarity-aligned image, and the similarity enters its grid,
+            # both detached: each STN is trained by its own objective.
+            T_flow = T.detach() if detach_rigid else T
+            small = warps.identity_grid((cfg.flow_input_size,) * 2, B, T.dtype, T.device)
+            flow_grid = warps.transform_points(T_flow, small.reshape(B, -1, 2)).reshape_as(small)
+            flow_input = warps.warp_by_grid(src_images, flow_grid, padding_mode="border")
+            delta = self.flow(flow_input.detach()).permute(0, 2, 3, 1)
+            out["delta"] = delta
+            out["grid"] = warps.transform_points(T_flow, (ident + delta).reshape(B, -1, 2)).reshape_as(ident)
+        return out
+
+
+# ----------------------------------------------------------------------------- data
+
+
+@dataclass
+class NeuralData:
+    """The training tensors of one set (all on one device).
+
+    ``images`` ``(N, 3, S, S)``, ``stn_images`` ``(N, 3, s, s)``, ``keys`` ``(N, D, A, A)``,
+    ``masks`` ``(N, 1, A, A)``; ``flipped_*`` the same for the mirrored images (or None).
+    """
+
+    images: torch.Tensor
+    stn_images: torch.Tensor
+    keys: torch.Tensor
+    masks: torch.Tensor
+    flipped_stn_images: torch.Tensor | None = None
+    flipped_images: torch.Tensor | None = None
+    flipped_keys: torch.Tensor | None = None
+    flipped_masks: torch.Tensor | None = None
+
+    def __len__(self):
+        return self.images.shape[0]
+
+    def view(self, flipped: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """``(stn_images, images, keys, masks)`` with image ``n`` mirrored where ``flipped[n]``."""
+        if not bool(flipped.any()):
+            return self.stn_images, self.images, self.keys, self.masks
+        f = flipped.to(self.images.device).view(-1, 1, 1, 1)
+        pairs = [(self.stn_images, self.flipped_stn_images), (self.images, self.flipped_images), (self.keys, self.flipped_keys), (self.masks, self.flipped_masks)]
+        return tuple(torch.where(f, b, a) for a, b in pairs)
+
+
+def _resize(x, size):
+    return F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
+
+
+def prepare(images: torch.Tensor, masks: torch.Tensor, backbone, cfg: NeuralCongealingConfig, device=None) -> NeuralData:
+    """Images ``(N, 3, H, W)`` in ``[0, 1]`` and saliency masks ``(N, 1, h, w)`` -> :class:`NeuralData`.
+
+    Keys come from ``backbone`` at ``cfg.atlas_size`` (through the disk cache of
+    :func:`congealing.features.extract_descriptors`). With ``cfg.flips`` the mirrored images'
+    keys are *re-extracted*, not mirrored (features are not mirror-equivariant).
+    """
+    from .features import extract_descriptors
+
+    if images.ndim != 4 or images.shape[1] != 3:
+        raise ValueError(f"expected images of shape (N, 3, H, W), got {tuple(images.shape)}")
+    if images.shape[0] < 2:
+        raise ValueError(f"Neural Congealing aligns a set: it needs at least 2 images, got {images.shape[0]}")
+    if masks.shape[0] != images.shape[0] or masks.ndim != 4:
+        raise ValueError(f"masks must be (N, 1, h, w) with N = {images.shape[0]}, got {tuple(masks.shape)}")
+    images = images.float()
+
+    def one(imgs, msk):
+        keys = extract_descriptors(imgs, backbone, grid=cfg.atlas_size)
+        return _resize(imgs, cfg.stn_input_size), _resize(imgs, cfg.image_size), keys, _resize(msk.float(), cfg.atlas_size).clamp(0, 1)
+
+    stn, src, keys, msk = one(images, masks)
+    data = NeuralData(src, stn, keys, msk) if not cfg.flips else NeuralData(src, stn, keys, msk, *one(images.flip(-1), masks.flip(-1)))
+    if device is not None:
+        for name, value in vars(data).items():
+            if value is not None:
+                setattr(data, name, value.to(device))
+    return data
+
+
+# ----------------------------------------------------------------------------- training
+
+
+@dataclass
+class FitResult:
+    """A trained model, its data, each image's orientation ``flipped`` ``(N,)`` and the loss history."""
+
+    model: NeuralCongealing
+    data: NeuralData
+    flipped: torch.Tensor
+    history: list = field(default_factory=list)
+    seconds: float = 0.0
+
+    @torch.no_grad()
+    def outputs(self, batch: int = 16) -> dict:
+        """Final ``T`` ``(N, 3, 3)``, ``delta`` ``(N, A, A, 2)`` and ``grid`` ``(N, A, A, 2)`` in the
+        frame each image was trained in (mirrored where ``flipped``)."""
+        self.model.eval()
+        stn, src, _, _ = self.data.view(self.flipped)
+        use_flow = self.model.flow_active
+        parts = [self.model.mapping(stn[i : i + batch], src[i : i + batch], use_flow) for i in range(0, len(self.data), batch)]
+        out = {k: torch.cat([p[k] for p in parts]) for k in ("T", "grid")}
+        out["delta"] = torch.cat([p["delta"] for p in parts]) if use_flow else torch.zeros_like(out["grid"])
+        return out
+
+    def grids(self) -> torch.Tensor:
+        """Sampling grids ``(N, A, A, 2)`` into the **original** (unmirrored) images."""
+        grid = self.outputs()["grid"].clone()
+        grid[..., 0] = torch.where(self.flipped.to(grid.device).view(-1, 1, 1), -grid[..., 0], grid[..., 0])
+        return grid
+
+    @torch.no_grad()
+    def congeal(self, images: torch.Tensor, size: int | None = None) -> torch.Tensor:
+        """Warp images/maps ``(N, C, H, W)`` (original orientation) into the atlas frame at ``size``."""
+        grid = self.grids().to(images.device)
+        if size is not None and size != grid.shape[1]:
+            grid = F.interpolate(grid.permute(0, 3, 1, 2), size=(size, size), mode="bilinear", align_corners=False).permute(0, 2, 3, 1)
+        return warps.warp_by_grid(images, grid, padding_mode="border")
+
+    def average_image(self, images: torch.Tensor, size: int = 128) -> torch.Tensor:
+        """Mean congealed RGB ``(3, size, size)``: the picture a user edits."""
+        return self.congeal(images, size).mean(dim=0)
+
+    def transfer(self, size: tuple[int, int]) -> Callable[[int, int, torch.Tensor], torch.Tensor]:
+        """A keypoint transfer ``(src, tgt, points (K, 2) pixel xy) -> (K, 2)`` for images of ``size`` (H, W).
+
+        Source -> atlas: undo the similarity in closed form, then invert the flow by nearest
+        neighbours over the atlas pixels. Atlas -> target: sample the target's grid. The function
+        carries ``flipped`` ``(N,)``, the images trained mirrored (see :mod:`congealing.eval`).
+        """
+        out = {k: v.cpu() for k, v in self.outputs().items()}
+        flow_grid = warps.identity_grid(out["delta"].shape[1:3], len(self.data)) + out["delta"]
+        T_inv = similarity_inverse(out["T"])
+        grids, flipped = self.grids().cpu(), self.flipped.cpu()
+
+        def transfer(src: int, tgt: int, points: torch.Tensor) -> torch.Tensor:
+            p = warps.pixel_to_normalized(points.float().cpu()[None], size)
+            if flipped[src]:
+                p = p * p.new_tensor([-1.0, 1.0])
+            q = warps.transform_points(T_inv[src : src + 1], p)
+            atlas_point = warps.invert_grid_points(q, flow_grid[src : src + 1])
+            mapped = warps.grid_points(atlas_point, grids[tgt : tgt + 1])
+            return warps.normalized_to_pixel(mapped, size)[0]
+
+        transfer.flipped = flipped.clone()  # the evaluator relabels left/right parts of mirrored pairs
+        return transfer
+
+
+def _pass(model, data, idx, orientation, phase_flow, mapping_only, included, cfg) -> dict:
+    """Every loss term of one batch in one orientation (unweighted), as a dict of scalars."""
+    stn, src, keys, masks = (t[idx] for t in data.view(orientation))
+    out = model.mapping(stn, src, phase_flow)
+    grid = out["grid"]
+    ones = torch.ones_like(masks)
+    inside = warps.warp_by_grid(ones, grid).detach()
+    warped_keys = warps.warp_by_grid(keys, grid, padding_mode="border")
+    warped_masks = warps.warp_by_grid(masks, grid)
+    atlas_keys, atlas_sal = model.atlas_keys[None], model.atlas_saliency[None, None]
+    if mapping_only:
+        atlas_keys, atlas_sal = atlas_keys.detach(), atlas_sal.detach()
+    elif included is not None and not bool(included[idx.cpu()].all()):
+        # Gradual atlas: images not yet included train their mappings against a frozen atlas.
+        live = included[idx.cpu()].to(grid.device).view(-1, 1, 1, 1)
+        atlas_keys = torch.where(live, atlas_keys, atlas_keys.detach())
+        atlas_sal = torch.where(live, atlas_sal, atlas_sal.detach())
+    terms = {}
+    terms["keys_l2"], terms["keys_cos"] = keys_loss(atlas_keys, warped_keys, atlas_sal.detach() * inside)
+    terms["saliency"] = saliency_loss(atlas_sal, warped_masks, inside, cfg.huber_delta)
+    if not mapping_only and (included is None or bool(included[idx.cpu()].any())):
+        sal = model.atlas_saliency
+        terms["sparsity_saliency"] = saliency_sparsity(sal, cfg.l0_steepness)
+        terms["sparsity_keys"] = keys_sparsity(model.atlas_keys, sal)
+        terms["center"] = center_loss(sal, inside.amax(dim=0)[0])
+    terms["scale"] = (1.0 - torch.exp(out["raw"][:, 1])).pow(2).mean()
+    if phase_flow:
+        terms["magnitude"] = masked_mean(out["delta"].pow(2).sum(-1, keepdim=True), inside.permute(0, 2, 3, 1))
+        salient = (model.atlas_saliency.detach()[None, None] * inside)[:, 0]
+        terms["rigidity_local"] = rigidity_loss(grid, salient, cfg.local_delta)
+        terms["rigidity_global"] = rigidity_loss(grid, inside[:, 0], cfg.global_delta_px)
+        # The rigid STN's own objective once the flow is on: keys + saliency through the similarity
+        # alone, against a frozen atlas.
+        sim = out["sim_grid"]
+        inside_sim = warps.warp_by_grid(ones, sim).detach()
+        sim_keys = warps.warp_by_grid(keys, sim, padding_mode="border")
+        frozen_keys, frozen_sal = model.atlas_keys.detach()[None], model.atlas_saliency.detach()[None, None]
+        terms["keys_l2_sim"], terms["keys_cos_sim"] = keys_loss(frozen_keys, sim_keys, frozen_sal * inside_sim)
+        terms["saliency_sim"] = saliency_loss(frozen_sal, warps.warp_by_grid(masks, sim), inside_sim, cfg.huber_delta)
+    return terms
+
+
+def _total(terms: dict, weights: dict) -> torch.Tensor:
+    return sum(weights[name.removesuffix("_sim")] * value for name, value in terms.items())
+
+
+@torch.no_grad()
+def per_image_keys_loss(model: NeuralCongealing, data: NeuralData, orientation: torch.Tensor, batch: int = 16) -> torch.Tensor:
+    """Weighted L2 + cosine keys loss ``(N,)`` of every image in ``orientation`` ``(N,)`` bool, with
+    mask ``atlas saliency x inside`` (the criterion for flips and the gradual atlas)."""
+    cfg, w = model.cfg, model.cfg.weights()
+    use_flow = model.flow_active
+    losses = []
+    for start in range(0, len(data), batch):
+        idx = torch.arange(start, min(start + batch, len(data)))
+        stn, src, keys, _ = (t[idx] for t in data.view(orientation))
+        grid = model.mapping(stn, src, use_flow)["grid"]
+        inside = warps.warp_by_grid(torch.ones_like(keys[:, :1]), grid)
+        warped = warps.warp_by_grid(keys, grid, padding_mode="border")
+        mask = model.atlas_saliency[None, None] * inside
+        for b in range(len(idx)):
+            l2, cos = keys_loss(model.atlas_keys[None], warped[b : b + 1], mask[b : b + 1])
+            losses.append(w["keys_l2"] * l2 + w["keys_cos"] * cos)
+    return torch.stack(losses)
+
+
+def _optimizers(model, cfg):
+    return {
+        "rigid": torch.optim.Adam(model.rigid.parameters(), lr=cfg.lr_stn),
+        "flow": torch.optim.Adam(model.flow.parameters(), lr=cfg.lr_stn),
+        "atlas": torch.optim.Adam([model.atlas_keys, model.atlas_logits], lr=cfg.lr_atlas),
+    }
+
+
+def save_checkpoint(path, model, optimizers, epoch, flipped, included, history) -> None:
+    """A plain dict of tensors and numbers (loads with ``torch.load(path, weights_only=True)``),
+    written atomically."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    state = {
+        "epoch": epoch,
+        "config": asdict(model.cfg),
+        "model": model.state_dict(),
+        "optimizers": {name: opt.state_dict() for name, opt in optimizers.items()},
+        "flipped": flipped.cpu(),
+        "included": included.cpu() if included is not None else torch.ones(0, dtype=torch.bool),
+        "history": history,
+    }
+    partial = path.with_suffix(".partial")
+    torch.save(state, partial)
+    os.replace(partial, path)
+
+
+def fit(
+    data: NeuralData,
+    cfg: NeuralCongealingConfig,
+    checkpoint: str | os.PathLike | None = None,
+    resume: bool = False,
+    callback: Callable[[int, NeuralCongealing], None] | None = None,
+    callback_every: int = 0,
+    log: Callable[[str], None] | None = None,
+) -> FitResult:
+    """Train atlas and mappings on ``data`` with the schedule of ``cfg``.
+
+    Epochs ``0 .. bootstrap_epochs - 1`` train the rigid STN and the atlas; afterwards the flow
+    STN joins (with fresh Adam state), the atlas learns from the composed warp only, and the rigid
+    STN from its own similarity-only objective. With ``checkpoint``, state is saved every
+    ``cfg.checkpoint_every`` epochs and at the end; ``resume`` continues from it. ``callback(epoch,
+    model)`` runs every ``callback_every`` epochs (and after the last). A non-finite loss raises
+    :class:`FloatingPointError` naming the epoch, step and every loss term.
+    """
+    N = len(data)
+    if N < 2:
+        raise ValueError(f"Neural Congealing aligns a set: it needs at least 2 images, got {N}")
+    if cfg.flips and data.flipped_keys is None:
+        raise ValueError("cfg.flips is set but data has no mirrored images: build it with prepare(..., cfg) using the same cfg")
+    device = data.keys.device
+    torch.manual_seed(cfg.seed)
+    model = NeuralCongealing(cfg, data.keys.shape[1]).to(device)
+    model.init_atlas(data.keys, data.masks)
+    model.flow_active = cfg.bootstrap_epochs == 0
+    optimizers = _optimizers(model, cfg)
+    weights = cfg.weights()
+    flipped = torch.zeros(N, dtype=torch.bool)
+    included = None
+    if cfg.gradual_atlas:
+        # Start from the image closest to the mean-key atlas (own mask), add one every update_every.
+        with torch.no_grad():
+            l2, cos = zip(*(keys_loss(model.atlas_keys[None], data.keys[n : n + 1], data.masks[n : n + 1]) for n in range(N)))
+            first = (weights["keys_l2"] * torch.stack(l2) + weights["keys_cos"] * torch.stack(cos)).argmin()
+        included = torch.zeros(N, dtype=torch.bool)
+        included[first] = True
+    # One image joins per update, as published (12 images: all in by epoch 1100 of 8000); a short
+    # run adds as many per update as it takes to include everyone by mid-training.
+    per_update = max(1, math.ceil((N - 1) / max(1, (cfg.epochs // 2) // cfg.update_every)))
+    history, start = [], 0
+    if resume and checkpoint is not None and Path(checkpoint).exists():
+        state = torch.load(checkpoint, map_location=device, weights_only=True)
+        if state["config"] != asdict(cfg):
+            changed = sorted(k for k in state["config"] if state["config"][k] != asdict(cfg).get(k))
+            raise ValueError(f"checkpoint {checkpoint} was trained with different settings ({', '.join(changed)}); delete it or use the same config")
+        model.load_state_dict(state["model"])
+        start, history = state["epoch"], list(state["history"])
+        flipped = state["flipped"].bool()
+        included = state["included"].bool() if cfg.gradual_atlas else None
+        model.flow_active = start >= cfg.bootstrap_epochs
+        for name, opt in optimizers.items():
+            opt.load_state_dict(state["optimizers"][name])
+    t0, step = time.perf_counter(), 0
+    model.train()
+    for epoch in range(start, cfg.epochs):
+        if epoch == cfg.bootstrap_epochs and not model.flow_active:
+            model.flow_active = True
+            optimizers["flow"] = torch.optim.Adam(model.flow.parameters(), lr=cfg.lr_stn)
+        if epoch > 0 and epoch % cfg.update_every == 0:
+            if cfg.flips:
+                original = per_image_keys_loss(model, data, torch.zeros(N, dtype=torch.bool))
+                mirrored = per_image_keys_loss(model, data, torch.ones(N, dtype=torch.bool))
+                flipped = (mirrored < original).cpu()
+            if included is not None and not bool(included.all()):
+                current = per_image_keys_loss(model, data, flipped).cpu()
+                current[included] = float("inf")
+                included[current.argsort()[:per_update]] = True
+        g = torch.Generator().manual_seed(cfg.seed * 100003 + epoch)
+        order = torch.randperm(N, generator=g)
+        sums: dict[str, float] = {}
+        for b in range(0, N, cfg.batch_size):
+            idx = order[b : b + cfg.batch_size]
+            terms = _pass(model, data, idx.to(device), flipped.to(device), model.flow_active, False, included, cfg)
+            total = _total(terms, weights)
+            if cfg.flips:
+                other = _pass(model, data, idx.to(device), (~flipped).to(device), model.flow_active, True, None, cfg)
+                total = total + _total(other, weights)
+                terms.update({f"{k}_mirror": v for k, v in other.items()})
+            if not torch.isfinite(total):
+                listing = ", ".join(f"{k}={v.item():.4g}" for k, v in terms.items())
+                raise FloatingPointError(f"Neural Congealing diverged at epoch {epoch}, step {step}: total loss {total.item()}; terms: {listing}")
+            for opt in optimizers.values():
+                opt.zero_grad(set_to_none=True)
+            total.backward()
+            optimizers["rigid"].step()
+            optimizers["atlas"].step()
+            if model.flow_active:
+                optimizers["flow"].step()
+            for k, v in terms.items():
+                sums[k] = sums.get(k, 0.0) + v.item() * len(idx) / N
+            sums["total"] = sums.get("total", 0.0) + total.item() * len(idx) / N
+            step += 1
+        history.append({"epoch": epoch, **sums})
+        if log is not None and (epoch % max(1, cfg.epochs // 10) == 0 or epoch == cfg.epochs - 1):
+            log(f"epoch {epoch:5d}  total {sums['total']:.1f}  keys_cos {sums['keys_cos']:.4f}  {time.perf_counter() - t0:.0f}s")
+        last = epoch == cfg.epochs - 1
+        if checkpoint is not None and ((epoch + 1) % cfg.checkpoint_every == 0 or last):
+            save_checkpoint(checkpoint, model, optimizers, epoch + 1, flipped, included, history)
+        if callback is not None and ((callback_every and epoch % callback_every == 0) or last):
+            model.eval()
+            callback(epoch, model)
+            model.train()
+    model.eval()
+    return FitResult(model, data, flipped, history, time.perf_counter() - t0)
+
+
+# ----------------------------------------------------------------------------- edits
+
+
+@torch.no_grad()
+def propagate_edit(result: FitResult, edit: torch.Tensor, images: torch.Tensor, oversample: int = 2) -> torch.Tensor:
+    """Paste an RGBA edit ``(4, h, w)`` drawn on the atlas-space average image onto every image
+    ``(N, 3, H, W)`` (original orientation); returns the edited images ``(N, 3, H, W)``.
+
+    Every edit pixel (resampled at ``oversample`` x the image size, so no holes appear) is sent to
+    each image through its sampling grid (a backward-map lookup: no inversion needed) and splatted
+    bilinearly: colour = weighted mean, alpha = sum(w * a) / max(sum(w), 1) (the official splat's
+    normalisation), then composited over the image.
+    """
+    if edit.ndim != 3 or edit.shape[0] != 4:
+        raise ValueError(f"edit must be an RGBA image (4, h, w), got {tuple(edit.shape)}")
+    N, _, H, W = images.shape
+    grids = result.grids().to(images.device)
+    size = oversample * max(H, W)
+    edit = _resize(edit[None].float().to(images.device), size)[0]
+    pts = warps.identity_grid((size, size), 1, images.dtype, images.device)  # (1, s, s, 2) atlas coords
+    colors = edit.reshape(4, -1)
+    keep = colors[3] > 1e-3
+    colors, pts = colors[:, keep], pts.reshape(1, -1, 2)[:, keep]
+    out = []
+    for n in range(N):
+        xy = warps.normalized_to_pixel(warps.grid_points(pts, grids[n : n + 1]), (H, W))[0]  # (P, 2)
+        acc = torch.zeros(5, H * W, dtype=images.dtype, device=images.device)
+        x0, y0 = xy[:, 0].floor(), xy[:, 1].floor()
+        for dx in (0, 1):
+            for dy in (0, 1):
+                xi, yi = x0 + dx, y0 + dy
+                w = (1 - (xy[:, 0] - xi).abs()) * (1 - (xy[:, 1] - yi).abs())
+                ok = (xi >= 0) & (xi < W) & (yi >= 0) & (yi < H) & (w > 0)
+                index = (yi[ok] * W + xi[ok]).long()
+                wc = w[ok] * colors[:, ok]  # (4, P): w*rgb, w*alpha
+                acc.index_add_(1, index, torch.cat([wc, w[ok][None]]))
+        weight = acc[4]
+        rgb = acc[:3] / (acc[3:4] + 1e-8)
+        alpha = (acc[3] / weight.clamp_min(1.0)).clamp(0, 1)
+        edited = images[n].reshape(3, -1) * (1 - alpha) + rgb * alpha
+        out.append(edited.reshape(3, H, W))
+    return torch.stack(out)
+
+
+def demo_edit(size: int, saliency: torch.Tensor) -> torch.Tensor:
+    """A simple RGBA edit ``(4, size, size)``: coloured stripes over the atlas's salient region
+    (``saliency`` ``(A, A)``), the default edit of ``congeal align``."""
+    sal = _resize(saliency[None, None].float(), size)[0, 0]
+    ys = torch.arange(size, dtype=torch.float32)[:, None].expand(size, size)
+    stripes = ((ys // max(1, size // 16)) % 2 == 0).float()
+    rgb = torch.stack([stripes, 0.3 * torch.ones_like(stripes), 1 - stripes])
+    alpha = 0.7 * (sal > 0.5).float()
+    return torch.cat([rgb, alpha[None]])
+
+
+# ----------------------------------------------------------------------------- entry points
+
+
+def cub_box_masks(cub) -> torch.Tensor:
+    """The ground-truth boxes of a :class:`congealing.data.CUBSet` as masks ``(N, 1, S, S)``."""
+    N, _, H, W = cub.images.shape
+    masks = torch.zeros(N, 1, H, W)
+    for n, (x0, y0, x1, y1) in enumerate(cub.boxes.round().long().tolist()):
+        masks[n, 0, max(0, y0) : y1 + 1, max(0, x0) : x1 + 1] = 1.0
+    return masks
+
+
+def saliency_masks(images: torch.Tensor, backbone, given: torch.Tensor | None = None) -> tuple[torch.Tensor, str]:
+    """Masks ``(N, 1, h, w)`` for the saliency input and where they came from: ``given`` (e.g. a
+    user's alpha channel) if any, else ``features.cosegment`` of the backbone's descriptors (the
+    paper's co-segmentation, for any backbone)."""
+    from . import features
+
+    if given is not None:
+        return given.float(), "given (alpha)"
+    descriptors = features.extract_descriptors(images, backbone)
+    return features.cosegment(descriptors).float(), "co-segmentation"
+
+
+def fit_transfer(cub, backbone, mode: str, seed: int = 0, device=None):
+    """``congeal eval --method neural``: train on a CUB class, return its keypoint transfer
+    ``(src, tgt, points (K, 2)) -> (K, 2)`` in the class's pixel frame.
+
+    The saliency input is the ground-truth box (``features.cosegment`` with EfficientNet-Lite0
+    agrees poorly with the birds: IoU 0.32 with the box on class 1). The settings are the
+    supplementary's evaluation ones (the official ``config_eval_sets``): horizontal flips (CUB
+    birds face both ways, which no similarity can undo; the transfer's ``flipped`` lets the
+    evaluator swap left/right parts), the gradual atlas and relaxed rigidity. In quick mode the
+    gradual atlas matters most: a mean-key atlas is a fixed point of short training (every image
+    already agrees best with the blur it is part of), one image's keys are not.
+    """
+    from .runtime import get_device
+
+    device = get_device(device) if not isinstance(device, torch.device) else device
+    cfg = NeuralCongealingConfig.for_mode(mode, seed=seed, flips=True, gradual_atlas=True, relaxed_rigidity=True)
+    data = prepare(cub.images, cub_box_masks(cub), backbone, cfg, device)
+    result = fit(data, cfg)
+    return result.transfer(tuple(cub.images.shape[-2:]))
+
+
+def align_folder(image_set, args) -> None:
+    """``congeal align DIR --method neural --out OUT``: congealed images, the atlas (average image,
+    saliency, keys as PCA-RGB), per-image mappings and an edit-propagation demo. The training
+    checkpoint sits next to OUT while training (``--resume`` continues it) and inside OUT after."""
+    from .features import load_backbone, pca_project
+    from .report import write_alignment
+    from .runtime import get_device
+
+    device = get_device(getattr(args, "device", None))
+    backbone = load_backbone(getattr(args, "backbone", None), device=device)
+    cfg = NeuralCongealingConfig.for_mode(args.mode, seed=getattr(args, "seed", 0))
+    images = image_set.images
+    alpha = image_set.masks if image_set.masks is not None and bool((image_set.masks < 0.5).any()) else None
+    masks, mask_source = saliency_masks(images, backbone, alpha)
+    data = prepare(images, masks, backbone, cfg, device)
+    out = Path(args.out)
+    side = out.with_name(f".{out.name}.neural-checkpoint.pt")
+    resume_from = side if side.exists() else out / "checkpoint.pt"
+    if getattr(args, "resume", False) and resume_from.exists() and resume_from != side:
+        side.write_bytes(resume_from.read_bytes())
+    result = fit(data, cfg, checkpoint=side, resume=getattr(args, "resume", False), log=print)
+    show = 128
+    congealed = result.congeal(images.to(device), show).cpu()
+    saliency = result.model.atlas_saliency.detach().cpu()
+    average = congealed.mean(dim=0)
+    keys = result.model.atlas_keys.detach().cpu()[None]
+    rgb, _, _ = pca_project(keys, 3)
+    low, high = rgb.amin(dim=(2, 3), keepdim=True), rgb.amax(dim=(2, 3), keepdim=True)
+    edit = demo_edit(show, saliency)
+    edited = propagate_edit(result, edit, images.to(device)).cpu()
+    write_alignment(
+        out, method="neural", names=image_set.names, inputs=images, aligned=congealed,
+        atlas={"mean": average, "saliency": saliency[None], "keys (PCA-RGB)": ((rgb - low) / (high - low + 1e-8))[0]},
+        mode=args.mode, grids=result.grids().cpu(),
+        summary={"backbone": backbone.name, "masks": mask_source, "epochs": cfg.epochs, "seconds": round(result.seconds, 1),
+                 "flipped": result.flipped.tolist(), "final_keys_cos": result.history[-1]["keys_cos"]},
+        extra_images={"edit": edited},
+    )
+    os.replace(side, out / "checkpoint.pt")

@@ -1,0 +1,305 @@
+"""Neural Congealing: every loss term, the networks' identity start, the schedule, transfer, edits,
+checkpoints and failure modes. Synthetic data only (no backbone), a few seconds per test."""
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from congealing import neural, warps
+
+TINY = dict(image_size=32, stn_input_size=16, flow_input_size=16, atlas_size=8, coarse_flow_size=4, stn_width=4, stn_max_width=8, stn_hidden=8, batch_size=3, update_every=2, checkpoint_every=2)
+
+
+def tiny_cfg(**overrides):
+    return neural.NeuralCongealingConfig.for_mode("quick", **{**TINY, **overrides})
+
+
+def blob_images(n=4, size=32, seed=0):
+    """A bright square at a random shift in each image, masks = the square."""
+    g = torch.Generator().manual_seed(seed)
+    images, masks = torch.zeros(n, 3, size, size), torch.zeros(n, 1, size, size)
+    for i in range(n):
+        x, y = torch.randint(4, size - 16, (2,), generator=g).tolist()
+        images[i, :, y : y + 12, x : x + 12] = torch.tensor([1.0, 0.5, 0.2])[:, None, None]
+        masks[i, :, y : y + 12, x : x + 12] = 1.0
+    return images, masks
+
+
+def synthetic_data(cfg, n=4, dim=6):
+    images, masks = blob_images(n, cfg.image_size)
+    A = cfg.atlas_size
+    small_masks = F.interpolate(masks, size=(A, A), mode="area")
+    keys = torch.cat([small_masks, 1 - small_masks, 0.1 * torch.randn(n, dim - 2, A, A, generator=torch.Generator().manual_seed(1))], 1)
+    keys = F.normalize(keys, dim=1)
+    stn = F.interpolate(images, size=(cfg.stn_input_size,) * 2, mode="area")
+    flips = dict(flipped_stn_images=stn.flip(-1), flipped_images=images.flip(-1), flipped_keys=keys.flip(-1), flipped_masks=small_masks.flip(-1)) if cfg.flips else {}
+    return neural.NeuralData(images, stn, keys, small_masks, **flips)
+
+
+# ----------------------------------------------------------------------------- config
+
+
+def test_full_defaults_are_the_published_coefficients():
+    w = neural.NeuralCongealingConfig().weights()
+    expected = {"keys_l2": 3500, "keys_cos": 4000, "saliency": 5000, "center": 3000, "sparsity_saliency": 450, "sparsity_keys": 9.9, "scale": 800, "magnitude": 8000, "rigidity_local": 100, "rigidity_global": 350}
+    for name, value in expected.items():
+        assert w[name] == pytest.approx(value, rel=1e-6), name
+    relaxed = neural.NeuralCongealingConfig(relaxed_rigidity=True).weights()
+    assert relaxed["rigidity_local"] == pytest.approx(25) and relaxed["rigidity_global"] == pytest.approx(90)
+    full = neural.NeuralCongealingConfig.for_mode("full")
+    assert (full.atlas_size, full.epochs, full.bootstrap_epochs, full.lr_stn, full.lr_atlas, full.upsample_factor) == (128, 8000, 1000, 1e-4, 8e-4, 8)
+    assert full.global_delta_px == 20 and neural.NeuralCongealingConfig.for_mode("quick").global_delta_px == 5
+
+
+def test_config_rejects_inconsistent_sizes():
+    with pytest.raises(ValueError, match="power of two"):
+        neural.NeuralCongealingConfig(atlas_size=100)
+    with pytest.raises(ValueError, match="bootstrap"):
+        neural.NeuralCongealingConfig(epochs=10, bootstrap_epochs=20)
+
+
+# ----------------------------------------------------------------------------- losses
+
+
+def test_rigidity_is_minimal_for_rotations_and_larger_for_shear_and_stretch():
+    ident = warps.identity_grid((16, 16))
+    mask = torch.ones(1, 16, 16)
+    baseline = neural.rigidity_loss(ident, mask).item()
+    assert baseline == pytest.approx(2 * math.sqrt(2), abs=2e-2)
+    for delta in (1, 5):
+        for angle in (0.3, 2.0):
+            T = neural.similarity_matrix(torch.tensor([[math.atanh(angle / math.pi), 0.0, 0.2, -0.1]]))
+            rotated = warps.transform_points(T, ident.reshape(1, -1, 2)).reshape_as(ident)
+            assert neural.rigidity_loss(rotated, mask, delta).item() == pytest.approx(baseline, abs=1e-3)
+        shear = ident.clone()
+        shear[..., 0] += 0.4 * ident[..., 1]
+        stretch = ident * torch.tensor([1.5, 1.0])
+        assert neural.rigidity_loss(shear, mask, delta).item() > baseline + 0.1
+        assert neural.rigidity_loss(stretch, mask, delta).item() > baseline + 0.1
+
+
+def test_rigidity_only_counts_masked_pixels():
+    grid = warps.identity_grid((16, 16))
+    grid[:, :, 8:, 0] = grid[:, :, 8:, 0] * 3  # stretch the right half
+    left = torch.zeros(1, 16, 16)
+    left[:, :, :7] = 1
+    assert neural.rigidity_loss(grid, left).item() == pytest.approx(2 * math.sqrt(2), abs=2e-2)
+    assert neural.rigidity_loss(grid, 1 - left).item() > 3.5
+
+
+def test_l0_approximation_counts_nonzeros():
+    values = torch.tensor([0.0, 0.01, 0.5, 1.0, 3.0])
+    l0 = neural.l0_approx(values)
+    assert l0[0] == 0 and l0[1] < 0.05 and l0[2] > 0.8 and l0[4] > 0.99
+    assert torch.all(l0[1:] > l0[:-1])  # monotone
+    sparse, dense = torch.zeros(8, 8), torch.full((8, 8), 0.9)
+    sparse[2:4, 2:4] = 0.9
+    assert neural.saliency_sparsity(sparse) < neural.saliency_sparsity(dense)
+
+
+def test_center_loss_zero_when_centred_positive_when_not():
+    s = torch.zeros(16, 16)
+    s[6:10, 6:10] = 1
+    assert neural.center_loss(s).item() == pytest.approx(0.0, abs=1e-10)
+    shifted = torch.roll(s, 4, dims=1)
+    # centroid at x = 4 px * 2/16 = 0.5 -> 0.5 * 0.5^2
+    assert neural.center_loss(shifted).item() == pytest.approx(0.125, abs=1e-6)
+    inside = torch.ones(16, 16)
+    inside[:, 8:] = 0  # pixels no image reaches do not count
+    assert neural.center_loss(shifted, inside).item() == pytest.approx(0.0, abs=1e-10)
+
+
+def test_keys_loss_matches_direct_formulas():
+    g = torch.Generator().manual_seed(0)
+    a, k = torch.randn(1, 7, 5, 5, generator=g), torch.randn(3, 7, 5, 5, generator=g)
+    mask = torch.rand(3, 1, 5, 5, generator=g)
+    l2, cos = neural.keys_loss(a, k, mask)
+    direct_l2 = (mask * (a - k).pow(2).mean(1, keepdim=True)).sum() / mask.sum()
+    direct_cos = (mask * (1 - F.cosine_similarity(a.expand_as(k), k, dim=1)[:, None])).sum() / mask.sum()
+    assert l2.item() == pytest.approx(direct_l2.item(), rel=1e-5)
+    assert cos.item() == pytest.approx(direct_cos.item(), rel=1e-5)
+
+
+def test_keys_sparsity_and_saliency_loss():
+    keys = torch.ones(4, 6, 6)
+    salient = torch.ones(6, 6)
+    background = torch.zeros(6, 6)
+    assert neural.keys_sparsity(keys, background).item() == pytest.approx(4.0)  # L1 sums channels
+    assert neural.keys_sparsity(keys * 0, background).item() == 0.0
+    s = torch.rand(2, 1, 6, 6)
+    assert neural.saliency_loss(s[:1], s[:1], torch.ones(1, 1, 6, 6)).item() == 0.0
+    # Huber: quadratic below delta, linear above
+    big = neural.saliency_loss(torch.zeros(1, 1, 1, 1), torch.ones(1, 1, 1, 1), torch.ones(1, 1, 1, 1), delta=0.7)
+    assert big.item() == pytest.approx(0.7 * (1 - 0.35))
+
+
+# ----------------------------------------------------------------------------- networks and warps
+
+
+def test_networks_start_at_the_identity_and_inverse_is_exact():
+    cfg = tiny_cfg()
+    model = neural.NeuralCongealing(cfg, 5)
+    images, _ = blob_images(2, cfg.image_size)
+    stn = F.interpolate(images, size=(cfg.stn_input_size,) * 2)
+    out = model.mapping(stn, images, use_flow=True)
+    ident = warps.identity_grid((cfg.atlas_size,) * 2, 2)
+    assert torch.allclose(out["grid"], ident, atol=1e-6) and torch.allclose(out["delta"], torch.zeros_like(out["delta"]))
+    raw = torch.tensor([[0.3, -0.2, 0.1, 0.05]])
+    T = neural.similarity_matrix(raw)
+    assert torch.allclose(neural.similarity_inverse(T), torch.linalg.inv(T), atol=1e-6)
+    assert torch.linalg.det(T[0, :2, :2]).item() == pytest.approx(math.exp(-0.4), rel=1e-5)
+
+
+def test_convex_upsampling_of_a_constant_flow_is_constant_inside():
+    flow = torch.full((1, 2, 4, 4), 0.1)
+    up = neural.convex_upsample(flow, torch.randn(1, 9 * 4, 4, 4), 2)
+    assert torch.allclose(up[:, :, 2:-2, 2:-2], torch.full_like(up[:, :, 2:-2, 2:-2], 0.2))
+
+
+def test_atlas_initialisation_from_the_set():
+    cfg = tiny_cfg()
+    data = synthetic_data(cfg)
+    model = neural.NeuralCongealing(cfg, data.keys.shape[1])
+    model.init_atlas(data.keys, data.masks)
+    assert torch.allclose(model.atlas_keys, data.keys.mean(0))
+    sal = model.atlas_saliency
+    assert sal.min().item() == pytest.approx(0.1, abs=1e-5) and sal.max().item() == pytest.approx(0.9, abs=1e-5)
+    model.init_atlas(data.keys, torch.ones_like(data.masks))  # constant masks: no division by zero
+    assert torch.allclose(model.atlas_saliency, torch.full_like(sal, 0.5))
+
+
+# ----------------------------------------------------------------------------- training
+
+
+def test_fit_reduces_the_keys_loss_and_runs_the_schedule(tmp_path):
+    cfg = tiny_cfg(epochs=12, bootstrap_epochs=4, lr_stn=3e-3, lr_atlas=1e-2)
+    data = synthetic_data(cfg)
+    seen = []
+    result = neural.fit(data, cfg, callback=lambda epoch, model: seen.append((epoch, model.flow_active)), callback_every=4)
+    h = result.history
+    assert len(h) == 12 and "magnitude" not in h[3] and "magnitude" in h[4] and "keys_l2_sim" in h[4]
+    assert h[-1]["keys_cos"] < h[0]["keys_cos"]
+    assert seen == [(0, False), (4, True), (8, True), (11, True)]
+    grids = result.grids()
+    assert grids.shape == (4, cfg.atlas_size, cfg.atlas_size, 2) and torch.isfinite(grids).all()
+
+
+def test_flips_and_gradual_atlas_and_relaxed_rigidity_run():
+    cfg = tiny_cfg(epochs=5, bootstrap_epochs=2, flips=True, gradual_atlas=True, relaxed_rigidity=True)
+    data = synthetic_data(cfg)
+    result = neural.fit(data, cfg)
+    assert result.flipped.shape == (4,) and result.flipped.dtype == torch.bool
+    assert "keys_cos_mirror" in result.history[-1]
+    with pytest.raises(ValueError, match="mirrored"):
+        neural.fit(synthetic_data(tiny_cfg()), cfg)
+
+
+def test_flipped_image_grid_reads_the_original_image():
+    cfg = tiny_cfg(epochs=1, bootstrap_epochs=1, flips=True)
+    data = synthetic_data(cfg)
+    result = neural.fit(data, cfg)
+    result.flipped = torch.tensor([True, False, False, False])
+    # the congealed original equals the congealed mirrored image the model was trained on
+    trained_frame = warps.warp_by_grid(data.flipped_images[:1], result.outputs()["grid"][:1], padding_mode="border")
+    assert torch.allclose(result.congeal(data.images)[:1], trained_frame, atol=1e-5)
+
+
+class _Stop(Exception):
+    pass
+
+
+def _stop_at(epoch_to_stop):
+    def callback(epoch, model):
+        if epoch == epoch_to_stop:
+            raise _Stop
+
+    return callback
+
+
+def test_resume_continues_from_a_plain_checkpoint(tmp_path):
+    cfg = tiny_cfg(epochs=6, bootstrap_epochs=2, checkpoint_every=3)
+    data = synthetic_data(cfg)
+    straight = neural.fit(data, cfg)
+    path = tmp_path / "ckpt.pt"
+    with pytest.raises(_Stop):  # interrupted after 3 epochs, just after the checkpoint
+        neural.fit(data, cfg, checkpoint=path, callback=_stop_at(2), callback_every=1)
+    state = torch.load(path, weights_only=True)
+    assert state["epoch"] == 3 and isinstance(state["model"], dict) and len(state["history"]) == 3
+    resumed = neural.fit(data, cfg, checkpoint=path, resume=True)
+    assert len(resumed.history) == 6
+    assert resumed.history[-1]["total"] == pytest.approx(straight.history[-1]["total"], rel=1e-4)
+    with pytest.raises(ValueError, match="different settings"):
+        neural.fit(data, tiny_cfg(epochs=7, bootstrap_epochs=2, checkpoint_every=3), checkpoint=path, resume=True)
+
+
+def test_divergence_names_the_step_and_the_terms():
+    cfg = tiny_cfg(epochs=2, bootstrap_epochs=1)
+    data = synthetic_data(cfg)
+    data.keys[0, 0, 0, 0] = float("nan")
+    with pytest.raises(FloatingPointError, match=r"epoch 0, step 0.*keys_l2=nan"):
+        neural.fit(data, cfg)
+
+
+def test_a_set_of_one_is_refused_clearly():
+    cfg = tiny_cfg()
+    data = synthetic_data(cfg, n=1)
+    with pytest.raises(ValueError, match="at least 2 images"):
+        neural.fit(data, cfg)
+    with pytest.raises(ValueError, match="at least 2 images"):
+        neural.prepare(torch.rand(1, 3, 32, 32), torch.ones(1, 1, 32, 32), None, cfg)
+
+
+# ----------------------------------------------------------------------------- transfer and edits
+
+
+def _shifted_result(cfg):
+    """A FitResult whose mappings are known: image 1's rigid STN output is a translation."""
+    data = synthetic_data(cfg, n=2)
+    model = neural.NeuralCongealing(cfg, data.keys.shape[1])
+    model.flow_active = True
+    with torch.no_grad():
+        model.rigid.out.bias.copy_(torch.tensor([0.0, 0.0, 0.25, 0.0]))  # every image: t_x = 0.25
+    return neural.FitResult(model, data, torch.zeros(2, dtype=torch.bool))
+
+
+def test_transfer_round_trip_and_translation():
+    cfg = tiny_cfg(atlas_size=32, coarse_flow_size=8, flips=True)
+    result = _shifted_result(cfg)
+    transfer = result.transfer((32, 32))
+    points = torch.tensor([[14.0, 10.0], [20.0, 16.0]])
+    # both images have the same mapping, so transfer is the identity up to the atlas pixel (1 px here)
+    assert (transfer(0, 1, points) - points).abs().max() <= 0.51
+    assert transfer.flipped.tolist() == [False, False]
+    result.flipped = torch.tensor([True, False])
+    mirrored = result.transfer((32, 32))(0, 1, points)
+    # image 0 was trained mirrored: its point x lands where x' = 31 - x lands
+    assert (mirrored[:, 0] - (31 - points[:, 0])).abs().max() <= 0.51
+
+
+def test_edit_propagation_lands_where_the_grid_says():
+    cfg = tiny_cfg(atlas_size=32, coarse_flow_size=8)
+    result = _shifted_result(cfg)
+    images = torch.zeros(2, 3, 32, 32)
+    edit = torch.zeros(4, 32, 32)
+    edit[0, 12:20, 12:20] = 1.0  # red square at the atlas centre
+    edit[3, 12:20, 12:20] = 1.0
+    edited = neural.propagate_edit(result, edit, images)
+    red = edited[0, 0] > 0.5
+    ys, xs = torch.nonzero(red, as_tuple=True)
+    # atlas x maps to image x + 0.25 * 16 px = +4 px
+    assert xs.float().mean().item() == pytest.approx(15.5 + 4, abs=0.6) and ys.float().mean().item() == pytest.approx(15.5, abs=0.6)
+    assert edited[:, 1:].abs().max() < 1e-6  # only red was painted
+    with pytest.raises(ValueError, match="RGBA"):
+        neural.propagate_edit(result, edit[:3], images)
+
+
+def test_cub_box_masks_cover_the_boxes():
+    class FakeCUB:
+        images = torch.zeros(2, 3, 16, 16)
+        boxes = torch.tensor([[2.0, 3.0, 9.0, 12.0], [-4.0, 0.0, 20.0, 5.0]])
+
+    masks = neural.cub_box_masks(FakeCUB())
+    assert masks.shape == (2, 1, 16, 16)
+    assert masks[0, 0].sum() == 8 * 10 and masks[0, 0, 3, 2] == 1 and masks[0, 0, 2, 2] == 0
+    assert masks[1, 0, :6].all() and masks[1, 0, 6:].sum() == 0  # clipped to the crop
