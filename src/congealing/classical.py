@@ -337,19 +337,8 @@ def pixel_stack_entropy(images: torch.Tensor, bins: int = 2) -> torch.Tensor:
 
 
 def warp_affine(images: torch.Tensor, params: torch.Tensor) -> torch.Tensor:
-    """``warps.warp_image(images, warps.exp(params, "affine"))`` for ``(N, 6)`` parameters, faster.
-
-    The inverse of ``exp(xi)`` is exactly ``exp(-xi)``, and for an affine inverse ``F.affine_grid``
-    builds the same sampling grid as :func:`congealing.warps.sampling_grid` in one fused call; the
-    coordinate-descent sweeps warp the whole set a dozen times per iteration, so this matters.
-
-    >>> images, xi = torch.rand(2, 1, 9, 9), 0.2 * torch.randn(2, 6)
-    >>> torch.allclose(warp_affine(images, xi), warps.warp_image(images, warps.exp(xi, "affine")), atol=1e-5)
-    True
-    """
-    inverse = warps.exp(-params, "affine")[:, :2].to(images.dtype)
-    grid = F.affine_grid(inverse, list(images.shape), align_corners=False)
-    return F.grid_sample(images, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+    """Warp ``(N, C, H, W)`` images by the affine transforms of ``(N, 6)`` algebra parameters."""
+    return warps.warp_image(images, warps.exp(params, "affine").to(images.dtype))
 
 
 def _entropy_costs(weights: torch.Tensor, log_probs: torch.Tensor) -> torch.Tensor:

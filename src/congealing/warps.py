@@ -218,8 +218,14 @@ def identity_grid(size: tuple[int, int], batch: int = 1, dtype=torch.float32, de
 def sampling_grid(T: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     """The sampling grid ``(B, H, W, 2)`` that warps an image by ``T``: ``T^-1`` at every output pixel."""
     B = T.shape[0]
+    inverse = invert(T)
+    if not (torch.is_grad_enabled() and T.requires_grad) and inverse[:, 2, :2].abs().max() <= 1e-7:
+        # Affine and no gradient wanted: torch builds the same grid in one fused call (classical
+        # congealing warps a whole set many times per iteration). With gradients we keep the general
+        # path, so a homography's perspective entries get gradients even while they are zero.
+        return F.affine_grid(inverse[:, :2], [B, 1, *size], align_corners=False)
     grid = identity_grid(size, B, T.dtype, T.device).reshape(B, -1, 2)
-    return transform_points(invert(T), grid).reshape(B, *size, 2)
+    return transform_points(inverse, grid).reshape(B, *size, 2)
 
 
 def warp_image(
