@@ -101,3 +101,15 @@ def test_tabs_work_without_kernel(browser):
     page.wait_for_timeout(500)
     assert visible_image(tabs) != first, "switching tabs did not show another generator's sweep"
     assert not remote
+
+
+def test_every_chapter_shows_its_figures():
+    """Executed notebooks must carry their matplotlib figures into the pages (an Agg backend, for
+    example MPLBACKEND=Agg in the environment, silently drops them)."""
+    from toc_notebooks import toc_notebooks
+
+    for notebook in toc_notebooks():
+        page = BUILT / notebook.relative_to(ROOT).with_suffix(".html")
+        html = page.read_text()
+        figures = html.count('src="../_images/')
+        assert figures >= 2, f"{page.name} shows {figures} figures"
