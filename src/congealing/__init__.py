@@ -20,7 +20,7 @@ import importlib
 
 __version__ = "0.1.0"
 
-_SUBMODULES = {"warps", "data", "features", "runtime", "widgets", "report", "classical", "metrics", "eval", "neural", "spacejam", "congeal3d", "cli"}
+_SUBMODULES = {"warps", "data", "features", "runtime", "widgets", "report", "classical", "metrics", "eval", "neural", "spacejam", "congeal3d", "diffusion_prior", "cli"}
 
 
 def __getattr__(name):
