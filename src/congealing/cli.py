@@ -26,11 +26,13 @@ METHODS: dict[str, str] = {
     "ic-lsq": "congealing.classical:align_folder",
     "neural": "congealing.neural:align_folder",
     "spacejam": "congealing.spacejam:align_folder",
+    "congeal3d": "congealing.congeal3d:align_folder",
 }
 #: ``congeal eval --dataset NAME`` -> "module:function(args) -> dict" (JSON-ready, plus a 'table' string).
 EVALUATIONS: dict[str, str] = {
     "mnist": "congealing.classical:evaluate_mnist",
     "cub": "congealing.eval:evaluate_cub",
+    "lego": "congealing.congeal3d:evaluate_lego",
 }
 
 
@@ -59,6 +61,7 @@ def _parser() -> argparse.ArgumentParser:
     align.add_argument("--out", type=Path, required=True)
     align.add_argument("--size", type=int, default=256)
     align.add_argument("--resume", action="store_true", help="continue from a checkpoint in OUT")
+    align.add_argument("--shape", type=Path, default=None, help="congeal3d only: the canonical shape checkpoint (congealing.congeal3d.save_shape)")
     common(align)
 
     evaluate = sub.add_parser("eval", help="evaluate a method on a benchmark and print a table")
