@@ -113,3 +113,23 @@ def test_every_chapter_shows_its_figures():
         html = page.read_text()
         figures = html.count('src="../_images/')
         assert figures >= 2, f"{page.name} shows {figures} figures"
+
+
+def test_alignment_report_opens_without_a_server(browser, tmp_path):
+    """`congeal align` writes OUT/index.html; it must show its images straight from disk."""
+    import torch
+
+    from congealing.report import write_alignment
+
+    images = torch.rand(3, 3, 24, 24)
+    out = write_alignment(
+        tmp_path / "report", method="demo", names=["a.png", "b.jpg", "c.png"], inputs=images, aligned=images.flip(-1),
+        atlas={"mean": images.mean(0)}, mode="quick", transforms=torch.eye(3).expand(3, 3, 3), summary={"seconds": 1.0},
+        extra_images={"edit": images.flip(-2)},
+    )
+    page, remote, errors = open_offline(browser, out / "index.html")
+    page.wait_for_load_state("load")
+    sizes = page.evaluate("[...document.images].map(i => i.complete ? i.naturalWidth : 0)")
+    assert len(sizes) >= 3 * 3 + 1 and all(w > 0 for w in sizes), sizes  # inputs, aligned, edit, atlas
+    assert not remote and not errors
+    page.close()

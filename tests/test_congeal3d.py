@@ -583,3 +583,21 @@ def test_load_lego_benchmark_splits_anchors_and_inputs(data_root):
     assert (bench.masks.flatten(1).amax(dim=1) > 0.5).all()
     # the varied inputs keep the object where the mask is (and only change its look)
     assert not torch.allclose(bench.varied, bench.images)
+
+
+def test_congeal_align_needs_a_valid_shape(tmp_path):
+    from PIL import Image
+
+    from congealing import cli
+
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    for k in range(2):
+        Image.new("RGB", (32, 32), (40 * k, 90, 200)).save(folder / f"p{k}.png")
+    with pytest.raises(SystemExit, match="needs --shape"):
+        cli.main(["align", str(folder), "--method", "congeal3d", "--out", str(tmp_path / "out")])
+    foreign = tmp_path / "foreign.pt"
+    torch.save({"something": torch.zeros(1)}, foreign)
+    with pytest.raises(ValueError, match="not a congealing 3-D shape"):
+        cli.main(["align", str(folder), "--method", "congeal3d", "--shape", str(foreign), "--out", str(tmp_path / "out")])
+    assert not (tmp_path / "out").exists()  # nothing written half-way

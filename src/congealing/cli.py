@@ -103,7 +103,9 @@ def main(argv=None) -> int:
     print(result.get("table", json.dumps(result, indent=2)))
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps({k: v for k, v in result.items() if k != "table"}, indent=2))
+        record = {k: v for k, v in result.items() if k != "table"}
+        record["provenance"] = runtime.provenance("congeal " + " ".join(argv if argv is not None else sys.argv[1:]), args.mode, getattr(args, "device", None))
+        args.json.write_text(json.dumps(record, indent=2))
         print(f"wrote {args.json}")
     return 0
 

@@ -65,3 +65,30 @@ def run_label(mode: str | None = None, backbone: str | None = None, device=None)
         parts.append(str(backbone))
     parts.append(str(device if device is not None else get_device()))
     return " · ".join(parts)
+
+
+def provenance(command: str, mode: str | None = None, device=None) -> dict:
+    """Where a result came from, stored beside it (``results/*.json``): the command, the git commit
+    of the library (with ``+dirty`` if the working tree had changes), mode, device, torch version,
+    CPU threads and the date (UTC).
+
+    >>> sorted(provenance("congeal info"))
+    ['command', 'commit', 'date', 'device', 'mode', 'threads', 'torch']
+    """
+    import datetime
+    import subprocess
+    from pathlib import Path
+
+    here = Path(__file__).resolve().parent
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, timeout=10).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--", "."], cwd=here, capture_output=True, text=True, timeout=10).stdout.strip()
+        commit = (commit + ("+dirty" if dirty else "")) or "unknown"
+    except (OSError, subprocess.SubprocessError):
+        commit = "unknown (not a git checkout)"
+    device = device if device is not None else get_device()
+    name = torch.cuda.get_device_name(device) if torch.device(device).type == "cuda" else str(device)
+    return {
+        "command": command, "commit": commit, "mode": get_mode(mode), "device": name, "torch": torch.__version__,
+        "threads": torch.get_num_threads(), "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+    }
