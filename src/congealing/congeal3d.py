@@ -380,7 +380,7 @@ def _total_variation(grid: torch.Tensor) -> torch.Tensor:
     return sum((grid.diff(dim=d) ** 2).mean() for d in (2, 3, 4))
 
 
-def fit_shape(images: torch.Tensor, masks: torch.Tensor, c2w: torch.Tensor, fov, config: Congeal3DConfig, progress=None) -> VoxelField:
+def fit_shape(images: torch.Tensor, masks: torch.Tensor, c2w: torch.Tensor, fov, config: Congeal3DConfig, progress=None, device=None) -> VoxelField:
     """The offline stand-in for the generative shape prior: fit a :class:`VoxelField` to anchor views.
 
     ``images`` ``(A, 3, H, W)`` composited over white, ``masks`` ``(A, 1, H, W)``, cameras ``c2w``
@@ -388,13 +388,17 @@ def fit_shape(images: torch.Tensor, masks: torch.Tensor, c2w: torch.Tensor, fov,
     rays; the loss is the photometric L2 error, plus ``mask_weight`` x the L2 error of the rendered
     opacity against the mask (it carves free space from few views, as a visual hull would), plus
     ``tv_weight`` x the total variation of the grids. Adam at ``shape_lr`` (grids move fast; DVGO's
-    rate). Finally the shape's bounding box is measured (:func:`set_shape_box`).
+    rate). Finally the shape's bounding box is measured (:func:`set_shape_box`). ``device``: where
+    to fit (default CPU); the field stays there.
     """
     if images.shape[0] < 2:
         raise ValueError(f"fit_shape needs at least 2 anchor views with known cameras, got {images.shape[0]}")
     generator = torch.Generator().manual_seed(config.seed)
     size = images.shape[-1]
-    field = VoxelField(config.grid_resolution, config.bound)
+    device = torch.device(device or "cpu")
+    field = VoxelField(config.grid_resolution, config.bound).to(device)
+    images, masks, c2w = images.to(device), masks.to(device), c2w.to(device)
+    fov = fov.to(device) if torch.is_tensor(fov) else fov
     origins, directions = camera_rays(c2w, fov, size)
     origins, directions = origins.reshape(-1, 3), directions.reshape(-1, 3)
     colours = images.permute(0, 2, 3, 1).reshape(-1, 3)
@@ -402,7 +406,7 @@ def fit_shape(images: torch.Tensor, masks: torch.Tensor, c2w: torch.Tensor, fov,
     optimiser = torch.optim.Adam(field.parameters(), lr=config.shape_lr)
     steps = range(config.shape_steps) if progress is None else progress(range(config.shape_steps), desc="shape")
     for step in steps:
-        batch = torch.randint(0, origins.shape[0], (config.rays_per_step,), generator=generator)
+        batch = torch.randint(0, origins.shape[0], (config.rays_per_step,), generator=generator).to(device)
         out = render_rays(field, origins[batch], directions[batch], config.samples_per_ray, jitter=True)
         loss = F.mse_loss(out["rgb"], colours[batch]) + config.mask_weight * F.mse_loss(out["opacity"], opacities[batch])
         loss = loss + config.tv_weight * (_total_variation(field.density) + _total_variation(field.colour))
@@ -426,8 +430,10 @@ def carve_visual_hull(field: VoxelField, masks: torch.Tensor, c2w: torch.Tensor,
     removes them; without it they stretch the bounding box, and the NOCS coordinates with it.
     Returns the fraction of voxels carved.
     """
-    R, size = field.resolution, masks.shape[-1]
-    axis = torch.linspace(-field.bound, field.bound, R)
+    R, size, device = field.resolution, masks.shape[-1], field.density.device
+    masks, c2w = masks.to(device), c2w.to(device)
+    fov = fov.to(device) if torch.is_tensor(fov) else fov
+    axis = torch.linspace(-field.bound, field.bound, R, device=device)
     z, y, x = torch.meshgrid(axis, axis, axis, indexing="ij")  # the grid is stored [z, y, x]
     centres = torch.stack([x, y, z], dim=-1).reshape(-1, 3)
     xy, depth = project_points(centres, c2w, fov, size)
@@ -514,7 +520,8 @@ def crop_to_boxes(images: torch.Tensor, masks: torch.Tensor, boxes: torch.Tensor
     N, _, H, W = images.shape
     scale = boxes[:, 2] / W  # a box side relative to the image width, in normalised units
     offset = warps.pixel_to_normalized(boxes[:, None, :2], (H, W))[:, 0]
-    theta = torch.zeros(N, 2, 3, dtype=images.dtype)
+    boxes = boxes.to(images.device)
+    theta = torch.zeros(N, 2, 3, dtype=images.dtype, device=images.device)
     theta[:, 0, 0], theta[:, 1, 1] = scale, scale * W / H
     theta[:, :, 2] = offset
     grid = F.affine_grid(theta, (N, 1, size, size), align_corners=False)
@@ -583,14 +590,16 @@ def place_camera(c2w: torch.Tensor, fov: torch.Tensor, render_boxes: torch.Tenso
 @torch.no_grad()
 def render_candidates(field: VoxelField, config: Congeal3DConfig, batch: int = 32) -> dict:
     """Render every search candidate once (shared by all inputs): ``rgb`` ``(C, 3, s, s)``,
-    ``mask`` ``(C, 1, s, s)`` at ``search_render_size``, plus the cameras."""
+    ``mask`` ``(C, 1, s, s)`` at ``search_render_size``, plus the cameras (all on the CPU; the
+    renders are made on the field's device)."""
     cameras = candidate_cameras(config)
-    size = config.search_render_size
+    size, device = config.search_render_size, field.density.device
     rgb, mask = [], []
     for start in range(0, cameras["c2w"].shape[0], batch):
-        out = render(field, cameras["c2w"][start : start + batch], cameras["fov"][start : start + batch], size, config.search_samples)
-        rgb.append(out["rgb"])
-        mask.append(out["mask"])
+        chunk = slice(start, start + batch)
+        out = render(field, cameras["c2w"][chunk].to(device), cameras["fov"][chunk].to(device), size, config.search_samples)
+        rgb.append(out["rgb"].cpu())
+        mask.append(out["mask"].cpu())
     return {**cameras, "rgb": torch.cat(rgb), "mask": torch.cat(mask)}
 
 
@@ -652,21 +661,22 @@ def refine_poses(field: VoxelField, masks: torch.Tensor, c2w: torch.Tensor, fov:
     _check_masks(masks)
     start = time.perf_counter()
     generator = torch.Generator().manual_seed(config.seed)
-    N, size = masks.shape[0], masks.shape[-1]
+    N, size, device = masks.shape[0], masks.shape[-1], field.density.device
+    masks, c2w, fov = masks.to(device), c2w.to(device), torch.as_tensor(fov, dtype=torch.float32).to(device)
     trainable = [p.requires_grad for p in field.parameters()]
     field.requires_grad_(False)
-    xi = torch.zeros(N, 6, requires_grad=True)
-    log_fov = torch.zeros(N, requires_grad=True)
+    xi = torch.zeros(N, 6, device=device, requires_grad=True)
+    log_fov = torch.zeros(N, device=device, requires_grad=True)
     params = [xi, log_fov] if config.refine_fov else [xi]
     optimiser = torch.optim.Adam(params, lr=config.refine_lr)
     flat_masks = masks.reshape(N, -1)
     every = max(1, config.refine_steps // max(1, snapshots))
-    trajectory, losses = [c2w.clone()], []
+    trajectory, losses = [c2w.cpu()], []
     current = lambda: (c2w @ se3_exp(xi), fov * log_fov.exp())
     steps = range(config.refine_steps) if progress is None else progress(range(config.refine_steps), desc="refine")
     try:
         for step in steps:
-            picked = torch.randint(0, size * size, (N, config.rays_per_image), generator=generator)
+            picked = torch.randint(0, size * size, (N, config.rays_per_image), generator=generator).to(device)
             pixels = torch.stack([picked % size, picked // size], dim=-1).float()
             cams, fovs = current()
             origins, directions = camera_rays(cams, fovs, size, pixels)
@@ -680,12 +690,12 @@ def refine_poses(field: VoxelField, masks: torch.Tensor, c2w: torch.Tensor, fov:
             optimiser.step()
             losses.append(loss.item())
             if (step + 1) % every == 0:
-                trajectory.append(current()[0].detach().clone())
+                trajectory.append(current()[0].detach().cpu())
     finally:
         for p, flag in zip(field.parameters(), trainable):
             p.requires_grad_(flag)
     cams, fovs = current()
-    return {"c2w": cams.detach(), "fov": fovs.detach(), "loss": losses, "trajectory": trajectory, "seconds": time.perf_counter() - start}
+    return {"c2w": cams.detach().cpu(), "fov": fovs.detach().cpu(), "loss": losses, "trajectory": trajectory, "seconds": time.perf_counter() - start}
 
 
 # ----------------------------------------------------------------------------- how far from the truth
@@ -790,20 +800,21 @@ def fit_coordinate_maps(field: VoxelField, images: torch.Tensor, masks: torch.Te
     _check_masks(masks)
     start = time.perf_counter()
     backbone = load_backbone(backbone) if backbone is None or isinstance(backbone, str) else backbone
-    N, size, m = images.shape[0], images.shape[-1], config.mapping_size
+    N, size, m, device = images.shape[0], images.shape[-1], config.mapping_size, field.density.device
     with torch.no_grad():
         renders = {k: [] for k in ("rgb", "nocs", "mask")}
         for i in range(0, N, 8):
-            out = render(field, c2w[i : i + 8], fov[i : i + 8], size, config.samples_per_ray)
+            out = render(field, c2w[i : i + 8].to(device), fov[i : i + 8].to(device), size, config.samples_per_ray)
             for k in renders:
-                renders[k].append(out[k])
+                renders[k].append(out[k].cpu())
         renders = {k: torch.cat(v) for k, v in renders.items()}
     masked_inputs = images * masks + (1 - masks)  # the same white background as the renders
     input_keys = extract_descriptors(masked_inputs, backbone, grid=m, input_size=config.crop_size, cache=False)
     render_keys = extract_descriptors(renders["rgb"], backbone, grid=m, input_size=config.crop_size, cache=False)
-    foreground = (F.interpolate(masks, size=(m, m), mode="area") > 0.5).float()
-    identity = warps.identity_grid((m, m), N)  # (N, m, m, 2)
-    offsets = torch.zeros(N, 2, m, m, requires_grad=True)
+    foreground = (F.interpolate(masks, size=(m, m), mode="area") > 0.5).float().to(device)
+    input_keys, render_keys = input_keys.to(device), render_keys.to(device)
+    identity = warps.identity_grid((m, m), N, device=device)  # (N, m, m, 2)
+    offsets = torch.zeros(N, 2, m, m, device=device, requires_grad=True)
     optimiser = torch.optim.AdamW([offsets], lr=config.mapping_lr)
     losses = []
     steps = range(config.mapping_steps) if progress is None else progress(range(config.mapping_steps), desc="maps")
@@ -825,7 +836,7 @@ def fit_coordinate_maps(field: VoxelField, images: torch.Tensor, masks: torch.Te
         optimiser.step()
         losses.append(loss.item())
     with torch.no_grad():
-        full_offsets = F.interpolate(offsets.detach(), size=(size, size), mode="bilinear", align_corners=False)
+        full_offsets = F.interpolate(offsets.detach().cpu(), size=(size, size), mode="bilinear", align_corners=False)
         warp = warps.identity_grid((size, size), N) + full_offsets.permute(0, 2, 3, 1)
         nocs = F.grid_sample(renders["nocs"] * renders["mask"], warp, mode="bilinear", padding_mode="border", align_corners=False)
         covered = F.grid_sample(renders["mask"], warp, mode="bilinear", padding_mode="zeros", align_corners=False)
@@ -1139,18 +1150,20 @@ def evaluate_lego(args) -> dict:
         raise SystemExit(f"congeal eval --dataset lego: method {args.method!r} is not available here; use congeal3d (its table includes the nearest-neighbour baseline)")
     mode = runtime.get_mode(getattr(args, "mode", None))
     config = Congeal3DConfig.for_mode(mode, seed=args.seed)
-    backbone = load_backbone(getattr(args, "backbone", None))
+    device = runtime.get_device(getattr(args, "device", None))
+    backbone = load_backbone(getattr(args, "backbone", None), device)
     progress = _progress(getattr(args, "progress", True))
     bench = load_lego_benchmark(config, inputs=runtime.pick({"quick": 16, "full": None}, mode), seed=args.seed)
     start = time.perf_counter()
-    field = fit_shape(bench.anchor_images, bench.anchor_masks, bench.anchor_c2w, bench.fov, config, progress)
+    field = fit_shape(bench.anchor_images, bench.anchor_masks, bench.anchor_c2w, bench.fov, config, progress, device)
     seconds = {"shape": round(time.perf_counter() - start, 2)}
-    add_surface_keypoints(bench, field)
+    add_surface_keypoints(bench, field.cpu())
+    field.to(device)
     start = time.perf_counter()
     candidates = render_candidates(field, config)
     seconds["candidate_renders"] = round(time.perf_counter() - start, 2)
     out = {
-        "dataset": "lego", "method": "congeal3d", "backbone": backbone.name, "backbone_title": backbone.title, "mode": mode, "seed": args.seed,
+        "dataset": "lego", "method": "congeal3d", "backbone": backbone.name, "backbone_title": backbone.title, "mode": mode, "device": str(device), "seed": args.seed,
         "config": asdict(config), "anchors": bench.anchor_index, "inputs": bench.input_index, "n_keypoints_3d": int(bench.points3d.shape[0]),
         "protocol": "pose errors after a similarity Procrustes alignment of camera centres; translation in scene units (cameras at radius 4.03); "
         "PCK@0.1 of the target's mask box over ordered pairs, 3-D points visible in both views, binned by relative rotation (degrees)",
@@ -1217,9 +1230,12 @@ def align_folder(image_set, args) -> None:
             "congeal align --method congeal3d needs --shape SHAPE_CKPT: a canonical shape saved by "
             "congealing.congeal3d.save_shape (Chapter 6 fits one for lego; the diffusion route distils one from a text prompt)"
         )
-    field = load_shape(shape_path)
+    from .runtime import get_device
+
+    device = get_device(getattr(args, "device", None))
+    field = load_shape(shape_path).to(device)
     config = Congeal3DConfig.for_mode(args.mode, seed=getattr(args, "seed", 0))
-    backbone = load_backbone(getattr(args, "backbone", None))
+    backbone = load_backbone(getattr(args, "backbone", None), device)
     size = config.image_size
     images = F.interpolate(image_set.images, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
     alpha = image_set.masks if image_set.masks is not None and bool((image_set.masks < 0.5).any()) else None
@@ -1230,7 +1246,9 @@ def align_folder(image_set, args) -> None:
     maps = result.maps
     cams, fovs = result.refined["c2w"], result.refined["fov"]
     azimuth, elevation = camera_angles(cams)
-    front = render(field, spherical_cameras(torch.tensor([-90.0, 0.0, 90.0]), torch.tensor([30.0, 30.0, 30.0]), config.camera_radius), math.radians(37.5), size, config.samples_per_ray)
+    with torch.no_grad():
+        views = spherical_cameras(torch.tensor([-90.0, 0.0, 90.0]), torch.tensor([30.0, 30.0, 30.0]), config.camera_radius).to(device)
+        front = {k: v.cpu() for k, v in render(field, views, math.radians(37.5), size, config.samples_per_ray).items()}
     poses = [
         {"image": name, "c2w": c.tolist(), "fov_deg": math.degrees(float(f)), "azimuth_deg": float(a), "elevation_deg": float(e)}
         for name, c, f, a, e in zip(image_set.names, cams, fovs, azimuth, elevation)
