@@ -745,7 +745,9 @@ def align_folder(image_set, args) -> None:
     result = congeal(small, method, config)
     seconds = time.perf_counter() - start
     aligned = warps.warp_image(images, result.transforms)
-    from .report import write_alignment  # the report module pulls in image encoding; only align needs it
+    from .report import centre_disk, demo_edit, write_alignment  # the report module pulls in image encoding; only align needs it
+
+    edited = warps.propagate_edit(images, result.transforms, demo_edit(centre_disk(images.shape[-1])))
 
     write_alignment(
         args.out,
@@ -764,4 +766,5 @@ def align_folder(image_set, args) -> None:
             "objective_after": result.history["objective"][-1],
             "config": {k: list(v) if isinstance(v, tuple) else v for k, v in config.__dict__.items()},
         },
+        extra_images={"edit": edited.cpu()},
     )

@@ -84,6 +84,27 @@ def write_alignment(
     return out
 
 
+def demo_edit(region: torch.Tensor) -> torch.Tensor:
+    """The default edit of ``congeal align``: an RGBA image ``(4, H, W)`` of coloured stripes over
+    ``region`` ``(H, W)`` (where it is > 0.5), e.g. the atlas's foreground.
+
+    >>> demo_edit(torch.ones(32, 32)).shape
+    torch.Size([4, 32, 32])
+    """
+    H, W = region.shape
+    rows = torch.arange(H, dtype=torch.float32)[:, None].expand(H, W)
+    stripes = ((rows // max(1, H // 16)) % 2 == 0).float()
+    rgb = torch.stack([stripes, 0.3 * torch.ones_like(stripes), 1 - stripes])
+    return torch.cat([rgb, (0.7 * (region.float().cpu() > 0.5))[None]])
+
+
+def centre_disk(size: int, radius: float = 0.35) -> torch.Tensor:
+    """A ``(size, size)`` disk of ``radius`` (fraction of the side) at the centre: where a congealed
+    object sits when a method has no mask of it."""
+    axis = (torch.arange(size, dtype=torch.float32) + 0.5) / size - 0.5
+    return ((axis[:, None] ** 2 + axis[None, :] ** 2) <= radius**2).float()
+
+
 def _slug(text: str) -> str:
     return "".join(c if c.isalnum() else "_" for c in text.lower()).strip("_") or "view"
 

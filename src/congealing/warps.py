@@ -295,6 +295,24 @@ def grid_points(points: torch.Tensor, grid: torch.Tensor) -> torch.Tensor:
     return sampled[..., 0].permute(0, 2, 1)
 
 
+def propagate_edit(images: torch.Tensor, T: torch.Tensor, edit: torch.Tensor) -> torch.Tensor:
+    """Paint an RGBA ``edit`` ``(4, h, w)``, drawn once in the aligned frame, onto every image.
+
+    ``images`` ``(B, 3, H, W)`` were aligned by ``T`` ``(B, 3, 3)``; the edit reaches image ``n``
+    through ``T_n^-1`` and is alpha-composited. This is edit propagation for every transform-based
+    aligner (Chapters 2 and 5); dense methods use their own grids.
+
+    >>> edit = torch.zeros(4, 4, 4); edit[:, 1, 1] = 1.0          # one opaque white pixel
+    >>> out = propagate_edit(torch.zeros(1, 3, 4, 4), identity(1), edit)
+    >>> out[0, :, 1, 1].tolist(), float(out.sum())
+    ([1.0, 1.0, 1.0], 3.0)
+    """
+    B = images.shape[0]
+    painted = warp_image(edit.to(images).expand(B, -1, -1, -1), invert(T), size=images.shape[-2:])
+    alpha = painted[:, 3:].clamp(0, 1)
+    return images * (1 - alpha) + painted[:, :3] * alpha
+
+
 def invert_grid_points(points: torch.Tensor, grid: torch.Tensor, chunk: int = 4096) -> torch.Tensor:
     """Map normalised points ``(B, N, 2)`` of the *input* image to the output frame of ``grid``.
 
