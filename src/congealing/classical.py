@@ -768,3 +768,32 @@ def align_folder(image_set, args) -> None:
         },
         extra_images={"edit": edited.cpu()},
     )
+
+
+def fit_transfer(cub, backbone=None, mode: str | None = None, seed: int = 0, device=None, method: str = "ic-lsq"):
+    """``congeal eval --dataset cub --method ic-lsq`` (or ``lsq``): classical congealing on semantic inputs.
+
+    Least-squares congealing (affine; ``method`` ``"lsq"`` or ``"ic-lsq"``) of the set's PCA-RGB
+    descriptor maps (Chapter 3: the top 3 principal components of the whole set, fitted on the
+    co-segmented foreground, background set to 0), so the 2008 algorithms see what the learned
+    methods see. Keypoints transfer through the transforms
+    (:func:`congealing.eval.transfer_via_transforms`). On CUB, both shrink or stretch some birds
+    (the atlas-style objective has no guard against it); the inverse-compositional variant, which
+    ignores pixels read from outside an image, suffers less.
+    """
+    from .eval import transfer_via_transforms
+    from .features import Backbone, cosegment, extract_descriptors, load_backbone, pca_project
+
+    runtime.seed_everything(seed)
+    if not isinstance(backbone, Backbone):
+        backbone = load_backbone(backbone, device)
+    descriptors = extract_descriptors(cub.images, backbone, grid=64)
+    masks = cosegment(descriptors, seed=seed)
+    maps, _, _ = pca_project(descriptors, 3, masks)
+    result = congeal(maps * masks, method, CONFIGS[method].for_mode(mode))
+    return transfer_via_transforms(result.transforms, cub.images.shape[-1])
+
+
+def fit_transfer_lsq(cub, backbone=None, mode: str | None = None, seed: int = 0, device=None):
+    """:func:`fit_transfer` with plain (forward-additive) least-squares congealing."""
+    return fit_transfer(cub, backbone, mode, seed, device, method="lsq")

@@ -51,6 +51,8 @@ CUB_MIRROR = (0, 1, 2, 3, 4, 5, 10, 11, 12, 9, 6, 7, 8, 13, 14)
 ALIGNERS: dict[str, str] = {
     "identity": "congealing.eval:identity_transfer",
     "nn": "congealing.eval:nn_transfer",
+    "lsq": "congealing.classical:fit_transfer_lsq",
+    "ic-lsq": "congealing.classical:fit_transfer",
     "neural": "congealing.neural:fit_transfer",
     "spacejam": "congealing.spacejam:fit_transfer",
 }
