@@ -117,3 +117,10 @@ def test_nn_baseline_beats_identity_on_real_cub(tmp_path):
     nn_pck, id_pck = nn["classes"][0]["pck"]["0.1"], identity["classes"][0]["pck"]["0.1"]
     assert nn_pck["mean"] > 0.4 and nn_pck["ci95"][0] > id_pck["ci95"][1] + 0.2
     assert abs(nn["classes"][0]["pck_image"]["0.1"]["pooled"] - 0.529) < 0.03  # the independently measured anchor
+
+
+def test_every_aligner_resolves_to_a_function():
+    from congealing import eval as cgeval
+
+    for name, target in cgeval.ALIGNERS.items():
+        assert callable(cgeval._resolve(target)), name
