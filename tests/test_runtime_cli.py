@@ -68,3 +68,26 @@ def test_console_script_runs_info(data_root):
     result = subprocess.run([sys.executable, "-m", "congealing.cli", "info", "--mode", "full", "--backbone", "efficientnet_lite0"], capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
     assert "mode:    full" in result.stdout and "efficientnet_lite0" in result.stdout
+
+
+def test_provenance_names_its_source():
+    record = runtime.provenance("congeal eval --dataset cub", "quick", "cpu")
+    assert record["command"] == "congeal eval --dataset cub" and record["mode"] == "quick" and record["device"] == "cpu"
+    assert record["commit"]  # a hash (possibly +dirty) or says why there is none
+
+
+def test_run_recorded_reuses_only_clean_records_and_reports_failures(tmp_path, monkeypatch):
+    import hashlib
+    import json
+
+    argv = ["eval", "--dataset", "no-such-dataset", "--method", "nn"]
+    with pytest.raises(RuntimeError, match="no-such-dataset"):
+        runtime.run_recorded(argv, tmp_path)
+    clean = "0123456789abcdef0123456789abcdef01234567"
+    monkeypatch.setattr(runtime, "provenance", lambda *a, **k: {"commit": clean})
+    path = tmp_path / (hashlib.sha1(" ".join(argv).encode()).hexdigest()[:16] + ".json")
+    path.write_text(json.dumps({"answer": 42, "provenance": {"commit": clean}}))
+    assert runtime.run_recorded(argv, tmp_path)["answer"] == 42  # same clean commit: reused, nothing run
+    monkeypatch.setattr(runtime, "provenance", lambda *a, **k: {"commit": clean + "+dirty"})
+    with pytest.raises(RuntimeError):  # a dirty tree never reuses: it reruns (and this command fails)
+        runtime.run_recorded(argv, tmp_path)

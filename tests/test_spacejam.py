@@ -91,6 +91,29 @@ def test_flip_selection_picks_the_mirrored_copy():
     assert float(loss) < 1e-6
 
 
+def test_official_reflection_loss_trains_both_configurations_of_every_target():
+    """Official loss: mean over the target's two flip configurations, min over the atlas's mirror,
+    so both configurations get gradients; the 'best configuration only' variant trains one."""
+    images = torch.cat([_blobs(1, 24), _blobs(1, 24).flip(-1)])
+    xi = torch.zeros(2, 2, 8, requires_grad=True)  # (configuration, image, sl(3) coordinates)
+    for atlas_flips, expect_both in ((True, True), (False, False)):
+        xi.grad = None
+        transforms = warps.exp(xi.reshape(4, 8) + 0.05).reshape(2, 2, 3, 3) @ warps.hflip(torch.tensor([[False], [True]]).expand(2, 2).reshape(4)).reshape(2, 2, 3, 3)
+        loss, _ = spacejam.ic_loss(images, images, transforms, torch.zeros(2, dtype=torch.long), atlas_flips=atlas_flips)
+        loss.backward()
+        trained = xi.grad.abs().sum(dim=2) > 0  # (configuration, image)
+        assert bool(trained.all()) == expect_both, trained
+
+
+def test_outside_the_source_frame_the_prediction_is_the_padding_value():
+    keys = _blobs(2, 16)
+    far = warps.exp(torch.tensor([[0.0, 0.0], [6.0, 0.0]]), "translation")  # image 1 lies far outside image 0
+    outside = torch.full((25,), 0.3)
+    loss, _ = spacejam.ic_loss(keys, keys, far[None], torch.zeros(2, dtype=torch.long), outside=outside)
+    expected = 0.5 * (keys - 0.3).pow(2).mean()  # self pairs are exact; each cross pair predicts 0.3 everywhere
+    assert torch.isclose(loss, expected, rtol=1e-5)
+
+
 def test_training_recovers_known_transforms_of_real_descriptor_maps():
     """Keys of one real image, warped by known similarities: after a short training run, the
     relative transforms between the copies match the true ones."""
