@@ -791,7 +791,9 @@ def fit_transfer(cub, backbone=None, mode: str | None = None, seed: int = 0, dev
     masks = cosegment(descriptors, seed=seed)
     maps, _, _ = pca_project(descriptors, 3, masks)
     result = congeal(maps * masks, method, CONFIGS[method].for_mode(mode))
-    return transfer_via_transforms(result.transforms, cub.images.shape[-1])
+    transfer = transfer_via_transforms(result.transforms, cub.images.shape[-1])
+    transfer.parameters = 6 * len(cub)  # one affine transform per image, nothing shared
+    return transfer
 
 
 def fit_transfer_lsq(cub, backbone=None, mode: str | None = None, seed: int = 0, device=None):

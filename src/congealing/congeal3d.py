@@ -1140,7 +1140,9 @@ def evaluate_lego(args) -> dict:
     appearance changes: pose errors (Procrustes-aligned, mean and median) for random cameras,
     "no pose initialisation", "no IoU refinement" and the full method; PCK@0.1 of keypoint
     transfer through 3-D against nearest-neighbour matching with the same backbone, binned by the
-    relative rotation of the two views; seconds per stage. Quick mode uses 16 of the 92 inputs.
+    relative rotation of the two views (and, on the varied inputs, SpaceJAM and Neural Congealing:
+    :func:`planar_transfers`; ``args.planar = False`` skips them); seconds per stage. Quick mode
+    uses 16 of the 92 inputs.
     """
     from . import runtime
     from .eval import descriptor_transfer
@@ -1181,17 +1183,41 @@ def evaluate_lego(args) -> dict:
         }
         keypoints = bench.keypoint_set(appearance == "varied")
         nn = descriptor_transfer(extract_descriptors(keypoints.images, backbone, grid=64), keypoints.images.shape[-1])
-        pck = {
-            "nearest neighbour": pck_by_rotation(nn, keypoints, bench.c2w),
-            "3D congealing": pck_by_rotation(lambda a, b, p: transfer_points(full.maps, a, b, p), keypoints, bench.c2w),
-        }
+        pck = {"nearest neighbour": pck_by_rotation(nn, keypoints, bench.c2w)}
+        if appearance == "varied" and getattr(args, "planar", True):
+            for name, (transfer, seconds) in planar_transfers(keypoints, bench.masks, backbone, mode, args.seed, device).items():
+                pck[name] = {**pck_by_rotation(transfer, keypoints, bench.c2w), "seconds": round(seconds, 1)}
+        pck["3D congealing"] = pck_by_rotation(lambda a, b, p: transfer_points(full.maps, a, b, p), keypoints, bench.c2w)
         out["appearances"][appearance] = {"poses": poses, "pck": pck, "seconds": full.seconds}
+    from .eval import peak_memory_mb
+
+    out["peak_rss_mb"] = peak_memory_mb(device)
     out["table"] = format_lego_table(out)
     return out
 
 
 def _percent(value) -> str:
     return "-" if value is None else f"{100 * value:.1f}"
+
+
+def planar_transfers(keypoints: "KeypointSet", masks: torch.Tensor, backbone, mode: str, seed: int = 0, device=None) -> dict:
+    """The planar methods of Chapters 4 and 5 on the same inputs, for the comparison: SpaceJAM and
+    Neural Congealing, each with the input masks and with reflections off (3-D points have no
+    left/right twins to swap). Returns ``{name: (transfer, seconds)}``."""
+    from . import neural, spacejam
+    from .eval import transfer_via_transforms
+
+    size = keypoints.images.shape[-1]
+    out = {}
+    tic = time.perf_counter()
+    sj_config = spacejam.SpaceJAMConfig.for_mode(mode, seed=seed, flips=False)
+    keys, sj_masks = spacejam.prepare_keys(keypoints.images, backbone, sj_config, masks)
+    out["SpaceJAM"] = (transfer_via_transforms(spacejam.fit(keys, sj_masks, sj_config, device=device).transforms, size), time.perf_counter() - tic)
+    tic = time.perf_counter()
+    nc_config = neural.NeuralCongealingConfig.for_mode(mode, seed=seed, flips=False, gradual_atlas=True, relaxed_rigidity=True)
+    data = neural.prepare(keypoints.images, masks, backbone, nc_config, device)
+    out["Neural Congealing"] = (neural.fit(data, nc_config).transfer((size, size)), time.perf_counter() - tic)
+    return out
 
 
 def format_lego_table(results: dict) -> str:

@@ -265,7 +265,8 @@ def evaluate_cub(args) -> dict:
         start = time.perf_counter()
         transfer = fit(cub, backbone, mode, args.seed, device)
         result = evaluate_transfer(transfer, cub, seed=args.seed)
-        result.update(class_id=class_id, class_name=cub.class_name, seconds=round(time.perf_counter() - start, 2))
+        result.update(class_id=class_id, class_name=cub.class_name, seconds=round(time.perf_counter() - start, 2),
+                      trainable_parameters=getattr(transfer, "parameters", 0))
         rows.append(result)
     mean = {f"pck@{a}": float(sum(r["pck"][a]["mean"] for r in rows) / len(rows)) for a in ("0.1", "0.05")}
     mean.update({f"pck_image@{a}": float(sum(r["pck_image"][a]["pooled"] for r in rows) / len(rows)) for a in ("0.1", "0.05")})
@@ -281,8 +282,21 @@ def evaluate_cub(args) -> dict:
         "classes": rows,
         "mean": mean,
     }
+    out["peak_rss_mb"] = peak_memory_mb(device)
     out["table"] = format_table(out)
     return out
+
+
+def peak_memory_mb(device=None) -> float:
+    """Peak memory of this process so far, in MB: resident set size on a CPU, allocated memory on
+    a CUDA device (whichever is larger). Run one method per process to measure that method."""
+    import resource
+    import sys
+
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / (2**20 if sys.platform == "darwin" else 2**10)
+    if device is not None and torch.device(device).type == "cuda":
+        rss = max(rss, torch.cuda.max_memory_allocated() / 2**20)
+    return round(rss, 1)
 
 
 def format_table(results: dict) -> str:
