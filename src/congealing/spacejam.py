@@ -738,7 +738,7 @@ def align_folder(image_set, args) -> None:
     ``OUT/checkpoint.pt`` at the end; ``--resume`` continues from either.
     """
     from .features import load_backbone
-    from .report import write_alignment
+    from .report import demo_edit, write_alignment
     from .runtime import get_device, get_mode
 
     out = Path(args.out)
@@ -774,7 +774,10 @@ def align_folder(image_set, args) -> None:
             "backbone": backbone.name, "seconds": round(time.perf_counter() - tic, 1), "trainable_parameters": result.parameters["total"],
             "flipped": int(result.flips.sum()), "final_loss": result.losses[-1] if result.losses else None, "config": _config_dict(config),
         },
-        extra_images={"low-dim keys": F.interpolate(codes_rgb, size=size, mode="nearest")},
+        extra_images={
+            "low-dim keys": F.interpolate(codes_rgb, size=size, mode="nearest"),
+            "edit": warps.propagate_edit(images, result.transforms, demo_edit(atlas(mask_up, result.transforms)[0])),
+        },
     )
     final.write_bytes(sidecar.read_bytes())
     sidecar.unlink()
