@@ -277,6 +277,34 @@ def test_transfer_round_trip_and_translation():
     assert (mirrored[:, 0] - (31 - points[:, 0])).abs().max() <= 0.51
 
 
+@pytest.mark.parametrize("flip_source", [False, True])
+def test_transfer_follows_known_different_similarities_and_flows(flip_source):
+    """Images with different known similarities (rotation, scale, shift) and smooth flows: a point
+    that atlas pixel p sends to image A must land where p sends it in image B (up to the atlas
+    quantisation of the nearest-neighbour flow inverse: half an atlas pixel, times the scale)."""
+    A, N, size = 32, 2, (256, 256)
+    T = neural.similarity_matrix(torch.tensor([[0.1, 0.2, 0.1, -0.05], [-0.15, -0.1, -0.1, 0.08]]))
+    ident = warps.identity_grid((A, A), N)
+    delta = torch.zeros(N, A, A, 2)
+    delta[0, ..., 0] = 0.03 * torch.sin(math.pi * ident[0, ..., 1])
+    delta[1, ..., 1] = 0.02 * torch.cos(math.pi * ident[1, ..., 0])
+    grid = warps.transform_points(T, (ident + delta).reshape(N, -1, 2)).reshape(N, A, A, 2)
+
+    class Known(neural.FitResult):
+        def outputs(self, batch=16):
+            return {"T": T, "delta": delta, "grid": grid}
+
+    flipped = torch.tensor([flip_source, False])
+    result = Known(None, neural.NeuralData(torch.zeros(N, 3, 8, 8), None, None, None), flipped)
+    grids = result.grids()  # into the original (unmirrored) images
+    atlas_points = torch.rand(1, 64, 2, generator=torch.Generator().manual_seed(0)) * 1.4 - 0.7
+    in_a = warps.normalized_to_pixel(warps.grid_points(atlas_points, grids[0:1]), size)[0]
+    in_b = warps.normalized_to_pixel(warps.grid_points(atlas_points, grids[1:2]), size)[0]
+    error = (result.transfer(size)(0, 1, in_a) - in_b).norm(dim=1)
+    atlas_pixel = size[0] / A  # 8 px
+    assert error.max() <= 0.75 * atlas_pixel and error.mean() <= 0.5 * atlas_pixel
+
+
 def test_edit_propagation_lands_where_the_grid_says():
     cfg = tiny_cfg(atlas_size=32, coarse_flow_size=8)
     result = _shifted_result(cfg)
