@@ -884,7 +884,9 @@ def fit_transfer(cub, backbone, mode: str, seed: int = 0, device=None):
     cfg = NeuralCongealingConfig.for_mode(mode, seed=seed, flips=True, gradual_atlas=True, relaxed_rigidity=True)
     data = prepare(cub.images, cub_box_masks(cub), backbone, cfg, device)
     result = fit(data, cfg)
-    return result.transfer(tuple(cub.images.shape[-2:]))
+    transfer = result.transfer(tuple(cub.images.shape[-2:]))
+    transfer.parameters = sum(p.numel() for p in result.model.parameters() if p.requires_grad)  # STNs + atlas
+    return transfer
 
 
 def align_folder(image_set, args) -> None:

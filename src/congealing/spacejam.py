@@ -728,7 +728,9 @@ def fit_transfer(cub, backbone, mode: str | None = None, seed: int = 0, device=N
     result = fit(keys, masks, config, device=device)
     from .eval import transfer_via_transforms
 
-    return transfer_via_transforms(result.transforms, cub.images.shape[-1])
+    transfer = transfer_via_transforms(result.transforms, cub.images.shape[-1])
+    transfer.parameters = result.parameters["total"]
+    return transfer
 
 
 def align_folder(image_set, args) -> None:
