@@ -757,7 +757,7 @@ def align_folder(image_set, args) -> None:
         sidecar.parent.mkdir(parents=True, exist_ok=True)
         sidecar.write_bytes(final.read_bytes())
     tic = time.perf_counter()
-    result = fit(keys, masks, config, device=device, checkpoint=sidecar, resume=getattr(args, "resume", False))
+    result = fit(keys, masks, config, device=device, checkpoint=sidecar, resume=getattr(args, "resume", False), verbose=True)  # progress every 10 epochs
     images = image_set.images
     aligned = warps.warp_image(images, result.transforms)
     codes_rgb = codes_to_rgb(result.codes)
