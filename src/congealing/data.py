@@ -29,7 +29,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".gif")
 
@@ -170,8 +170,9 @@ def read_image(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray | None]:
 
     Greyscale, palette, 16-bit and RGBA files are all accepted; 16-bit images keep their full range.
     """
-    with Image.open(path) as img:
-        img.load()
+    with Image.open(path) as opened:
+        opened.load()
+        img = ImageOps.exif_transpose(opened)  # phone photos: store the pixels as the camera held them
         alpha = None
         if img.mode in ("I;16", "I;16B", "I;16L", "I"):
             data = np.asarray(img, dtype=np.float64)
@@ -222,13 +223,18 @@ def to_tensor(arrays: list[np.ndarray]) -> torch.Tensor:
 
 @dataclass
 class ImageSet:
-    """A set of square images ``(N, 3, S, S)`` with their names, optional masks ``(N, 1, S, S)``,
-    and the files that could not be read (empty unless ``skip_unreadable``)."""
+    """A set of square images ``(N, 3, S, S)`` with their names, and the files that could not be read
+    (empty unless ``skip_unreadable``).
+
+    ``masks`` ``(N, 1, S, S)`` are the object masks the files themselves carry (alpha channels), or
+    None when no file has one. ``valid`` ``(N, 1, S, S)`` marks the photo's own pixels inside the
+    square: 0 on the padding that :func:`to_square` adds. Padding is never an object mask.
+    """
 
     images: torch.Tensor
     names: list[str]
     masks: torch.Tensor | None = None
-    original_sizes: list[tuple[int, int]] = field(default_factory=list)
+    valid: torch.Tensor | None = None
     skipped: list[str] = field(default_factory=list)
 
     def __len__(self) -> int:
@@ -254,17 +260,17 @@ def load_image_folder(
     if not folder.is_dir():
         raise ImageSetError(f"{folder} is not a folder")
     paths = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
-    arrays, masks, names, sizes, bad = [], [], [], [], []
+    arrays, alphas, valid, names, bad = [], [], [], [], []
     for path in paths:
         try:
             rgb, alpha = read_image(path)
         except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as error:
             bad.append(f"{path.name}: {type(error).__name__}: {error}")
             continue
-        sizes.append(rgb.shape[:2])
         arrays.append(to_square(rgb, size, method))
-        mask = alpha if alpha is not None else np.ones(rgb.shape[:2], dtype=np.float32)
-        masks.append(to_square(mask[..., None], size, method))
+        inside = np.ones(rgb.shape[:2] + (1,), dtype=np.float32)
+        valid.append(to_square(inside, size, method))
+        alphas.append(None if alpha is None else to_square(alpha[..., None], size, method))
         names.append(path.name)
     if bad and not skip_unreadable:
         raise ImageSetError(f"{len(bad)} unreadable image(s) in {folder}:\n  " + "\n  ".join(bad))
@@ -276,7 +282,11 @@ def load_image_folder(
         )
     if max_images is not None and len(arrays) > max_images:
         raise ImageSetError(f"{folder} holds {len(arrays)} images; at most {max_images} are supported here")
-    return ImageSet(to_tensor(arrays), names, to_tensor(masks), sizes, bad)
+    valid_tensor = to_tensor(valid)
+    masks = None
+    if any(alpha is not None for alpha in alphas):  # a file without alpha counts as all object
+        masks = to_tensor([a if a is not None else v for a, v in zip(alphas, valid)])
+    return ImageSet(to_tensor(arrays), names, masks, valid_tensor, bad)
 
 
 # ----------------------------------------------------------------------------- MNIST

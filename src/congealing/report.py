@@ -8,8 +8,11 @@
       mappings.pt       per-image transforms (N, 3, 3) and/or sampling grids (N, H, W, 2);
                         torch.load(path, weights_only=True)
       atlas.png         the atlas (mean aligned image); atlas_<name>.png for any other atlas views
-      inputs/NAME.png   the inputs as the method saw them (square)
-      aligned/NAME.png  each input warped into the common frame
+      inputs/KEY.png    the inputs as the method saw them (square)
+      aligned/KEY.png   each input warped into the common frame
+
+``KEY`` is the input's file name with its extension folded in (``bird.jpg`` -> ``bird_jpg``), so
+two inputs never share an output name; ``summary.json`` maps every input to its outputs.
 
 The folder is written next to ``OUT`` first and moved into place at the end, so an interrupted run
 never leaves a half-written report; an existing ``OUT`` is replaced only if it is an earlier report.
@@ -19,6 +22,7 @@ from __future__ import annotations
 import html
 import json
 import shutil
+import urllib.parse
 from pathlib import Path
 
 import torch
@@ -59,11 +63,11 @@ def write_alignment(
     columns = {"input": ("inputs", inputs), "aligned": ("aligned", aligned)}
     for title, images in (extra_images or {}).items():
         columns[title] = (_slug(title), images)
-    stems = [Path(name).stem for name in names]
+    keys = output_keys(list(names))
     for folder, images in columns.values():
         (staging / folder).mkdir(parents=True)
-        for stem, image in zip(stems, images):
-            (staging / folder / f"{stem}.png").write_bytes(to_png(image))
+        for key, image in zip(keys, images):
+            (staging / folder / f"{key}.png").write_bytes(to_png(image))
     atlas_files = {}
     for index, (view, image) in enumerate(atlas.items()):
         filename = "atlas.png" if index == 0 else f"atlas_{_slug(view)}.png"
@@ -75,13 +79,37 @@ def write_alignment(
     if grids is not None:
         mappings["grids"] = grids.detach().cpu().float()
     torch.save(mappings, staging / "mappings.pt")
-    info = {"method": method, "mode": mode, "images": list(names), "atlas": atlas_files, **(summary or {})}
+    outputs = {name: {title: f"{folder}/{key}.png" for title, (folder, _) in columns.items()} for name, key in zip(names, keys)}
+    info = {"method": method, "mode": mode, "images": list(names), "outputs": outputs, "atlas": atlas_files, **(summary or {})}
     (staging / REPORT_MARKER).write_text(json.dumps(info, indent=2))
-    (staging / "index.html").write_text(_html(method, mode, stems, columns, atlas_files, summary or {}))
+    (staging / "index.html").write_text(_html(method, mode, list(names), keys, columns, atlas_files, summary or {}))
     if out.exists():
         shutil.rmtree(out)
     staging.rename(out)
     return out
+
+
+def output_keys(names: list[str]) -> list[str]:
+    """One unique, file-system-safe output name per input file name (extension kept in the name).
+
+    Names that differ only in case (``x.JPG``, ``x.jpg``) are numbered, so the outputs stay distinct
+    on case-insensitive file systems too.
+
+    >>> output_keys(["a.jpg", "a.png", "x.JPG", "x.jpg"])
+    ['a_jpg', 'a_png', 'x_jpg', 'x_jpg-2']
+    """
+    keys, seen = [], set()
+    for name in names:
+        path = Path(name)
+        stem = path.stem.replace("/", "_").replace("\\", "_") or "image"
+        base = stem + ("_" + path.suffix[1:].lower() if path.suffix else "")
+        key, number = base, 1
+        while key.lower() in seen:
+            number += 1
+            key = f"{base}-{number}"
+        seen.add(key.lower())
+        keys.append(key)
+    return keys
 
 
 def demo_edit(region: torch.Tensor) -> torch.Tensor:
@@ -109,20 +137,25 @@ def _slug(text: str) -> str:
     return "".join(c if c.isalnum() else "_" for c in text.lower()).strip("_") or "view"
 
 
-def _html(method, mode, stems, columns, atlas_files, summary) -> str:
+def _url(path: str) -> str:
+    """A relative file path as an attribute-safe URL (``#``, ``?``, spaces and quotes encoded)."""
+    return html.escape(urllib.parse.quote(path), quote=True)
+
+
+def _html(method, mode, names, keys, columns, atlas_files, summary) -> str:
     head = "".join(f"<th>{html.escape(title)}</th>" for title in columns)
     rows = []
-    for stem in stems:
-        cells = "".join(f'<td><img src="{folder}/{html.escape(stem)}.png" alt="{html.escape(stem)} {html.escape(title)}"></td>' for title, (folder, _) in columns.items())
-        rows.append(f"<tr><th>{html.escape(stem)}</th>{cells}</tr>")
-    atlases = "".join(f'<figure><img src="{f}" alt="atlas {html.escape(v)}"><figcaption>{html.escape(v)}</figcaption></figure>' for v, f in atlas_files.items())
+    for name, key in zip(names, keys):
+        cells = "".join(f'<td><img src="{_url(f"{folder}/{key}.png")}" alt="{html.escape(name)} {html.escape(title)}"></td>' for title, (folder, _) in columns.items())
+        rows.append(f"<tr><th>{html.escape(name)}</th>{cells}</tr>")
+    atlases = "".join(f'<figure><img src="{_url(f)}" alt="atlas {html.escape(v)}"><figcaption>{html.escape(v)}</figcaption></figure>' for v, f in atlas_files.items())
     facts = "".join(f"<li><b>{html.escape(str(k))}</b>: {html.escape(str(v))}</li>" for k, v in summary.items() if not isinstance(v, (list, dict)))
     return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>congeal align: {html.escape(method)}</title>
 <style>body{{font-family:sans-serif;margin:1.5em}} img{{width:128px;image-rendering:auto}}
 figure{{display:inline-block;margin:0 1em 1em 0}} figure img{{width:192px}} td,th{{padding:2px 4px}}</style></head>
 <body><h1>Joint alignment: {html.escape(method)}</h1>
-<p>{len(stems)} images, {html.escape(mode)} mode.</p><ul>{facts}</ul>
+<p>{len(names)} images, {html.escape(mode)} mode.</p><ul>{facts}</ul>
 <h2>Atlas</h2>{atlases}
 <h2>Images</h2><table><tr><th>image</th>{head}</tr>{''.join(rows)}</table></body></html>
 """
