@@ -292,7 +292,7 @@ def test_save_and_load_shape_round_trip_and_refusals(tmp_path):
     with pytest.raises(ValueError, match="not a congealing 3-D shape"):
         c3.load_shape(tmp_path / "other.pt")
     (tmp_path / "garbage.pt").write_bytes(b"not a checkpoint at all")
-    with pytest.raises(ValueError, match="not a readable shape checkpoint"):
+    with pytest.raises(ValueError, match="not a congealing 3-D shape, or it is damaged"):
         c3.load_shape(tmp_path / "garbage.pt")
 
 

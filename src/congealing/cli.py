@@ -5,8 +5,14 @@
     congeal eval --dataset mnist --method lsq      # measure a method on a benchmark
 
 Every subcommand takes ``--mode quick|full`` (default: ``$CONGEAL_MODE``, else quick). Methods and
-benchmarks live in their chapters' modules, imported only when used; this file only routes to
-them (``METHODS``, ``EVALUATIONS``), so the CLI holds no algorithm code.
+benchmarks live in their chapters' modules, imported only when used; this file routes to them
+(``METHODS``, ``EVALUATIONS``) and checks every argument before any work starts.
+
+A user's mistake (a bad flag, an unreadable photo, an output folder that holds other files, a
+checkpoint made for other images) ends with one line on stderr that says what is wrong and what to
+do, and exit code 2 (:class:`congealing.errors.CongealError`); ``--debug`` or ``CONGEAL_DEBUG=1``
+shows the traceback as well. The program never deletes or overwrites a file it did not write
+(:mod:`congealing.report_folder`).
 """
 from __future__ import annotations
 
@@ -15,9 +21,14 @@ import importlib
 import json
 import os
 import sys
+import traceback
+import warnings
 from pathlib import Path
 
-from . import runtime
+from . import checkpoints, report_folder, runtime
+from .classical import METHOD_NAMES
+from .errors import CongealError, UsageError
+from .eval import ALIGNERS
 
 #: ``congeal align --method NAME`` -> "module:function(image_set, args) -> None" (writes args.out).
 METHODS: dict[str, str] = {
@@ -34,6 +45,14 @@ EVALUATIONS: dict[str, str] = {
     "cub": "congealing.eval:evaluate_cub",
     "lego": "congealing.congeal3d:evaluate_lego",
 }
+#: The methods each benchmark can evaluate (``congeal eval --dataset D --method M``).
+DATASET_METHODS: dict[str, tuple[str, ...]] = {"mnist": METHOD_NAMES, "cub": tuple(ALIGNERS), "lego": ("congeal3d",)}
+#: Methods that work on pixels and load no feature backbone.
+PIXEL_METHODS = METHOD_NAMES
+#: Methods that train with a checkpoint that ``--resume`` continues.
+RESUMABLE = ("neural", "spacejam")
+BACKBONE_NAMES = ("auto", "dino_vits8", "dinov2_vits14", "efficientnet_lite0")
+SIZE_RANGE = (64, 2048)
 
 
 def _resolve(target: str):
@@ -41,71 +60,195 @@ def _resolve(target: str):
     return getattr(importlib.import_module(module), function)
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse that reports a bad command line as one :class:`UsageError` line (exit 2)."""
+
+    def error(self, message):
+        raise UsageError(f"{message}; see {self.prog} --help")
+
+
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="congeal", description=__doc__.split("\n\n")[0])
-    sub = parser.add_subparsers(dest="command", required=True)
+    parser = _Parser(prog="congeal", description=__doc__.split("\n\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     def common(p):
-        p.add_argument("--mode", choices=runtime.MODES, default=None, help="quick (CPU, minutes) or full (paper settings, GPU); default $CONGEAL_MODE or quick")
-        p.add_argument("--device", default=None, help="cpu, cuda, mps or auto (default)")
-        p.add_argument("--seed", type=int, default=0)
-        p.add_argument("--backbone", default=None, help="dino_vits8, dinov2_vits14, efficientnet_lite0 or auto")
+        p.add_argument("--mode", default=None, help="quick (CPU, minutes) or full (paper settings, GPU); default $CONGEAL_MODE or quick")
+        p.add_argument("--device", default=None, help="cpu, cuda, cuda:N, mps or auto (default)")
+        p.add_argument("--seed", default="0", help="random seed, a whole number from 0 to 2**32-1 (default 0)")
+        p.add_argument("--backbone", default=None, help="dino_vits8, dinov2_vits14, efficientnet_lite0 or auto (methods on features only)")
         p.add_argument("--data", default=None, help="data folder (default $CONGEAL_DATA, else the download cache)")
+        p.add_argument("--debug", action="store_true", help="show Python tracebacks for errors (also CONGEAL_DEBUG=1)")
 
     info = sub.add_parser("info", help="show mode, device, data location and the backbone that would be used")
     common(info)
 
     align = sub.add_parser("align", help="jointly align a folder of images")
     align.add_argument("folder", type=Path)
-    align.add_argument("--method", required=True, help="one of: " + ", ".join(sorted(METHODS)) if METHODS else "alignment method")
-    align.add_argument("--out", type=Path, required=True)
-    align.add_argument("--size", type=int, default=256)
-    align.add_argument("--resume", action="store_true", help="continue from a checkpoint in OUT")
+    align.add_argument("--method", required=True, help="one of: " + ", ".join(sorted(METHODS)))
+    align.add_argument("--out", type=Path, required=True, help="the report folder: new, empty, or an earlier congeal report")
+    align.add_argument("--size", default="256", help=f"side of the square working images in pixels ({SIZE_RANGE[0]}-{SIZE_RANGE[1]}, default 256)")
+    align.add_argument("--resume", action="store_true", help="neural, spacejam: continue an interrupted run of the same images and settings")
+    align.add_argument("--skip-unreadable", action="store_true", help="leave out images that cannot be read, naming them, instead of stopping")
     align.add_argument("--shape", type=Path, default=None, help="congeal3d only: the canonical shape checkpoint (congealing.congeal3d.save_shape)")
     common(align)
 
     evaluate = sub.add_parser("eval", help="evaluate a method on a benchmark and print a table")
-    evaluate.add_argument("--dataset", required=True)
+    evaluate.add_argument("--dataset", required=True, help="one of: " + ", ".join(EVALUATIONS))
     evaluate.add_argument("--method", required=True)
-    evaluate.add_argument("--classes", default=None, help="comma-separated class ids (dataset-specific)")
+    evaluate.add_argument("--classes", default=None, help="comma-separated class ids: CUB 1-200 (default 1,2,3), MNIST digits 0-9 (default all)")
     evaluate.add_argument("--json", type=Path, default=None, help="write the results here as JSON")
     common(evaluate)
     return parser
 
 
-def main(argv=None) -> int:
-    args = _parser().parse_args(argv)
+# ----------------------------------------------------------------------------- argument checks
+
+
+def _whole_number(text: str, flag: str, low: int, high: int) -> int:
+    try:
+        value = int(str(text).strip())
+    except ValueError:
+        raise UsageError(f"{flag} {text!r} is not a whole number; give one from {low} to {high}") from None
+    if not low <= value <= high:
+        raise UsageError(f"{flag} {value} is out of range; give a whole number from {low} to {high}")
+    return value
+
+
+def _check_backbone(args) -> None:
+    name = args.backbone or os.environ.get("CONGEAL_BACKBONE")
+    if name and name.lower() not in BACKBONE_NAMES:
+        source = "--backbone" if args.backbone else "CONGEAL_BACKBONE"
+        raise UsageError(f"{source} {name!r} is not a backbone; use one of {', '.join(BACKBONE_NAMES)}")
+
+
+def _writable(path: Path) -> bool:
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    return os.access(path, os.W_OK | os.X_OK)
+
+
+def _check_json(path: Path | None) -> None:
+    if path is None:
+        return
+    if path.is_dir():
+        raise UsageError(f"--json {path} is a folder; give a file name, e.g. {path / 'results.json'}")
+    if path.exists():
+        try:
+            ours = "provenance" in json.loads(path.read_text())
+        except (OSError, ValueError, TypeError):
+            ours = False
+        if not ours:
+            raise UsageError(f"--json {path} exists and was not written by congeal eval; choose a new file name (nothing was changed)")
+    if not _writable(path.parent):
+        raise UsageError(f"--json {path}: its folder is not writable; choose a place you can write to")
+
+
+def _parse_classes(args) -> None:
+    if args.classes is None:
+        return
+    items = [c.strip() for c in str(args.classes).split(",") if c.strip()]
+    if not items:
+        raise UsageError("--classes is empty; give comma-separated class ids, e.g. 1,2,3")
+    if args.dataset == "lego":
+        raise UsageError("--classes does not apply to --dataset lego (one scene); leave it out")
+    low, high = (0, 9) if args.dataset == "mnist" else (1, 200)
+    ids = [_whole_number(c, "--classes", low, high) for c in items]
+    if args.dataset == "cub":
+        from .data import cub_classes_on_disk  # reads the data folder only when CUB is asked for
+
+        on_disk = cub_classes_on_disk(args.data)
+        missing = [i for i in ids if on_disk and i not in on_disk]
+        if missing:
+            raise UsageError(
+                f"--classes {','.join(map(str, missing))}: not in the CUB data on disk (it holds {', '.join(map(str, sorted(on_disk)))}); "
+                "choose from those, or point CONGEAL_DATA at a full CUB_200_2011 folder"
+            )
+    args.classes = ",".join(map(str, ids))
+
+
+def checkpoint_path(out: Path, method: str) -> Path:
+    """Where ``congeal align --method METHOD --out OUT`` keeps its training checkpoint while it runs."""
+    return out.with_name(f".{out.name}.{method}.checkpoint.pt")
+
+
+def validate(args) -> None:
+    """Check every argument of a parsed command line; raise :class:`UsageError` (or
+    :class:`congealing.errors.OutputFolderError`) before any work is done."""
     args.mode = runtime.get_mode(args.mode)
-    os.environ["CONGEAL_MODE"] = args.mode  # so library defaults agree with the flag
-    if args.data:
-        os.environ["CONGEAL_DATA"] = str(args.data)
-    runtime.seed_everything(args.seed)
-    if args.command == "info":
-        return _info(args)
+    args.seed = _whole_number(args.seed, "--seed", 0, 2**32 - 1)
+    args.device_obj = runtime.get_device(args.device)
+    if args.data is not None and not Path(args.data).is_dir():
+        raise UsageError(f"--data {args.data} is not a folder; give the folder that holds mnist/, CUB_200_2011/ or nerf_synthetic/")
+    _check_backbone(args)
     if args.command == "align":
         if args.method not in METHODS:
-            print(f"congeal: unknown method {args.method!r}; available: {', '.join(sorted(METHODS)) or 'none'}", file=sys.stderr)
-            return 2
-        from .data import ImageSetError, load_image_folder
+            raise UsageError(f"unknown method {args.method!r}; available: {', '.join(sorted(METHODS))}")
+        if not args.folder.is_dir():
+            raise UsageError(f"{args.folder} is not a folder of images; give the folder that holds your photos")
+        args.size = _whole_number(args.size, "--size", *SIZE_RANGE)
+        if args.method in PIXEL_METHODS and args.backbone:
+            raise UsageError(f"--method {args.method} aligns pixels and uses no feature backbone; leave out --backbone (or use neural or spacejam)")
+        if args.shape is not None and args.method != "congeal3d":
+            raise UsageError("--shape is for --method congeal3d only; leave it out")
+        if args.method == "congeal3d":
+            if args.shape is None:
+                raise UsageError("--method congeal3d needs --shape SHAPE: a canonical shape saved by congealing.congeal3d.save_shape (Chapter 6)")
+            if not args.shape.is_file():
+                raise UsageError(f"--shape {args.shape} is not a file; give a shape saved by congealing.congeal3d.save_shape")
+        args.out = report_folder.check_output_folder(args.out, args.folder)
+        args.checkpoint = checkpoint_path(args.out, args.method)
+        if args.resume:
+            if args.method not in RESUMABLE:
+                raise UsageError(f"--resume is for the trained methods ({', '.join(RESUMABLE)}); {args.method} has nothing to resume")
+            if not args.checkpoint.exists() and not (args.out / "checkpoint.pt").exists():
+                raise UsageError(f"--resume: there is no checkpoint to continue ({args.checkpoint.name} beside the report, or checkpoint.pt in it); run without --resume")
+    elif args.command == "eval":
+        if args.dataset not in EVALUATIONS:
+            raise UsageError(f"unknown dataset {args.dataset!r}; available: {', '.join(sorted(EVALUATIONS))}")
+        if args.method not in DATASET_METHODS[args.dataset]:
+            raise UsageError(f"--method {args.method} cannot be evaluated on {args.dataset}; choose one of {', '.join(DATASET_METHODS[args.dataset])}")
+        if args.dataset == "mnist" and args.backbone:
+            raise UsageError("--dataset mnist aligns pixels and uses no feature backbone; leave out --backbone")
+        _parse_classes(args)
+        _check_json(args.json)
 
-        try:
-            images = load_image_folder(args.folder, size=args.size, min_images=2, max_images=None)
-        except ImageSetError as error:
-            print(f"congeal: {error}", file=sys.stderr)
-            return 2
-        _resolve(METHODS[args.method])(images, args)
-        print(f"wrote {args.out}")
-        return 0
-    if args.dataset not in EVALUATIONS:
-        print(f"congeal: unknown dataset {args.dataset!r}; available: {', '.join(sorted(EVALUATIONS)) or 'none'}", file=sys.stderr)
-        return 2
-    result = _resolve(EVALUATIONS[args.dataset])(args)
+
+# ----------------------------------------------------------------------------- commands
+
+
+def _align(args) -> int:
+    from .data import load_image_folder
+
+    if args.checkpoint.exists() and not args.resume:
+        print(f"congeal: note: starting again; {args.checkpoint.name} from an earlier run will be replaced (--resume continues it instead)", file=sys.stderr)
+    images = load_image_folder(args.folder, size=args.size, min_images=2, max_images=None, skip_unreadable=args.skip_unreadable)
+    if args.resume:  # refuse a checkpoint of other images now, before any features are computed
+        path = args.checkpoint if args.checkpoint.exists() else args.out / "checkpoint.pt"
+        checkpoints.check_fingerprint(checkpoints.load(path), images.fingerprint, path, keys=tuple(images.fingerprint))
+    _resolve(METHODS[args.method])(images, args)
+    print(f"wrote {args.out}")
+    return 0
+
+
+def _write_record(args, result: dict, argv, complete: bool = True) -> None:
+    record = {k: v for k, v in result.items() if k != "table"}
+    record["complete"] = complete
+    record["provenance"] = runtime.provenance("congeal " + " ".join(argv if argv is not None else sys.argv[1:]), args.mode, args.device)
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    partial = args.json.with_name(f".{args.json.name}.partial")
+    partial.write_text(json.dumps(record, indent=2))
+    os.replace(partial, args.json)
+
+
+def _eval(args, argv) -> int:
+    evaluate = _resolve(EVALUATIONS[args.dataset])
+    if args.json is not None and args.dataset == "cub":  # keep each finished class, whatever happens to the next
+        result = evaluate(args, on_partial=lambda partial: _write_record(args, partial, argv, complete=False))
+    else:
+        result = evaluate(args)
     print(result.get("table", json.dumps(result, indent=2)))
     if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        record = {k: v for k, v in result.items() if k != "table"}
-        record["provenance"] = runtime.provenance("congeal " + " ".join(argv if argv is not None else sys.argv[1:]), args.mode, getattr(args, "device", None))
-        args.json.write_text(json.dumps(record, indent=2))
+        _write_record(args, result, argv)
         print(f"wrote {args.json}")
     return 0
 
@@ -115,7 +258,7 @@ def _info(args) -> int:
     from .features import load_backbone
 
     print(f"mode:    {args.mode}")
-    print(f"device:  {runtime.get_device(args.device)}")
+    print(f"device:  {args.device_obj}")
     for key in DATASETS:
         try:
             where = find_dataset(key, args.data, download=False)
@@ -125,6 +268,55 @@ def _info(args) -> int:
     backbone = load_backbone(args.backbone)
     print(f"backbone: {backbone.name} ({backbone.title})")
     return 0
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None):
+    print(f"congeal: warning: {message}", file=sys.stderr)
+
+
+def _interrupted(args) -> int:
+    lines = ["congeal: interrupted"]
+    if args.command == "align" and hasattr(args, "checkpoint"):
+        staging = report_folder.staging_path(args.out)
+        if (staging / report_folder.STAGING_MARKER).exists():
+            import shutil
+
+            shutil.rmtree(staging)  # our own half-written report
+        lines.append(f"; the report at {args.out} was not changed")
+        if args.checkpoint.exists():
+            lines.append(f"; training so far is saved in {args.checkpoint}: run the same command with --resume to continue")
+    print("".join(lines), file=sys.stderr)
+    return 130
+
+
+def main(argv=None) -> int:
+    debug = os.environ.get("CONGEAL_DEBUG", "") not in ("", "0") or "--debug" in (argv if argv is not None else sys.argv[1:])
+    args = None
+    with warnings.catch_warnings():
+        warnings.showwarning = _show_warning
+        try:
+            args = _parser().parse_args(argv)
+            validate(args)
+            if args.data:
+                os.environ["CONGEAL_DATA"] = str(args.data)
+            os.environ["CONGEAL_MODE"] = args.mode  # so library defaults agree with the flag
+            if args.mode == "full" and args.device_obj.type == "cpu" and args.command != "info":
+                print("congeal: warning: full mode uses the papers' settings and expects a GPU; on this CPU it can take hours (--mode quick takes minutes)", file=sys.stderr)
+            runtime.seed_everything(args.seed)
+            if args.command == "info":
+                return _info(args)
+            if args.command == "align":
+                return _align(args)
+            return _eval(args, argv)
+        except CongealError as error:
+            if debug:
+                traceback.print_exc()
+            print("congeal: " + " ".join(str(error).split()), file=sys.stderr)  # one line, however the message was wrapped
+            return 2
+        except KeyboardInterrupt:
+            if args is None:
+                return 130
+            return _interrupted(args)
 
 
 if __name__ == "__main__":

@@ -37,6 +37,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from . import warps
+from .errors import CheckpointError, InputError, UsageError
 
 #: Bumped whenever the layout of a saved shape changes; :func:`load_shape` refuses other versions.
 SHAPE_FORMAT_VERSION = 1
@@ -472,11 +473,11 @@ def load_shape(path) -> VoxelField:
     try:
         blob = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # unreadable, truncated, or not a torch file
-        raise ValueError(f"{path} is not a readable shape checkpoint ({error})") from error
+        raise CheckpointError(f"{path} is not a congealing 3-D shape, or it is damaged ({type(error).__name__}); save one with congealing.congeal3d.save_shape") from None
     if not isinstance(blob, dict) or blob.get("kind") != "VoxelField":
-        raise ValueError(f"{path} is not a congealing 3-D shape (save one with congealing.congeal3d.save_shape)")
+        raise CheckpointError(f"{path} is not a congealing 3-D shape (save one with congealing.congeal3d.save_shape)")
     if blob.get("format_version") != SHAPE_FORMAT_VERSION:
-        raise ValueError(
+        raise CheckpointError(
             f"{path} was saved in shape format {blob.get('format_version')}, this version reads format {SHAPE_FORMAT_VERSION}; "
             "fit the shape again with this version (congealing.congeal3d.fit_shape)"
         )
@@ -493,7 +494,7 @@ def _check_masks(masks: torch.Tensor, names=None) -> None:
     empty = [i for i in range(masks.shape[0]) if float((masks[i] > 0.5).sum()) < 4]
     if empty:
         labels = [names[i] if names else str(i) for i in empty]
-        raise ValueError(f"no usable foreground mask for image(s) {', '.join(labels)}: 3-D congealing needs the object's silhouette")
+        raise InputError(f"no usable foreground mask for image(s) {', '.join(labels)}: 3-D congealing needs the object's silhouette (give RGBA images whose alpha marks the object)")
 
 
 def square_boxes(masks: torch.Tensor, margin: float = 0.1) -> torch.Tensor:
@@ -1149,7 +1150,7 @@ def evaluate_lego(args) -> dict:
     from .features import extract_descriptors, load_backbone
 
     if args.method != "congeal3d":
-        raise SystemExit(f"congeal eval --dataset lego: method {args.method!r} is not available here; use congeal3d (its table includes the nearest-neighbour baseline)")
+        raise UsageError(f"congeal eval --dataset lego: method {args.method!r} is not available here; use congeal3d (its table includes the nearest-neighbour baseline)")
     mode = runtime.get_mode(getattr(args, "mode", None))
     config = Congeal3DConfig.for_mode(mode, seed=args.seed)
     device = runtime.get_device(getattr(args, "device", None))
@@ -1252,9 +1253,9 @@ def align_folder(image_set, args) -> None:
 
     shape_path = getattr(args, "shape", None)
     if shape_path is None:
-        raise SystemExit(
+        raise UsageError(
             "congeal align --method congeal3d needs --shape SHAPE_CKPT: a canonical shape saved by "
-            "congealing.congeal3d.save_shape (Chapter 6 fits one for lego; the diffusion route distils one from a text prompt)"
+            "congealing.congeal3d.save_shape (Chapter 6 fits one for lego with congealing.congeal3d.fit_shape)"
         )
     from .runtime import get_device
 

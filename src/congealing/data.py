@@ -31,14 +31,16 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from .errors import DataNotFoundError, InputError
+
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".gif")
 
 
-class DatasetNotFoundError(FileNotFoundError):
+class DatasetNotFoundError(DataNotFoundError):
     """A dataset is neither on disk nor downloadable; the message says how to get it."""
 
 
-class ImageSetError(ValueError):
+class ImageSetError(InputError):
     """A folder of images cannot be used as a set; the message lists every offending file."""
 
 
@@ -236,6 +238,7 @@ class ImageSet:
     masks: torch.Tensor | None = None
     valid: torch.Tensor | None = None
     skipped: list[str] = field(default_factory=list)
+    fingerprint: dict = field(default_factory=dict)
 
     def __len__(self) -> int:
         return self.images.shape[0]
@@ -252,30 +255,40 @@ def load_image_folder(
     """Load every image in ``folder`` (sorted by name) as a square set.
 
     Mixed sizes and modes are fine (see :func:`read_image`, :func:`to_square`); an RGBA file's alpha
-    becomes its mask. Unreadable files raise :class:`ImageSetError` naming each one, unless
-    ``skip_unreadable`` is set, in which case they are listed in ``ImageSet.skipped`` and a warning
-    is issued. The files themselves are never modified.
+    becomes its mask. Hidden files (names starting with ``.``, such as macOS's ``._photo.jpg``
+    AppleDouble files) are not images and are passed over. Unreadable files, and files whose pixels
+    are not finite, raise :class:`ImageSetError` naming each one, unless ``skip_unreadable`` is set,
+    in which case they are listed in ``ImageSet.skipped`` and a warning is issued. The files
+    themselves are never modified. ``ImageSet.fingerprint`` identifies the set (names, sizes and
+    content hashes of the files read, and the loading settings), so a checkpoint can tell whether
+    it was made from the same images.
     """
     folder = Path(folder)
     if not folder.is_dir():
         raise ImageSetError(f"{folder} is not a folder")
-    paths = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
-    arrays, alphas, valid, names, bad = [], [], [], [], []
+    paths = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith(".") and p.is_file())
+    arrays, alphas, valid, names, files, bad = [], [], [], [], [], []
     for path in paths:
         try:
             rgb, alpha = read_image(path)
-        except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as error:
+        except (UnidentifiedImageError, OSError, ValueError, SyntaxError, Image.DecompressionBombError) as error:
             bad.append(f"{path.name}: {type(error).__name__}: {error}")
+            continue
+        if not (np.isfinite(rgb).all() and (alpha is None or np.isfinite(alpha).all())):
+            bad.append(f"{path.name}: its pixels include NaN or infinite values")
             continue
         arrays.append(to_square(rgb, size, method))
         inside = np.ones(rgb.shape[:2] + (1,), dtype=np.float32)
         valid.append(to_square(inside, size, method))
         alphas.append(None if alpha is None else to_square(alpha[..., None], size, method))
         names.append(path.name)
+        files.append([path.name, path.stat().st_size, hashlib.sha256(path.read_bytes()).hexdigest()[:16]])
     if bad and not skip_unreadable:
-        raise ImageSetError(f"{len(bad)} unreadable image(s) in {folder}:\n  " + "\n  ".join(bad))
+        raise ImageSetError(
+            f"{len(bad)} unusable image(s) in {folder} (fix or remove them, or pass --skip-unreadable): " + "; ".join(bad)
+        )
     if bad:
-        warnings.warn(f"skipped {len(bad)} unreadable image(s) in {folder}: " + "; ".join(bad))
+        warnings.warn(f"skipped {len(bad)} unusable image(s) in {folder}: " + "; ".join(bad))
     if len(arrays) < min_images:
         raise ImageSetError(
             f"{folder} holds {len(arrays)} readable image(s) ({', '.join(IMAGE_SUFFIXES)}); at least {min_images} needed"
@@ -286,7 +299,8 @@ def load_image_folder(
     masks = None
     if any(alpha is not None for alpha in alphas):  # a file without alpha counts as all object
         masks = to_tensor([a if a is not None else v for a, v in zip(alphas, valid)])
-    return ImageSet(to_tensor(arrays), names, masks, valid_tensor, bad)
+    fingerprint = {"files": files, "size": size, "method": method}
+    return ImageSet(to_tensor(arrays), names, masks, valid_tensor, bad, fingerprint)
 
 
 # ----------------------------------------------------------------------------- MNIST
@@ -373,6 +387,20 @@ def cub_crop_box(box_xywh, pad: float = 0.05) -> tuple[int, int, int]:
     side = max(x1 - x0, y1 - y0)
     half_up = lambda v: int(np.floor(v + 0.5))  # noqa: E731
     return half_up(cx - side / 2), half_up(cy - side / 2), half_up(side)
+
+
+def cub_classes_on_disk(root=None) -> dict[int, str]:
+    """The CUB classes ``{id: folder name}`` whose images are on disk (empty if CUB is not there yet).
+
+    >>> isinstance(cub_classes_on_disk("/nonexistent"), dict)
+    True
+    """
+    try:
+        folder = find_dataset("cub", root, download=False)
+    except DatasetNotFoundError:
+        return {}
+    classes = {int(i): name for i, name in _read_table(folder / "classes.txt")}
+    return {i: name for i, name in classes.items() if (folder / "images" / name).is_dir()}
 
 
 def load_cub_class(class_id: int, split: str = "test", size: int = 256, root=None, download: bool = True, limit: int | None = None) -> CUBSet:

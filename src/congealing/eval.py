@@ -37,6 +37,7 @@ import torch
 import torch.nn.functional as F
 
 from . import metrics, warps
+from .errors import UsageError
 
 #: ``transfer(src_index, tgt_index, points)``: ``points`` ``(K, 2)`` pixel ``(x, y)`` in image ``src``
 #: -> ``(K, 2)`` predicted pixel ``(x, y)`` in image ``tgt``. A transfer may carry an attribute
@@ -241,19 +242,20 @@ def _resolve(target: str):
     return getattr(importlib.import_module(module), function)
 
 
-def evaluate_cub(args) -> dict:
+def evaluate_cub(args, on_partial: Callable[[dict], None] | None = None) -> dict:
     """``congeal eval --dataset cub``: PCK of ``args.method`` on each class in ``args.classes``.
 
     ``args`` needs ``classes`` (comma-separated ids, default 1,2,3), ``method`` (a key of
     :data:`ALIGNERS`), ``mode``, ``seed``, ``device`` and ``backbone``. Returns the JSON-ready
-    results (per class and their mean) plus a ``"table"`` string.
+    results (per class and their mean) plus a ``"table"`` string. ``on_partial(results)`` is called
+    after each class but the last with the results so far, so finished classes survive a later failure.
     """
     from . import runtime
     from .data import load_cub_class
     from .features import load_backbone
 
     if args.method not in ALIGNERS:
-        raise SystemExit(f"congeal eval: unknown method {args.method!r} for cub; available: {', '.join(ALIGNERS)}")
+        raise UsageError(f"congeal eval: unknown method {args.method!r} for cub; available: {', '.join(ALIGNERS)}")
     classes = DEFAULT_CLASSES if not args.classes else tuple(int(c) for c in str(args.classes).split(","))
     mode = runtime.get_mode(getattr(args, "mode", None))
     device = runtime.get_device(getattr(args, "device", None))
@@ -268,6 +270,13 @@ def evaluate_cub(args) -> dict:
         result.update(class_id=class_id, class_name=cub.class_name, seconds=round(time.perf_counter() - start, 2),
                       trainable_parameters=getattr(transfer, "parameters", 0))
         rows.append(result)
+        if on_partial is not None and len(rows) < len(classes):
+            on_partial(_cub_record(args, rows, backbone, mode, device))
+    return _cub_record(args, rows, backbone, mode, device)
+
+
+def _cub_record(args, rows: list[dict], backbone, mode: str, device) -> dict:
+    """The JSON-ready record of :func:`evaluate_cub` for the classes in ``rows``."""
     mean = {f"pck@{a}": float(sum(r["pck"][a]["mean"] for r in rows) / len(rows)) for a in ("0.1", "0.05")}
     mean.update({f"pck_image@{a}": float(sum(r["pck_image"][a]["pooled"] for r in rows) / len(rows)) for a in ("0.1", "0.05")})
     out = {

@@ -31,6 +31,7 @@ import os
 import re
 import warnings
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 import torch.nn as nn
@@ -38,9 +39,10 @@ import torch.nn.functional as F
 
 from ._compat import import_timm
 from .data import cache_dir
+from .errors import DataNotFoundError, UsageError
 
 
-class WeightsNotAvailableError(RuntimeError):
+class WeightsNotAvailableError(DataNotFoundError):
     """Pretrained weights could not be loaded; the message says how to get them."""
 
 
@@ -184,12 +186,18 @@ def efficientnet_lite0_state_dict() -> dict:
 def _load_vit(name: str, spec: BackboneSpec) -> Backbone:
     timm = import_timm()
     local_weights = os.environ.get("CONGEAL_DINO_WEIGHTS") if name == "dino_vits8" else None
-    try:
-        if local_weights:
-            model = timm.create_model(spec.timm_name, pretrained=False, dynamic_img_size=True)
+    if local_weights:
+        model = timm.create_model(spec.timm_name, pretrained=False, dynamic_img_size=True)
+        try:
             model.load_state_dict(torch.load(local_weights, map_location="cpu", weights_only=True))
-        else:
-            model = timm.create_model(spec.timm_name, pretrained=True, dynamic_img_size=True)
+        except Exception as error:  # missing, truncated, not a state dict, other keys or shapes
+            raise WeightsNotAvailableError(
+                f"CONGEAL_DINO_WEIGHTS={local_weights} is not a usable {spec.title} state dict ({type(error).__name__}); "
+                "point it at the timm checkpoint of vit_small_patch8_224.dino, or unset it"
+            ) from error
+        return ViTKeys(name, model, spec, model.pretrained_cfg["mean"], model.pretrained_cfg["std"])
+    try:
+        model = timm.create_model(spec.timm_name, pretrained=True, dynamic_img_size=True)
     except Exception as error:  # hub unreachable, cache missing, corrupt file...
         raise WeightsNotAvailableError(f"{spec.title} weights could not be loaded ({type(error).__name__}). {spec.how_to_get}.") from error
     cfg = model.pretrained_cfg
@@ -227,7 +235,7 @@ def load_backbone(name: str | None = None, device=None) -> Backbone:
             return backbone
         raise WeightsNotAvailableError("no backbone could be loaded:\n" + "\n".join(reasons))
     if name not in BACKBONES:
-        raise ValueError(f"unknown backbone {name!r}; choose one of {list(BACKBONES)} or 'auto'")
+        raise UsageError(f"unknown backbone {name!r} (--backbone or CONGEAL_BACKBONE); choose one of {', '.join(BACKBONES)} or auto")
     if name not in _LOADED:
         spec = BACKBONES[name]
         loader = _load_vit if spec.kind == "vit" else _load_efficientnet
@@ -242,6 +250,22 @@ def load_backbone(name: str | None = None, device=None) -> Backbone:
 def _cache_key(images: torch.Tensor, backbone: Backbone, grid: int, input_size: int | None) -> str:
     digest = hashlib.sha1(images.detach().cpu().float().contiguous().numpy().tobytes()).hexdigest()[:16]
     return f"{backbone.name}-in{input_size or backbone.spec.input_size}-g{grid}-n{images.shape[0]}-{digest}"
+
+
+def _read_cached(path: Path, expected: tuple[int, int]) -> torch.Tensor | None:
+    """A cached descriptor file, or None (with a warning naming it) if it is damaged; a damaged
+    entry is removed so that it is computed again."""
+    try:
+        descriptors = torch.load(path, map_location="cpu", weights_only=True)
+        N, grid = expected
+        if not (isinstance(descriptors, torch.Tensor) and descriptors.ndim == 4 and descriptors.shape[0] == N
+                and descriptors.shape[-2:] == (grid, grid) and torch.isfinite(descriptors).all()):
+            raise ValueError("unexpected contents")
+        return descriptors
+    except Exception as error:  # truncated, overwritten, not a tensor file: recompute
+        warnings.warn(f"the feature cache file {path} is damaged ({type(error).__name__}); computing it again")
+        path.unlink(missing_ok=True)
+        return None
 
 
 @torch.no_grad()
@@ -265,7 +289,9 @@ def extract_descriptors(
     backbone = backbone if isinstance(backbone, Backbone) else load_backbone(backbone)
     path = cache_dir() / "features" / (_cache_key(images, backbone, grid, input_size) + ".pt")
     if cache and path.exists():
-        return torch.load(path, map_location="cpu", weights_only=True)
+        cached = _read_cached(path, (images.shape[0], grid))
+        if cached is not None:
+            return cached
     device = backbone.mean.device
     chunks = []
     for start in range(0, images.shape[0], batch_size):
@@ -273,6 +299,8 @@ def extract_descriptors(
         batch = F.interpolate(batch, size=(grid, grid), mode="bilinear", align_corners=False)
         chunks.append(F.normalize(batch, dim=1).cpu())
     descriptors = torch.cat(chunks)
+    if not torch.isfinite(descriptors).all():
+        raise FloatingPointError(f"{backbone.title} gave non-finite descriptors: check the images for NaN or infinite values")
     if cache:
         path.parent.mkdir(parents=True, exist_ok=True)
         partial = path.with_suffix(f".{os.getpid()}.partial")  # unique: concurrent runs may fill the same entry

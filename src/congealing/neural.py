@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import math
 import os
+import shutil
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -35,7 +36,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from . import warps
+from . import checkpoints, warps
+from .errors import CheckpointError
 
 # ----------------------------------------------------------------------------- configuration
 
@@ -669,11 +671,9 @@ def _optimizers(model, cfg):
     }
 
 
-def save_checkpoint(path, model, optimizers, epoch, flipped, included, history) -> None:
+def save_checkpoint(path, model, optimizers, epoch, flipped, included, history, fingerprint: dict | None = None) -> None:
     """A plain dict of tensors and numbers (loads with ``torch.load(path, weights_only=True)``),
-    written atomically."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    written atomically, with the ``fingerprint`` of the inputs (:mod:`congealing.checkpoints`)."""
     state = {
         "epoch": epoch,
         "config": asdict(model.cfg),
@@ -683,9 +683,7 @@ def save_checkpoint(path, model, optimizers, epoch, flipped, included, history) 
         "included": included.cpu() if included is not None else torch.ones(0, dtype=torch.bool),
         "history": history,
     }
-    partial = path.with_suffix(".partial")
-    torch.save(state, partial)
-    os.replace(partial, path)
+    checkpoints.save(state, path, fingerprint)
 
 
 def fit(
@@ -696,13 +694,16 @@ def fit(
     callback: Callable[[int, NeuralCongealing], None] | None = None,
     callback_every: int = 0,
     log: Callable[[str], None] | None = None,
+    fingerprint: dict | None = None,
 ) -> FitResult:
     """Train atlas and mappings on ``data`` with the schedule of ``cfg``.
 
     Epochs ``0 .. bootstrap_epochs - 1`` train the rigid STN and the atlas; afterwards the flow
     STN joins (with fresh Adam state), the atlas learns from the composed warp only, and the rigid
     STN from its own similarity-only objective. With ``checkpoint``, state is saved every
-    ``cfg.checkpoint_every`` epochs and at the end; ``resume`` continues from it. ``callback(epoch,
+    ``cfg.checkpoint_every`` epochs and at the end, with ``fingerprint`` (what the inputs were);
+    ``resume`` continues from it, and raises :class:`congealing.errors.CheckpointError` if the file
+    is not a checkpoint or was made for another fingerprint or config. ``callback(epoch,
     model)`` runs every ``callback_every`` epochs (and after the last). A non-finite loss raises
     :class:`FloatingPointError` naming the epoch, step and every loss term.
     """
@@ -732,10 +733,11 @@ def fit(
     per_update = max(1, math.ceil((N - 1) / max(1, (cfg.epochs // 2) // cfg.update_every)))
     history, start = [], 0
     if resume and checkpoint is not None and Path(checkpoint).exists():
-        state = torch.load(checkpoint, map_location=device, weights_only=True)
-        if state["config"] != asdict(cfg):
-            changed = sorted(k for k in state["config"] if state["config"][k] != asdict(cfg).get(k))
-            raise ValueError(f"checkpoint {checkpoint} was trained with different settings ({', '.join(changed)}); delete it or use the same config")
+        state = checkpoints.load(checkpoint, map_location=device)
+        checkpoints.check_fingerprint(state, fingerprint, checkpoint)
+        if state.get("config") != asdict(cfg):
+            changed = sorted(k for k in asdict(cfg) if state.get("config", {}).get(k) != asdict(cfg).get(k))
+            raise CheckpointError(f"{Path(checkpoint).name} was trained with other settings ({', '.join(changed)}); run without --resume to start again, or use the same settings")
         model.load_state_dict(state["model"])
         start, history = state["epoch"], list(state["history"])
         flipped = state["flipped"].bool()
@@ -788,7 +790,7 @@ def fit(
             log(f"epoch {epoch:5d}  total {sums['total']:.1f}  keys_cos {sums['keys_cos']:.4f}  {time.perf_counter() - t0:.0f}s")
         last = epoch == cfg.epochs - 1
         if checkpoint is not None and ((epoch + 1) % cfg.checkpoint_every == 0 or last):
-            save_checkpoint(checkpoint, model, optimizers, epoch + 1, flipped, included, history)
+            save_checkpoint(checkpoint, model, optimizers, epoch + 1, flipped, included, history, fingerprint)
         if callback is not None and ((callback_every and epoch % callback_every == 0) or last):
             model.eval()
             callback(epoch, model)
@@ -892,7 +894,9 @@ def fit_transfer(cub, backbone, mode: str, seed: int = 0, device=None):
 def align_folder(image_set, args) -> None:
     """``congeal align DIR --method neural --out OUT``: congealed images, the atlas (average image,
     saliency, keys as PCA-RGB), per-image mappings and an edit-propagation demo. The training
-    checkpoint sits next to OUT while training (``--resume`` continues it) and inside OUT after."""
+    checkpoint sits next to OUT while training (``args.checkpoint``; ``--resume`` continues it, from
+    there or from ``OUT/checkpoint.pt``, if it was made from the same images and settings) and inside
+    OUT after."""
     from .features import load_backbone, pca_project
     from .report import demo_edit, write_alignment
     from .runtime import get_device
@@ -905,11 +909,11 @@ def align_folder(image_set, args) -> None:
     masks, mask_source = saliency_masks(images, backbone, alpha)
     data = prepare(images, masks, backbone, cfg, device)
     out = Path(args.out)
-    side = out.with_name(f".{out.name}.neural-checkpoint.pt")
-    resume_from = side if side.exists() else out / "checkpoint.pt"
-    if getattr(args, "resume", False) and resume_from.exists() and resume_from != side:
-        side.write_bytes(resume_from.read_bytes())
-    result = fit(data, cfg, checkpoint=side, resume=getattr(args, "resume", False), log=print)
+    side = Path(args.checkpoint)  # the CLI names it (beside OUT) and has checked --resume
+    if getattr(args, "resume", False) and not side.exists() and (out / "checkpoint.pt").exists():
+        shutil.copyfile(out / "checkpoint.pt", side)
+    fingerprint = dict(image_set.fingerprint, backbone=backbone.name, config=asdict(cfg))
+    result = fit(data, cfg, checkpoint=side, resume=getattr(args, "resume", False), log=print, fingerprint=fingerprint)
     show = 128
     congealed = result.congeal(images.to(device), show).cpu()
     saliency = result.model.atlas_saliency.detach().cpu()
@@ -926,5 +930,6 @@ def align_folder(image_set, args) -> None:
         summary={"backbone": backbone.name, "masks": mask_source, "epochs": cfg.epochs, "seconds": round(result.seconds, 1),
                  "flipped": result.flipped.tolist(), "final_keys_cos": result.history[-1]["keys_cos"]},
         extra_images={"edit": edited},
+        extra_files={"checkpoint.pt": side},
     )
-    os.replace(side, out / "checkpoint.pt")
+    side.unlink()

@@ -15,7 +15,8 @@
 two inputs never share an output name; ``summary.json`` maps every input to its outputs.
 
 The folder is written next to ``OUT`` first and moved into place at the end, so an interrupted run
-never leaves a half-written report; an existing ``OUT`` is replaced only if it is an earlier report.
+never leaves a half-written report; an existing ``OUT`` is replaced only if it is an earlier report,
+and files a user added to it are kept (:mod:`congealing.report_folder`).
 """
 from __future__ import annotations
 
@@ -27,14 +28,8 @@ from pathlib import Path
 
 import torch
 
+from . import report_folder
 from .widgets import to_png
-
-REPORT_MARKER = "summary.json"
-
-
-def _check_target(out: Path) -> None:
-    if out.exists() and any(out.iterdir()) and not (out / REPORT_MARKER).exists():
-        raise FileExistsError(f"{out} exists and is not a congeal report; choose an empty or new folder (nothing was written)")
 
 
 def write_alignment(
@@ -50,16 +45,18 @@ def write_alignment(
     grids: torch.Tensor | None = None,
     summary: dict | None = None,
     extra_images: dict[str, torch.Tensor] | None = None,
+    extra_files: dict[str, Path] | None = None,
 ) -> Path:
     """Write a report folder (layout above). ``atlas`` maps a view name (``"mean"`` first) to a
     ``(C, H, W)`` image; ``extra_images`` maps a column title to ``(N, C, H, W)`` images shown in
-    the report beside the aligned ones (e.g. an edit propagated to every image)."""
-    out = Path(out)
-    _check_target(out)
+    the report beside the aligned ones (e.g. an edit propagated to every image); ``extra_files`` maps
+    a file name in the report to a file copied there (e.g. the training checkpoint)."""
+    out = report_folder.check_output_folder(out)
     if len(names) != inputs.shape[0] or aligned.shape[0] != inputs.shape[0]:
         raise ValueError(f"{len(names)} names, {inputs.shape[0]} inputs and {aligned.shape[0]} aligned images")
-    staging = out.with_name(f".{out.name}.partial")
-    shutil.rmtree(staging, ignore_errors=True)
+    staging = report_folder.begin(out)
+    for filename, source in (extra_files or {}).items():
+        shutil.copyfile(source, staging / filename)
     columns = {"input": ("inputs", inputs), "aligned": ("aligned", aligned)}
     for title, images in (extra_images or {}).items():
         columns[title] = (_slug(title), images)
@@ -81,12 +78,9 @@ def write_alignment(
     torch.save(mappings, staging / "mappings.pt")
     outputs = {name: {title: f"{folder}/{key}.png" for title, (folder, _) in columns.items()} for name, key in zip(names, keys)}
     info = {"method": method, "mode": mode, "images": list(names), "outputs": outputs, "atlas": atlas_files, **(summary or {})}
-    (staging / REPORT_MARKER).write_text(json.dumps(info, indent=2))
+    (staging / "summary.json").write_text(json.dumps(info, indent=2))
     (staging / "index.html").write_text(_html(method, mode, list(names), keys, columns, atlas_files, summary or {}))
-    if out.exists():
-        shutil.rmtree(out)
-    staging.rename(out)
-    return out
+    return report_folder.publish(staging, out)
 
 
 def output_keys(names: list[str]) -> list[str]:

@@ -18,6 +18,8 @@ import random
 import numpy as np
 import torch
 
+from .errors import UsageError
+
 MODES = ("quick", "full")
 
 
@@ -25,7 +27,7 @@ def get_mode(mode: str | None = None) -> str:
     """Return the run mode: ``mode`` if given, else ``$CONGEAL_MODE``, else ``"quick"``."""
     chosen = (mode or os.environ.get("CONGEAL_MODE") or "quick").strip().lower()
     if chosen not in MODES:
-        raise ValueError(f"unknown mode {chosen!r}: CONGEAL_MODE / --mode must be one of {MODES}")
+        raise UsageError(f"unknown mode {chosen!r}: --mode and CONGEAL_MODE take quick or full")
     return chosen
 
 
@@ -52,9 +54,18 @@ def get_device(preference: str | None = None) -> torch.device:
         if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
             return torch.device("mps")
         return torch.device("cpu")
-    device = torch.device(choice)
+    try:
+        device = torch.device(choice)
+    except RuntimeError:
+        raise UsageError(f"unknown device {choice!r} (--device or CONGEAL_DEVICE); use cpu, cuda, cuda:N, mps or auto") from None
+    if device.type not in ("cpu", "cuda", "mps"):
+        raise UsageError(f"device {choice!r} is not supported (--device or CONGEAL_DEVICE); use cpu, cuda, cuda:N, mps or auto")
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("CUDA was requested but torch.cuda.is_available() is False")
+        raise UsageError(f"device {choice!r} was asked for, but this PyTorch sees no CUDA GPU; use --device cpu or auto")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise UsageError(f"device {choice!r} was asked for, but this machine has {torch.cuda.device_count()} CUDA GPU(s)")
+    if device.type == "mps" and not (getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()):
+        raise UsageError(f"device {choice!r} was asked for, but Apple's MPS is not available here; use --device cpu or auto")
     return device
 
 

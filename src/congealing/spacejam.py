@@ -57,6 +57,7 @@ Differences from the official code, and why
 from __future__ import annotations
 
 import os
+import shutil
 import time
 import warnings
 from dataclasses import asdict, dataclass, field, replace
@@ -67,7 +68,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from . import warps
+from . import checkpoints, warps
+from .errors import CheckpointError
 
 GROUPS = ("se2", "affine", "homography")
 
@@ -526,7 +528,7 @@ def infer(ae: KeyAutoencoder, stn: RecurrentLieSTN, keys: torch.Tensor, flips: t
 
 def _check_finite(loss: torch.Tensor, phase: str, epoch: int, step: int, name: str) -> None:
     if not torch.isfinite(loss):
-        raise FloatingPointError(f"SpaceJAM diverged in {phase}, epoch {epoch}, step {step}: {name} = {loss.item()}; lower the learning rates")
+        raise FloatingPointError(f"SpaceJAM diverged in {phase}, epoch {epoch}, step {step}: {name} = {loss.item()}: check the inputs for degenerate images (e.g. blank) and the config's learning rates")
 
 
 def fit(
@@ -538,11 +540,14 @@ def fit(
     resume: bool = False,
     checkpoint_every: int = 20,
     verbose: bool = False,
+    fingerprint: dict | None = None,
 ) -> SpaceJAMResult:
     """Train SpaceJAM on keys ``(N, K, S, S)`` with masks ``(N, 1, S, S)`` and return every image's transform.
 
     ``checkpoint``: a file written every ``checkpoint_every`` epochs (a plain dict of tensors and
-    numbers); with ``resume`` training continues from it. Raises ``ValueError`` for fewer than two
+    numbers, and ``fingerprint``: what the inputs were); with ``resume`` training continues from it,
+    and :class:`congealing.errors.CheckpointError` is raised if the file is not a checkpoint or was
+    made for another fingerprint or config. Raises ``ValueError`` for fewer than two
     images and ``FloatingPointError`` (naming the phase, epoch, step and loss) on divergence.
     """
     config = config or SpaceJAMConfig.for_mode()
@@ -572,7 +577,11 @@ def fit(
     seconds = {"ae": 0.0, "joint": 0.0}
     objects = dict(ae=ae, stn=stn, ae_opt=ae_opt, ae_sched=ae_sched, stn_opt=stn_opt, joint_opt=joint_opt, stn_sched=stn_sched, joint_sched=joint_sched)
     if resume and checkpoint is not None and Path(checkpoint).exists():
-        state = torch.load(checkpoint, map_location=device, weights_only=True)
+        state = checkpoints.load(checkpoint, map_location=device)
+        checkpoints.check_fingerprint(state, fingerprint, checkpoint)
+        if state.get("config") != _config_dict(config):
+            changed = sorted(k for k in _config_dict(config) if state.get("config", {}).get(k) != _config_dict(config)[k])
+            raise CheckpointError(f"{Path(checkpoint).name} was trained with other settings ({', '.join(changed)}); run without --resume to start again, or use the same settings")
         for name, obj in objects.items():
             obj.load_state_dict(state[name])
         flips = state["flips"].bool().cpu()
@@ -594,10 +603,7 @@ def fit(
             seconds_ae=seconds["ae"], seconds_joint=seconds["joint"], config=_config_dict(config),
             **{f"stage_{k}": v for k, v in stages.items()},
         )
-        path = Path(checkpoint)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        torch.save(state, path.with_name(path.name + ".partial"))
-        os.replace(path.with_name(path.name + ".partial"), path)
+        checkpoints.save(state, checkpoint, fingerprint)
 
     # --- 1. autoencoder pretraining: masked L2 reconstruction of the keys
     ae_epochs = config.ae_epochs if config.pretrain_ae else 0
@@ -736,8 +742,9 @@ def fit_transfer(cub, backbone, mode: str | None = None, seed: int = 0, device=N
 def align_folder(image_set, args) -> None:
     """``congeal align DIR --method spacejam --out OUT``: align a folder and write the report.
 
-    A checkpoint is kept beside ``OUT`` while training (``.OUT.spacejam.pt``) and copied into
-    ``OUT/checkpoint.pt`` at the end; ``--resume`` continues from either.
+    A checkpoint is kept beside ``OUT`` while training (``args.checkpoint``, named by the CLI) and
+    copied into ``OUT/checkpoint.pt`` at the end; ``--resume`` continues from either, if it was made
+    from the same images and settings.
     """
     from .features import load_backbone
     from .report import demo_edit, write_alignment
@@ -751,13 +758,13 @@ def align_folder(image_set, args) -> None:
     if masks is not None and bool((masks > 0.5).all()):
         masks = None  # no alpha channel: use the co-segmentation when available
     keys, masks = prepare_keys(image_set.images, backbone, config, masks)
-    sidecar = out.with_name(f".{out.name}.spacejam.pt")
+    sidecar = Path(args.checkpoint)  # the CLI names it (beside OUT) and has checked --resume
     final = out / "checkpoint.pt"
     if getattr(args, "resume", False) and not sidecar.exists() and final.exists():
-        sidecar.parent.mkdir(parents=True, exist_ok=True)
-        sidecar.write_bytes(final.read_bytes())
+        shutil.copyfile(final, sidecar)
+    fingerprint = dict(image_set.fingerprint, backbone=backbone.name, config=_config_dict(config))
     tic = time.perf_counter()
-    result = fit(keys, masks, config, device=device, checkpoint=sidecar, resume=getattr(args, "resume", False), verbose=True)  # progress every 10 epochs
+    result = fit(keys, masks, config, device=device, checkpoint=sidecar, resume=getattr(args, "resume", False), verbose=True, fingerprint=fingerprint)  # progress every 10 epochs
     images = image_set.images
     aligned = warps.warp_image(images, result.transforms)
     codes_rgb = codes_to_rgb(result.codes)
@@ -780,8 +787,8 @@ def align_folder(image_set, args) -> None:
             "low-dim keys": F.interpolate(codes_rgb, size=size, mode="nearest"),
             "edit": warps.propagate_edit(images, result.transforms, demo_edit(atlas(mask_up, result.transforms)[0])),
         },
+        extra_files={"checkpoint.pt": sidecar},
     )
-    final.write_bytes(sidecar.read_bytes())
     sidecar.unlink()
 
 
