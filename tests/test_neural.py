@@ -229,7 +229,7 @@ def test_resume_continues_from_a_plain_checkpoint(tmp_path):
     resumed = neural.fit(data, cfg, checkpoint=path, resume=True)
     assert len(resumed.history) == 6
     assert resumed.history[-1]["total"] == pytest.approx(straight.history[-1]["total"], rel=1e-4)
-    with pytest.raises(ValueError, match="different settings"):
+    with pytest.raises(ValueError, match="other settings"):
         neural.fit(data, tiny_cfg(epochs=7, bootstrap_epochs=2, checkpoint_every=3), checkpoint=path, resume=True)
 
 

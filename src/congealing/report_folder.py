@@ -100,7 +100,7 @@ def begin(out: str | os.PathLike) -> Path:
     """Create the empty staging folder for ``out`` (removing a leftover one of this program's) and return it."""
     staging = staging_path(out)
     if staging.exists():
-        if not (staging / STAGING_MARKER).exists():
+        if not (staging / STAGING_MARKER).exists() and not is_report(staging):
             raise OutputFolderError(f"{staging} is in the way and was not written by congeal; move it, or choose another --out")
         shutil.rmtree(staging)
     staging.mkdir(parents=True)

@@ -69,7 +69,6 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from . import checkpoints, warps
-from .errors import CheckpointError
 
 GROUPS = ("se2", "affine", "homography")
 
@@ -545,9 +544,9 @@ def fit(
     """Train SpaceJAM on keys ``(N, K, S, S)`` with masks ``(N, 1, S, S)`` and return every image's transform.
 
     ``checkpoint``: a file written every ``checkpoint_every`` epochs (a plain dict of tensors and
-    numbers, and ``fingerprint``: what the inputs were); with ``resume`` training continues from it,
-    and :class:`congealing.errors.CheckpointError` is raised if the file is not a checkpoint or was
-    made for another fingerprint or config. Raises ``ValueError`` for fewer than two
+    numbers, and ``fingerprint``: what the inputs and config were); with ``resume`` training
+    continues from it (also with more epochs), and :class:`congealing.errors.CheckpointError` is
+    raised if the file is not a checkpoint or was made for another ``fingerprint``. Raises ``ValueError`` for fewer than two
     images and ``FloatingPointError`` (naming the phase, epoch, step and loss) on divergence.
     """
     config = config or SpaceJAMConfig.for_mode()
@@ -579,9 +578,6 @@ def fit(
     if resume and checkpoint is not None and Path(checkpoint).exists():
         state = checkpoints.load(checkpoint, map_location=device)
         checkpoints.check_fingerprint(state, fingerprint, checkpoint)
-        if state.get("config") != _config_dict(config):
-            changed = sorted(k for k in _config_dict(config) if state.get("config", {}).get(k) != _config_dict(config)[k])
-            raise CheckpointError(f"{Path(checkpoint).name} was trained with other settings ({', '.join(changed)}); run without --resume to start again, or use the same settings")
         for name, obj in objects.items():
             obj.load_state_dict(state[name])
         flips = state["flips"].bool().cpu()
