@@ -109,7 +109,7 @@ class NeuralCongealingConfig:
     lambda_s3: float = 3.5  # global rigidity
     lambda_a: float = 0.75  # atlas regularisation (centre)
     lambda_p: float = 0.075  # atlas sparsity
-    lambda_k: float = 0.044  # keys sparsity (inside lambda_p)
+    lambda_k: float = 2 / 45  # keys sparsity (inside lambda_p): 0.0444.., so the weight is the official 10 (0.044 would give 9.9)
     gamma: float = 2.0  # saliency sparsity: gamma * (L1 + 0.5 * L0)
     l0_steepness: float = 5.0  # L0 ~ 2 sigmoid(5 a) - 1
     huber_delta: float = 0.7
