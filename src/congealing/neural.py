@@ -724,7 +724,7 @@ def fit(
         # Start from the image closest to the mean-key atlas (own mask), add one every update_every.
         with torch.no_grad():
             l2, cos = zip(*(keys_loss(model.atlas_keys[None], data.keys[n : n + 1], data.masks[n : n + 1]) for n in range(N)))
-            first = (weights["keys_l2"] * torch.stack(l2) + weights["keys_cos"] * torch.stack(cos)).argmin()
+            first = int((weights["keys_l2"] * torch.stack(l2) + weights["keys_cos"] * torch.stack(cos)).argmin())
         included = torch.zeros(N, dtype=torch.bool)
         included[first] = True
     # One image joins per update, as published (12 images: all in by epoch 1100 of 8000); a short
@@ -738,8 +738,8 @@ def fit(
             raise ValueError(f"checkpoint {checkpoint} was trained with different settings ({', '.join(changed)}); delete it or use the same config")
         model.load_state_dict(state["model"])
         start, history = state["epoch"], list(state["history"])
-        flipped = state["flipped"].bool()
-        included = state["included"].bool() if cfg.gradual_atlas else None
+        flipped = state["flipped"].bool().cpu()  # kept on the CPU, as in a fresh run (map_location moved them)
+        included = state["included"].bool().cpu() if cfg.gradual_atlas else None
         model.flow_active = start >= cfg.bootstrap_epochs
         for name, opt in optimizers.items():
             opt.load_state_dict(state["optimizers"][name])
