@@ -1,5 +1,6 @@
 """Neural Congealing: every loss term, the networks' identity start, the schedule, transfer, edits,
 checkpoints and failure modes. Synthetic data only (no backbone), a few seconds per test."""
+import dataclasses
 import math
 
 import pytest
@@ -174,9 +175,14 @@ def test_atlas_initialisation_from_the_set():
 # ----------------------------------------------------------------------------- training
 
 
-def test_fit_reduces_the_keys_loss_and_runs_the_schedule(tmp_path):
+def on(data, device):
+    """The same NeuralData on ``device``."""
+    return neural.NeuralData(*(None if t is None else t.to(device) for t in (getattr(data, f.name) for f in dataclasses.fields(data))))
+
+
+def test_fit_reduces_the_keys_loss_and_runs_the_schedule(tmp_path, device):
     cfg = tiny_cfg(epochs=12, bootstrap_epochs=4, lr_stn=3e-3, lr_atlas=1e-2)
-    data = synthetic_data(cfg)
+    data = on(synthetic_data(cfg), device)
     seen = []
     result = neural.fit(data, cfg, callback=lambda epoch, model: seen.append((epoch, model.flow_active)), callback_every=4)
     h = result.history
@@ -276,6 +282,19 @@ def test_resume_continues_from_a_plain_checkpoint(tmp_path):
     assert resumed.history[-1]["total"] == pytest.approx(straight.history[-1]["total"], rel=1e-4)
     with pytest.raises(ValueError, match="different settings"):
         neural.fit(data, tiny_cfg(epochs=7, bootstrap_epochs=2, checkpoint_every=3), checkpoint=path, resume=True)
+
+
+def test_resume_with_flips_and_the_gradual_atlas_on_every_device(tmp_path, device):
+    cfg = tiny_cfg(epochs=4, bootstrap_epochs=1, checkpoint_every=2, update_every=1, flips=True, gradual_atlas=True)
+    data = on(synthetic_data(cfg), device)
+    straight = neural.fit(data, cfg)
+    path = tmp_path / "ckpt.pt"
+    with pytest.raises(_Stop):
+        neural.fit(data, cfg, checkpoint=path, callback=_stop_at(1), callback_every=1)
+    resumed = neural.fit(data, cfg, checkpoint=path, resume=True)
+    assert resumed.history[-1]["total"] == pytest.approx(straight.history[-1]["total"], rel=1e-4)
+    assert torch.equal(resumed.flipped.cpu(), straight.flipped.cpu())
+    assert resumed.grids().device.type == device.type
 
 
 def test_divergence_names_the_step_and_the_terms():
