@@ -56,7 +56,7 @@ def test_generator_fields_are_the_velocities_of_the_affine_exponential():
         assert torch.allclose(fields[k].reshape(-1, 2), moved[0] / (2 * eps), atol=1e-7), k
 
 
-def _smooth_image(size=48):
+def _smooth_image(size=32):
     """An analytic image f(x, y) (normalised coordinates) and its samples at the pixel centres."""
     f = lambda p: torch.sin(2.0 * p[..., 0] + 1.0 * p[..., 1]) + 0.5 * torch.cos(1.5 * p[..., 0] * p[..., 1] - 1.0)  # noqa: E731
     grid = warps.identity_grid((size, size), 1, torch.float64)
@@ -70,7 +70,7 @@ def test_steepest_descent_images_are_the_jacobian_of_the_warp():
     J = classical.steepest_descent_images(image, classical.generator_fields(image.shape[-2:], torch.float64))[0]  # (P, 6)
     points = grid.reshape(1, -1, 2)
     analytic = torch.autograd.functional.jacobian(lambda xi: f(warps.transform_points(warps.exp(xi[None], "affine"), points))[0], torch.zeros(6, dtype=torch.float64), vectorize=True)
-    inner = torch.zeros(48, 48, dtype=torch.bool)
+    inner = torch.zeros(32, 32, dtype=torch.bool)
     inner[1:-1, 1:-1] = True  # the border uses one-sided differences
     inner = inner.flatten()
     # central differences of a smooth image: O(h^2) from the exact derivative
