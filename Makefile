@@ -11,7 +11,7 @@ BIN     = $(VENV)/bin
 export CONGEAL_MODE ?= quick
 export PYTHONUNBUFFERED = 1
 
-.PHONY: book test unit notebooks browser env clean
+.PHONY: book test unit fast notebooks browser env clean
 
 env: $(VENV)/.installed
 
@@ -29,6 +29,10 @@ book: env book/_static/vendor/mathjax/tex-mml-chtml.js
 
 unit: env
 	$(BIN)/pytest -m "not browser" -q
+
+# The developer loop: no real data, no backbones (tests marked slow, see tests/conftest.py). CI runs unit.
+fast: env
+	$(BIN)/pytest -m "not browser and not slow" -q
 
 notebooks: env
 	$(BIN)/pytest -q --nbval-lax --nbval-current-env $$($(BIN)/python tests/toc_notebooks.py)

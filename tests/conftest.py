@@ -1,10 +1,15 @@
-"""Shared fixtures. Real-data tests need CONGEAL_DATA (CI sets it); elsewhere they are skipped."""
+"""Shared fixtures. Real-data tests need CONGEAL_DATA (CI sets it); elsewhere they are skipped.
+
+Every test that reads real data (through ``data_root``) or loads the EfficientNet backbone (``lite0``)
+is marked ``slow`` here, so ``pytest -m "not slow"`` is the fast developer loop; ``make unit`` and
+CI run everything."""
 from __future__ import annotations
 
 import os
 from pathlib import Path
 
 import pytest
+import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -18,6 +23,35 @@ def data_root() -> Path:
             pytest.fail(message)
         pytest.skip(message)
     return Path(root)
+
+
+SLOW_FIXTURES = {"data_root", "lite0"}
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if SLOW_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)
+
+
+@pytest.fixture(params=["cpu"] + (["cuda"] if torch.cuda.is_available() else []))
+def device(request) -> torch.device:
+    """Every device here: the CPU always, CUDA when present (a GPU run exercises the methods there)."""
+    return torch.device(request.param)
+
+
+@pytest.fixture()
+def offline_data(data_root, monkeypatch) -> Path:
+    """``data_root``, with ``CONGEAL_DATA`` pointing at it and downloads turned into test failures:
+    a test that goes through the CLI or a loader's defaults reads the shared data, never fetches."""
+    from congealing import data
+
+    def refuse(source, cached):
+        pytest.fail(f"the test tried to download {source.name}: it must read CONGEAL_DATA={data_root}")
+
+    monkeypatch.setenv("CONGEAL_DATA", str(data_root))
+    monkeypatch.setattr(data, "_download", refuse)
+    return data_root
 
 
 @pytest.fixture()

@@ -4,11 +4,12 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from PIL import Image
 
-from congealing import cli
+from congealing import cli, warps
 
 pytestmark = pytest.mark.slow
 
@@ -35,7 +36,7 @@ def lego_folder_and_shape(tmp_path_factory, data_root):
     for i in (3, 27, 58):
         Image.open(train / f"r_{i}.png").resize((96, 96)).save(folder / f"lego_{i}.png")  # RGBA: alpha is the mask
     config = congeal3d.Congeal3DConfig.for_mode("quick", grid_resolution=32, shape_steps=200, rays_per_step=1024)  # a rough shape is enough here
-    bench = congeal3d.load_lego_benchmark(config, inputs=2)
+    bench = congeal3d.load_lego_benchmark(config, inputs=2, root=data_root)
     shape = congeal3d.fit_shape(bench.anchor_images, bench.anchor_masks, bench.anchor_c2w, bench.fov, config)
     path = folder.parent / "lego_shape.pt"
     congeal3d.save_shape(shape, path)
@@ -50,6 +51,21 @@ def check_report(out: Path, method: str, count: int) -> None:
     mappings = torch.load(out / "mappings.pt", weights_only=True)
     assert mappings["names"] == summary["images"]
     assert "transforms" in mappings or "grids" in mappings
+    # something was aligned: the images (all different) got different mappings, not all the identity,
+    # and the atlas is not blank
+    if "transforms" in mappings:  # (N, 3, 3) image transforms, or (N, 4, 4) cameras for congeal3d
+        maps = mappings["transforms"].float()
+        d = maps.shape[-1]
+        assert maps.shape in {(count, 3, 3), (count, 4, 4)} and torch.isfinite(maps).all()
+        identity = torch.eye(d).expand(count, d, d)
+    else:
+        maps = mappings["grids"].float()
+        assert maps.shape[0] == count and maps.shape[-1] == 2 and torch.isfinite(maps).all()
+        identity = warps.identity_grid(tuple(maps.shape[1:3]), count)
+    assert (maps - identity).abs().max() > 1e-3, f"{method}: every mapping is the identity"
+    assert (maps - maps[:1]).abs().flatten(1).amax(dim=1)[1:].min() > 1e-4, f"{method}: two images got the same mapping"
+    atlas = np.asarray(Image.open(out / "atlas.png").convert("L"), dtype=np.float64)
+    assert atlas.std() > 1.0, f"{method}: the atlas is blank"
 
 
 @pytest.mark.parametrize("method", ["entropy", "lsq", "ic-lsq", "spacejam", "neural"])

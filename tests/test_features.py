@@ -20,6 +20,7 @@ def test_timm_imports_next_to_a_mismatched_torchvision():
     assert hasattr(timm, "create_model")
 
 
+@pytest.mark.slow  # loads the backbone
 def test_efficientnet_weights_are_the_real_imagenet_ones():
     timm = import_timm()
     model = timm.create_model("tf_efficientnet_lite0", pretrained=False)
@@ -86,6 +87,7 @@ def test_vit_keys_at_stride_4_and_saliency_mechanics():
     assert saliency.shape == (2, 1, 23, 23) and saliency.min() >= 0 and saliency.max() <= 1
 
 
+@pytest.mark.slow  # loads the backbone
 @pytest.mark.skipif(os.environ.get("HF_HUB_OFFLINE") != "1", reason="without HF_HUB_OFFLINE=1 this may wait on the network")
 def test_auto_falls_back_to_efficientnet_and_says_so(monkeypatch):
     monkeypatch.delenv("CONGEAL_BACKBONE", raising=False)

@@ -39,12 +39,13 @@ def test_per_pair_and_per_part():
     assert metrics.pck_per_part(correct, visible).tolist() == pytest.approx([0.5, 1.0, 0.0])
 
 
-def test_bootstrap_interval_is_deterministic_and_brackets_the_mean():
+def test_bootstrap_interval_is_deterministic_and_brackets_the_mean(device):
     generator = torch.Generator().manual_seed(1)
     n = 12
     pairs = torch.tensor([(i, j) for i in range(n) for j in range(n) if i != j])
     values = torch.rand(pairs.shape[0], generator=generator)
     low, high = metrics.pair_bootstrap_ci(values, pairs, n, n_boot=500, seed=3)
+    assert (low, high) == pytest.approx(metrics.pair_bootstrap_ci(values.to(device), pairs.to(device), n, n_boot=500, seed=3))
     assert (low, high) == metrics.pair_bootstrap_ci(values, pairs, n, n_boot=500, seed=3)
     assert low < float(values.mean()) < high
     assert high - low < 0.3
@@ -64,9 +65,10 @@ def test_box_iou_known_values():
     assert metrics.box_iou(a, b).tolist() == pytest.approx([1.0, 1 / 3, 0.0])
 
 
-def test_mask_to_box_at_image_scale():
-    masks = torch.zeros(2, 1, 8, 8)
+def test_mask_to_box_at_image_scale(device):
+    masks = torch.zeros(2, 1, 8, 8, device=device)
     masks[0, 0, 2:5, 1:7] = 1
     boxes = metrics.mask_to_box(masks, size=32)  # each mask cell is 4 x 4 image pixels
+    assert boxes.device == masks.device
     assert boxes[0].tolist() == [4.0, 8.0, 27.0, 19.0]
     assert boxes[1].tolist() == [0.0, 0.0, 0.0, 0.0]

@@ -1,5 +1,6 @@
 """Neural Congealing: every loss term, the networks' identity start, the schedule, transfer, edits,
 checkpoints and failure modes. Synthetic data only (no backbone), a few seconds per test."""
+import dataclasses
 import math
 
 import pytest
@@ -41,8 +42,10 @@ def synthetic_data(cfg, n=4, dim=6):
 
 
 def test_full_defaults_are_the_published_coefficients():
+    """The official configs/config.yaml (dolev104/neural_congealing): keys 3500 + 4000, saliency 5000,
+    centre 3000, sparsity 450 (saliency) and 10 (keys), scale 800, magnitude 8000, rigidity 100 / 350."""
     w = neural.NeuralCongealingConfig().weights()
-    expected = {"keys_l2": 3500, "keys_cos": 4000, "saliency": 5000, "center": 3000, "sparsity_saliency": 450, "sparsity_keys": 9.9, "scale": 800, "magnitude": 8000, "rigidity_local": 100, "rigidity_global": 350}
+    expected = {"keys_l2": 3500, "keys_cos": 4000, "saliency": 5000, "center": 3000, "sparsity_saliency": 450, "sparsity_keys": 10, "scale": 800, "magnitude": 8000, "rigidity_local": 100, "rigidity_global": 350}
     for name, value in expected.items():
         assert w[name] == pytest.approx(value, rel=1e-6), name
     relaxed = neural.NeuralCongealingConfig(relaxed_rigidity=True).weights()
@@ -172,9 +175,14 @@ def test_atlas_initialisation_from_the_set():
 # ----------------------------------------------------------------------------- training
 
 
-def test_fit_reduces_the_keys_loss_and_runs_the_schedule(tmp_path):
+def on(data, device):
+    """The same NeuralData on ``device``."""
+    return neural.NeuralData(*(None if t is None else t.to(device) for t in (getattr(data, f.name) for f in dataclasses.fields(data))))
+
+
+def test_fit_reduces_the_keys_loss_and_runs_the_schedule(tmp_path, device):
     cfg = tiny_cfg(epochs=12, bootstrap_epochs=4, lr_stn=3e-3, lr_atlas=1e-2)
-    data = synthetic_data(cfg)
+    data = on(synthetic_data(cfg), device)
     seen = []
     result = neural.fit(data, cfg, callback=lambda epoch, model: seen.append((epoch, model.flow_active)), callback_every=4)
     h = result.history
@@ -185,14 +193,57 @@ def test_fit_reduces_the_keys_loss_and_runs_the_schedule(tmp_path):
     assert grids.shape == (4, cfg.atlas_size, cfg.atlas_size, 2) and torch.isfinite(grids).all()
 
 
-def test_flips_and_gradual_atlas_and_relaxed_rigidity_run():
+def test_relaxed_rigidity_weights_are_the_ones_trained_with():
+    """The logged total is the weighted sum of the logged terms with the relaxed weights (local x0.25,
+    global x90/350), for the main and the mirrored pass alike."""
     cfg = tiny_cfg(epochs=5, bootstrap_epochs=2, flips=True, gradual_atlas=True, relaxed_rigidity=True)
-    data = synthetic_data(cfg)
-    result = neural.fit(data, cfg)
-    assert result.flipped.shape == (4,) and result.flipped.dtype == torch.bool
-    assert "keys_cos_mirror" in result.history[-1]
+    last = neural.fit(synthetic_data(cfg), cfg).history[-1]
+    assert "keys_cos_mirror" in last and last["rigidity_local"] > 0 and last["rigidity_global"] > 0
+
+    def weighted_total(weights):
+        terms = {k: v for k, v in last.items() if k not in ("epoch", "total")}
+        return sum(weights[k.removesuffix("_mirror").removesuffix("_sim")] * v for k, v in terms.items())
+
+    assert weighted_total(cfg.weights()) == pytest.approx(last["total"], rel=1e-4)
+    assert weighted_total(tiny_cfg(relaxed_rigidity=False).weights()) != pytest.approx(last["total"], rel=1e-3)
     with pytest.raises(ValueError, match="mirrored"):
         neural.fit(synthetic_data(tiny_cfg()), cfg)
+
+
+def _known_keys_data(keys, masks):
+    """NeuralData around given keys ``(N, D, A, A)`` (images: the keys' first 3 channels, upsampled)."""
+    images = F.interpolate(keys[:, :3], size=(32, 32), mode="nearest")
+    stn = F.interpolate(images, size=(16, 16), mode="area")
+    return neural.NeuralData(images, stn, keys, masks, flipped_stn_images=stn.flip(-1), flipped_images=images.flip(-1), flipped_keys=keys.flip(-1), flipped_masks=masks.flip(-1))
+
+
+def _asymmetric_keys(n, A=8, dim=4):
+    x = torch.linspace(-1, 1, A).expand(A, A)
+    key = torch.stack([x, x.pow(2), (x > 0.3).float(), torch.ones(A, A)][:dim])
+    return F.normalize(key, dim=0).expand(n, -1, -1, -1).clone()
+
+
+def test_flips_pick_the_mirrored_image():
+    """Three copies of an asymmetric key map and one mirrored copy: at the first update the mirrored
+    one (and only it) is trained mirrored; with no mirrored copy nothing is."""
+    cfg = tiny_cfg(epochs=3, bootstrap_epochs=3, update_every=2, flips=True, lr_stn=1e-6, lr_atlas=1e-6)
+    keys, masks = _asymmetric_keys(4), torch.ones(4, 1, 8, 8)
+    assert neural.fit(_known_keys_data(keys, masks), cfg).flipped.tolist() == [False] * 4
+    keys[3] = keys[3].flip(-1)
+    assert neural.fit(_known_keys_data(keys, masks), cfg).flipped.tolist() == [False, False, False, True]
+
+
+def test_gradual_atlas_adds_the_closest_images_first(tmp_path):
+    """Image 2 is an outlier: it joins the atlas last. With 4 images, 8 epochs, updates every 2 epochs,
+    two images join per update (everyone in by mid-training)."""
+    cfg = tiny_cfg(epochs=8, bootstrap_epochs=8, update_every=2, checkpoint_every=1, gradual_atlas=True)
+    keys = _asymmetric_keys(4)
+    keys[2] = F.normalize(torch.randn(4, 8, 8, generator=torch.Generator().manual_seed(0)), dim=0)
+    path, included = tmp_path / "ckpt.pt", []
+    neural.fit(_known_keys_data(keys, torch.ones(4, 1, 8, 8)), cfg, checkpoint=path, callback_every=1,
+               callback=lambda epoch, model: included.append(torch.load(path, weights_only=True)["included"].tolist()))
+    start, after_first, everyone = [True, False, False, False], [True, True, False, True], [True] * 4
+    assert included == [start] * 2 + [after_first] * 2 + [everyone] * 4
 
 
 def test_flipped_image_grid_reads_the_original_image():
@@ -231,6 +282,19 @@ def test_resume_continues_from_a_plain_checkpoint(tmp_path):
     assert resumed.history[-1]["total"] == pytest.approx(straight.history[-1]["total"], rel=1e-4)
     with pytest.raises(ValueError, match="other settings"):
         neural.fit(data, tiny_cfg(epochs=7, bootstrap_epochs=2, checkpoint_every=3), checkpoint=path, resume=True)
+
+
+def test_resume_with_flips_and_the_gradual_atlas_on_every_device(tmp_path, device):
+    cfg = tiny_cfg(epochs=4, bootstrap_epochs=1, checkpoint_every=2, update_every=1, flips=True, gradual_atlas=True)
+    data = on(synthetic_data(cfg), device)
+    straight = neural.fit(data, cfg)
+    path = tmp_path / "ckpt.pt"
+    with pytest.raises(_Stop):
+        neural.fit(data, cfg, checkpoint=path, callback=_stop_at(1), callback_every=1)
+    resumed = neural.fit(data, cfg, checkpoint=path, resume=True)
+    assert resumed.history[-1]["total"] == pytest.approx(straight.history[-1]["total"], rel=1e-4)
+    assert torch.equal(resumed.flipped.cpu(), straight.flipped.cpu())
+    assert resumed.grids().device.type == device.type
 
 
 def test_divergence_names_the_step_and_the_terms():

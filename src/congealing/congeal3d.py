@@ -717,7 +717,7 @@ def similarity_procrustes(source: torch.Tensor, target: torch.Tensor) -> tuple[t
     xs, xt = source - mu_s, target - mu_t
     covariance = xt.T @ xs / source.shape[0]
     U, S, Vh = torch.linalg.svd(covariance)
-    sign = torch.ones(3, dtype=source.dtype)
+    sign = torch.ones(3, dtype=source.dtype, device=source.device)
     sign[2] = torch.sign(torch.det(U @ Vh))
     R = U @ torch.diag(sign) @ Vh
     s = (S * sign).sum() / xs.pow(2).sum(dim=1).mean()
@@ -901,7 +901,7 @@ def stripes_edit(axis: int = 0, stripes: int = 5, colour=(0.9, 0.1, 0.6)):
 
     def paint(nocs: torch.Tensor) -> torch.Tensor:
         on = (torch.floor(nocs[:, axis] * 2 * stripes) % 2 == 0).float()[:, None]
-        return torch.cat([colour.expand(nocs.shape[0], 3), 0.8 * on], dim=1)
+        return torch.cat([colour.to(nocs.device).expand(nocs.shape[0], 3), 0.8 * on], dim=1)
 
     return paint
 
@@ -965,12 +965,12 @@ def vary_appearance(images: torch.Tensor, masks: torch.Tensor, seed: int = 0) ->
     """
     generator = torch.Generator().manual_seed(seed)
     N, _, S, _ = images.shape
-    rand = lambda *shape: torch.rand(*shape, generator=generator)
+    rand = lambda *shape: torch.rand(*shape, generator=generator).to(images.device)  # noqa: E731  drawn on the CPU: the same looks on any device
     tint = 0.6 + 0.8 * rand(N, 3, 1, 1)
     gamma = 0.6 + 0.9 * rand(N, 1, 1, 1)
     contrast = 0.6 + 0.8 * rand(N, 1, 1, 1)
     angle = 2 * math.pi * rand(N, 1, 1)
-    ys, xs = torch.meshgrid(torch.linspace(-1, 1, S), torch.linspace(-1, 1, S), indexing="ij")
+    ys, xs = torch.meshgrid(torch.linspace(-1, 1, S, device=images.device), torch.linspace(-1, 1, S, device=images.device), indexing="ij")
     ramp = 0.75 + 0.35 * (angle.cos() * xs + angle.sin() * ys)[:, None]
     foreground = ((images.clamp(0, 1) ** gamma - 0.5) * contrast + 0.5) * tint * ramp
     texture = F.interpolate(rand(N, 3, 6, 6), size=(S, S), mode="bicubic", align_corners=False)

@@ -364,7 +364,7 @@ def commonness(descriptors: torch.Tensor, grid: int = 16) -> torch.Tensor:
         raise ValueError("commonness compares images with each other: it needs at least 2 images")
     small = F.interpolate(descriptors.float(), size=(grid, grid), mode="bilinear", align_corners=False) if (h, w) != (grid, grid) else descriptors.float()
     rows = _unit_rows(small)  # (N, g*g, D)
-    score = torch.zeros(N, grid * grid)
+    score = torch.zeros(N, grid * grid, device=rows.device)
     for n in range(N):
         best = torch.einsum("id,mjd->mij", rows[n], rows).amax(dim=2)  # (N, g*g): best match in each image
         score[n] = (best.sum(dim=0) - best[n]) / (N - 1)
@@ -399,7 +399,7 @@ def kmeans(points: torch.Tensor, k: int, iterations: int = 30, restarts: int = 3
         for _ in range(1, k):
             nearest = distances(centroids).amin(dim=1)
             weights = nearest if nearest.sum() > 0 else torch.ones_like(nearest)
-            centroids = torch.cat([centroids, points[torch.multinomial(weights, 1, generator=generator)]])
+            centroids = torch.cat([centroids, points[torch.multinomial(weights.cpu(), 1, generator=generator)]])
         labels = None
         for _ in range(iterations):
             previous, labels = labels, distances(centroids).argmin(dim=1)
@@ -463,8 +463,8 @@ def cosegment(
     squared = centroids.pow(2).sum(dim=1)
     labels = torch.stack([(squared - 2 * image @ centroids.T).argmin(dim=1) for image in rows])  # (N, h*w): nearest centroid
     flat_saliency = saliency.reshape(N, h * w).float()
-    sums = torch.zeros(N, k).scatter_add_(1, labels, flat_saliency)
-    counts = torch.zeros(N, k).scatter_add_(1, labels, torch.ones_like(flat_saliency))
+    sums = torch.zeros(N, k, device=labels.device).scatter_add_(1, labels, flat_saliency)
+    counts = torch.zeros(N, k, device=labels.device).scatter_add_(1, labels, torch.ones_like(flat_saliency))
     present = counts > 0
     votes = (present & (sums / counts.clamp(min=1) > vote_threshold)).sum(dim=0)
     salient = votes >= math.ceil(vote_fraction * N)

@@ -99,7 +99,7 @@ def pair_bootstrap_ci(
     if values.ndim != 1 or pairs.shape != (values.shape[0], 2):
         raise ValueError(f"values must be (P,) and pairs (P, 2); got {tuple(values.shape)} and {tuple(pairs.shape)}")
     keep = ~torch.isnan(values)
-    values, pairs = values[keep].double(), pairs[keep]
+    values, pairs = values[keep].double().cpu(), pairs[keep].cpu()  # the draws come from a CPU generator
     if values.numel() == 0 or n_boot == 0:
         return math.nan, math.nan
     generator = torch.Generator().manual_seed(seed)
@@ -144,8 +144,8 @@ def mask_to_box(masks: torch.Tensor, size: int | None = None) -> torch.Tensor:
     scale = (size or w) / w
     on = masks[:, 0] > 0.5
     rows, cols = on.any(dim=2), on.any(dim=1)  # (N, h), (N, w)
-    index_h = torch.arange(h, dtype=torch.float32)
-    index_w = torch.arange(w, dtype=torch.float32)
+    index_h = torch.arange(h, dtype=torch.float32, device=masks.device)
+    index_w = torch.arange(w, dtype=torch.float32, device=masks.device)
     big = float(max(h, w))
     x0 = torch.where(cols, index_w, big).amin(dim=1)
     x1 = torch.where(cols, index_w, -1.0).amax(dim=1)

@@ -111,7 +111,7 @@ class NeuralCongealingConfig:
     lambda_s3: float = 3.5  # global rigidity
     lambda_a: float = 0.75  # atlas regularisation (centre)
     lambda_p: float = 0.075  # atlas sparsity
-    lambda_k: float = 0.044  # keys sparsity (inside lambda_p)
+    lambda_k: float = 2 / 45  # keys sparsity (inside lambda_p): 0.0444.., so the weight is the official 10 (0.044 would give 9.9)
     gamma: float = 2.0  # saliency sparsity: gamma * (L1 + 0.5 * L0)
     l0_steepness: float = 5.0  # L0 ~ 2 sigmoid(5 a) - 1
     huber_delta: float = 0.7
@@ -725,7 +725,7 @@ def fit(
         # Start from the image closest to the mean-key atlas (own mask), add one every update_every.
         with torch.no_grad():
             l2, cos = zip(*(keys_loss(model.atlas_keys[None], data.keys[n : n + 1], data.masks[n : n + 1]) for n in range(N)))
-            first = (weights["keys_l2"] * torch.stack(l2) + weights["keys_cos"] * torch.stack(cos)).argmin()
+            first = int((weights["keys_l2"] * torch.stack(l2) + weights["keys_cos"] * torch.stack(cos)).argmin())
         included = torch.zeros(N, dtype=torch.bool)
         included[first] = True
     # One image joins per update, as published (12 images: all in by epoch 1100 of 8000); a short
@@ -740,8 +740,8 @@ def fit(
             raise CheckpointError(f"{Path(checkpoint).name} was trained with other settings ({', '.join(changed)}); run without --resume to start again, or use the same settings")
         model.load_state_dict(state["model"])
         start, history = state["epoch"], list(state["history"])
-        flipped = state["flipped"].bool()
-        included = state["included"].bool() if cfg.gradual_atlas else None
+        flipped = state["flipped"].bool().cpu()  # kept on the CPU, as in a fresh run (map_location moved them)
+        included = state["included"].bool().cpu() if cfg.gradual_atlas else None
         model.flow_active = start >= cfg.bootstrap_epochs
         for name, opt in optimizers.items():
             opt.load_state_dict(state["optimizers"][name])

@@ -462,7 +462,7 @@ def atlas_loss(decoded: torch.Tensor, keys: torch.Tensor, transforms: torch.Tens
     R, B = transforms.shape[:2]
     identity = warps.identity(1, transforms.dtype, transforms.device)
     # Warp each image into the common frame: sources with T, target frame = identity.
-    aligned = pair_predictions(decoded, transforms.reshape(R * B, 3, 3)[torch.arange(B) + B * config_index], identity)[:, :, 0]
+    aligned = pair_predictions(decoded, transforms.reshape(R * B, 3, 3)[torch.arange(B, device=transforms.device) + B * config_index], identity)[:, :, 0]
     atlas = aligned.mean(dim=0, keepdim=True)
     per_config = []
     for r in range(R):
