@@ -367,7 +367,7 @@ def test_debug_shows_the_traceback_and_a_real_process_shows_one_line(tmp_path):
     plain = subprocess.run(command, capture_output=True, text=True, timeout=120)
     assert plain.returncode == 2 and plain.stderr.strip().count("\n") == 0 and "Traceback" not in plain.stderr
     debug = subprocess.run(command + ["--debug"], capture_output=True, text=True, timeout=120)
-    assert debug.returncode == 2 and "Traceback" in debug.stderr and debug.stderr.strip().endswith("64 to 2048")
+    assert debug.returncode == 2 and "Traceback" in debug.stderr and debug.stderr.strip().endswith("16 to 2048")
 
 
 # ----------------------------------------------------------------------------- 10-11. unusable images

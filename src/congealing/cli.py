@@ -52,7 +52,7 @@ PIXEL_METHODS = METHOD_NAMES
 #: Methods that train with a checkpoint that ``--resume`` continues.
 RESUMABLE = ("neural", "spacejam")
 BACKBONE_NAMES = ("auto", "dino_vits8", "dinov2_vits14", "efficientnet_lite0")
-SIZE_RANGE = (64, 2048)
+SIZE_RANGE = (16, 2048)
 
 
 def _resolve(target: str):
