@@ -467,3 +467,25 @@ def test_full_mode_on_a_cpu_warns_first(tmp_path, capsys):
     Image.new("RGB", (16, 16)).save(tmp_path / "photos" / "only.png")
     code, err = _run(["align", tmp_path / "photos", "--method", "lsq", "--out", tmp_path / "o", "--mode", "full"], capsys)
     assert code == 2 and "expects a GPU" in err.splitlines()[0] and "at least 2" in err
+
+
+# ----------------------------------------------------------------------------- masks a user gives
+
+
+def test_masks_folder_is_read_per_photo_and_checked(tmp_path, capsys):
+    photos = _photos(tmp_path / "photos", names=("a.jpg", "b.png"))
+    masks = tmp_path / "masks"
+    masks.mkdir()
+    block = np.zeros((48, 64), dtype=np.uint8)
+    block[10:30, 20:40] = 255
+    Image.fromarray(block).save(masks / "a.png")
+    Image.fromarray(block).save(masks / "b.png")
+    image_set = data.load_image_folder(photos, size=64)
+    loaded = data.load_masks(masks, image_set)
+    assert loaded.shape == (2, 1, 64, 64) and float(loaded[0, 0, 8 + 20, 30]) == 1.0 and float(loaded[0, 0, 8 + 5, 5]) == 0.0
+    Image.fromarray(np.zeros((64, 48), dtype=np.uint8)).save(masks / "b.png")  # portrait mask for a landscape photo
+    (masks / "a.png").unlink()
+    with pytest.raises(data.ImageSetError, match=r"a.jpg: no mask.*b.png: its shape"):
+        data.load_masks(masks, image_set)
+    _one_line_error(*_run(["align", photos, "--method", "lsq", "--out", tmp_path / "o", "--masks", masks], capsys), "no masks")
+    _one_line_error(*_run(["align", photos, "--method", "spacejam", "--out", tmp_path / "o", "--masks", tmp_path / "none"], capsys), "not a folder")

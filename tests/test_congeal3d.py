@@ -609,3 +609,18 @@ def test_stripes_edit_paints_on_every_device(device):
     rgba = c3.stripes_edit(axis=0, stripes=5, colour=(0.9, 0.1, 0.6))(nocs)
     assert rgba.device == nocs.device
     assert torch.allclose(rgba.cpu(), torch.tensor([[0.9, 0.1, 0.6, 0.8], [0.9, 0.1, 0.6, 0.0]]))
+
+
+def test_relative_pose_errors_measure_pairs_without_a_frame():
+    angles = torch.linspace(-0.3, 0.3, 5)  # a short frontal arc, where a centre Procrustes is fragile
+    centres = torch.stack([4 * torch.sin(angles), torch.zeros(5), 4 * torch.cos(angles)], dim=1)
+    truth = c3.look_at(centres)
+    moved = c3.se3_exp(torch.tensor([[0.2, 1.0, -0.4, 3.0, -1.0, 2.0]])) @ truth  # another frame, same cameras
+    errors = c3.relative_pose_errors(moved, truth)
+    assert errors["relative_rotation_max"] < 1e-3 and errors["view_angle_mean"] < 1e-3
+    tilted = truth.clone()
+    tilted[2] = truth[2] @ c3.se3_exp(torch.tensor([[0.0, math.radians(10), 0.0, 0.0, 0.0, 0.0]]))[0]  # camera 2 turned 10 deg
+    errors = c3.relative_pose_errors(tilted, truth)
+    assert errors["relative_rotation_max"] == pytest.approx(10.0, abs=1e-3)
+    assert errors["relative_rotation_median"] == pytest.approx(0.0, abs=1e-3)  # 4 of the 10 pairs hold camera 2
+    assert "relative_rotation_median" in c3.pose_errors(tilted, truth)

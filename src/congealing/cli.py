@@ -88,6 +88,7 @@ def _parser() -> argparse.ArgumentParser:
     align.add_argument("--out", type=Path, required=True, help="the report folder: new, empty, or an earlier congeal report")
     align.add_argument("--size", default="256", help=f"side of the square working images in pixels ({SIZE_RANGE[0]}-{SIZE_RANGE[1]}, default 256)")
     align.add_argument("--resume", action="store_true", help="neural, spacejam: continue an interrupted run of the same images and settings")
+    align.add_argument("--masks", type=Path, default=None, help="neural, spacejam, congeal3d: a folder of object masks, NAME.png per photo (white = object); default: alpha channels, else co-segmentation")
     align.add_argument("--skip-unreadable", action="store_true", help="leave out images that cannot be read, naming them, instead of stopping")
     align.add_argument("--shape", type=Path, default=None, help="congeal3d only: the canonical shape checkpoint (congealing.congeal3d.save_shape)")
     common(align)
@@ -188,6 +189,10 @@ def validate(args) -> None:
         args.size = _whole_number(args.size, "--size", *SIZE_RANGE)
         if args.method in PIXEL_METHODS and args.backbone:
             raise UsageError(f"--method {args.method} aligns pixels and uses no feature backbone; leave out --backbone (or use neural or spacejam)")
+        if args.masks is not None and args.method in PIXEL_METHODS:
+            raise UsageError(f"--method {args.method} aligns whole images and uses no masks; leave out --masks (or use neural, spacejam or congeal3d)")
+        if args.masks is not None and not args.masks.is_dir():
+            raise UsageError(f"--masks {args.masks} is not a folder; give the folder that holds one mask image per photo")
         if args.shape is not None and args.method != "congeal3d":
             raise UsageError("--shape is for --method congeal3d only; leave it out")
         if args.method == "congeal3d":
@@ -217,11 +222,13 @@ def validate(args) -> None:
 
 
 def _align(args) -> int:
-    from .data import load_image_folder
+    from .data import load_image_folder, load_masks
 
     if args.checkpoint.exists() and not args.resume:
         print(f"congeal: note: starting again; {args.checkpoint.name} from an earlier run will be replaced (--resume continues it instead)", file=sys.stderr)
     images = load_image_folder(args.folder, size=args.size, min_images=2, max_images=None, skip_unreadable=args.skip_unreadable)
+    if args.masks is not None:
+        images.masks = load_masks(args.masks, images)
     if args.resume:  # refuse a checkpoint of other images now, before any features are computed
         path = args.checkpoint if args.checkpoint.exists() else args.out / "checkpoint.pt"
         checkpoints.check_fingerprint(checkpoints.load(path), images.fingerprint, path, keys=tuple(images.fingerprint))

@@ -303,6 +303,48 @@ def load_image_folder(
     return ImageSet(to_tensor(arrays), names, masks, valid_tensor, bad, fingerprint)
 
 
+def load_masks(folder: str | os.PathLike, image_set: ImageSet, method: str = "pad") -> torch.Tensor:
+    """Object masks ``(N, 1, S, S)`` for ``image_set`` from a folder of mask images, one per photo.
+
+    The mask of ``bird.jpg`` is ``bird.png`` (or ``bird.jpg.png``, or any image named ``bird.*``) in
+    ``folder``: white (or opaque, for images with alpha) where the object is. Masks are squared
+    like the photos (:func:`to_square` with the same ``method``) and thresholded at 0.5. Raises
+    :class:`ImageSetError` naming every photo without a mask, every unreadable mask, and every
+    mask whose shape differs from its photo's.
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise ImageSetError(f"--masks {folder} is not a folder")
+    size = image_set.images.shape[-1]
+    files = {p.name: p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith(".")}
+    by_stem: dict[str, list[Path]] = {}
+    for path in files.values():
+        by_stem.setdefault(path.stem, []).append(path)
+    masks, problems = [], []
+    for index, name in enumerate(image_set.names):
+        candidates = [files.get(Path(name).stem + ".png"), files.get(name + ".png")] + sorted(by_stem.get(Path(name).stem, []))
+        path = next((c for c in candidates if c is not None), None)
+        if path is None:
+            problems.append(f"{name}: no mask (expected {Path(name).stem}.png)")
+            continue
+        try:
+            rgb, alpha = read_image(path)
+        except (UnidentifiedImageError, OSError, ValueError, SyntaxError, Image.DecompressionBombError) as error:
+            problems.append(f"{path.name}: {type(error).__name__}: {error}")
+            continue
+        values = alpha if alpha is not None else rgb.mean(axis=-1)
+        inside = to_square(np.ones(values.shape + (1,), dtype=np.float32), size, method)[..., 0]
+        photo = image_set.valid[index, 0].numpy() if image_set.valid is not None else np.ones((size, size), dtype=np.float32)
+        overlap = float((inside > 0.5).__and__(photo > 0.5).sum()) / max(float((inside > 0.5).__or__(photo > 0.5).sum()), 1.0)
+        if overlap < 0.95:
+            problems.append(f"{path.name}: its shape ({values.shape[1]}x{values.shape[0]}) does not match {name}")
+            continue
+        masks.append((to_square(values[..., None].astype(np.float32), size, method) > 0.5).astype(np.float32))
+    if problems:
+        raise ImageSetError(f"{len(problems)} problem(s) with the masks in {folder}: " + "; ".join(problems))
+    return to_tensor(masks)
+
+
 # ----------------------------------------------------------------------------- MNIST
 
 

@@ -862,7 +862,7 @@ def saliency_masks(images: torch.Tensor, backbone, given: torch.Tensor | None = 
     from . import features
 
     if given is not None:
-        return given.float(), "given (alpha)"
+        return given.float(), "given (alpha channels or --masks)"
     descriptors = features.extract_descriptors(images, backbone)
     return features.cosegment(descriptors).float(), "co-segmentation"
 
