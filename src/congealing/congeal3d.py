@@ -1298,7 +1298,8 @@ def align_folder(image_set, args) -> None:
     size = config.image_size
     images = F.interpolate(image_set.images, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
     alpha = image_set.masks if image_set.masks is not None and bool((image_set.masks < 0.5).any()) else None
-    masks, mask_source = saliency_masks(images, backbone, None if alpha is None else F.interpolate(alpha, size=(size, size), mode="area"))
+    valid = None if image_set.valid is None else F.interpolate(image_set.valid, size=(size, size), mode="area")
+    masks, mask_source = saliency_masks(images, backbone, None if alpha is None else F.interpolate(alpha, size=(size, size), mode="area"), valid)
     masks = (F.interpolate(masks, size=(size, size), mode="nearest") > 0.5).float()
     _check_masks(masks, image_set.names)
     result = congeal(field, images, masks, config, backbone, progress=_progress(True))

@@ -375,6 +375,40 @@ def commonness(descriptors: torch.Tensor, grid: int = 16) -> torch.Tensor:
     return (score - low) / (high - low + 1e-12)
 
 
+def border_contrast(descriptors: torch.Tensor, valid: torch.Tensor | None = None, width: float = 0.125, grid: int = 16) -> torch.Tensor:
+    """A saliency that tells the object from a background the whole set shares ``(N, 1, h, w)``.
+
+    Every photo's border band (:func:`border_band`, ``width`` of its side) shows mostly background.
+    For each location of image ``n``, its best cosine similarity to the border band of image ``m``
+    is taken, and the median over all ``m`` (so the few photos where the object reaches the border
+    do not count) is subtracted from 1: the object is unlike every photo's border, a wall or a
+    table is like it, however common it is to the set. Min-max normalised per image to ``[0, 1]``
+    over ``valid`` ``(N, 1, h, w)`` (the photos' own pixels; 0 elsewhere). Computed on a ``grid`` x
+    ``grid`` version of ``descriptors`` ``(N, D, h, w)`` and upsampled back.
+
+    >>> d = torch.zeros(2, 2, 8, 8); d[:, 0] = 1.0          # background everywhere ...
+    >>> d[:, :, 3:5, 3:5] = torch.tensor([0.0, 1.0])[:, None, None]  # ... and an object inside
+    >>> s = border_contrast(d, grid=8)
+    >>> float(s[:, 0, 3:5, 3:5].min()), float(s[:, 0, 0].max())
+    (1.0, 0.0)
+    """
+    N, D, h, w = descriptors.shape
+    small = F.interpolate(descriptors.float(), size=(grid, grid), mode="bilinear", align_corners=False) if (h, w) != (grid, grid) else descriptors.float()
+    inside = torch.ones(N, 1, grid, grid, device=small.device) if valid is None else (F.interpolate(valid.float(), size=(grid, grid), mode="area") > 0.5).float().to(small.device)
+    band = border_band(inside, width).reshape(N, -1) > 0.5
+    rows = _unit_rows(small)  # (N, g*g, D)
+    similarity = torch.stack([torch.einsum("nid,bd->nib", rows, rows[m][band[m]]).amax(dim=2) for m in range(N)], dim=1)  # (N, N, g*g)
+    score = 1 - similarity.median(dim=1).values
+    flat_inside = inside.reshape(N, -1) > 0.5
+    low = score.masked_fill(~flat_inside, math.inf).amin(dim=1, keepdim=True)
+    high = score.masked_fill(~flat_inside, -math.inf).amax(dim=1, keepdim=True)
+    score = ((score - low) / (high - low + 1e-12)).clamp(0, 1) * flat_inside
+    score = score.reshape(N, 1, grid, grid)
+    if (h, w) != (grid, grid):
+        score = F.interpolate(score, size=(h, w), mode="bilinear", align_corners=False)
+    return score
+
+
 def kmeans(points: torch.Tensor, k: int, iterations: int = 30, restarts: int = 3, seed: int = 0) -> tuple[torch.Tensor, float]:
     """Plain (Euclidean) k-means of ``points`` ``(M, D)``: centroids ``(k, D)`` and the mean squared distance.
 
@@ -423,6 +457,9 @@ def cosegment(
     vote_fraction: float = 0.75,
     sample: int = 100,
     seed: int = 0,
+    valid: torch.Tensor | None = None,
+    border_prior: bool = True,
+    border_width: float = 0.0625,
 ) -> torch.Tensor:
     """Co-segment the common object of a set: binary masks ``(N, 1, h, w)`` from descriptors ``(N, D, h, w)``.
 
@@ -436,10 +473,22 @@ def cosegment(
     3. the clusters with votes from at least ``vote_fraction`` of the images are the object (at
        least the most voted one); the mask is where those clusters are.
 
-    ``saliency`` ``(N, 1, h, w)`` in ``[0, 1]``: by default :func:`commonness`, which works for any
-    backbone (``vote_threshold=0.3`` was chosen for it on CUB classes 1-3 with EfficientNet-Lite0),
-    or a ViT's CLS attention (:meth:`ViTKeys.saliency`, resized to ``(h, w)``), which is peaked:
-    Amir et al. vote on it with ``vote_threshold=0.065``. Deterministic for a given ``seed``.
+    Two additions for photos taken in one place, where the background (a wall, a table) is as
+    common to the set as the object (Chapter 3, "When the background is shared"):
+
+    * ``valid`` ``(N, 1, h, w)``: the photos' own pixels (0 on the padding that squares them); the
+      padding is left out of the clustering, the votes and the masks.
+    * ``border_prior``: a cluster found more often in the band along each photo's border
+      (``border_width`` of its side) than inside it is background, whatever its votes (the most
+      voted cluster that is not is kept, so a mask is never empty). Objects are photographed
+      inside the frame; backgrounds run out of it.
+
+    ``saliency`` ``(N, 1, h, w)`` in ``[0, 1]``: by default :func:`border_contrast`, which works for
+    any backbone and is not fooled by a background the whole set shares (``vote_threshold=0.3``;
+    measured on CUB classes 1-10 and on lego on a shared wall by ``benchmarks/bench_cosegment.py``);
+    or :func:`commonness`; or a ViT's CLS attention (:meth:`ViTKeys.saliency`, resized to
+    ``(h, w)``), which is peaked: Amir et al. vote on it with ``vote_threshold=0.065``.
+    Deterministic for a given ``seed``.
 
     >>> d = torch.randn(4, 8, 6, 6)
     >>> d[:, :, 1:4, 1:4] = torch.randn(8, 1, 1)            # a common "object" in every image
@@ -447,12 +496,17 @@ def cosegment(
     True
     """
     N, D, h, w = descriptors.shape
+    inside = torch.ones(N, h * w, dtype=torch.bool, device=descriptors.device)
+    if valid is not None:
+        if valid.shape != (N, 1, h, w):
+            raise ValueError(f"valid must be (N, 1, h, w) = {(N, 1, h, w)}, got {tuple(valid.shape)}")
+        inside = (valid > 0.5).reshape(N, h * w).to(descriptors.device)
     if saliency is None:
-        saliency = commonness(descriptors)
+        saliency = border_contrast(descriptors, valid)
     if saliency.shape != (N, 1, h, w):
         raise ValueError(f"saliency must be (N, 1, h, w) = {(N, 1, h, w)}, got {tuple(saliency.shape)}")
     rows = _unit_rows(descriptors)  # (N, h*w, D)
-    fit = rows[:, ::sample].reshape(-1, D)
+    fit = rows[:, ::sample][inside[:, ::sample]]
     centroids, previous = kmeans(fit, 1, seed=seed)
     for k in range(2, min(max_clusters, fit.shape[0]) + 1):
         centroids, inertia = kmeans(fit, k, seed=seed)
@@ -462,11 +516,42 @@ def cosegment(
     k = centroids.shape[0]
     squared = centroids.pow(2).sum(dim=1)
     labels = torch.stack([(squared - 2 * image @ centroids.T).argmin(dim=1) for image in rows])  # (N, h*w): nearest centroid
-    flat_saliency = saliency.reshape(N, h * w).float()
+    flat_saliency = saliency.reshape(N, h * w).float() * inside
+    weight = inside.float()
     sums = torch.zeros(N, k, device=labels.device).scatter_add_(1, labels, flat_saliency)
-    counts = torch.zeros(N, k, device=labels.device).scatter_add_(1, labels, torch.ones_like(flat_saliency))
+    counts = torch.zeros(N, k, device=labels.device).scatter_add_(1, labels, weight)
     present = counts > 0
     votes = (present & (sums / counts.clamp(min=1) > vote_threshold)).sum(dim=0)
-    salient = votes >= math.ceil(vote_fraction * N)
-    salient[votes.argmax()] = True
-    return salient[labels].reshape(N, 1, h, w).float()
+    candidates = torch.ones(k, dtype=torch.bool, device=labels.device)
+    if border_prior:
+        band = border_band(inside.reshape(N, 1, h, w).float(), border_width).reshape(N, h * w)
+        on_border = torch.zeros(N, k, device=labels.device).scatter_add_(1, labels, band * weight).sum(dim=0)
+        off_border = torch.zeros(N, k, device=labels.device).scatter_add_(1, labels, (1 - band) * weight).sum(dim=0)
+        share_border = on_border / on_border.sum().clamp(min=1)
+        share_inside = off_border / off_border.sum().clamp(min=1)
+        candidates = share_border <= share_inside
+        if not candidates.any():
+            candidates = share_border / share_inside.clamp(min=1e-12) == (share_border / share_inside.clamp(min=1e-12)).min()
+    salient = (votes >= math.ceil(vote_fraction * N)) & candidates
+    salient[torch.where(candidates, votes, -1).argmax()] = True
+    return (salient[labels] & inside).reshape(N, 1, h, w).float()
+
+
+def border_band(valid: torch.Tensor, width: float = 0.0625) -> torch.Tensor:
+    """The band ``(N, 1, h, w)`` along the border of each image's ``valid`` area ``(N, 1, h, w)``:
+    valid locations within ``width`` of the side (at least one location) of an invalid one or of
+    the grid's edge.
+
+    >>> border_band(torch.ones(1, 1, 6, 6), width=1 / 6)[0, 0].int()
+    tensor([[1, 1, 1, 1, 1, 1],
+            [1, 0, 0, 0, 0, 1],
+            [1, 0, 0, 0, 0, 1],
+            [1, 0, 0, 0, 0, 1],
+            [1, 0, 0, 0, 0, 1],
+            [1, 1, 1, 1, 1, 1]], dtype=torch.int32)
+    """
+    N, _, h, w = valid.shape
+    r = max(1, round(width * max(h, w)))
+    outside = F.pad(1 - (valid > 0.5).float(), (r, r, r, r), value=1.0)
+    near_outside = F.max_pool2d(outside, kernel_size=2 * r + 1, stride=1)
+    return (valid > 0.5).float() * near_outside

@@ -855,16 +855,18 @@ def cub_box_masks(cub) -> torch.Tensor:
     return masks
 
 
-def saliency_masks(images: torch.Tensor, backbone, given: torch.Tensor | None = None) -> tuple[torch.Tensor, str]:
+def saliency_masks(images: torch.Tensor, backbone, given: torch.Tensor | None = None, valid: torch.Tensor | None = None) -> tuple[torch.Tensor, str]:
     """Masks ``(N, 1, h, w)`` for the saliency input and where they came from: ``given`` (e.g. a
     user's alpha channel) if any, else ``features.cosegment`` of the backbone's descriptors (the
-    paper's co-segmentation, for any backbone)."""
+    paper's co-segmentation, for any backbone), which leaves out the padding outside ``valid``
+    ``(N, 1, H, W)`` (the photos' own pixels, :attr:`congealing.data.ImageSet.valid`)."""
     from . import features
 
     if given is not None:
         return given.float(), "given (alpha channels or --masks)"
     descriptors = features.extract_descriptors(images, backbone)
-    return features.cosegment(descriptors).float(), "co-segmentation"
+    small = None if valid is None else (F.interpolate(valid.float(), size=descriptors.shape[-2:], mode="area") > 0.5).float()
+    return features.cosegment(descriptors, valid=small).float(), "co-segmentation"
 
 
 def fit_transfer(cub, backbone, mode: str, seed: int = 0, device=None):
@@ -906,7 +908,7 @@ def align_folder(image_set, args) -> None:
     cfg = NeuralCongealingConfig.for_mode(args.mode, seed=getattr(args, "seed", 0))
     images = image_set.images
     alpha = image_set.masks if image_set.masks is not None and bool((image_set.masks < 0.5).any()) else None
-    masks, mask_source = saliency_masks(images, backbone, alpha)
+    masks, mask_source = saliency_masks(images, backbone, alpha, image_set.valid)
     data = prepare(images, masks, backbone, cfg, device)
     out = Path(args.out)
     side = Path(args.checkpoint)  # the CLI names it (beside OUT) and has checked --resume

@@ -212,13 +212,14 @@ def prepare_keys(
     backbone,
     config: SpaceJAMConfig,
     masks: torch.Tensor | None = None,
+    valid: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Masked PCA keys ``(N, K, S, S)`` and masks ``(N, 1, S, S)`` of images ``(N, 3, H, W)``.
 
     ``masks`` ``(N, 1, *, *)`` in ``[0, 1]``: the set's foreground. If ``None``, Chapter 3's
-    co-segmentation (:func:`congealing.features.cosegment`) is used when it is available,
-    otherwise the whole image. Descriptors are cached on disk by
-    :func:`congealing.features.extract_descriptors`.
+    co-segmentation (:func:`congealing.features.cosegment`) finds it, leaving out the padding
+    outside ``valid`` ``(N, 1, H, W)`` (the photos' own pixels) if given. Descriptors are cached
+    on disk by :func:`congealing.features.extract_descriptors`.
     """
     from . import features
 
@@ -228,8 +229,8 @@ def prepare_keys(
         raise ValueError(f"joint alignment needs at least 2 images, got {images.shape[0]}")
     descriptors = features.extract_descriptors(images, backbone, grid=config.descriptor_grid)
     if masks is None:
-        cosegment = getattr(features, "cosegment", None)
-        masks = cosegment(descriptors) if cosegment is not None else torch.ones(images.shape[0], 1, 8, 8)
+        small = None if valid is None else (F.interpolate(valid.float(), size=descriptors.shape[-2:], mode="area") > 0.5).float()
+        masks = features.cosegment(descriptors, valid=small)
     return keys_from_descriptors(descriptors, masks.float(), config)
 
 
@@ -753,7 +754,7 @@ def align_folder(image_set, args) -> None:
     masks = image_set.masks
     if masks is not None and bool((masks > 0.5).all()):
         masks = None  # no alpha channel: use the co-segmentation when available
-    keys, masks = prepare_keys(image_set.images, backbone, config, masks)
+    keys, masks = prepare_keys(image_set.images, backbone, config, masks, image_set.valid)
     sidecar = Path(args.checkpoint)  # the CLI names it (beside OUT) and has checked --resume
     final = out / "checkpoint.pt"
     if getattr(args, "resume", False) and not sidecar.exists() and final.exists():
