@@ -722,6 +722,14 @@ def evaluate_mnist(args) -> dict:
 WORK_SIZE = 64
 
 
+#: What each method's ``history["objective"]`` measures, for the report.
+OBJECTIVE_NAMES = {
+    "entropy": "the total pixel-stack entropy (bits)",
+    "lsq": "the squared error to the mean image",
+    "ic-lsq": "the squared error to the mean image",
+}
+
+
 def align_folder(image_set, args) -> None:
     """``congeal align DIR --method {entropy,lsq,ic-lsq}``: align a user's images and write the report.
 
@@ -767,6 +775,8 @@ def align_folder(image_set, args) -> None:
             "config": {k: list(v) if isinstance(v, tuple) else v for k, v in config.__dict__.items()},
         },
         extra_images={"edit": edited.cpu()},
+        valid=image_set.valid,
+        objective={"name": OBJECTIVE_NAMES[method], "before": result.history["objective"][0], "after": result.history["objective"][-1], "better": "lower"},
     )
 
 

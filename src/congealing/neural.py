@@ -926,5 +926,10 @@ def align_folder(image_set, args) -> None:
         summary={"backbone": backbone.name, "masks": mask_source, "epochs": cfg.epochs, "seconds": round(result.seconds, 1),
                  "flipped": result.flipped.tolist(), "final_keys_cos": result.history[-1]["keys_cos"]},
         extra_images={"edit": edited},
+        masks=masks.cpu(), valid=image_set.valid, flipped=result.flipped,
+        objective={"name": "the keys cosine loss (1 - cosine similarity of aligned descriptors and atlas)", "before": result.history[0]["keys_cos"],
+                   "after": result.history[-1]["keys_cos"], "better": "lower"},
+        method_scores={"name": "keys loss", "values": per_image_keys_loss(result.model, result.data, result.flipped.to(device)).cpu(), "better": "lower",
+                       "doc": "Neural Congealing's weighted L2 + cosine loss between the image's warped descriptors and the atlas, inside the atlas saliency (neural.per_image_keys_loss); lower is better"},
     )
     os.replace(side, out / "checkpoint.pt")

@@ -780,6 +780,8 @@ def align_folder(image_set, args) -> None:
             "low-dim keys": F.interpolate(codes_rgb, size=size, mode="nearest"),
             "edit": warps.propagate_edit(images, result.transforms, demo_edit(atlas(mask_up, result.transforms)[0])),
         },
+        masks=mask_up, valid=image_set.valid, flipped=result.flips,
+        objective={"name": "the training loss (mean over the epoch)", "before": result.losses[0], "after": result.losses[-1], "better": "lower"} if result.losses else None,
     )
     final.write_bytes(sidecar.read_bytes())
     sidecar.unlink()
