@@ -899,7 +899,7 @@ def align_folder(image_set, args) -> None:
 
     device = get_device(getattr(args, "device", None))
     backbone = load_backbone(getattr(args, "backbone", None), device=device)
-    cfg = NeuralCongealingConfig.for_mode(args.mode, seed=getattr(args, "seed", 0))
+    cfg = getattr(args, "config", None) or NeuralCongealingConfig.for_mode(args.mode, seed=getattr(args, "seed", 0))  # a config on args: tests' tiny runs
     images = image_set.images
     alpha = image_set.masks if image_set.masks is not None and bool((image_set.masks < 0.5).any()) else None
     masks, mask_source = saliency_masks(images, backbone, alpha)

@@ -175,7 +175,7 @@ def write_alignment(
         info["method_score_better"] = method_scores["better"]
     info["verdict"] = verdict
     info["per_image"] = per_image
-    info["fields"] = field_documentation(info, field_docs)
+    info["fields"] = field_documentation({**info, "fields": None}, field_docs)
     (staging / REPORT_MARKER).write_text(json.dumps(info, indent=2))
     for asset in ("report.js", "report.css"):
         (staging / asset).write_text((Path(__file__).with_name("report_assets") / asset).read_text())

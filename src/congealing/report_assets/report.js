@@ -91,6 +91,7 @@
   }
   // Public for tests and for the curious: image src pixel-free normalised point -> image tgt.
   window.congealTransfer = function (src, tgt, p) { return locate({ src: src, p: p }).inputs[tgt]; };
+  window.congealPoints = function () { return points.map(function (q) { return { src: q.src, p: q.p.slice() }; }); };
 
   function render() {
     var located = points.map(locate);
