@@ -119,7 +119,7 @@ def write_alignment(
     shutil.rmtree(staging, ignore_errors=True)
     columns = {"input": ("inputs", inputs), "aligned": ("aligned", aligned)}
     if object_masks is not None:
-        columns["mask"] = ("masks", object_masks)
+        columns["mask"] = ("masks", inputs * (0.2 + 0.8 * object_masks))  # the object in colour, the rest dimmed
     for title, images in (extra_images or {}).items():
         columns[title] = (_slug(title), images)
     keys = output_keys(list(names))
@@ -522,7 +522,7 @@ FIELD_DOCS: dict[str, str] = {
     "method": "the alignment method (congeal align --method)",
     "mode": "quick (CPU settings, minutes) or full (published settings)",
     "images": "the input file names, in the order every per-image list uses",
-    "outputs": "for each input file name: the report's PNG of each column (input, aligned, mask, edit, ...), relative paths",
+    "outputs": "for each input file name: the report's PNG of each column (input, aligned, mask = the input dimmed outside its object mask, edit, ...), relative paths",
     "atlas": "atlas view name -> PNG file; the first is the mean aligned image",
     "verdict": "the page's first paragraph: headline, status (good / unclear / bad), agreement_before and agreement_after "
     "(mean of per_image agreement, inputs vs aligned images; higher is better), objective (the method's own, see per method), warnings",
@@ -645,7 +645,7 @@ def _html(method, mode, names, keys, columns, thumbnails, atlas_files, verdict_f
     direction = "worst first" if score_key == "agreement" or summary.get("method_score_better", "higher") == "higher" else "best first"
     usage = _usage(method, planar)
     mask_note = (
-        "The <b>object mask</b> shows which pixels the method treated as the object." if "mask" in columns
+        "The <b>object mask</b> column shows in full colour the pixels the method treated as the object (the rest is dimmed)." if "mask" in columns
         else "This method uses every pixel of each image (it has no object mask), background included."
     )
     return f"""<!doctype html>
