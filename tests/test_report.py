@@ -101,3 +101,33 @@ def test_report_folder_documents_scores_and_mappings(tmp_path):
     assert not [link for link in links if ":" in link], "the page must not load anything from the network"
     for name in ("report.js", "report.css", "mean_inputs.png", "mean_aligned.png", "masks/a_png.png"):
         assert (out / name).exists(), name
+
+
+def test_congeal_align_shows_a_progress_bar_from_the_start(tmp_path, capsys):
+    from types import SimpleNamespace
+
+    from congealing import classical
+    from congealing.data import ImageSet
+
+    images = torch.rand(3, 3, 32, 32, generator=torch.Generator().manual_seed(2))
+    classical.align_folder(ImageSet(images, ["a.png", "b.png", "c.png"]), SimpleNamespace(method="lsq", mode="quick", device="cpu", out=tmp_path / "out"))
+    stderr = capsys.readouterr().err
+    iterations = classical.LSQConfig.for_mode("quick").iterations
+    assert stderr.index("congeal align lsq: starting") < stderr.index("congeal align lsq: aligning")
+    assert f"{iterations}/{iterations}" in stderr and "writing the report" in stderr
+
+
+def test_descriptor_agreement_is_the_mean_cosine_with_the_other_images():
+    generator = torch.Generator().manual_seed(3)
+    descriptors = torch.randn(3, 5, 6, 6, generator=generator)
+    weights = (torch.rand(3, 1, 6, 6, generator=generator) > 0.4).float()
+    got = report.descriptor_agreement(descriptors, weights)
+    d = descriptors.numpy().astype(np.float64)
+    d /= np.linalg.norm(d, axis=1, keepdims=True)
+    w = weights.numpy().astype(np.float64)[:, 0]
+    for n in range(3):
+        others = [k for k in range(3) if k != n]
+        mean = sum(w[k][None] * d[k] for k in others)
+        cosine = (d[n] * mean).sum(0) / np.maximum(np.linalg.norm(mean, axis=0), 1e-12)
+        weight = w[n] * sum(w[k] for k in others) / 2
+        assert got[n].item() == pytest.approx((weight * cosine).sum() / weight.sum(), abs=1e-4)

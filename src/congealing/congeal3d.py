@@ -1266,8 +1266,11 @@ def align_folder(image_set, args) -> None:
             "congeal align --method congeal3d needs --shape SHAPE_CKPT: a canonical shape saved by "
             "congealing.congeal3d.save_shape (Chapter 6 fits one for lego; the diffusion route distils one from a text prompt)"
         )
+    from .report import AlignProgress
     from .runtime import get_device
 
+    progress = AlignProgress("congeal3d")
+    progress.stage("loading the shape and the backbone")
     device = get_device(getattr(args, "device", None))
     field = load_shape(shape_path).to(device)
     config = Congeal3DConfig.for_mode(args.mode, seed=getattr(args, "seed", 0))
@@ -1278,7 +1281,9 @@ def align_folder(image_set, args) -> None:
     masks, mask_source = saliency_masks(images, backbone, None if alpha is None else F.interpolate(alpha, size=(size, size), mode="area"))
     masks = (F.interpolate(masks, size=(size, size), mode="nearest") > 0.5).float()
     _check_masks(masks, image_set.names)
+    progress.stage("pose search, pose refinement, coordinate maps (bars below)")
     result = congeal(field, images, masks, config, backbone, progress=_progress(True))
+    progress.stage("writing the report")
     maps = result.maps
     cams, fovs = result.refined["c2w"], result.refined["fov"]
     azimuth, elevation = camera_angles(cams)
@@ -1301,3 +1306,4 @@ def align_folder(image_set, args) -> None:
         method_scores={"name": "silhouette IoU", "values": silhouette_iou(maps.renders["mask"].cpu(), masks.cpu()), "better": "higher",
                        "doc": "intersection over union of the shape rendered at the image's camera and the image's object mask, in [0, 1]; higher is better"},
     )
+    progress.close()

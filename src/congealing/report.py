@@ -21,11 +21,13 @@ from __future__ import annotations
 
 import html
 import json
+import os
 import shutil
 import urllib.parse
 from pathlib import Path
 
 import math
+import sys
 
 import torch
 import torch.nn.functional as F
@@ -36,6 +38,7 @@ from .widgets import to_png
 __all__ = [
     "write_alignment", "output_keys", "demo_edit", "centre_disk", "agreement", "to_aligned_frame",
     "browser_mappings", "describe_transforms", "describe_grids", "describe_pose", "field_documentation", "FIELD_DOCS",
+    "AlignProgress",
 ]
 
 REPORT_MARKER = "summary.json"
@@ -71,6 +74,7 @@ def write_alignment(
     coordinate_maps: tuple[torch.Tensor, torch.Tensor] | None = None,
     poses: list[dict] | None = None,
     field_docs: dict[str, str] | None = None,
+    descriptors: torch.Tensor | None = None,
 ) -> Path:
     """Write a report folder (layout above). ``atlas`` maps a view name (``"mean"`` first) to a
     ``(C, H, W)`` image; ``extra_images`` maps a column title to ``(N, C, H, W)`` images shown in
@@ -84,6 +88,9 @@ def write_alignment(
       determinant).
     * ``objective``: the method's own objective, ``{"name", "before", "after", "better": "lower" |
       "higher", "doc"}``.
+    * ``descriptors`` ``(N, D, h, w)``: unit descriptors of the inputs (e.g.
+      :func:`congealing.features.extract_descriptors`); the verdict then also reports
+      :func:`descriptor_agreement` before and after, and sorts by it.
     * ``method_scores``: a per-image term of it, ``{"name", "values": (N,), "better", "doc"}``.
     * ``coordinate_maps`` ``(nocs (N, 3, S, S), mask (N, 1, S, S))`` and ``poses`` (one dict per
       image with ``azimuth_deg``, ``elevation_deg``, ``fov_deg``): the 3-D method's mappings.
@@ -115,6 +122,13 @@ def write_alignment(
             "before": agreement(inputs, weights),
             "after": agreement(aligned, aligned_weights) if aligned_weights is not None else None,
         }
+        if descriptors is not None and aligned_weights is not None:
+            descriptors = descriptors.detach().float().cpu()
+            side = descriptors.shape[-1]
+            quality["descriptors_before"] = descriptor_agreement(descriptors, _resize(weights, side))
+            quality["descriptors_after"] = descriptor_agreement(
+                to_aligned_frame(descriptors, frame_transforms, grids, side), to_aligned_frame(weights, frame_transforms, grids, side)
+            )
     staging = out.with_name(f".{out.name}.partial")
     shutil.rmtree(staging, ignore_errors=True)
     columns = {"input": ("inputs", inputs), "aligned": ("aligned", aligned)}
@@ -158,6 +172,9 @@ def write_alignment(
         if quality is not None and quality["after"] is not None:
             row["agreement"] = round(float(quality["after"][n]), 4)
             row["agreement_before"] = round(float(quality["before"][n]), 4)
+        if quality is not None and "descriptors_after" in quality:
+            row["descriptor_agreement"] = round(float(quality["descriptors_after"][n]), 4)
+            row["descriptor_agreement_before"] = round(float(quality["descriptors_before"][n]), 4)
         if method_scores is not None:
             row["method_score"] = round(float(method_scores["values"][n]), 6)
         if moves is not None:
@@ -185,6 +202,44 @@ def write_alignment(
         shutil.rmtree(out)
     staging.rename(out)
     return out
+
+
+class AlignProgress:
+    """The progress bar of ``congeal align`` on stderr: drawn as soon as it is made, then showing
+    the current stage and how many of its steps are done.
+
+    ``step(done, total, note="")`` fits any per-iteration callback; ``write`` prints a line above
+    the bar; ``close`` ends it.
+
+    >>> bar = AlignProgress("lsq", file=open(os.devnull, "w")); bar.stage("aligning"); bar.step(3, 10); bar.close()
+    """
+
+    def __init__(self, method: str, file=None):
+        from tqdm.auto import tqdm
+
+        self.method = method
+        self.bar = tqdm(total=1, desc=f"congeal align {method}: starting", file=file or sys.stderr, dynamic_ncols=True, mininterval=0.25, bar_format="{desc} |{bar}| {n_fmt}/{total_fmt} [{elapsed}<{remaining}]{postfix}")
+        self.bar.refresh()
+
+    def stage(self, name: str, total: int = 1) -> None:
+        self.bar.set_description_str(f"congeal align {self.method}: {name}", refresh=False)
+        self.bar.reset(total=max(1, total))
+        self.bar.refresh()
+
+    def step(self, done: int, total: int | None = None, note: str = "") -> None:
+        if total is not None and total != self.bar.total:
+            self.bar.total = max(1, total)
+        self.bar.n = done
+        if note:
+            self.bar.set_postfix_str(note, refresh=False)
+        self.bar.refresh()
+
+    def write(self, line: str) -> None:
+        self.bar.write(line, file=self.bar.fp)
+
+    def close(self) -> None:
+        self.bar.n = self.bar.total
+        self.bar.close()
 
 
 def output_keys(names: list[str]) -> list[str]:
@@ -282,6 +337,30 @@ def agreement(images: torch.Tensor, weights: torch.Tensor | None = None, side: i
     return (mean(centred * centred_others) / spread.clamp_min(1e-12)).clamp(-1, 1).round(decimals=6)
 
 
+def descriptor_agreement(descriptors: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:
+    """How much each image's features agree with the rest of the set: ``(N,)`` mean cosine similarity.
+
+    At every location, image ``n``'s descriptor ``(D,)`` is compared with the mean of the other
+    images' unit descriptors there (cosine similarity); the similarities are averaged with weight
+    ``weights[n]`` times the others' mean weight (their object masks, zero outside an image).
+    ``descriptors`` ``(N, D, h, w)`` (normalised here), ``weights`` ``(N, 1, h, w)``, default ones.
+
+    >>> same = torch.randn(1, 8, 4, 4).expand(3, -1, -1, -1)
+    >>> descriptor_agreement(same).tolist()
+    [1.0, 1.0, 1.0]
+    """
+    unit = F.normalize(descriptors.detach().float().cpu(), dim=1)
+    N = unit.shape[0]
+    weights = torch.ones_like(unit[:, :1]) if weights is None else weights.detach().float().cpu()
+    if N < 2:
+        return torch.full((N,), float("nan"))
+    others_weight = weights.sum(0) - weights
+    others = F.normalize((weights * unit).sum(0) - weights * unit, dim=1)
+    similarity = (unit * others).sum(1, keepdim=True)
+    pixel_weight = weights * others_weight / (N - 1)
+    return ((pixel_weight * similarity).sum((1, 2, 3)) / pixel_weight.sum((1, 2, 3)).clamp_min(1e-12)).clamp(-1, 1).round(decimals=5)
+
+
 def to_aligned_frame(maps: torch.Tensor, transforms: torch.Tensor | None, grids: torch.Tensor | None, size: int) -> torch.Tensor | None:
     """Carry per-image maps ``(N, C, H, W)`` (e.g. masks) into the aligned frame at ``size`` x ``size``,
     by transforms ``(N, 3, 3)`` (input -> aligned) or sampling grids ``(N, h, w, 2)`` (aligned ->
@@ -305,9 +384,14 @@ def _verdict(quality, objective, method_scores, count, mode, method) -> dict:
     """The report's first paragraph: a headline, the numbers behind it and warnings."""
     verdict = {"sentences": [], "warnings": []}
     if quality is not None and quality["after"] is not None:
+        semantic = "descriptors_after" in quality
         before, after = float(quality["before"].mean()), float(quality["after"].mean())
         verdict["agreement_before"], verdict["agreement_after"] = round(before, 4), round(after, 4)
-        change = after - before
+        if semantic:
+            verdict["descriptor_agreement_before"] = round(float(quality["descriptors_before"].mean()), 4)
+            verdict["descriptor_agreement_after"] = round(float(quality["descriptors_after"].mean()), 4)
+        judged_before, judged_after = (verdict["descriptor_agreement_before"], verdict["descriptor_agreement_after"]) if semantic else (before, after)
+        change = judged_after - judged_before
         if change >= 0.05:
             verdict["headline"] = "The alignment made the set clearly more consistent."
             verdict["status"] = "good"
@@ -317,12 +401,16 @@ def _verdict(quality, objective, method_scores, count, mode, method) -> dict:
         else:
             verdict["headline"] = "The alignment made the set less consistent: it probably failed."
             verdict["status"] = "bad"
+        if semantic:
+            verdict["sentences"].append(
+                f"Descriptor agreement {'rose' if change >= 0 else 'fell'} from {judged_before:.2f} to {judged_after:.2f}: the mean cosine "
+                "similarity between each image's deep features and the average features of the others at the same place of the common "
+                "frame, inside the object masks (1 = the same parts everywhere; it does not depend on the method)."
+            )
         verdict["sentences"].append(
-            f"Agreement between the images rose from {before:.2f} to {after:.2f}" if change >= 0 else f"Agreement between the images fell from {before:.2f} to {after:.2f}"
-        )
-        verdict["sentences"][-1] += (
-            " (the mean correlation of each image with the average of the others, inside the object masks; "
-            "1 = identical, 0 = unrelated; it does not depend on the method)."
+            f"Colour agreement {'rose' if after >= before else 'fell'} from {before:.2f} to {after:.2f}: the mean correlation of each image "
+            "with the average of the others, inside the object masks (1 = identical, 0 = unrelated; photos of one kind of object "
+            "in different colours or light agree little even when aligned)."
         )
     elif method_scores is not None:
         values = torch.as_tensor(method_scores["values"]).float()
@@ -525,10 +613,13 @@ FIELD_DOCS: dict[str, str] = {
     "outputs": "for each input file name: the report's PNG of each column (input, aligned, mask = the input dimmed outside its object mask, edit, ...), relative paths",
     "atlas": "atlas view name -> PNG file; the first is the mean aligned image",
     "verdict": "the page's first paragraph: headline, status (good / unclear / bad), agreement_before and agreement_after "
-    "(mean of per_image agreement, inputs vs aligned images; higher is better), objective (the method's own, see per method), warnings",
+    "(mean of per_image agreement, inputs vs aligned images; higher is better), descriptor_agreement_before / _after (the same for "
+    "per_image descriptor_agreement, when descriptors were given), objective (the method's own, see per method), warnings",
     "per_image": "one entry per input, in input order: name; key (output file stem); mirrored (bool: the method flipped the image "
     "left-right); agreement (weighted correlation, in [-1, 1], of the aligned image with the mean of the other aligned images inside "
-    "the masks: higher is better; congealing.report.agreement); agreement_before (the same for the inputs); method_score (see "
+    "the masks: higher is better; congealing.report.agreement); agreement_before (the same for the inputs); descriptor_agreement and "
+    "descriptor_agreement_before (mean cosine similarity, in [-1, 1], of the image's deep descriptors with the mean of the others' at the "
+    "same place, inside the masks: higher is better; congealing.report.descriptor_agreement); method_score (see "
     "method_score_doc); transform (input -> aligned frame: rotation_deg positive = clockwise on screen, scale = square root of the "
     "area change, stretch = ratio of singular values, shift_x / shift_y = where the image centre moves, in fractions of the side, "
     "positive = right / down, perspective, nonrigid = RMS of a dense warp beyond its affine part in fractions of the side, words); "
@@ -604,10 +695,11 @@ def _html(method, mode, names, keys, columns, thumbnails, atlas_files, verdict_f
     mirrored = sum(row["mirrored"] for row in per_image)
     mirrored_note = f"<p>{mirrored} of {count} images were mirrored (flipped left-right) to match the others.</p>" if mirrored else ""
     has_score = any("agreement" in row or "method_score" in row for row in per_image)
-    score_key = "agreement" if any("agreement" in row for row in per_image) else "method_score"
-    score_help = (
-        "agreement with the other aligned images (higher is better)" if score_key == "agreement" else esc(summary.get("method_score_name", "the method's per-image score"))
-    )
+    score_key = next((key for key in ("descriptor_agreement", "agreement") if any(key in row for row in per_image)), "method_score")
+    score_help = {
+        "descriptor_agreement": "descriptor agreement with the other aligned images (higher is better)",
+        "agreement": "colour agreement with the other aligned images (higher is better)",
+    }.get(score_key, esc(summary.get("method_score_name", "the method's per-image score")))
     extras = [t for t in columns if t not in ("input", "aligned", "mask")]
     head = ["#", "image", "score" if has_score else "", "input ↔ aligned (click to match points)", "object mask" if "mask" in columns else None, "aligned", *extras, "how it was moved"]
     header = "".join(f"<th>{esc(h)}</th>" for h in head if h is not None)
@@ -617,7 +709,7 @@ def _html(method, mode, names, keys, columns, thumbnails, atlas_files, verdict_f
         score = row.get(score_key)
         score_cell = ""
         if has_score:
-            before = f'<br><small title="before alignment">was {row["agreement_before"]:.2f}</small>' if score_key == "agreement" and "agreement_before" in row else ""
+            before = f'<br><small title="before alignment">was {row[score_key + "_before"]:.2f}</small>' if score_key + "_before" in row else ""
             score_cell = f'<td class="score">{score:.2f}{before}</td>' if score is not None else "<td></td>"
         view = (
             f'<div class="pic" data-index="{n}" data-frame="input">{_img(src["input"], f"{name} input", "view")}</div>'
@@ -642,7 +734,7 @@ def _html(method, mode, names, keys, columns, thumbnails, atlas_files, verdict_f
         if planar
         else "Click a point on an input: a coloured marker appears at the point with the same 3-D canonical coordinate on every other image."
     )
-    direction = "worst first" if score_key == "agreement" or summary.get("method_score_better", "higher") == "higher" else "best first"
+    higher_is_better = score_key != "method_score" or summary.get("method_score_better", "higher") == "higher"
     usage = _usage(method, planar)
     mask_note = (
         "The <b>object mask</b> column shows in full colour the pixels the method treated as the object (the rest is dimmed)." if "mask" in columns
@@ -662,7 +754,7 @@ def _html(method, mode, names, keys, columns, thumbnails, atlas_files, verdict_f
 </section>
 <section id="images">
 <h2>Every image</h2>
-<p class="note">{esc(frame_note)} <b>Score</b>: {score_help}; the table starts with the {esc(direction)}.
+<p class="note">{esc(frame_note)} <b>Score</b>: {score_help}; the table starts with the worst-aligned images.
 {mask_note} “How it was moved” describes the transform that takes the input into the common frame.</p>
 <div class="controls">
 <button type="button" id="clear-points">clear points</button>
@@ -673,7 +765,7 @@ def _html(method, mode, names, keys, columns, thumbnails, atlas_files, verdict_f
 <option value="name">by name</option><option value="input">input order</option></select></label>
 <span id="status" aria-live="polite"></span>
 </div>
-<table id="table" data-score-better="{"higher" if score_key == "agreement" else esc(summary.get("method_score_better", "higher"))}">
+<table id="table" data-score-better="{"higher" if higher_is_better else "lower"}">
 <thead><tr>{header}</tr></thead><tbody>{''.join(rows)}</tbody></table>
 </section>
 <section id="atlas"><h2>Atlas</h2>

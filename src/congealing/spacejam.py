@@ -538,11 +538,13 @@ def fit(
     resume: bool = False,
     checkpoint_every: int = 20,
     verbose: bool = False,
+    progress: Callable[..., None] | None = None,
 ) -> SpaceJAMResult:
     """Train SpaceJAM on keys ``(N, K, S, S)`` with masks ``(N, 1, S, S)`` and return every image's transform.
 
     ``checkpoint``: a file written every ``checkpoint_every`` epochs (a plain dict of tensors and
-    numbers); with ``resume`` training continues from it. Raises ``ValueError`` for fewer than two
+    numbers); with ``resume`` training continues from it. ``progress(done, total, note)`` is called
+    after every epoch (autoencoder epochs first). Raises ``ValueError`` for fewer than two
     images and ``FloatingPointError`` (naming the phase, epoch, step and loss) on divergence.
     """
     config = config or SpaceJAMConfig.for_mode()
@@ -616,6 +618,8 @@ def fit(
             total += loss.item() * len(batch)
         ae_sched.step()
         ae_losses.append(total / N)
+        if progress is not None:
+            progress(epoch + 1, ae_epochs + config.epochs, f"autoencoder loss {ae_losses[-1]:.4f}")
         if (epoch + 1) % checkpoint_every == 0:
             seconds["ae"] += time.perf_counter() - tic
             tic = time.perf_counter()
@@ -664,6 +668,8 @@ def fit(
         next_group = config.group_at(epoch + 1) if epoch + 1 < config.epochs else None
         if next_group != group:
             stages[group] = infer(ae, stn, keys, flips, group)[0].cpu()
+        if progress is not None:
+            progress(ae_epochs + epoch + 1, ae_epochs + config.epochs, f"[{group}] loss {losses[-1]:.4f}, flipped {int(flips.sum())}/{N}")
         if verbose and (epoch % 10 == 0 or epoch == config.epochs - 1):
             print(f"epoch {epoch:4d} [{group}] loss {losses[-1]:.4f}  flipped {int(flips.sum())}/{N}")
         if (epoch + 1) % checkpoint_every == 0 or epoch + 1 == config.epochs:
@@ -739,10 +745,12 @@ def align_folder(image_set, args) -> None:
     A checkpoint is kept beside ``OUT`` while training (``.OUT.spacejam.pt``) and copied into
     ``OUT/checkpoint.pt`` at the end; ``--resume`` continues from either.
     """
-    from .features import load_backbone
-    from .report import demo_edit, write_alignment
+    from .features import extract_descriptors, load_backbone
+    from .report import AlignProgress, demo_edit, write_alignment
     from .runtime import get_device, get_mode
 
+    progress = AlignProgress("spacejam")
+    progress.stage("loading the backbone")
     out = Path(args.out)
     device = get_device(getattr(args, "device", None))
     config = SpaceJAMConfig.for_mode(args.mode, seed=getattr(args, "seed", 42))
@@ -750,6 +758,7 @@ def align_folder(image_set, args) -> None:
     masks = image_set.masks
     if masks is not None and bool((masks > 0.5).all()):
         masks = None  # no alpha channel: use the co-segmentation when available
+    progress.stage("descriptors and object masks")
     keys, masks = prepare_keys(image_set.images, backbone, config, masks)
     sidecar = out.with_name(f".{out.name}.spacejam.pt")
     final = out / "checkpoint.pt"
@@ -757,7 +766,9 @@ def align_folder(image_set, args) -> None:
         sidecar.parent.mkdir(parents=True, exist_ok=True)
         sidecar.write_bytes(final.read_bytes())
     tic = time.perf_counter()
-    result = fit(keys, masks, config, device=device, checkpoint=sidecar, resume=getattr(args, "resume", False), verbose=True)  # progress every 10 epochs
+    progress.stage("training")
+    result = fit(keys, masks, config, device=device, checkpoint=sidecar, resume=getattr(args, "resume", False), progress=progress.step)
+    progress.stage("writing the report")
     images = image_set.images
     aligned = warps.warp_image(images, result.transforms)
     codes_rgb = codes_to_rgb(result.codes)
@@ -780,11 +791,12 @@ def align_folder(image_set, args) -> None:
             "low-dim keys": F.interpolate(codes_rgb, size=size, mode="nearest"),
             "edit": warps.propagate_edit(images, result.transforms, demo_edit(atlas(mask_up, result.transforms)[0])),
         },
-        masks=mask_up, valid=image_set.valid, flipped=result.flips,
+        masks=mask_up, valid=image_set.valid, flipped=result.flips, descriptors=extract_descriptors(images, backbone),
         objective={"name": "the training loss (mean over the epoch)", "before": result.losses[0], "after": result.losses[-1], "better": "lower"} if result.losses else None,
     )
     final.write_bytes(sidecar.read_bytes())
     sidecar.unlink()
+    progress.close()
 
 
 def codes_to_rgb(codes: torch.Tensor) -> torch.Tensor:
