@@ -3,13 +3,23 @@
 ::
 
     OUT/
-      index.html        inputs, aligned images and atlas side by side (opens without a server)
-      summary.json      method, mode, names, timings and method-specific numbers
+      index.html        the page (opens from disk, no server, no network): a verdict first (mean of the
+                        inputs next to the mean of the aligned images, agreement before -> after, the
+                        method's objective, warnings), then every image with its mask, score, mirror
+                        flag and transform in words (worst first), click-to-match correspondences,
+                        input <-> aligned toggles; then the atlas and how to use the mappings
+      summary.json      method, mode, names, timings, method-specific numbers, ``verdict``,
+                        ``per_image`` and ``fields`` (what every field means: units, directions)
       mappings.pt       per-image transforms (N, 3, 3) and/or sampling grids (N, H, W, 2);
                         torch.load(path, weights_only=True)
+      mappings.js       the same mappings, compact, for the page (:func:`browser_mappings`)
+      report.js/.css    the page's script and style (package data, no CDN)
       atlas.png         the atlas (mean aligned image); atlas_<name>.png for any other atlas views
+      mean_inputs.png   the mean of the inputs; mean_aligned.png: of the aligned images (2-D methods)
       inputs/KEY.png    the inputs as the method saw them (square)
       aligned/KEY.png   each input warped into the common frame
+      masks/KEY.png     each input dimmed outside the method's object mask (if the method has one)
+      thumbs/...        smaller copies the page shows when the images are larger than THUMBNAIL
 
 ``KEY`` is the input's file name with its extension folded in (``bird.jpg`` -> ``bird_jpg``), so
 two inputs never share an output name; ``summary.json`` maps every input to its outputs.
@@ -21,7 +31,6 @@ from __future__ import annotations
 
 import html
 import json
-import os
 import shutil
 import urllib.parse
 from pathlib import Path
@@ -211,7 +220,8 @@ class AlignProgress:
     ``step(done, total, note="")`` fits any per-iteration callback; ``write`` prints a line above
     the bar; ``close`` ends it.
 
-    >>> bar = AlignProgress("lsq", file=open(os.devnull, "w")); bar.stage("aligning"); bar.step(3, 10); bar.close()
+    >>> import io
+    >>> bar = AlignProgress("lsq", file=io.StringIO()); bar.stage("aligning", 10); bar.step(3, 10); bar.close()
     """
 
     def __init__(self, method: str, file=None):
@@ -428,7 +438,7 @@ def _verdict(quality, objective, method_scores, count, mode, method) -> dict:
         )
     if count < 8:
         verdict["warnings"].append(
-            f"Only {count} images: the mean images and the agreement score are noisy, and a learned atlas rests on very few examples. Alignments are more reliable with a few dozen images."
+            f"Only {count} images: the scores on this page are noisy, and an atlas made from so few images rests on very few examples. Alignments are more reliable with a few dozen images."
         )
     if mode == "quick" and method in ("neural", "spacejam", "congeal3d"):
         verdict["warnings"].append(
@@ -701,7 +711,8 @@ def _html(method, mode, names, keys, columns, thumbnails, atlas_files, verdict_f
         "agreement": "colour agreement with the other aligned images (higher is better)",
     }.get(score_key, esc(summary.get("method_score_name", "the method's per-image score")))
     extras = [t for t in columns if t not in ("input", "aligned", "mask")]
-    head = ["#", "image", "score" if has_score else "", "input ↔ aligned (click to match points)", "object mask" if "mask" in columns else None, "aligned", *extras, "how it was moved"]
+    aligned_title = "aligned" if planar else "the shape rendered at its camera"
+    head = ["#", "image", "score" if has_score else "", f"input ↔ {aligned_title} (click to match points)", "object mask" if "mask" in columns else None, aligned_title, *extras, "how it was moved" if planar else "camera"]
     header = "".join(f"<th>{esc(h)}</th>" for h in head if h is not None)
     rows = []
     for n, (name, key, row) in enumerate(zip(names, keys, per_image)):
@@ -755,7 +766,7 @@ def _html(method, mode, names, keys, columns, thumbnails, atlas_files, verdict_f
 <section id="images">
 <h2>Every image</h2>
 <p class="note">{esc(frame_note)} <b>Score</b>: {score_help}; the table starts with the worst-aligned images.
-{mask_note} “How it was moved” describes the transform that takes the input into the common frame.</p>
+{mask_note} {"“How it was moved” describes the transform that takes the input into the common frame." if planar else "“Camera” is where the method placed the camera that sees the canonical shape as the image shows the object."}</p>
 <div class="controls">
 <button type="button" id="clear-points">clear points</button>
 <button type="button" id="show-all-aligned">show all aligned</button>
