@@ -710,6 +710,7 @@ def _html(method, mode, names, keys, columns, thumbnails, atlas_files, verdict_f
         "descriptor_agreement": "descriptor agreement with the other aligned images (higher is better)",
         "agreement": "colour agreement with the other aligned images (higher is better)",
     }.get(score_key, esc(summary.get("method_score_name", "the method's per-image score")))
+    higher_is_better = score_key != "method_score" or summary.get("method_score_better", "higher") == "higher"
     extras = [t for t in columns if t not in ("input", "aligned", "mask")]
     aligned_title = "aligned" if planar else "the shape rendered at its camera"
     head = ["#", "image", "score" if has_score else "", f"input ↔ {aligned_title} (click to match points)", "object mask" if "mask" in columns else None, aligned_title, *extras, "how it was moved" if planar else "camera"]
@@ -735,6 +736,10 @@ def _html(method, mode, names, keys, columns, thumbnails, atlas_files, verdict_f
         cells.append(f'<td class="words">{esc(words)}</td>')
         sort_value = "" if score is None else f"{score:.6f}"
         rows.append(f'<tr data-order="{n}" data-name="{esc(name.lower())}" data-score="{sort_value}">{"".join(cells)}</tr>')
+    scores = [row.get(score_key) for row in per_image]
+    if any(score is not None for score in scores):  # worst-aligned first, already in the HTML (re-sorting 200 rows in JS costs the page 0.3 s)
+        worst_first = sorted(range(count), key=lambda n: (scores[n] is None, (scores[n] or 0.0) * (1 if higher_is_better else -1), n))
+        rows = [rows[n] for n in worst_first]
     atlases = "".join(f'<figure><img src="{_url(f)}" alt="atlas {esc(v)}"><figcaption>{esc(v)}</figcaption></figure>' for v, f in atlas_files.items())
     facts = "".join(
         f"<li><b>{esc(str(k))}</b>: {esc(str(v))}</li>" for k, v in summary.items() if not isinstance(v, (list, dict)) and not k.startswith("method_score") and k not in ("method", "mode")
@@ -745,7 +750,6 @@ def _html(method, mode, names, keys, columns, thumbnails, atlas_files, verdict_f
         if planar
         else "Click a point on an input: a coloured marker appears at the point with the same 3-D canonical coordinate on every other image."
     )
-    higher_is_better = score_key != "method_score" or summary.get("method_score_better", "higher") == "higher"
     usage = _usage(method, planar)
     mask_note = (
         "The <b>object mask</b> column shows in full colour the pixels the method treated as the object (the rest is dimmed)." if "mask" in columns
