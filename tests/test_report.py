@@ -131,3 +131,19 @@ def test_descriptor_agreement_is_the_mean_cosine_with_the_other_images():
         cosine = (d[n] * mean).sum(0) / np.maximum(np.linalg.norm(mean, axis=0), 1e-12)
         weight = w[n] * sum(w[k] for k in others) / 2
         assert got[n].item() == pytest.approx((weight * cosine).sum() / weight.sum(), abs=1e-4)
+
+
+@pytest.mark.parametrize("undo, status", [(True, "good"), (False, "bad")])
+def test_verdict_says_whether_the_set_became_more_consistent(tmp_path, undo, status):
+    blob = torch.zeros(1, 3, 32, 32)
+    blob[..., 10:20, 12:22] = 1.0
+    shifts = warps.exp(torch.tensor([[0.3, 0.0], [-0.2, 0.25], [0.0, -0.3], [0.15, 0.15]]), "translation")
+    centred = blob.expand(4, -1, -1, -1)
+    inputs, transforms = (warps.warp_image(centred, shifts), warps.invert(shifts)) if undo else (centred, shifts)
+    out = report.write_alignment(
+        tmp_path / "report", method="lsq", names=[f"{k}.png" for k in range(4)], inputs=inputs, aligned=warps.warp_image(inputs, transforms),
+        atlas={"mean": inputs.mean(0)}, mode="quick", transforms=transforms,
+    )
+    verdict = json.loads((out / "summary.json").read_text())["verdict"]
+    assert verdict["status"] == status, verdict
+    assert (verdict["agreement_after"] > verdict["agreement_before"]) == undo

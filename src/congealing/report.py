@@ -390,6 +390,17 @@ def to_aligned_frame(maps: torch.Tensor, transforms: torch.Tensor | None, grids:
     return None
 
 
+def _trend(before: float, after: float) -> str:
+    """``"up"`` / ``"down"`` when an agreement in ``[-1, 1]`` closed / opened at least 10 % of its
+    remaining gap to 1, else ``"same"``.
+
+    >>> _trend(0.5, 0.6), _trend(0.9, 0.88), _trend(0.9, 0.905)
+    ('up', 'down', 'same')
+    """
+    gain = (after - before) / max(1.0 - before, 1e-6)
+    return "up" if gain >= 0.1 else "down" if gain <= -0.1 else "same"
+
+
 def _verdict(quality, objective, method_scores, count, mode, method) -> dict:
     """The report's first paragraph: a headline, the numbers behind it and warnings."""
     verdict = {"sentences": [], "warnings": []}
@@ -400,18 +411,21 @@ def _verdict(quality, objective, method_scores, count, mode, method) -> dict:
         if semantic:
             verdict["descriptor_agreement_before"] = round(float(quality["descriptors_before"].mean()), 4)
             verdict["descriptor_agreement_after"] = round(float(quality["descriptors_after"].mean()), 4)
-        judged_before, judged_after = (verdict["descriptor_agreement_before"], verdict["descriptor_agreement_after"]) if semantic else (before, after)
-        change = judged_after - judged_before
-        if change >= 0.05:
-            verdict["headline"] = "The alignment made the set clearly more consistent."
-            verdict["status"] = "good"
-        elif change > -0.02:
-            verdict["headline"] = "The alignment changed the set only a little."
-            verdict["status"] = "unclear"
-        else:
-            verdict["headline"] = "The alignment made the set less consistent: it probably failed."
-            verdict["status"] = "bad"
+        measures = [(before, after)]
         if semantic:
+            measures.append((verdict["descriptor_agreement_before"], verdict["descriptor_agreement_after"]))
+        trends = {_trend(b, a) for b, a in measures}
+        if trends == {"up"} or trends == {"up", "same"}:
+            verdict["headline"], verdict["status"] = "The alignment made the set clearly more consistent.", "good"
+        elif trends == {"down"} or trends == {"down", "same"}:
+            verdict["headline"], verdict["status"] = "The alignment made the set less consistent: it probably failed.", "bad"
+        elif trends == {"same"}:
+            verdict["headline"], verdict["status"] = "The alignment changed the set only a little.", "unclear"
+        else:
+            verdict["headline"], verdict["status"] = "Unclear: the images agree more in one measure and less in the other.", "unclear"
+        if semantic:
+            judged_before, judged_after = measures[1]
+            change = judged_after - judged_before
             verdict["sentences"].append(
                 f"Descriptor agreement {'rose' if change >= 0 else 'fell'} from {judged_before:.2f} to {judged_after:.2f}: the mean cosine "
                 "similarity between each image's deep features and the average features of the others at the same place of the common "
