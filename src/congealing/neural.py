@@ -935,7 +935,7 @@ def align_folder(image_set, args) -> None:
         masks=masks.cpu(), valid=image_set.valid, flipped=result.flipped, descriptors=extract_descriptors(images, backbone),  # cached by the co-segmentation
         objective={"name": "the keys cosine loss (1 - cosine similarity of aligned descriptors and atlas)", "before": result.history[0]["keys_cos"],
                    "after": result.history[-1]["keys_cos"], "better": "lower"},
-        method_scores={"name": "keys loss", "values": per_image_keys_loss(result.model, result.data, result.flipped.to(device)).cpu(), "better": "lower",
+        method_scores={"name": "keys loss", "values": per_image_keys_loss(result.model, result.data, result.flipped).cpu(), "better": "lower",
                        "doc": "Neural Congealing's weighted L2 + cosine loss between the image's warped descriptors and the atlas, inside the atlas saliency (neural.per_image_keys_loss); lower is better"},
     )
     os.replace(side, out / "checkpoint.pt")
