@@ -5,6 +5,8 @@ Needs Debian's ``chromium``; run with ``pytest -m browser``.
 """
 from __future__ import annotations
 
+import json
+import math
 import shutil
 import time
 from types import SimpleNamespace
@@ -66,9 +68,9 @@ def shapes(count: int = 4, size: int = SIZE) -> ImageSet:
     return ImageSet(images, [f"shape {k}.png" for k in range(count)], None, torch.ones(count, 1, size, size))
 
 
-def click_and_read_marks(page, source: int, fraction: tuple[float, float]) -> dict[int, tuple[float, float]]:
+def click_and_read_marks(page, source: int, fraction: tuple[float, float], size: int = SIZE) -> dict[int, tuple[float, float]]:
     """Click image ``source`` (input order) at ``fraction`` of its box; return every input's mark
-    of that point as pixel ``(x, y)`` of a ``SIZE``-pixel image (pixel centres at integers); for
+    of that point as pixel ``(x, y)`` of a ``size``-pixel image (pixel centres at integers); for
     ``source``, the clicked point itself as the page recorded it (a mark's on-screen position is
     rounded a little, and a nearest-neighbour inverse can jump between cells on such a change)."""
     target = page.locator(f'tr[data-order="{source}"] .pic[data-frame="input"] img.view')
@@ -86,13 +88,13 @@ def click_and_read_marks(page, source: int, fraction: tuple[float, float]) -> di
     assert None not in marks, "some image has no mark after the click"
     clicked = page.evaluate("() => window.congealPoints().at(-1)")  # exactly where the click landed, normalised
     assert clicked["src"] == source
-    seen = {index: (fx * SIZE - 0.5, fy * SIZE - 0.5) for index, fx, fy in marks}
-    seen[source] = tuple((v + 1) * SIZE / 2 - 0.5 for v in clicked["p"])
+    seen = {index: (fx * size - 0.5, fy * size - 0.5) for index, fx, fy in marks}
+    seen[source] = tuple((v + 1) * size / 2 - 0.5 for v in clicked["p"])
     return seen
 
 
-def check_marks(page, transfer, source: int, fraction: tuple[float, float], tolerance: float = 0.1) -> None:
-    marks = click_and_read_marks(page, source, fraction)
+def check_marks(page, transfer, source: int, fraction: tuple[float, float], size: int = SIZE, tolerance: float = 0.1) -> None:
+    marks = click_and_read_marks(page, source, fraction, size)
     assert len(marks) == 4
     clicked = torch.tensor([marks[source]])
     for target, seen in marks.items():
@@ -131,4 +133,38 @@ def test_clicked_point_lands_where_transfer_via_grids_puts_it(browser, tmp_path)
     transfer = transfer_via_grids(export_grids(grids), SIZE)  # the page holds the exported (here: unchanged, 32 x 32) grids
     check_marks(page, transfer, 1, (0.45, 0.5))
     check_marks(page, transfer, 3, (0.3, 0.6))
+    assert not remote and not errors, (remote, errors)
+
+
+def test_clicked_point_lands_where_congeal3d_transfer_points_puts_it(browser, tmp_path):
+    """The 3-D page: canonical coordinates per pixel (here a smooth synthetic field, each image a
+    turned and shifted view of it) and the library's nearest-coordinate matching."""
+    from congealing import congeal3d
+    from congealing.report import write_alignment
+
+    N, S = 4, 32
+    axis = (torch.arange(S) + 0.5) / S * 2 - 1
+    y, x = torch.meshgrid(axis, axis, indexing="ij")
+    nocs, masks = [], []
+    for k in range(N):
+        angle = 0.3 * k
+        u, v = math.cos(angle) * x - math.sin(angle) * y + 0.1 * k, math.sin(angle) * x + math.cos(angle) * y
+        nocs.append(torch.stack([(u + 1) / 2, (v + 1) / 2, (u * v + 1) / 2]))
+        masks.append(((u**2 + v**2) < 0.8).float()[None])
+    nocs, masks = torch.stack(nocs) * torch.stack(masks), torch.stack(masks)
+    images = nocs.clone()
+    out = write_alignment(
+        tmp_path / "c3d", method="congeal3d", names=[f"view {k}.png" for k in range(N)], inputs=images, aligned=images, atlas={"front": images[0]},
+        mode="quick", transforms=torch.eye(4).expand(N, 4, 4), masks=masks, coordinate_maps=(nocs, masks),
+        poses=[{"image": f"view {k}.png", "azimuth_deg": 30.0 * k, "elevation_deg": 10.0, "fov_deg": 40.0} for k in range(N)],
+    )
+    exported = json.loads((out / "mappings.js").read_text().removeprefix("window.CONGEAL_MAPPINGS = ").rstrip().removesuffix(";"))
+    maps = SimpleNamespace(nocs=torch.tensor(exported["nocs"]).view(N, S, S, 3).permute(0, 3, 1, 2), mask=torch.tensor(exported["mask"]).float().view(N, 1, S, S))
+
+    def transfer(src, tgt, points):
+        return congeal3d.transfer_points(maps, src, tgt, points).float()
+
+    page, remote, errors = open_offline(browser, out / "index.html")
+    check_marks(page, transfer, 0, (0.42, 0.47), size=S)
+    check_marks(page, transfer, 2, (0.55, 0.4), size=S)
     assert not remote and not errors, (remote, errors)

@@ -440,7 +440,8 @@ def _verdict(quality, objective, method_scores, count, mode, method) -> dict:
         values = torch.as_tensor(method_scores["values"]).float()
         verdict["headline"] = f"Mean {method_scores['name']}: {float(values.mean()):.2f} ({method_scores['better']} is better)."
         verdict["status"] = "good" if method_scores["better"] == "higher" and float(values.mean()) >= 0.7 else "unclear"
-        verdict["sentences"].append(method_scores.get("doc", ""))
+        doc = method_scores.get("doc", "")
+        verdict["sentences"].append(f"{method_scores['name'][:1].upper()}{method_scores['name'][1:]}: {doc}." if doc else "")
     else:
         verdict["headline"] = "No score of the alignment is available for this method."
         verdict["status"] = "unclear"
@@ -727,6 +728,7 @@ def _html(method, mode, names, keys, columns, thumbnails, atlas_files, verdict_f
     higher_is_better = score_key != "method_score" or summary.get("method_score_better", "higher") == "higher"
     extras = [t for t in columns if t not in ("input", "aligned", "mask")]
     aligned_title = "aligned" if planar else "the shape rendered at its camera"
+    other_view = "aligned" if planar else "render"
     head = ["#", "image", "score" if has_score else "", f"input ↔ {aligned_title} (click to match points)", "object mask" if "mask" in columns else None, aligned_title, *extras, "how it was moved" if planar else "camera"]
     header = "".join(f"<th>{esc(h)}</th>" for h in head if h is not None)
     rows = []
@@ -739,7 +741,7 @@ def _html(method, mode, names, keys, columns, thumbnails, atlas_files, verdict_f
             score_cell = f'<td class="score">{score:.2f}{before}</td>' if score is not None else "<td></td>"
         view = (
             f'<div class="pic" data-index="{n}" data-frame="input">{_img(src["input"], f"{name} input", "view")}</div>'
-            f'<button type="button" class="toggle" data-input="{_url(src["input"])}" data-aligned="{_url(src["aligned"])}">show aligned</button>'
+            f'<button type="button" class="toggle" data-input="{_url(src["input"])}" data-aligned="{_url(src["aligned"])}" data-label="{other_view}">show {other_view}</button>'
         )
         cells = [f"<td>{n + 1}</td>", f'<td class="name">{esc(name)}{" <span class=flag>mirrored</span>" if row["mirrored"] else ""}</td>', score_cell, f"<td>{view}</td>"]
         if "mask" in columns:

@@ -136,7 +136,7 @@
     var img = pic.querySelector("img");
     pic.dataset.frame = frame;
     img.src = frame === "aligned" ? button.dataset.aligned : button.dataset.input;
-    button.textContent = frame === "aligned" ? "show input" : "show aligned";
+    button.textContent = frame === "aligned" ? "show input" : "show " + (button.dataset.label || "aligned");
     render();
   }
   function setAll(frame) {
