@@ -192,7 +192,7 @@ def write_alignment(
             row["pose"] = {k: v for k, v in poses[n].items() if k != "image"}
             row["pose"]["words"] = describe_pose(poses[n])
         per_image.append(row)
-    verdict = _verdict(quality, objective, method_scores, count, mode, method)
+    verdict = _verdict(quality, objective, method_scores, count, mode, method, masked=object_masks is not None)
     outputs = {name: {title: f"{folder}/{key}.png" for title, (folder, _) in columns.items()} for name, key in zip(names, keys)}
     info = {"method": method, "mode": mode, "images": list(names), "outputs": outputs, "atlas": atlas_files, **(summary or {})}
     if method_scores is not None:
@@ -397,13 +397,19 @@ def _trend(before: float, after: float) -> str:
     >>> _trend(0.5, 0.6), _trend(0.9, 0.88), _trend(0.9, 0.905)
     ('up', 'down', 'same')
     """
-    gain = (after - before) / max(1.0 - before, 1e-6)
+    gain = _gain(before, after)
     return "up" if gain >= 0.1 else "down" if gain <= -0.1 else "same"
 
 
-def _verdict(quality, objective, method_scores, count, mode, method) -> dict:
+def _gain(before: float, after: float) -> float:
+    """The share of the gap to 1 that an agreement closed (negative: opened)."""
+    return (after - before) / max(1.0 - before, 1e-6)
+
+
+def _verdict(quality, objective, method_scores, count, mode, method, masked: bool = True) -> dict:
     """The report's first paragraph: a headline, the numbers behind it and warnings."""
     verdict = {"sentences": [], "warnings": []}
+    where = "inside the object masks" if masked else "over every pixel that comes from the photo (padding and pixels moved in from outside excluded)"
     if quality is not None and quality["after"] is not None:
         semantic = "descriptors_after" in quality
         before, after = float(quality["before"].mean()), float(quality["after"].mean())
@@ -416,7 +422,8 @@ def _verdict(quality, objective, method_scores, count, mode, method) -> dict:
             measures.append((verdict["descriptor_agreement_before"], verdict["descriptor_agreement_after"]))
         trends = {_trend(b, a) for b, a in measures}
         if trends == {"up"} or trends == {"up", "same"}:
-            verdict["headline"], verdict["status"] = "The alignment made the set clearly more consistent.", "good"
+            strength = "clearly" if all(_gain(b, a) >= 0.25 for b, a in measures) else "somewhat"
+            verdict["headline"], verdict["status"] = f"The alignment made the set {strength} more consistent.", "good"
         elif trends == {"down"} or trends == {"down", "same"}:
             verdict["headline"], verdict["status"] = "The alignment made the set less consistent: it probably failed.", "bad"
         elif trends == {"same"}:
@@ -429,11 +436,11 @@ def _verdict(quality, objective, method_scores, count, mode, method) -> dict:
             verdict["sentences"].append(
                 f"Descriptor agreement {'rose' if change >= 0 else 'fell'} from {judged_before:.2f} to {judged_after:.2f}: the mean cosine "
                 "similarity between each image's deep features and the average features of the others at the same place of the common "
-                "frame, inside the object masks (1 = the same parts everywhere; it does not depend on the method)."
+                f"frame, {where} (1 = the same parts everywhere; it does not depend on the method)."
             )
         verdict["sentences"].append(
             f"Colour agreement {'rose' if after >= before else 'fell'} from {before:.2f} to {after:.2f}: the mean correlation of each image "
-            "with the average of the others, inside the object masks (1 = identical, 0 = unrelated; photos of one kind of object "
+            f"with the average of the others, {where} (1 = identical, 0 = unrelated; photos of one kind of object "
             "in different colours or light agree little even when aligned)."
         )
     elif method_scores is not None:
