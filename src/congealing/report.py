@@ -409,7 +409,7 @@ def _gain(before: float, after: float) -> float:
 def _verdict(quality, objective, method_scores, count, mode, method, masked: bool = True) -> dict:
     """The report's first paragraph: a headline, the numbers behind it and warnings."""
     verdict = {"sentences": [], "warnings": []}
-    where = "inside the object masks" if masked else "over every pixel that comes from the photo (padding and pixels moved in from outside excluded)"
+    where = "inside the object masks" if masked else "over the pixels that come from the photos (not the padding, nor what moved in from outside)"
     if quality is not None and quality["after"] is not None:
         semantic = "descriptors_after" in quality
         before, after = float(quality["before"].mean()), float(quality["after"].mean())
