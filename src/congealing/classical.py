@@ -375,7 +375,7 @@ def _coordinate_descent(images, params, log_probs, steps, bins):
     return params, cost
 
 
-def congeal_entropy(images, config: EntropyConfig | None = None) -> CongealResult:
+def congeal_entropy(images, config: EntropyConfig | None = None, progress=None) -> CongealResult:
     """Entropy congealing of a greyscale set ``(N, 1, H, W)`` in ``[0, 1]`` (Learned-Miller 2006).
 
     Each iteration: (1) build every pixel stack's grey-level distribution from the current aligned
@@ -425,6 +425,8 @@ def congeal_entropy(images, config: EntropyConfig | None = None) -> CongealResul
         if previous - entropy < config.stall * abs(previous):
             steps = torch.maximum(steps * config.shrink, min_steps)
         _record(history, entropy, time.perf_counter() - start, transforms, aligned.mean(0))
+        if progress is not None:
+            progress(iteration + 1, config.iterations)
     funnel = Funnel(torch.stack(funnel_log_probs), torch.stack(funnel_steps), K)
     return CongealResult("entropy", transforms, aligned, aligned.mean(0), history, config, funnel)
 
@@ -457,7 +459,7 @@ def _leave_one_out_sq_error(aligned: torch.Tensor) -> float:
     return float(((aligned - others) ** 2).mean())
 
 
-def congeal_lsq(images, config: LSQConfig | None = None) -> CongealResult:
+def congeal_lsq(images, config: LSQConfig | None = None, progress=None) -> CongealResult:
     """Least-squares congealing of ``(N, C, H, W)`` images (Cox et al. 2008), any channel count.
 
     The objective is the sum of squared differences between every pair of aligned images; for
@@ -469,10 +471,10 @@ def congeal_lsq(images, config: LSQConfig | None = None) -> CongealResult:
     iteration). Then the set is re-centred (:func:`recentre`).
     """
     config = config or LSQConfig.for_mode()
-    return _least_squares(as_image_stack(images), config, inverse_compositional=False)
+    return _least_squares(as_image_stack(images), config, inverse_compositional=False, progress=progress)
 
 
-def congeal_ic_lsq(images, config: ICLSQConfig | None = None) -> CongealResult:
+def congeal_ic_lsq(images, config: ICLSQConfig | None = None, progress=None) -> CongealResult:
     """Inverse-compositional least-squares congealing of ``(N, C, H, W)`` images (Cox et al. 2009).
 
     The roles flip: instead of warping image ``i`` toward the mean, the *mean* ``M`` is warped by a
@@ -484,10 +486,10 @@ def congeal_ic_lsq(images, config: ICLSQConfig | None = None) -> CongealResult:
     ``A_i - M_{-i} = N/(N-1) (A_i - M)``, so the full mean serves as the shared template.
     """
     config = config or ICLSQConfig.for_mode()
-    return _least_squares(as_image_stack(images), config, inverse_compositional=True)
+    return _least_squares(as_image_stack(images), config, inverse_compositional=True, progress=progress)
 
 
-def _least_squares(images: torch.Tensor, config: LSQConfig, inverse_compositional: bool) -> CongealResult:
+def _least_squares(images: torch.Tensor, config: LSQConfig, inverse_compositional: bool, progress=None) -> CongealResult:
     N, C, H, W = images.shape
     method = "ic-lsq" if inverse_compositional else "lsq"
     fields = generator_fields((H, W), images.dtype, images.device)
@@ -524,18 +526,21 @@ def _least_squares(images: torch.Tensor, config: LSQConfig, inverse_compositiona
         transforms = recentre(transforms)
         aligned = warps.warp_image(images, transforms)
         _record(history, _leave_one_out_sq_error(aligned), time.perf_counter() - start, transforms, aligned.mean(0))
+        if progress is not None:
+            progress(iteration + 1, config.iterations)
     return CongealResult(method, transforms, aligned, aligned.mean(0), history, config)
 
 
 # ----------------------------------------------------------------------------- one entry point
 
 
-def congeal(images, method: str = "entropy", config=None) -> CongealResult:
-    """Run ``method`` (``"entropy"``, ``"lsq"`` or ``"ic-lsq"``) with ``config`` (default: its ``for_mode()``)."""
+def congeal(images, method: str = "entropy", config=None, progress=None) -> CongealResult:
+    """Run ``method`` (``"entropy"``, ``"lsq"`` or ``"ic-lsq"``) with ``config`` (default: its ``for_mode()``);
+    ``progress(done, total)`` is called after every iteration."""
     if method not in CONFIGS:
         raise ValueError(f"unknown method {method!r}; choose one of {METHOD_NAMES}")
     run = {"entropy": congeal_entropy, "lsq": congeal_lsq, "ic-lsq": congeal_ic_lsq}[method]
-    return run(images, config or CONFIGS[method].for_mode())
+    return run(images, config or CONFIGS[method].for_mode(), progress=progress)
 
 
 # ----------------------------------------------------------------------------- measuring alignment
@@ -722,6 +727,14 @@ def evaluate_mnist(args) -> dict:
 WORK_SIZE = 64
 
 
+#: What each method's ``history["objective"]`` measures, for the report.
+OBJECTIVE_NAMES = {
+    "entropy": "the total pixel-stack entropy (bits)",
+    "lsq": "the squared error to the mean image",
+    "ic-lsq": "the squared error to the mean image",
+}
+
+
 def align_folder(image_set, args) -> None:
     """``congeal align DIR --method {entropy,lsq,ic-lsq}``: align a user's images and write the report.
 
@@ -741,11 +754,15 @@ def align_folder(image_set, args) -> None:
         small = small.mean(1, keepdim=True)
         nearly_binary = float(((small < 0.1) | (small > 0.9)).float().mean()) > 0.9
         config = replace(config, bins=2 if nearly_binary else 8)
+    from .report import AlignProgress, centre_disk, demo_edit, write_alignment  # the report module pulls in image encoding; only align needs it
+
+    progress = AlignProgress(method)
+    progress.stage("aligning", config.iterations)
     start = time.perf_counter()
-    result = congeal(small, method, config)
+    result = congeal(small, method, config, progress=progress.step)
     seconds = time.perf_counter() - start
+    progress.stage("writing the report")
     aligned = warps.warp_image(images, result.transforms)
-    from .report import centre_disk, demo_edit, write_alignment  # the report module pulls in image encoding; only align needs it
 
     edited = warps.propagate_edit(images, result.transforms, demo_edit(centre_disk(images.shape[-1])))
 
@@ -767,7 +784,10 @@ def align_folder(image_set, args) -> None:
             "config": {k: list(v) if isinstance(v, tuple) else v for k, v in config.__dict__.items()},
         },
         extra_images={"edit": edited.cpu()},
+        valid=image_set.valid,
+        objective={"name": OBJECTIVE_NAMES[method], "before": result.history["objective"][0], "after": result.history["objective"][-1], "better": "lower"},
     )
+    progress.close()
 
 
 def fit_transfer(cub, backbone=None, mode: str | None = None, seed: int = 0, device=None, method: str = "ic-lsq"):

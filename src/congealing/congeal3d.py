@@ -638,6 +638,16 @@ def search_poses(field: VoxelField, images: torch.Tensor, masks: torch.Tensor, c
 # ----------------------------------------------------------------------------- pose refinement
 
 
+def silhouette_iou(rendered: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
+    """IoU ``(N,)`` of rendered opacities and masks ``(N, 1, S, S)``, both thresholded at 0.5.
+
+    >>> silhouette_iou(torch.ones(1, 1, 2, 2), torch.tensor([[[[1.0, 1.0], [0.0, 0.0]]]]))
+    tensor([0.5000])
+    """
+    a, b = rendered.flatten(1) > 0.5, masks.flatten(1) > 0.5
+    return (a & b).sum(1).float() / (a | b).sum(1).clamp_min(1).float()
+
+
 def soft_iou(rendered: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """Soft IoU ``(B,)`` of opacities and masks ``(B, R)`` in ``[0, 1]`` (the paper's mask term).
 
@@ -1289,8 +1299,11 @@ def align_folder(image_set, args) -> None:
             "congeal align --method congeal3d needs --shape SHAPE_CKPT: a canonical shape saved by "
             "congealing.congeal3d.save_shape (Chapter 6 fits one for lego with congealing.congeal3d.fit_shape)"
         )
+    from .report import AlignProgress
     from .runtime import get_device
 
+    progress = AlignProgress("congeal3d")
+    progress.stage("loading the shape and the backbone")
     device = get_device(getattr(args, "device", None))
     field = load_shape(shape_path).to(device)
     config = Congeal3DConfig.for_mode(args.mode, seed=getattr(args, "seed", 0))
@@ -1302,7 +1315,9 @@ def align_folder(image_set, args) -> None:
     masks, mask_source = saliency_masks(images, backbone, None if alpha is None else F.interpolate(alpha, size=(size, size), mode="area"), valid)
     masks = (F.interpolate(masks, size=(size, size), mode="nearest") > 0.5).float()
     _check_masks(masks, image_set.names)
+    progress.stage("pose search, pose refinement, coordinate maps (bars below)")
     result = congeal(field, images, masks, config, backbone, progress=_progress(True))
+    progress.stage("writing the report")
     maps = result.maps
     cams, fovs = result.refined["c2w"], result.refined["fov"]
     azimuth, elevation = camera_angles(cams)
@@ -1318,5 +1333,11 @@ def align_folder(image_set, args) -> None:
         atlas={f"canonical shape, azimuth {a}": view for a, view in zip((-90, 0, 90), front["rgb"])},
         mode=args.mode, transforms=cams,
         summary={"backbone": backbone.name, "masks": mask_source, "shape": str(shape_path), "seconds": result.seconds, "poses": poses},
-        extra_images={"NOCS map": maps.nocs, "mask": masks.expand(-1, 3, -1, -1), "edit (canonical stripes)": propagate_nocs_edit(maps, images, stripes_edit())},
+        extra_images={"NOCS map": maps.nocs, "edit (canonical stripes)": propagate_nocs_edit(maps, images, stripes_edit())},
+        masks=masks.cpu(), coordinate_maps=(maps.nocs.cpu(), maps.mask.cpu()), poses=poses,
+        objective={"name": "1 - soft IoU of the rendered silhouette and the mask", "before": result.refined["loss"][0], "after": result.refined["loss"][-1], "better": "lower"}
+        if result.refined["loss"] else None,
+        method_scores={"name": "silhouette IoU", "values": silhouette_iou(maps.renders["mask"].cpu(), masks.cpu()), "better": "higher",
+                       "doc": "intersection over union of the shape rendered at the image's camera and the image's object mask, in [0, 1]; higher is better"},
     )
+    progress.close()

@@ -899,15 +899,18 @@ def align_folder(image_set, args) -> None:
     checkpoint sits next to OUT while training (``args.checkpoint``; ``--resume`` continues it, from
     there or from ``OUT/checkpoint.pt``, if it was made from the same images and settings) and inside
     OUT after."""
-    from .features import load_backbone, pca_project
-    from .report import demo_edit, write_alignment
+    from .features import extract_descriptors, load_backbone, pca_project
+    from .report import AlignProgress, demo_edit, write_alignment
     from .runtime import get_device
 
+    progress = AlignProgress("neural")
+    progress.stage("loading the backbone")
     device = get_device(getattr(args, "device", None))
     backbone = load_backbone(getattr(args, "backbone", None), device=device)
-    cfg = NeuralCongealingConfig.for_mode(args.mode, seed=getattr(args, "seed", 0))
+    cfg = getattr(args, "config", None) or NeuralCongealingConfig.for_mode(args.mode, seed=getattr(args, "seed", 0))  # a config on args: tests' tiny runs
     images = image_set.images
     alpha = image_set.masks if image_set.masks is not None and bool((image_set.masks < 0.5).any()) else None
+    progress.stage("descriptors and object masks")
     masks, mask_source = saliency_masks(images, backbone, alpha, image_set.valid)
     data = prepare(images, masks, backbone, cfg, device)
     out = Path(args.out)
@@ -915,7 +918,10 @@ def align_folder(image_set, args) -> None:
     if getattr(args, "resume", False) and not side.exists() and (out / "checkpoint.pt").exists():
         shutil.copyfile(out / "checkpoint.pt", side)
     fingerprint = dict(image_set.fingerprint, backbone=backbone.name, config=asdict(cfg))
-    result = fit(data, cfg, checkpoint=side, resume=getattr(args, "resume", False), log=print, fingerprint=fingerprint)
+    progress.stage("training", cfg.epochs)
+    result = fit(data, cfg, checkpoint=side, resume=getattr(args, "resume", False), log=progress.write, fingerprint=fingerprint,
+                 callback=lambda epoch, model: progress.step(epoch + 1, cfg.epochs), callback_every=1)
+    progress.stage("writing the report")
     show = 128
     congealed = result.congeal(images.to(device), show).cpu()
     saliency = result.model.atlas_saliency.detach().cpu()
@@ -932,6 +938,12 @@ def align_folder(image_set, args) -> None:
         summary={"backbone": backbone.name, "masks": mask_source, "epochs": cfg.epochs, "seconds": round(result.seconds, 1),
                  "flipped": result.flipped.tolist(), "final_keys_cos": result.history[-1]["keys_cos"]},
         extra_images={"edit": edited},
+        masks=masks.cpu(), valid=image_set.valid, flipped=result.flipped, descriptors=extract_descriptors(images, backbone),  # cached by the co-segmentation
+        objective={"name": "the keys cosine loss (1 - cosine similarity of aligned descriptors and atlas)", "before": result.history[0]["keys_cos"],
+                   "after": result.history[-1]["keys_cos"], "better": "lower"},
+        method_scores={"name": "keys loss", "values": per_image_keys_loss(result.model, result.data, result.flipped).cpu(), "better": "lower",
+                       "doc": "Neural Congealing's weighted L2 + cosine loss between the image's warped descriptors and the atlas, inside the atlas saliency (neural.per_image_keys_loss); lower is better"},
         extra_files={"checkpoint.pt": side},
     )
     side.unlink()
+    progress.close()

@@ -541,13 +541,16 @@ def fit(
     checkpoint_every: int = 20,
     verbose: bool = False,
     fingerprint: dict | None = None,
+    progress: Callable[..., None] | None = None,
 ) -> SpaceJAMResult:
     """Train SpaceJAM on keys ``(N, K, S, S)`` with masks ``(N, 1, S, S)`` and return every image's transform.
 
     ``checkpoint``: a file written every ``checkpoint_every`` epochs (a plain dict of tensors and
     numbers, and ``fingerprint``: what the inputs and config were); with ``resume`` training
     continues from it (also with more epochs), and :class:`congealing.errors.CheckpointError` is
-    raised if the file is not a checkpoint or was made for another ``fingerprint``. Raises ``ValueError`` for fewer than two
+    raised if the file is not a checkpoint or was made for another ``fingerprint``.
+    ``progress(done, total, note)`` is called after every epoch (autoencoder epochs first). Raises
+    ``ValueError`` for fewer than two
     images and ``FloatingPointError`` (naming the phase, epoch, step and loss) on divergence.
     """
     config = config or SpaceJAMConfig.for_mode()
@@ -619,6 +622,8 @@ def fit(
             total += loss.item() * len(batch)
         ae_sched.step()
         ae_losses.append(total / N)
+        if progress is not None:
+            progress(epoch + 1, ae_epochs + config.epochs, f"autoencoder loss {ae_losses[-1]:.4f}")
         if (epoch + 1) % checkpoint_every == 0:
             seconds["ae"] += time.perf_counter() - tic
             tic = time.perf_counter()
@@ -667,6 +672,8 @@ def fit(
         next_group = config.group_at(epoch + 1) if epoch + 1 < config.epochs else None
         if next_group != group:
             stages[group] = infer(ae, stn, keys, flips, group)[0].cpu()
+        if progress is not None:
+            progress(ae_epochs + epoch + 1, ae_epochs + config.epochs, f"[{group}] loss {losses[-1]:.4f}, flipped {int(flips.sum())}/{N}")
         if verbose and (epoch % 10 == 0 or epoch == config.epochs - 1):
             print(f"epoch {epoch:4d} [{group}] loss {losses[-1]:.4f}  flipped {int(flips.sum())}/{N}")
         if (epoch + 1) % checkpoint_every == 0 or epoch + 1 == config.epochs:
@@ -743,10 +750,12 @@ def align_folder(image_set, args) -> None:
     copied into ``OUT/checkpoint.pt`` at the end; ``--resume`` continues from either, if it was made
     from the same images and settings.
     """
-    from .features import load_backbone
-    from .report import demo_edit, write_alignment
+    from .features import extract_descriptors, load_backbone
+    from .report import AlignProgress, demo_edit, write_alignment
     from .runtime import get_device, get_mode
 
+    progress = AlignProgress("spacejam")
+    progress.stage("loading the backbone")
     out = Path(args.out)
     device = get_device(getattr(args, "device", None))
     config = SpaceJAMConfig.for_mode(args.mode, seed=getattr(args, "seed", 42))
@@ -754,6 +763,7 @@ def align_folder(image_set, args) -> None:
     masks = image_set.masks
     if masks is not None and bool((masks > 0.5).all()):
         masks = None  # no alpha channel: use the co-segmentation when available
+    progress.stage("descriptors and object masks")
     keys, masks = prepare_keys(image_set.images, backbone, config, masks, image_set.valid)
     sidecar = Path(args.checkpoint)  # the CLI names it (beside OUT) and has checked --resume
     final = out / "checkpoint.pt"
@@ -761,7 +771,9 @@ def align_folder(image_set, args) -> None:
         shutil.copyfile(final, sidecar)
     fingerprint = dict(image_set.fingerprint, backbone=backbone.name, config=_config_dict(config))
     tic = time.perf_counter()
-    result = fit(keys, masks, config, device=device, checkpoint=sidecar, resume=getattr(args, "resume", False), verbose=True, fingerprint=fingerprint)  # progress every 10 epochs
+    progress.stage("training")
+    result = fit(keys, masks, config, device=device, checkpoint=sidecar, resume=getattr(args, "resume", False), progress=progress.step, fingerprint=fingerprint)
+    progress.stage("writing the report")
     images = image_set.images
     aligned = warps.warp_image(images, result.transforms)
     codes_rgb = codes_to_rgb(result.codes)
@@ -785,8 +797,11 @@ def align_folder(image_set, args) -> None:
             "edit": warps.propagate_edit(images, result.transforms, demo_edit(atlas(mask_up, result.transforms)[0])),
         },
         extra_files={"checkpoint.pt": sidecar},
+        masks=mask_up, valid=image_set.valid, flipped=result.flips, descriptors=extract_descriptors(images, backbone),
+        objective={"name": "the training loss (mean over the epoch)", "before": result.losses[0], "after": result.losses[-1], "better": "lower"} if result.losses else None,
     )
     sidecar.unlink()
+    progress.close()
 
 
 def codes_to_rgb(codes: torch.Tensor) -> torch.Tensor:
