@@ -4,61 +4,32 @@ Needs Debian's ``chromium`` and a built book (``make book``); run with ``pytest 
 """
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 import pytest
 
+import offline_browser
+from offline_browser import launch
+
 ROOT = Path(__file__).resolve().parents[1]
 BUILT = ROOT / "_build" / "html"
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 # sphinx-thebe (bundled with Jupyter Book 1.x) declares `const THEBE_JS_URL` twice per page; the
 # second declaration throws. Thebe is not used by this book, so that one error is not ours to fix.
 KNOWN_THIRD_PARTY_ERRORS = ("Identifier 'THEBE_JS_URL' has already been declared",)
-FLAGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
 
 pytestmark = pytest.mark.browser
 
 
 @pytest.fixture(scope="module")
 def browser():
-    if CHROMIUM is None:
-        pytest.fail("Debian's chromium is needed for the browser test: apt-get install chromium")
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as playwright:
-        instance = playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=FLAGS)
-        yield instance
-        instance.close()
+    yield from launch()
 
 
 def open_offline(browser, page_path: Path):
     """Open a built page from disk, refusing every request that would leave the machine."""
     if not page_path.exists():
         pytest.fail(f"{page_path} is missing: build the book first (make book)")
-    page = browser.new_page()
-    remote = []
-
-    def guard(route):
-        if route.request.url.startswith(("file://", "data:", "blob:")):
-            route.continue_()
-        else:
-            remote.append(route.request.url)
-            route.abort()
-
-    page.route("**/*", guard)
-    errors = []
-    page.on("pageerror", lambda error: errors.append(str(error)) if str(error) not in KNOWN_THIRD_PARTY_ERRORS else None)
-    page.goto(page_path.as_uri())
-    return page, remote, errors
+    return offline_browser.open_offline(browser, page_path, KNOWN_THIRD_PARTY_ERRORS)
 
 
 def visible_image(container) -> str:

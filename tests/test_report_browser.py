@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import math
-import shutil
 import time
 from types import SimpleNamespace
 
@@ -19,8 +18,9 @@ from congealing.data import ImageSet
 from congealing.eval import transfer_via_grids, transfer_via_transforms
 from congealing.report import export_grids
 
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+import offline_browser
+from offline_browser import launch
+
 SIZE = 64
 
 pytestmark = pytest.mark.browser
@@ -28,30 +28,11 @@ pytestmark = pytest.mark.browser
 
 @pytest.fixture(scope="module")
 def browser():
-    if CHROMIUM is None:
-        pytest.fail("Debian's chromium is needed for the browser test: apt-get install chromium")
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as playwright:
-        instance = playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=FLAGS)
-        yield instance
-        instance.close()
+    yield from launch()
 
 
 def open_offline(browser, page_path):
-    page = browser.new_page(viewport={"width": 1280, "height": 900})
-    remote, errors = [], []
-
-    def guard(route):
-        if route.request.url.startswith(("file://", "data:", "blob:")):
-            route.continue_()
-        else:
-            remote.append(route.request.url)
-            route.abort()
-
-    page.route("**/*", guard)
-    page.on("pageerror", lambda error: errors.append(str(error)))
-    page.goto(page_path.as_uri())
+    page, remote, errors = offline_browser.open_offline(browser, page_path, viewport={"width": 1280, "height": 900})
     page.wait_for_load_state("load")
     return page, remote, errors
 
@@ -126,7 +107,7 @@ def test_clicked_point_lands_where_transfer_via_grids_puts_it(browser, tmp_path)
     config = neural.NeuralCongealingConfig.for_mode("quick", epochs=4, bootstrap_epochs=2, update_every=2, checkpoint_every=4, flips=True)
     out = tmp_path / "neural"
     start = time.perf_counter()
-    neural.align_folder(shapes(), SimpleNamespace(method="neural", mode="quick", device="cpu", out=out, config=config, backbone=None, resume=False))
+    neural.align_folder(shapes(), SimpleNamespace(method="neural", mode="quick", device="cpu", out=out, config=config, backbone=None, resume=False, checkpoint=out.with_name(".out.neural.checkpoint.pt")))
     print(f"tiny Neural Congealing run: {time.perf_counter() - start:.1f} s")
     grids = torch.load(out / "mappings.pt", weights_only=True)["grids"]
     page, remote, errors = open_offline(browser, out / "index.html")
