@@ -46,6 +46,23 @@ def to_png(picture, size: int | None = None) -> bytes:
     return buffer.getvalue()
 
 
+def figure_png(figure) -> bytes:
+    """PNG bytes of a matplotlib figure, which is then closed: the frame of a precomputed widget,
+    drawn once and kept out of the page (and out of memory).
+
+    >>> import matplotlib.pyplot as plt
+    >>> fig = plt.figure(figsize=(1, 1))
+    >>> figure_png(fig)[:4] == b"\\x89PNG", plt.fignum_exists(fig.number)
+    (True, False)
+    """
+    import matplotlib.pyplot as plt
+
+    try:
+        return to_png(figure)
+    finally:
+        plt.close(figure)
+
+
 def frame_slider(frames: Sequence, labels: Sequence[str] | None = None, description: str = "step", size: int | None = None, width: str | None = None):
     """A slider over precomputed frames (pictures or figures), with a caption per frame.
 
