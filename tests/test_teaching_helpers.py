@@ -183,3 +183,15 @@ def test_infer_with_fewer_steps_is_the_stn_stopped_early():
             assert steps.shape[1] == k
     assert torch.allclose(T, full) and history.shape[1] == config.recurrences
     assert not torch.allclose(spacejam.infer(ae, stn, keys, flips, steps=1)[0], full, atol=1e-4)
+
+
+def test_glue_stores_plain_python_numbers(monkeypatch):
+    import myst_nb
+
+    stored = {}
+    monkeypatch.setattr(myst_nb, "glue", lambda name, value, display=True: stored.update({name: (value, display)}))
+    widgets.glue("pck", np.float64(49.5))
+    widgets.glue("n", torch.tensor(7))
+    widgets.glue("text", "class 2")
+    assert stored == {"pck": (49.5, False), "n": (7, False), "text": ("class 2", False)}
+    assert type(stored["pck"][0]) is float and type(stored["n"][0]) is int
