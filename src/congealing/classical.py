@@ -618,19 +618,44 @@ def mean_image_sharpness(images: torch.Tensor) -> float:
     return float(gradient.norm(dim=-1).mean())
 
 
+def alignment_errors(learned: torch.Tensor, learned_clean: torch.Tensor, known: torch.Tensor, size, box) -> dict:
+    """The three errors (pixels, mean over the set) of a congealing run on perturbed images.
+
+    ``learned`` ``(N, 3, 3)``: the method's transforms of the perturbed images, ``known`` the
+    perturbations, ``learned_clean`` its transforms of the clean images; ``size`` the images'
+    ``(H, W)``, ``box`` the object's ``(h, w)`` (centred). All by :func:`residual_alignment_error`:
+
+    * ``baseline_error``: doing nothing (the perturbations themselves);
+    * ``residual_error``: ``learned`` composed with the perturbation, against the original frame;
+    * ``recovery_error``: the same composition against the method's own alignment of the clean
+      images, i.e. how well the known perturbations were undone;
+    * ``clean_motion``: how far the method moved the clean images.
+
+    >>> known = warps.exp(torch.tensor([[0.1, 0.0], [-0.1, 0.0]]), "translation")
+    >>> e = alignment_errors(warps.invert(known), warps.identity(2), known, (36, 36), (28, 28))
+    >>> round(e["baseline_error"], 2), round(e["recovery_error"], 2), round(e["clean_motion"], 2)
+    (1.8, 0.0, 0.0)
+    """
+    composed = warps.compose(learned, known)
+    recovered = warps.compose(warps.invert(recentre(learned_clean)), recentre(composed))
+    error = lambda T: float(residual_alignment_error(T, size, box).mean())  # noqa: E731
+    return {
+        "baseline_error": error(known),
+        "residual_error": error(composed),
+        "recovery_error": error(recovered),
+        "clean_motion": error(learned_clean),
+    }
+
+
 def evaluate_on_digits(digits: torch.Tensor, method: str, config=None, perturbation: Perturbation | None = None, seed: int = 0) -> dict:
     """Congeal real digits ``(N, 1, 28, 28)`` twice, perturbed and clean, and measure the result.
 
     The digits are padded and warped by known random transforms (:func:`perturb`), then congealed.
-    Three errors in pixels, all by :func:`residual_alignment_error` over the 28 x 28 digit box:
-
-    * ``baseline_error``: doing nothing (the perturbations themselves);
-    * ``residual_error``: the learned transform composed with the perturbation, against the original
-      MNIST frame. This counts as error any change the method makes to the digits' *own* pose and
-      shape (MNIST digits are centred but not deslanted), so it has a floor well above zero;
-    * ``recovery_error``: the same composition against the method's own alignment of the clean,
-      unperturbed digits, i.e. how well the known perturbations were undone; ``clean_motion`` is
-      how far the method moved the clean digits (that floor).
+    The errors in pixels over the 28 x 28 digit box are :func:`alignment_errors`: ``baseline_error``
+    (doing nothing), ``residual_error`` (against the original MNIST frame; it counts as error any
+    change the method makes to the digits' *own* pose and shape, since MNIST digits are centred but
+    not deslanted, so it has a floor well above zero), ``recovery_error`` (against the method's own
+    alignment of the clean digits) and ``clean_motion`` (how far it moved the clean digits: that floor).
 
     Also: iterations, seconds (perturbed run) and, on the clean digits, the mean image's per-pixel
     pixel-stack entropy (bits) and sharpness (:func:`mean_image_sharpness`) before and after.
@@ -644,15 +669,9 @@ def evaluate_on_digits(digits: torch.Tensor, method: str, config=None, perturbat
     result = congeal(perturbed, method, config)
     seconds = time.perf_counter() - start
     on_clean = congeal(clean, method, config)
-    composed = warps.compose(result.transforms, known)
-    recovered = warps.compose(warps.invert(recentre(on_clean.transforms)), recentre(composed))
-    error = lambda T: float(residual_alignment_error(T, size, box).mean())  # noqa: E731
     return {
         "images": int(digits.shape[0]),
-        "baseline_error": error(known),
-        "residual_error": error(composed),
-        "recovery_error": error(recovered),
-        "clean_motion": error(on_clean.transforms),
+        **alignment_errors(result.transforms, on_clean.transforms, known, size, box),
         "iterations": result.iterations,
         "seconds": seconds,
         "seconds_per_iteration": result.seconds_per_iteration,

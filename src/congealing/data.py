@@ -406,6 +406,24 @@ class CUBSet:
     def __len__(self) -> int:
         return self.images.shape[0]
 
+    def subset(self, index) -> "CUBSet":
+        """The images picked by ``index`` (a slice, a list of positions or a boolean mask), each with
+        its keypoints, visibility, box and name; the part names and class name are shared.
+
+        >>> cub = CUBSet(torch.zeros(4, 3, 8, 8), torch.zeros(4, 15, 2), torch.ones(4, 15, dtype=torch.bool),
+        ...              torch.zeros(4, 4), ["a", "b", "c", "d"], [str(k) for k in range(15)], "toy")
+        >>> small = cub.subset(slice(0, 2))
+        >>> len(small), small.names, tuple(small.keypoints.shape)
+        (2, ['a', 'b'], (2, 15, 2))
+        >>> cub.subset([3, 1]).names
+        ['d', 'b']
+        """
+        positions = torch.arange(len(self))[index].reshape(-1)
+        return CUBSet(
+            self.images[positions], self.keypoints[positions], self.visible[positions], self.boxes[positions],
+            [self.names[k] for k in positions.tolist()], self.part_names, self.class_name,
+        )
+
 
 def _read_table(path: Path) -> list[list[str]]:
     with open(path) as handle:

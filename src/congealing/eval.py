@@ -140,27 +140,103 @@ def nn_transfer(cub, backbone=None, mode=None, seed=0, device=None, grid: int = 
     return descriptor_transfer(descriptors, size)
 
 
+def descriptor_similarity(descriptors: torch.Tensor, src: int, tgt: int, points: torch.Tensor, size: int) -> torch.Tensor:
+    """Cosine similarity ``(K, size, size)`` of the descriptors at pixel points ``(K, 2)`` of image
+    ``src`` with every pixel of image ``tgt``, for unit descriptors ``(N, D, h, w)`` of ``size`` x
+    ``size`` images.
+
+    Each query descriptor is read bilinearly from the source's map and renormalised; the
+    similarity map is upsampled bilinearly to the image size, so its argmax is not quantised to the
+    descriptor grid.
+
+    >>> d = torch.nn.functional.normalize(torch.randn(2, 8, 4, 4), dim=1)
+    >>> descriptor_similarity(d, 0, 1, torch.tensor([[1.0, 2.0], [3.0, 0.0]]), 4).shape
+    torch.Size([2, 4, 4])
+    """
+    N, D, h, w = descriptors.shape
+    normalised = warps.pixel_to_normalized(points.float()[None], (size, size))  # (1, K, 2)
+    query = F.grid_sample(descriptors[src : src + 1], normalised[:, :, None], mode="bilinear", align_corners=False)
+    query = F.normalize(query[0, :, :, 0].T, dim=1)  # (K, D)
+    similarity = (query @ descriptors[tgt].reshape(D, h * w)).reshape(1, -1, h, w)
+    if (h, w) != (size, size):
+        similarity = F.interpolate(similarity, size=(size, size), mode="bilinear", align_corners=False)
+    return similarity[0]
+
+
+def _argmax_points(similarity: torch.Tensor, allowed: torch.Tensor | None = None) -> torch.Tensor:
+    """Pixel ``(x, y)`` ``(K, 2)`` of the largest similarity ``(K, S, S)`` per keypoint, searched only
+    where ``allowed`` ``(K, S, S)`` is True (everywhere for a keypoint with nothing allowed)."""
+    size = similarity.shape[-1]
+    if allowed is not None:
+        allowed = allowed | ~allowed.flatten(1).any(dim=1)[:, None, None]
+        similarity = similarity.masked_fill(~allowed, -float("inf"))
+    best = similarity.flatten(1).argmax(dim=1)
+    return torch.stack([best % size, best // size], dim=1)
+
+
 def descriptor_transfer(descriptors: torch.Tensor, size: int) -> TransferFn:
-    """Nearest-neighbour transfer on unit descriptors ``(N, D, h, w)`` of ``size`` x ``size`` images.
+    """Nearest-neighbour transfer on unit descriptors ``(N, D, h, w)`` of ``size`` x ``size`` images:
+    the argmax of :func:`descriptor_similarity` over the whole target.
 
     >>> d = torch.nn.functional.normalize(torch.randn(2, 8, 4, 4), dim=1)
     >>> descriptor_transfer(torch.cat([d[:1], d[:1]]), 4)(0, 1, torch.tensor([[1.0, 2.0]]))
     tensor([[1., 2.]])
     """
-    N, D, h, w = descriptors.shape
 
     def transfer(src: int, tgt: int, points: torch.Tensor) -> torch.Tensor:
         if points.shape[0] == 0:
             return points.clone()
-        normalised = warps.pixel_to_normalized(points.float()[None], (size, size))  # (1, K, 2)
-        query = F.grid_sample(descriptors[src : src + 1], normalised[:, :, None], mode="bilinear", align_corners=False)
-        query = F.normalize(query[0, :, :, 0].T, dim=1)  # (K, D)
-        similarity = (query @ descriptors[tgt].reshape(D, h * w)).reshape(1, -1, h, w)
-        if (h, w) != (size, size):
-            similarity = F.interpolate(similarity, size=(size, size), mode="bilinear", align_corners=False)
-        best = similarity[0].flatten(1).argmax(dim=1)
-        return torch.stack([best % size, best // size], dim=1).to(points.dtype)
+        return _argmax_points(descriptor_similarity(descriptors, src, tgt, points, size)).to(points.dtype)
 
+    return transfer
+
+
+def masked_descriptor_transfer(descriptors: torch.Tensor, size: int, masks: torch.Tensor) -> TransferFn:
+    """Nearest-neighbour transfer that searches only inside the target's mask.
+
+    ``masks`` ``(N, 1, m, m)`` (e.g. co-segmentations on the descriptor grid, or boxes) are resized
+    to the image size (nearest) and thresholded at 0.5; an empty mask restricts nothing.
+
+    >>> d = torch.nn.functional.normalize(torch.randn(2, 8, 4, 4), dim=1)
+    >>> masks = torch.zeros(2, 1, 4, 4); masks[1, 0, :, 2:] = 1  # target: right half only
+    >>> bool((masked_descriptor_transfer(d, 4, masks)(0, 1, torch.rand(5, 2) * 3)[:, 0] >= 2).all())
+    True
+    """
+    inside = F.interpolate(masks.float(), size=(size, size), mode="nearest")[:, 0] > 0.5  # (N, S, S)
+
+    def transfer(src: int, tgt: int, points: torch.Tensor) -> torch.Tensor:
+        if points.shape[0] == 0:
+            return points.clone()
+        similarity = descriptor_similarity(descriptors, src, tgt, points, size)
+        return _argmax_points(similarity, inside[tgt].expand_as(similarity)).to(points.dtype)
+
+    return transfer
+
+
+def windowed_descriptor_transfer(descriptors: torch.Tensor, size: int, guide: TransferFn, radius: float) -> TransferFn:
+    """Nearest-neighbour transfer that searches only within ``radius`` pixels of another transfer's
+    prediction: an aligner (``guide``) gives the rough place, descriptors the exact one.
+
+    The result carries the guide's ``flipped`` attribute, if any, so mirrored pairs swap parts as
+    the guide's do. A keypoint whose window holds no pixel is searched over the whole target.
+
+    >>> d = torch.nn.functional.normalize(torch.randn(2, 8, 8, 8), dim=1)
+    >>> corner = lambda src, tgt, points: torch.zeros_like(points)  # guide: always the top-left pixel
+    >>> out = windowed_descriptor_transfer(d, 8, corner, radius=2)(0, 1, torch.rand(4, 2) * 7)
+    >>> bool((out.norm(dim=1) <= 2).all())
+    True
+    """
+    ys, xs = torch.meshgrid(torch.arange(size, dtype=torch.float32), torch.arange(size, dtype=torch.float32), indexing="ij")
+
+    def transfer(src: int, tgt: int, points: torch.Tensor) -> torch.Tensor:
+        if points.shape[0] == 0:
+            return points.clone()
+        guess = guide(src, tgt, points).float()
+        near = (xs[None] - guess[:, 0, None, None]) ** 2 + (ys[None] - guess[:, 1, None, None]) ** 2 <= radius**2
+        return _argmax_points(descriptor_similarity(descriptors, src, tgt, points, size), near).to(points.dtype)
+
+    if hasattr(guide, "flipped"):
+        transfer.flipped = guide.flipped
     return transfer
 
 

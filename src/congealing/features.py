@@ -336,6 +336,61 @@ def pca_project(descriptors: torch.Tensor, k: int, masks: torch.Tensor | None = 
     return projected.reshape(N, h, w, k).permute(0, 3, 1, 2).contiguous(), components, mean
 
 
+def minmax_rgb(maps: torch.Tensor, low: torch.Tensor | None = None, high: torch.Tensor | None = None) -> torch.Tensor:
+    """Three maps per image ``(N, 3, h, w)`` as RGB in ``[0, 1]``, by one min-max per channel.
+
+    ``low``, ``high`` ``(3,)``: the range that maps to 0 and 1; by default the set's own minimum and
+    maximum over all images and locations, so the same colour means the same value in every image.
+    Values outside a given range are clipped.
+
+    >>> maps = torch.tensor([[[[0.0, 2.0]], [[1.0, 3.0]], [[-1.0, 1.0]]]])  # (1, 3, 1, 2)
+    >>> minmax_rgb(maps)[0, :, 0]
+    tensor([[0., 1.],
+            [0., 1.],
+            [0., 1.]])
+    >>> minmax_rgb(maps, low=torch.zeros(3), high=torch.full((3,), 2.0))[0, :, 0]
+    tensor([[0.0000, 1.0000],
+            [0.5000, 1.0000],
+            [0.0000, 0.5000]])
+    """
+    low = maps.amin(dim=(0, 2, 3)) if low is None else low
+    high = maps.amax(dim=(0, 2, 3)) if high is None else high
+    low, high = low.reshape(1, -1, 1, 1), high.reshape(1, -1, 1, 1)
+    return ((maps - low) / (high - low).clamp_min(1e-12)).clamp(0.0, 1.0)
+
+
+@dataclass(frozen=True)
+class PCAColours:
+    """Descriptors shown as colour: the top 3 principal components of a set as red, green and blue.
+
+    :meth:`fit` fixes the components, the mean and the colour range on one set (the range over all
+    its locations); calling the result colours any descriptors ``(N, D, h, w)`` of the same space
+    (the set itself, an atlas, a new image) the same way: ``(N, 3, h, w)`` in ``[0, 1]``.
+
+    >>> descriptors = torch.randn(2, 16, 4, 4)
+    >>> colours = PCAColours.fit(descriptors)
+    >>> rgb = colours(descriptors)
+    >>> rgb.shape, float(rgb.amin()), float(rgb.amax())
+    (torch.Size([2, 3, 4, 4]), 0.0, 1.0)
+    """
+
+    components: torch.Tensor  # (3, D)
+    mean: torch.Tensor  # (D,)
+    low: torch.Tensor  # (3,)
+    high: torch.Tensor  # (3,)
+
+    @classmethod
+    def fit(cls, descriptors: torch.Tensor, masks: torch.Tensor | None = None) -> "PCAColours":
+        """Components from :func:`pca_project` (fitted where ``masks`` ``(N, 1, h, w)`` > 0.5, if
+        given); the colour range from the projections of all locations of ``descriptors``."""
+        maps, components, mean = pca_project(descriptors, 3, masks)
+        return cls(components, mean, maps.amin(dim=(0, 2, 3)), maps.amax(dim=(0, 2, 3)))
+
+    def __call__(self, descriptors: torch.Tensor) -> torch.Tensor:
+        maps = torch.einsum("ndhw,kd->nkhw", descriptors - self.mean[None, :, None, None], self.components)
+        return minmax_rgb(maps, self.low, self.high)
+
+
 # ----------------------------------------------------------------------------- saliency and co-segmentation
 
 

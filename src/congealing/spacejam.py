@@ -506,11 +506,12 @@ def _flip_transforms(B: int, dtype, device) -> torch.Tensor:
 
 
 @torch.no_grad()
-def infer(ae: KeyAutoencoder, stn: RecurrentLieSTN, keys: torch.Tensor, flips: torch.Tensor, group: str = "homography", chunk: int = 16):
+def infer(ae: KeyAutoencoder, stn: RecurrentLieSTN, keys: torch.Tensor, flips: torch.Tensor, group: str = "homography", chunk: int = 16, steps: int | None = None):
     """Evaluation-mode transforms of all images: ``(T (N, 3, 3), steps (N, L, 3, 3), codes (N, 3, S, S))``.
 
     ``T_n = M_n R_n`` where ``R_n`` is the flip of image ``n``'s configuration and ``M_n`` the STN's
-    output for the (possibly mirrored) codes.
+    output for the (possibly mirrored) codes after ``steps`` recurrent steps (``L``; default: all
+    of them).
     """
     ae.eval(), stn.eval()
     Ts, all_steps, codes = [], [], []
@@ -518,10 +519,10 @@ def infer(ae: KeyAutoencoder, stn: RecurrentLieSTN, keys: torch.Tensor, flips: t
         z = ae.encode(keys[start : start + chunk])
         f = flips[start : start + chunk].to(z.device)
         z_in = torch.where(f[:, None, None, None], z.flip(-1), z)
-        M, steps = stn(z_in, group, return_steps=True)
+        M, history = stn(z_in, group, steps=steps, return_steps=True)
         R = warps.hflip(f, dtype=z.dtype, device=z.device)
         Ts.append(M @ R)
-        all_steps.append(steps @ R[:, None])
+        all_steps.append(history @ R[:, None])
         codes.append(z)
     return torch.cat(Ts), torch.cat(all_steps), torch.cat(codes)
 
@@ -805,8 +806,8 @@ def align_folder(image_set, args) -> None:
 
 
 def codes_to_rgb(codes: torch.Tensor) -> torch.Tensor:
-    """Low-dimensional keys ``(N, 3, S, S)`` as RGB in ``[0, 1]`` (one min-max over the whole set,
-    so the same colour means the same code in every image)."""
-    low = codes.amin(dim=(0, 2, 3), keepdim=True)
-    high = codes.amax(dim=(0, 2, 3), keepdim=True)
-    return (codes - low) / (high - low).clamp_min(1e-12)
+    """Low-dimensional keys ``(N, 3, S, S)`` as RGB in ``[0, 1]``: :func:`congealing.features.minmax_rgb`
+    (one min-max over the whole set, so the same colour means the same code in every image)."""
+    from .features import minmax_rgb
+
+    return minmax_rgb(codes)

@@ -46,6 +46,41 @@ def to_png(picture, size: int | None = None) -> bytes:
     return buffer.getvalue()
 
 
+def figure_png(figure) -> bytes:
+    """PNG bytes of a matplotlib figure, which is then closed: the frame of a precomputed widget,
+    drawn once and kept out of the page (and out of memory).
+
+    >>> import matplotlib.pyplot as plt
+    >>> fig = plt.figure(figsize=(1, 1))
+    >>> figure_png(fig)[:4] == b"\\x89PNG", plt.fignum_exists(fig.number)
+    (True, False)
+    """
+    import matplotlib.pyplot as plt
+
+    try:
+        return to_png(figure)
+    finally:
+        plt.close(figure)
+
+
+def glue(name: str, value) -> None:
+    """Record ``value`` under ``name`` for the page's prose, which quotes it as
+    ``{glue:text}`name:.1f```: MyST-NB's ``glue``, hidden from the page, so every number in the text
+    comes from the run that built it. Where MyST-NB is not installed (Colab, a bare Jupyter) the
+    notebook still runs and nothing is recorded. A one-element tensor or NumPy scalar is stored as
+    the Python number it holds, so that the text can be formatted (``:.1f``).
+
+    >>> glue("answer", torch.tensor(42.0))  # in a plain Python session: recorded nowhere, no error
+    """
+    if hasattr(value, "item"):
+        value = value.item()
+    try:
+        from myst_nb import glue as myst_glue
+    except ImportError:
+        return
+    myst_glue(name, value, display=False)
+
+
 def frame_slider(frames: Sequence, labels: Sequence[str] | None = None, description: str = "step", size: int | None = None, width: str | None = None):
     """A slider over precomputed frames (pictures or figures), with a caption per frame.
 
