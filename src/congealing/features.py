@@ -529,7 +529,7 @@ def cosegment(
        least the most voted one); the mask is where those clusters are.
 
     Two additions for photos taken in one place, where the background (a wall, a table) is as
-    common to the set as the object (Chapter 3, "When the background is shared"):
+    common to the set as the object (Chapter 3, section 4, "When the background is shared"):
 
     * ``valid`` ``(N, 1, h, w)``: the photos' own pixels (0 on the padding that squares them); the
       padding is left out of the clustering, the votes and the masks.
