@@ -899,7 +899,7 @@ def align_folder(image_set, args) -> None:
     checkpoint sits next to OUT while training (``args.checkpoint``; ``--resume`` continues it, from
     there or from ``OUT/checkpoint.pt``, if it was made from the same images and settings) and inside
     OUT after."""
-    from .features import extract_descriptors, load_backbone, pca_project
+    from .features import PCAColours, extract_descriptors, load_backbone
     from .report import AlignProgress, demo_edit, write_alignment
     from .runtime import get_device
 
@@ -927,13 +927,11 @@ def align_folder(image_set, args) -> None:
     saliency = result.model.atlas_saliency.detach().cpu()
     average = congealed.mean(dim=0)
     keys = result.model.atlas_keys.detach().cpu()[None]
-    rgb, _, _ = pca_project(keys, 3)
-    low, high = rgb.amin(dim=(2, 3), keepdim=True), rgb.amax(dim=(2, 3), keepdim=True)
     edit = demo_edit(_resize(saliency[None, None].float(), show)[0, 0])
     edited = propagate_edit(result, edit, images.to(device)).cpu()
     write_alignment(
         out, method="neural", names=image_set.names, inputs=images, aligned=congealed,
-        atlas={"mean": average, "saliency": saliency[None], "keys (PCA-RGB)": ((rgb - low) / (high - low + 1e-8))[0]},
+        atlas={"mean": average, "saliency": saliency[None], "keys (PCA-RGB)": PCAColours.fit(keys)(keys)[0]},
         mode=args.mode, grids=result.grids().cpu(),
         summary={"backbone": backbone.name, "masks": mask_source, "epochs": cfg.epochs, "seconds": round(result.seconds, 1),
                  "flipped": result.flipped.tolist(), "final_keys_cos": result.history[-1]["keys_cos"]},
