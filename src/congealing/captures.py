@@ -331,11 +331,26 @@ def _coarse_hull(cameras: Cameras, masks: list, extent: float, resolution: int =
     return points[keep & (votes >= 2) & (framed >= 0.5 * len(masks))]
 
 
+def _world_up(c2w: torch.Tensor) -> torch.Tensor:
+    """The world's up ``(3,)`` seen from cameras ``(N, 4, 4)`` held upright (no roll): the direction
+    orthogonal to every camera's x axis (the least eigenvector of their scatter), signed like the
+    cameras' mean up vector. The mean up vector alone tilts towards the cameras when they all look
+    down from one side (a front-only arc), by as much as their elevation. If the cameras are
+    rolled (no direction is orthogonal to all x axes), the mean up vector is used.
+    """
+    right, mean_up = c2w[:, :3, 0].double(), c2w[:, :3, 1].double().mean(dim=0)
+    values, vectors = torch.linalg.eigh(right.T @ right)
+    up = vectors[:, 0]
+    if c2w.shape[0] < 2 or values[0] > 0.05 * values[1]:
+        return F.normalize(mean_up, dim=0).float()
+    return (up if float(up @ mean_up) >= 0 else -up).float()
+
+
 def normalise_frame(cameras: Cameras, masks: list | None = None, radius: float = 4.0, object_half_size: float = 1.2) -> Cameras:
     """Move the capture into the model's frame: object at the origin, world up ``+z``.
 
-    1. The world is rotated so the cameras' mean up vector becomes ``+z`` (people hold cameras
-       upright), translated so the point the optical axes pass closest to is the origin, and scaled
+    1. The world is rotated so its up (:func:`_world_up`: people hold cameras upright) becomes
+       ``+z``, translated so the point the optical axes pass closest to is the origin, and scaled
        so the cameras' median distance to it is ``radius`` (lego's cameras are 4.03 away).
     2. With ``masks`` (one ``(1, h, w)`` per camera), a coarse visual hull is carved in that frame
        (:func:`_coarse_hull`) and the frame is moved again so the hull's box is centred at the
@@ -351,7 +366,7 @@ def normalise_frame(cameras: Cameras, masks: list | None = None, radius: float =
     tensor([4., 4., 4.])
     """
     c2w = cameras.c2w.float()
-    up = F.normalize(c2w[:, :3, 1].mean(dim=0), dim=0)
+    up = _world_up(c2w)
     transform = torch.eye(4)
     transform[:3, :3] = _rotation_between(up, torch.tensor([0.0, 0.0, 1.0]))
     c2w = transform @ c2w
@@ -486,7 +501,7 @@ def known_fov_config(config, fov: float):
 # ----------------------------------------------------------------------------- the pipeline on a capture
 
 
-def congeal_capture(photos: list, masks: list, cameras: Cameras, config, backbone=None, anchors: int | None = None, device=None, progress=None, whole_anchors: bool = True) -> dict:
+def congeal_capture(photos: list, masks: list, cameras: Cameras, config, backbone=None, anchors: int | None = None, device=None, progress=None, whole_anchors: bool = True, inputs: int | None = None) -> dict:
     """3-D congealing of a calibrated capture: the offline route of Chapter 6 on a user's photos.
 
     The frame is normalised on the masks' visual hull (:func:`normalise_frame`), every photo is
@@ -494,7 +509,8 @@ def congeal_capture(photos: list, masks: list, cameras: Cameras, config, backbon
     ``config.anchor_views``) that show the whole object (:func:`object_is_whole`; all views if
     ``whole_anchors`` is False, the old rule) and are spread around it fit the shape with their
     cameras, and the other photos are posed by search and IoU refinement at the known field of
-    view (:func:`known_fov_config`), ignoring the square's pixels outside each photo.
+    view (:func:`known_fov_config`), ignoring the square's pixels outside each photo. ``inputs``:
+    pose only that many of the other photos (evenly spaced; default all).
 
     ``photos`` and ``masks``: one ``(3, h, w)`` / ``(1, h, w)`` tensor per camera. Returns a dict:
     ``cameras`` (normalised), ``views`` (:class:`SquareViews`), ``anchors`` and ``inputs`` (indices),
@@ -510,9 +526,10 @@ def congeal_capture(photos: list, masks: list, cameras: Cameras, config, backbon
     views = square_views(photos, cameras, config.image_size, masks)
     whole = object_is_whole(views.masks, views.valid) if whole_anchors else None
     anchor_index = c3.choose_anchor_views(views.c2w, anchors or config.anchor_views, whole)
-    inputs = [i for i in range(len(cameras)) if i not in anchor_index]
-    if len(inputs) < 2:
-        raise InputError(f"{len(cameras)} photos leave {len(inputs)} to pose after {len(anchor_index)} anchors: give more photos")
+    rest = [i for i in range(len(cameras)) if i not in anchor_index]
+    if len(rest) < 2:
+        raise InputError(f"{len(cameras)} photos leave {len(rest)} to pose after {len(anchor_index)} anchors: give more photos")
+    inputs = rest if inputs is None or inputs >= len(rest) else [rest[round(k * len(rest) / inputs)] for k in range(inputs)]
     m = views.masks[anchor_index]
     on_white = views.images[anchor_index] * m + (1 - m)
     field = c3.fit_shape(on_white, m, views.c2w[anchor_index], views.fov, config, progress, device)
@@ -630,3 +647,29 @@ def make_capture_benchmark(image_size: int, root=None, seed: int = 0, arc_deg: f
         frame["transform_matrix"] = matrix.tolist()
     meta = {"camera_model": "OPENCV", "frames": frames}
     return CaptureBenchmark(photos, masks, meta, true, torch.tensor(close), [scene.names[i] for i in chosen])
+
+
+def evaluate_capture(config, backbone, device=None, progress=None, seed: int = 0, root=None, inputs: int | None = None) -> dict:
+    """The real-like row of the lego table: :func:`congeal_capture` on :func:`make_capture_benchmark`,
+    from its ``transforms.json`` as a user would give it. Camera errors of the posed inputs
+    (``inputs`` of them, evenly spaced, or all) against the true cameras, Procrustes-aligned and
+    frame-free (:func:`congealing.congeal3d.pose_errors`), for random cameras, the search alone
+    and the full method."""
+    from . import congeal3d as c3
+
+    bench = make_capture_benchmark(config.image_size, root, seed)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the benchmark's file has no distortion; nothing to say
+        cameras = cameras_from_transforms(bench.meta, source="capture benchmark")
+    out = congeal_capture(bench.photos, bench.masks, cameras, config, backbone, device=device, progress=progress, inputs=inputs)
+    truth, result = bench.c2w[out["inputs"]], out["result"]
+    poses = {
+        "random poses": c3.pose_errors(c3.random_cameras(len(truth), config.camera_radius, seed), truth),
+        "no IoU refinement": c3.pose_errors(result.search["c2w"], truth),
+        "3D congealing": c3.pose_errors(result.refined["c2w"], truth),
+    }
+    return {
+        "views": len(bench), "close_ups": int(bench.close_up.sum()), "whole_views": int(object_is_whole(out["views"].masks, out["views"].valid).sum()),
+        "anchors": out["anchors"], "posed": len(out["inputs"]), "fov_deg": round(math.degrees(out["views"].fov), 2),
+        "frame_scale": out["cameras"].scale, "poses": poses, "seconds": out["seconds"],
+    }

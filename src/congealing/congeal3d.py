@@ -1219,7 +1219,9 @@ def evaluate_lego(args) -> dict:
     transfer through 3-D against nearest-neighbour matching with the same backbone, binned by the
     relative rotation of the two views (and, on the varied inputs, SpaceJAM and Neural Congealing:
     :func:`planar_transfers`; ``args.planar = False`` skips them); seconds per stage. Quick mode
-    uses 16 of the 92 inputs.
+    uses 16 of the 92 inputs. Then the real-like row (``args.capture = False`` skips it): lego as a
+    hand-held capture, posed from its ``transforms.json``
+    (:func:`congealing.captures.evaluate_capture`; 16 posed views in quick mode).
     """
     from . import runtime
     from .eval import descriptor_transfer
@@ -1266,6 +1268,10 @@ def evaluate_lego(args) -> dict:
                 pck[name] = {**pck_by_rotation(transfer, keypoints, bench.c2w), "seconds": round(seconds, 1)}
         pck["3D congealing"] = pck_by_rotation(lambda a, b, p: transfer_points(full.maps, a, b, p), keypoints, bench.c2w)
         out["appearances"][appearance] = {"poses": poses, "pck": pck, "seconds": full.seconds}
+    if getattr(args, "capture", True):
+        from .captures import evaluate_capture
+
+        out["capture"] = evaluate_capture(config, backbone, device, progress, args.seed, inputs=runtime.pick({"quick": 16, "full": None}, mode))
     from .eval import peak_memory_mb
 
     out["peak_rss_mb"] = peak_memory_mb(device)
@@ -1313,6 +1319,15 @@ def format_lego_table(results: dict) -> str:
             lines.append(f"{name:31} {100 * p['all']:6.1f} {cells}")
         lines.append("seconds: " + ", ".join(f"{k} {v}" for k, v in block["seconds"].items()))
     lines.append("seconds (shared): " + ", ".join(f"{k} {v}" for k, v in results["seconds"].items()))
+    if "capture" in results:
+        c = results["capture"]
+        lines.append(f"\ncapture-like lego (brick wall, portrait crops, off-centre principal points, {c['close_ups']} close-ups, front arc; "
+                     f"{c['views']} views, {len(c['anchors'])} whole-view anchors, {c['posed']} posed, FoV {c['fov_deg']} deg known from transforms.json)")
+        lines.append(f"{'':26} {'rot mean':>9} {'rot med':>8} {'trans mean':>11} {'trans med':>10} | {'rel rot med':>11} {'view med':>9}")
+        for name, e in c["poses"].items():
+            lines.append(f"{name:26} {e['rotation_mean']:9.1f} {e['rotation_median']:8.1f} {e['translation_mean']:11.2f} {e['translation_median']:10.2f} | "
+                         f"{e['relative_rotation_median']:11.1f} {e['view_angle_median']:9.1f}")
+        lines.append("seconds: " + ", ".join(f"{k} {v}" for k, v in c["seconds"].items()))
     return "\n".join(lines)
 
 
