@@ -78,12 +78,6 @@ class Cameras:
         return replace(self, c2w=pick(self.c2w), fx=pick(self.fx), fy=pick(self.fy), cx=pick(self.cx), cy=pick(self.cy),
                        width=pick(self.width), height=pick(self.height), names=[self.names[i] for i in index])
 
-    def scaled(self, factor_x: float, factor_y: float) -> "Cameras":
-        """The same cameras for the photos resized by ``factor_x`` x ``factor_y`` (exact: pixel
-        centres at integers map as ``(u + 0.5) * factor - 0.5``)."""
-        return replace(self, fx=self.fx * factor_x, fy=self.fy * factor_y, cx=(self.cx + 0.5) * factor_x - 0.5,
-                       cy=(self.cy + 0.5) * factor_y - 0.5, width=(self.width * factor_x).round().long(), height=(self.height * factor_y).round().long())
-
 
 def _note(notes: list, message: str) -> None:
     if message not in notes:
@@ -586,7 +580,7 @@ def make_capture_benchmark(image_size: int, root=None, seed: int = 0, arc_deg: f
     The crop and resize is an exact change of pinhole intrinsics, so the file's cameras are exact.
     Deterministic in ``seed``.
     """
-    from .congeal3d import camera_angles, look_at  # noqa: F401  (look_at: documented frame conventions)
+    from .congeal3d import camera_angles, se3_exp
     from .data import load_nerf_synthetic
 
     generator = torch.Generator().manual_seed(seed)
@@ -635,8 +629,6 @@ def make_capture_benchmark(image_size: int, root=None, seed: int = 0, arc_deg: f
         })
     # an arbitrary world frame, as COLMAP would give: x -> s R x + t
     axis_angle = torch.randn(3, generator=generator)
-    from .congeal3d import se3_exp
-
     rotation = se3_exp(torch.cat([axis_angle, torch.zeros(3)])[None])[0, :3, :3]
     scale, shift = 0.37, torch.tensor([2.0, -1.0, 5.0])
     true = scene.c2w[chosen]
