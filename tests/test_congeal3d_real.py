@@ -202,3 +202,25 @@ def test_capture_benchmark_cameras_and_masks_agree():
     views = cp.square_views(bench.photos, normalised, 32, bench.masks)
     whole = cp.object_is_whole(views.masks, views.valid)
     assert not whole[bench.close_up].any()  # every close-up is recognised as one
+
+
+def test_fit_shape_refuses_anchors_whose_cameras_disagree():
+    """Anchors with the right cameras fit a shape that reproduces their silhouettes; the same masks
+    with their cameras shuffled (each photo given another photo's pose) are stopped with a clear
+    message instead of yielding a sliver."""
+    field = c3.VoxelField(24, 1.5)
+    axis = torch.linspace(-1.5, 1.5, 24)
+    z, y, x = torch.meshgrid(axis, axis, axis, indexing="ij")
+    with torch.no_grad():
+        field.density.fill_(-20.0)
+        field.density[0, 0][((x - 0.6) ** 2 + y**2 + z**2 <= 0.25) | ((x + 0.5) ** 2 + (y - 0.4) ** 2 + z**2 <= 0.09)] = 30.0
+    cams = c3.spherical_cameras(torch.tensor([0.0, 60.0, 120.0, 180.0, 240.0, 300.0]), torch.tensor([20.0, -10.0, 35.0, 5.0, -25.0, 15.0]), 4.0)
+    fov = math.radians(40.0)
+    with torch.no_grad():
+        masks = (c3.render(field, cams, fov, 32, 48)["mask"] > 0.5).float()
+    images = torch.ones(6, 3, 32, 32) * (1 - masks) + 0.3 * masks
+    config = c3.Congeal3DConfig(grid_resolution=24, samples_per_ray=32, shape_steps=150, rays_per_step=1024)
+    fitted = c3.fit_shape(images, masks, cams, fov, config)
+    assert float((fitted.box_max - fitted.box_min).min()) > 0.5
+    with pytest.raises(InputError, match="anchor views"):
+        c3.fit_shape(images, masks, cams[[3, 4, 5, 0, 1, 2]], fov, config)

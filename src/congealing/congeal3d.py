@@ -404,8 +404,10 @@ def fit_shape(images: torch.Tensor, masks: torch.Tensor, c2w: torch.Tensor, fov,
     rays; the loss is the photometric L2 error, plus ``mask_weight`` x the L2 error of the rendered
     opacity against the mask (it carves free space from few views, as a visual hull would), plus
     ``tv_weight`` x the total variation of the grids. Adam at ``shape_lr`` (grids move fast; DVGO's
-    rate). Finally the shape's bounding box is measured (:func:`set_shape_box`). ``device``: where
-    to fit (default CPU); the field stays there.
+    rate). Finally the shape's bounding box is measured (:func:`check_shape`: an empty or collapsed
+    shape is an :class:`~congealing.errors.InputError`), and so is the IoU of the shape's rendered
+    silhouettes with the anchor masks (an InputError below ``MIN_ANCHOR_IOU``: a visual hull cut by
+    a wrong camera or a cut-off anchor). ``device``: where to fit (default CPU); the field stays there.
     """
     if images.shape[0] < 2:
         raise ValueError(f"fit_shape needs at least 2 anchor views with known cameras, got {images.shape[0]}")
@@ -433,7 +435,20 @@ def fit_shape(images: torch.Tensor, masks: torch.Tensor, c2w: torch.Tensor, fov,
         optimiser.step()
     carved = carve_visual_hull(field, masks, c2w, fov)
     check_shape(field, config.density_threshold, carved)
+    with torch.no_grad():
+        rendered = torch.cat([render(field, c2w[i : i + 8], fov if not torch.is_tensor(fov) or fov.ndim == 0 else fov[i : i + 8], size, config.samples_per_ray)["mask"] for i in range(0, c2w.shape[0], 8)])
+        iou = soft_iou(rendered.flatten(1), masks.flatten(1).float())
+    if float(iou.mean()) < MIN_ANCHOR_IOU:
+        raise InputError(
+            f"the shape fitted to the anchor views does not reproduce their silhouettes (mean mask IoU {float(iou.mean()):.2f}, "
+            f"worst {float(iou.min()):.2f} for anchor {int(iou.argmin())}): the anchors' cameras, field of view and masks do not agree "
+            "on one object, or an anchor cuts the object off (its visual hull then cuts the shape)"
+        )
     return field
+
+
+#: :func:`fit_shape` stops below this mean IoU of the fitted shape's silhouettes with the anchor masks.
+MIN_ANCHOR_IOU = 0.5
 
 
 def check_shape(field: VoxelField, level: float, carved: float | None = None) -> tuple[torch.Tensor, torch.Tensor]:
