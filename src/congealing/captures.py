@@ -646,7 +646,8 @@ def evaluate_capture(config, backbone, device=None, progress=None, seed: int = 0
     from its ``transforms.json`` as a user would give it. Camera errors of the posed inputs
     (``inputs`` of them, evenly spaced, or all) against the true cameras, Procrustes-aligned and
     frame-free (:func:`congealing.congeal3d.pose_errors`), for random cameras, the search alone
-    and the full method."""
+    and the full method; ``by_view``: the full method's frame-free errors among the posed views
+    that show the whole object and among those that cut it off."""
     from . import congeal3d as c3
 
     bench = make_capture_benchmark(config.image_size, root, seed)
@@ -660,8 +661,14 @@ def evaluate_capture(config, backbone, device=None, progress=None, seed: int = 0
         "no IoU refinement": c3.pose_errors(result.search["c2w"], truth),
         "3D congealing": c3.pose_errors(result.refined["c2w"], truth),
     }
+    whole = object_is_whole(out["views"].masks, out["views"].valid)
+    by_view = {}
+    for label, keep in (("whole views", whole[out["inputs"]]), ("cut views", ~whole[out["inputs"]])):
+        index = torch.nonzero(keep).flatten()
+        if len(index) >= 2:
+            by_view[label] = {"count": len(index), **c3.relative_pose_errors(result.refined["c2w"][index], truth[index])}
     return {
-        "views": len(bench), "close_ups": int(bench.close_up.sum()), "whole_views": int(object_is_whole(out["views"].masks, out["views"].valid).sum()),
+        "views": len(bench), "close_ups": int(bench.close_up.sum()), "whole_views": int(whole.sum()), "by_view": by_view,
         "anchors": out["anchors"], "posed": len(out["inputs"]), "fov_deg": round(math.degrees(out["views"].fov), 2),
         "frame_scale": out["cameras"].scale, "poses": poses, "seconds": out["seconds"],
     }

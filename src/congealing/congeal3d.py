@@ -1342,6 +1342,8 @@ def format_lego_table(results: dict) -> str:
         for name, e in c["poses"].items():
             lines.append(f"{name:26} {e['rotation_mean']:9.1f} {e['rotation_median']:8.1f} {e['translation_mean']:11.2f} {e['translation_median']:10.2f} | "
                          f"{e['relative_rotation_median']:11.1f} {e['view_angle_median']:9.1f}")
+        for name, e in c.get("by_view", {}).items():
+            lines.append(f"{'  ' + name + ' (' + str(e['count']) + ')':26} {'':>41} | {e['relative_rotation_median']:11.1f} {e['view_angle_median']:9.1f}")
         lines.append("seconds: " + ", ".join(f"{k} {v}" for k, v in c["seconds"].items()))
     return "\n".join(lines)
 
