@@ -361,19 +361,34 @@ def render(field: VoxelField, c2w: torch.Tensor, fov, size: int, samples: int = 
 # ----------------------------------------------------------------------------- the shape (offline route)
 
 
-def choose_anchor_views(c2w: torch.Tensor, count: int) -> list[int]:
+def choose_anchor_views(c2w: torch.Tensor, count: int, whole: torch.Tensor | None = None) -> list[int]:
     """Indices of ``count`` cameras spread over the sphere (farthest-point sampling of their centres).
 
-    >>> choose_anchor_views(spherical_cameras(torch.tensor([0.0, 5.0, 180.0]), torch.zeros(3), 4.0), 2)
-    [0, 2]
+    ``whole`` ``(N,)`` bool: only views that show the whole object may be anchors (see
+    :func:`congealing.captures.object_is_whole`); on a hand-held capture the extreme views are
+    often close-ups, and the visual hull of a view that cuts the object off cuts the shape too.
+    Fewer than 2 such views is an :class:`~congealing.errors.InputError`.
+
+    >>> cams = spherical_cameras(torch.tensor([0.0, 5.0, 180.0]), torch.zeros(3), 4.0)
+    >>> choose_anchor_views(cams, 2), choose_anchor_views(cams, 2, whole=torch.tensor([True, True, False]))
+    ([0, 2], [0, 1])
     """
+    allowed = torch.ones(c2w.shape[0], dtype=torch.bool) if whole is None else whole.bool().cpu()
+    if int(allowed.sum()) < min(2, count):
+        raise InputError(
+            f"only {int(allowed.sum())} of {c2w.shape[0]} views show the whole object (its mask keeps clear of the picture's edge): "
+            "the shape needs at least 2 such views; add photos taken from farther away"
+        )
     centres = F.normalize(c2w[:, :3, 3], dim=-1)
-    chosen = [0]
-    distance = (centres - centres[0]).norm(dim=-1)
-    while len(chosen) < min(count, len(centres)):
+    first = int(torch.nonzero(allowed)[0])
+    chosen = [first]
+    distance = (centres - centres[first]).norm(dim=-1)
+    distance[~allowed] = -1.0
+    while len(chosen) < min(count, int(allowed.sum())):
         index = int(distance.argmax())
         chosen.append(index)
         distance = torch.minimum(distance, (centres - centres[index]).norm(dim=-1))
+        distance[~allowed] = -1.0
     return chosen
 
 
@@ -389,8 +404,10 @@ def fit_shape(images: torch.Tensor, masks: torch.Tensor, c2w: torch.Tensor, fov,
     rays; the loss is the photometric L2 error, plus ``mask_weight`` x the L2 error of the rendered
     opacity against the mask (it carves free space from few views, as a visual hull would), plus
     ``tv_weight`` x the total variation of the grids. Adam at ``shape_lr`` (grids move fast; DVGO's
-    rate). Finally the shape's bounding box is measured (:func:`set_shape_box`). ``device``: where
-    to fit (default CPU); the field stays there.
+    rate). Finally the shape's bounding box is measured (:func:`check_shape`: an empty or collapsed
+    shape is an :class:`~congealing.errors.InputError`), and so is the IoU of the shape's rendered
+    silhouettes with the anchor masks (an InputError below ``MIN_ANCHOR_IOU``: a visual hull cut by
+    a wrong camera or a cut-off anchor). ``device``: where to fit (default CPU); the field stays there.
     """
     if images.shape[0] < 2:
         raise ValueError(f"fit_shape needs at least 2 anchor views with known cameras, got {images.shape[0]}")
@@ -416,9 +433,44 @@ def fit_shape(images: torch.Tensor, masks: torch.Tensor, c2w: torch.Tensor, fov,
         optimiser.zero_grad(set_to_none=True)
         loss.backward()
         optimiser.step()
-    carve_visual_hull(field, masks, c2w, fov)
-    set_shape_box(field, config.density_threshold)
+    carved = carve_visual_hull(field, masks, c2w, fov)
+    check_shape(field, config.density_threshold, carved)
+    with torch.no_grad():
+        rendered = torch.cat([render(field, c2w[i : i + 8], fov if not torch.is_tensor(fov) or fov.ndim == 0 else fov[i : i + 8], size, config.samples_per_ray)["mask"] for i in range(0, c2w.shape[0], 8)])
+        iou = soft_iou(rendered.flatten(1), masks.flatten(1).float())
+    if float(iou.mean()) < MIN_ANCHOR_IOU:
+        raise InputError(
+            f"the shape fitted to the anchor views does not reproduce their silhouettes (mean mask IoU {float(iou.mean()):.2f}, "
+            f"worst {float(iou.min()):.2f} for anchor {int(iou.argmin())}): the anchors' cameras, field of view and masks do not agree "
+            "on one object, or an anchor cuts the object off (its visual hull then cuts the shape)"
+        )
     return field
+
+
+#: :func:`fit_shape` stops below this mean IoU of the fitted shape's silhouettes with the anchor masks.
+MIN_ANCHOR_IOU = 0.5
+
+
+def check_shape(field: VoxelField, level: float, carved: float | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Measure the fitted shape's box (:func:`set_shape_box`) and stop with an
+    :class:`~congealing.errors.InputError` if the shape is empty or collapsed (a side under 4
+    voxels): then the anchors' cameras, field of view and masks do not describe one object, and
+    every later stage would silently work on nothing. ``carved``: the fraction the visual hull
+    removed, for the message. Returns the box corners ``(3,)``."""
+    voxel = 2 * field.bound / (field.resolution - 1)
+    why = (
+        "the anchor views' cameras, field of view and masks do not agree on one object "
+        "(cameras of other photos, a wrong focal length, a frame where the object is not near the origin, or masks that cut the object off)"
+    )
+    hull = "" if carved is None else f"; the visual hull removed {100 * carved:.1f}% of the field"
+    try:
+        low, high = set_shape_box(field, level)
+    except ValueError:
+        raise InputError(f"the shape fitted to the anchor views is empty{hull}: {why}") from None
+    side = high - low
+    if float(side.min()) < 4 * voxel:
+        raise InputError(f"the shape fitted to the anchor views collapsed to a box {float(side.min()):.3f} wide (a voxel is {voxel:.3f}){hull}: {why}")
+    return low, high
 
 
 @torch.no_grad()
@@ -659,7 +711,7 @@ def soft_iou(rendered: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return intersection / union.clamp_min(1e-6)
 
 
-def refine_poses(field: VoxelField, masks: torch.Tensor, c2w: torch.Tensor, fov: torch.Tensor, config: Congeal3DConfig, snapshots: int = 10, progress=None) -> dict:
+def refine_poses(field: VoxelField, masks: torch.Tensor, c2w: torch.Tensor, fov: torch.Tensor, config: Congeal3DConfig, snapshots: int = 10, progress=None, valid: torch.Tensor | None = None) -> dict:
     """Pose refinement (Alg. 1, line 8; Eq. 8 with lambda_zeta = 0, lambda_IoU = 1).
 
     Each camera is ``c2w @ exp(xi)`` with ``xi`` in se(3) (:func:`se3_exp`, zero at the start) and
@@ -668,6 +720,8 @@ def refine_poses(field: VoxelField, masks: torch.Tensor, c2w: torch.Tensor, fov:
     frozen (and left as the caller had it). Returns the refined ``c2w`` ``(N, 4, 4)`` and ``fov``
     ``(N,)``, the per-step mean ``loss``, ``trajectory`` (the cameras at the start and every
     ``refine_steps // snapshots`` steps) and ``seconds``. A NaN stops it with the step number.
+    ``valid`` ``(N, 1, S, S)``: the pixels that lie inside each photo (:func:`congealing.captures.square_views`);
+    the IoU ignores the others, where the object may continue unseen.
     """
     _check_masks(masks)
     start = time.perf_counter()
@@ -681,6 +735,7 @@ def refine_poses(field: VoxelField, masks: torch.Tensor, c2w: torch.Tensor, fov:
     params = [xi, log_fov] if config.refine_fov else [xi]
     optimiser = torch.optim.Adam(params, lr=config.refine_lr)
     flat_masks = masks.reshape(N, -1)
+    flat_valid = None if valid is None else (valid.to(device) > 0.5).float().reshape(N, -1)
     every = max(1, config.refine_steps // max(1, snapshots))
     trajectory, losses = [c2w.cpu()], []
     current = lambda: (c2w @ se3_exp(xi), fov * log_fov.exp())
@@ -692,7 +747,11 @@ def refine_poses(field: VoxelField, masks: torch.Tensor, c2w: torch.Tensor, fov:
             cams, fovs = current()
             origins, directions = camera_rays(cams, fovs, size, pixels)
             out = render_rays(field, origins.reshape(-1, 3), directions.reshape(-1, 3), config.samples_per_ray)
-            iou = soft_iou(out["opacity"].reshape(N, -1), flat_masks.gather(1, picked))
+            opacity, target = out["opacity"].reshape(N, -1), flat_masks.gather(1, picked)
+            if flat_valid is not None:
+                weight = flat_valid.gather(1, picked)
+                opacity, target = opacity * weight, target * weight
+            iou = soft_iou(opacity, target)
             loss = (1.0 - iou).mean()
             if not torch.isfinite(loss):
                 raise FloatingPointError(f"pose refinement diverged at step {step}: 1 - IoU = {loss.item()}")
@@ -968,12 +1027,13 @@ class Congealed3D:
     seconds: dict = dataclass_field(default_factory=dict)
 
 
-def congeal(field: VoxelField, images: torch.Tensor, masks: torch.Tensor, config: Congeal3DConfig, backbone=None, search: bool = True, refine: bool = True, maps: bool = True, progress=None, candidates=None) -> Congealed3D:
+def congeal(field: VoxelField, images: torch.Tensor, masks: torch.Tensor, config: Congeal3DConfig, backbone=None, search: bool = True, refine: bool = True, maps: bool = True, progress=None, candidates=None, valid=None) -> Congealed3D:
     """Lines 4-9 of Algorithm 1 for a set of inputs with a given canonical shape.
 
     ``search=False`` is the "no pose initialisation" ablation (every camera starts at the first
     candidate, azimuth -169, elevation -84 degrees, framed on the input); ``refine=False`` is "no
-    IoU refinement". Raises a clear error for a set of one or images without a usable mask.
+    IoU refinement". ``valid``: the pixels inside each photo (refinement ignores the rest). Raises a
+    clear error for a set of one or images without a usable mask.
     """
     if images.shape[0] < 2:
         raise ValueError("3-D congealing aligns a set: give at least 2 images")
@@ -986,7 +1046,7 @@ def congeal(field: VoxelField, images: torch.Tensor, masks: torch.Tensor, config
         boxes = square_boxes(cams["mask"][first], config.crop_margin)
         c2w = place_camera(cams["c2w"][first], cams["fov"][first], boxes, config.search_render_size, square_boxes(masks, config.crop_margin), images.shape[-1])
         found = {"c2w": c2w, "fov": cams["fov"][first].clone(), "index": first, "distance": None, "candidates": cams, "seconds": 0.0}
-    refined = refine_poses(field, masks, found["c2w"], found["fov"], config, progress=progress) if refine else {"c2w": found["c2w"], "fov": found["fov"], "loss": [], "trajectory": [found["c2w"]], "seconds": 0.0}
+    refined = refine_poses(field, masks, found["c2w"], found["fov"], config, progress=progress, valid=valid) if refine else {"c2w": found["c2w"], "fov": found["fov"], "loss": [], "trajectory": [found["c2w"]], "seconds": 0.0}
     coordinate_maps = fit_coordinate_maps(field, images, masks, refined["c2w"], refined["fov"], config, backbone, progress) if maps else None
     seconds = {"pose_search": round(found["seconds"], 2), "refinement": round(refined["seconds"], 2)}
     if coordinate_maps is not None:
@@ -1184,7 +1244,9 @@ def evaluate_lego(args) -> dict:
     transfer through 3-D against nearest-neighbour matching with the same backbone, binned by the
     relative rotation of the two views (and, on the varied inputs, SpaceJAM and Neural Congealing:
     :func:`planar_transfers`; ``args.planar = False`` skips them); seconds per stage. Quick mode
-    uses 16 of the 92 inputs.
+    uses 16 of the 92 inputs. Then the real-like row (``args.capture = False`` skips it): lego as a
+    hand-held capture, posed from its ``transforms.json``
+    (:func:`congealing.captures.evaluate_capture`; 16 posed views in quick mode).
     """
     from . import runtime
     from .eval import descriptor_transfer
@@ -1231,6 +1293,10 @@ def evaluate_lego(args) -> dict:
                 pck[name] = {**pck_by_rotation(transfer, keypoints, bench.c2w), "seconds": round(seconds, 1)}
         pck["3D congealing"] = pck_by_rotation(lambda a, b, p: transfer_points(full.maps, a, b, p), keypoints, bench.c2w)
         out["appearances"][appearance] = {"poses": poses, "pck": pck, "seconds": full.seconds}
+    if getattr(args, "capture", True):
+        from .captures import evaluate_capture
+
+        out["capture"] = evaluate_capture(config, backbone, device, progress, args.seed, inputs=runtime.pick({"quick": 16, "full": None}, mode))
     from .eval import peak_memory_mb
 
     out["peak_rss_mb"] = peak_memory_mb(device)
@@ -1278,6 +1344,17 @@ def format_lego_table(results: dict) -> str:
             lines.append(f"{name:31} {100 * p['all']:6.1f} {cells}")
         lines.append("seconds: " + ", ".join(f"{k} {v}" for k, v in block["seconds"].items()))
     lines.append("seconds (shared): " + ", ".join(f"{k} {v}" for k, v in results["seconds"].items()))
+    if "capture" in results:
+        c = results["capture"]
+        lines.append(f"\ncapture-like lego (brick wall, portrait crops, off-centre principal points, {c['close_ups']} close-ups, front arc; "
+                     f"{c['views']} views, {len(c['anchors'])} whole-view anchors, {c['posed']} posed, FoV {c['fov_deg']} deg known from transforms.json)")
+        lines.append(f"{'':26} {'rot mean':>9} {'rot med':>8} {'trans mean':>11} {'trans med':>10} | {'rel rot med':>11} {'view med':>9}")
+        for name, e in c["poses"].items():
+            lines.append(f"{name:26} {e['rotation_mean']:9.1f} {e['rotation_median']:8.1f} {e['translation_mean']:11.2f} {e['translation_median']:10.2f} | "
+                         f"{e['relative_rotation_median']:11.1f} {e['view_angle_median']:9.1f}")
+        for name, e in c.get("by_view", {}).items():
+            lines.append(f"{'  ' + name + ' (' + str(e['count']) + ')':26} {'':>41} | {e['relative_rotation_median']:11.1f} {e['view_angle_median']:9.1f}")
+        lines.append("seconds: " + ", ".join(f"{k} {v}" for k, v in c["seconds"].items()))
     return "\n".join(lines)
 
 

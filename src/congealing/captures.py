@@ -1,0 +1,674 @@
+"""A user's multi-view capture for 3-D congealing: camera files, frame normalisation, and the exact
+mapping of any pinhole photo to the square, centred camera model of :mod:`congealing.congeal3d`.
+
+Chapter 6's model assumes lego's world: square images, a centred principal point, the object at
+the origin inside the field's cube and cameras about 4 units away. A real capture has none of
+that: portrait photos, a principal point off the centre, COLMAP's arbitrary frame and scale. This
+module brings such a capture into the model's world without approximations:
+
+* :func:`load_cameras` reads ``transforms.json`` (instant-ngp / nerfstudio: ``fl_x``, ``fl_y``,
+  ``cx``, ``cy``, ``w``, ``h`` or ``camera_angle_x``, globally or per frame) or COLMAP's text model
+  (``cameras.txt`` + ``images.txt``), and says what it ignores (lens distortion, instant-ngp's
+  ``scale``/``offset``);
+* :func:`normalise_frame` moves and scales the cameras so the object sits at the origin and fits
+  the field's cube: the centre and size of a coarse visual hull of the masks (or, without masks,
+  the point the optical axes pass closest to), with the cameras' mean up direction as ``+z``;
+* :func:`square_views` resamples every photo into a square image of a shared field of view with
+  the principal point at the centre and square pixels. A pinhole camera's intrinsics can be changed
+  by resampling its image alone (same centre, same rotation), so this is exact; pixels that fall
+  outside the photo are marked invalid, never as background.
+
+Conventions: cameras are OpenGL camera-to-world ``(N, 4, 4)`` as in :mod:`congealing.congeal3d`.
+Intrinsics ``fx, fy, cx, cy`` ``(N,)`` are in pixels with pixel *centres* at integers (the
+convention of :mod:`congealing.warps`); files use pixel edges (COLMAP and nerfstudio put the
+centre of the first pixel at 0.5), and :func:`load_cameras` converts.
+"""
+from __future__ import annotations
+
+import json
+import math
+import warnings
+from dataclasses import dataclass, field as dataclass_field, replace
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from .errors import InputError
+
+__all__ = [
+    "Cameras", "load_cameras", "cameras_from_transforms", "cameras_from_colmap", "normalise_frame",
+    "SquareViews", "square_views", "object_is_whole", "known_fov_config",
+]
+
+_DISTORTION_KEYS = ("k1", "k2", "k3", "k4", "p1", "p2")
+_IGNORED_NGP_KEYS = ("scale", "offset", "aabb_scale")
+
+
+@dataclass
+class Cameras:
+    """Calibrated cameras of a capture.
+
+    ``c2w`` ``(N, 4, 4)`` OpenGL camera-to-world; ``fx``, ``fy``, ``cx``, ``cy`` ``(N,)`` pixels
+    (pixel centres at integers); ``width``, ``height`` ``(N,)`` the photo sizes the intrinsics refer
+    to; ``names`` the image file names; ``notes``: what the importer ignored or assumed, one line
+    each; ``transform``: the similarity ``(4, 4)`` that :func:`normalise_frame` applied to the
+    file's frame (identity if none), with ``scale`` its scale factor.
+    """
+
+    c2w: torch.Tensor
+    fx: torch.Tensor
+    fy: torch.Tensor
+    cx: torch.Tensor
+    cy: torch.Tensor
+    width: torch.Tensor
+    height: torch.Tensor
+    names: list
+    notes: list = dataclass_field(default_factory=list)
+    transform: torch.Tensor = dataclass_field(default_factory=lambda: torch.eye(4))
+    scale: float = 1.0
+
+    def __len__(self) -> int:
+        return self.c2w.shape[0]
+
+    def subset(self, index) -> "Cameras":
+        """The cameras at ``index`` (a list of ints)."""
+        index = list(index)
+        pick = lambda t: t[index]  # noqa: E731
+        return replace(self, c2w=pick(self.c2w), fx=pick(self.fx), fy=pick(self.fy), cx=pick(self.cx), cy=pick(self.cy),
+                       width=pick(self.width), height=pick(self.height), names=[self.names[i] for i in index])
+
+
+def _note(notes: list, message: str) -> None:
+    if message not in notes:
+        notes.append(message)
+        warnings.warn(message, stacklevel=3)
+
+
+def _check_rotations(c2w: torch.Tensor, names: list, source: str) -> None:
+    if not torch.isfinite(c2w).all():
+        raise InputError(f"{source}: a camera matrix has NaN or infinite entries")
+    R = c2w[:, :3, :3].double()
+    error = (R.transpose(1, 2) @ R - torch.eye(3, dtype=R.dtype)).abs().amax(dim=(1, 2))
+    bad = [names[i] for i in torch.nonzero((error > 1e-3) | (torch.det(R) < 0)).flatten().tolist()]
+    if bad:
+        raise InputError(f"{source}: the camera matrix of {', '.join(bad[:3])} is not a rotation plus a translation (scaled or mirrored axes)")
+
+
+def _image_size(folder: Path | None, file_path: str) -> tuple[int, int] | None:
+    """(width, height) of an image named in a camera file, or None if it cannot be found."""
+    from PIL import Image
+
+    if folder is None:
+        return None
+    path = folder / file_path
+    for candidate in (path, path.with_suffix(".png"), path.with_suffix(".jpg")):
+        if candidate.is_file():
+            with Image.open(candidate) as img:
+                return img.size
+    return None
+
+
+def cameras_from_transforms(meta: dict, folder=None, source: str = "transforms.json") -> Cameras:
+    """Cameras from the contents of an instant-ngp / nerfstudio / NeRF-synthetic ``transforms.json``.
+
+    Intrinsics are read per frame, falling back to the file's global keys: ``fl_x`` / ``fl_y``
+    (else ``camera_angle_x`` / ``camera_angle_y``; ``fl_y`` defaults to ``fl_x``), ``cx`` / ``cy``
+    (default: the image centre), ``w`` / ``h`` (else read from the image file under ``folder``).
+    Poses are ``transform_matrix`` (OpenGL camera-to-world, as these formats store them).
+
+    >>> meta = {"camera_angle_x": math.radians(90), "w": 4, "h": 4,
+    ...         "frames": [{"file_path": "a.png", "transform_matrix": torch.eye(4).tolist()}]}
+    >>> cams = cameras_from_transforms(meta)
+    >>> float(cams.fx[0]), float(cams.cx[0])
+    (2.0, 1.5)
+    """
+    folder = None if folder is None else Path(folder)
+    frames = meta.get("frames")
+    if not frames:
+        raise InputError(f"{source} has no 'frames': it is not a transforms.json of instant-ngp, nerfstudio or NeRF-synthetic")
+    notes: list = []
+    keys = [k for k in _IGNORED_NGP_KEYS if k in meta]
+    if keys:
+        _note(notes, f"{source}: ignored {', '.join(keys)} (instant-ngp's scene scaling); the frame is normalised from the cameras and masks instead")
+    values = {k: [] for k in ("fx", "fy", "cx", "cy", "w", "h")}
+    poses, names = [], []
+    for frame in frames:
+        get = lambda key, default=None: frame.get(key, meta.get(key, default))  # noqa: E731
+        name = str(frame.get("file_path", f"frame {len(names)}"))
+        if "transform_matrix" not in frame:
+            raise InputError(f"{source}: frame {name} has no transform_matrix")
+        w, h = get("w"), get("h")
+        if w is None or h is None:
+            size = _image_size(folder, name)
+            if size is None:
+                raise InputError(f"{source}: frame {name} gives no image size (w, h) and its image was not found to measure it")
+            w, h = size
+        w, h = float(w), float(h)
+        if get("fl_x") is not None:
+            fx = float(get("fl_x"))
+        elif get("camera_angle_x") is not None:
+            fx = 0.5 * w / math.tan(0.5 * float(get("camera_angle_x")))
+        else:
+            raise InputError(f"{source}: frame {name} has neither fl_x nor camera_angle_x: the focal length is unknown")
+        if get("fl_y") is not None:
+            fy = float(get("fl_y"))
+        elif get("camera_angle_y") is not None:
+            fy = 0.5 * h / math.tan(0.5 * float(get("camera_angle_y")))
+        else:
+            fy = fx
+        model = str(get("camera_model", "OPENCV")).upper()
+        if "FISHEYE" in model or "EQUIRECT" in model:
+            raise InputError(f"{source}: camera model {model} is not a pinhole; undistort the photos first (e.g. COLMAP's image_undistorter) and give a PINHOLE model")
+        distortion = [k for k in _DISTORTION_KEYS if abs(float(get(k, 0.0) or 0.0)) > 0]
+        if distortion:
+            _note(notes, f"{source}: lens distortion ({', '.join(distortion)}) is ignored: the model is a pinhole camera; undistort the photos first for exact geometry")
+        values["fx"].append(fx)
+        values["fy"].append(fy)
+        values["cx"].append(float(get("cx", 0.5 * w)) - 0.5)  # file: pixel edges; here: pixel centres
+        values["cy"].append(float(get("cy", 0.5 * h)) - 0.5)
+        values["w"].append(w)
+        values["h"].append(h)
+        poses.append(torch.as_tensor(frame["transform_matrix"], dtype=torch.float64))
+        names.append(Path(name).name)
+    c2w = torch.stack(poses)
+    if c2w.shape[1:] == (3, 4):
+        c2w = torch.cat([c2w, torch.tensor([0.0, 0, 0, 1], dtype=c2w.dtype).expand(c2w.shape[0], 1, 4)], dim=1)
+    if c2w.shape[1:] != (4, 4):
+        raise InputError(f"{source}: transform_matrix must be 4x4 (or 3x4), got {tuple(c2w.shape[1:])}")
+    _check_rotations(c2w, names, source)
+    t = lambda k: torch.tensor(values[k], dtype=torch.float32)  # noqa: E731
+    return Cameras(c2w.float(), t("fx"), t("fy"), t("cx"), t("cy"), t("w").long(), t("h").long(), names, notes)
+
+
+def _quaternion_to_matrix(q: torch.Tensor) -> torch.Tensor:
+    """Rotation matrices ``(N, 3, 3)`` of unit quaternions ``(N, 4)`` ``(w, x, y, z)`` (COLMAP's order)."""
+    w, x, y, z = F.normalize(q, dim=-1).unbind(-1)
+    return torch.stack([
+        1 - 2 * (y * y + z * z), 2 * (x * y - w * z), 2 * (x * z + w * y),
+        2 * (x * y + w * z), 1 - 2 * (x * x + z * z), 2 * (y * z - w * x),
+        2 * (x * z - w * y), 2 * (y * z + w * x), 1 - 2 * (x * x + y * y),
+    ], dim=-1).reshape(-1, 3, 3)
+
+
+def cameras_from_colmap(folder) -> Cameras:
+    """Cameras from a COLMAP text model: ``cameras.txt`` and ``images.txt`` in ``folder``.
+
+    Models SIMPLE_PINHOLE, PINHOLE, SIMPLE_RADIAL, RADIAL and OPENCV are read (the radial and
+    OpenCV distortion terms are ignored, with a note). COLMAP stores world-to-camera poses in
+    OpenCV axes (y down, z forward); they are inverted and turned into OpenGL camera-to-world.
+    """
+    folder = Path(folder)
+    cameras = {}
+    for line in (folder / "cameras.txt").read_text().splitlines():
+        if not line.strip() or line.startswith("#"):
+            continue
+        parts = line.split()
+        camera_id, model, w, h, params = parts[0], parts[1].upper(), float(parts[2]), float(parts[3]), [float(p) for p in parts[4:]]
+        if model in ("SIMPLE_PINHOLE", "SIMPLE_RADIAL", "RADIAL"):
+            fx = fy = params[0]
+            cx, cy, distortion = params[1], params[2], params[3:]
+        elif model in ("PINHOLE", "OPENCV"):
+            fx, fy, cx, cy, distortion = params[0], params[1], params[2], params[3], params[4:]
+        else:
+            raise InputError(f"{folder / 'cameras.txt'}: camera model {model} is not supported; undistort with COLMAP's image_undistorter (it writes PINHOLE cameras)")
+        cameras[camera_id] = (fx, fy, cx, cy, w, h, any(abs(d) > 0 for d in distortion))
+    notes: list = []
+    rows, names = [], []
+    lines = [line for line in (folder / "images.txt").read_text().splitlines() if not line.startswith("#")]
+    for line in lines[::2]:  # every image takes two lines: its pose, then its 2-D points
+        parts = line.split()
+        if len(parts) < 10:
+            continue
+        q, t, camera_id, name = [float(p) for p in parts[1:5]], [float(p) for p in parts[5:8]], parts[8], parts[9]
+        if camera_id not in cameras:
+            raise InputError(f"{folder / 'images.txt'}: image {name} uses camera {camera_id}, which cameras.txt does not define")
+        rows.append((q, t, cameras[camera_id]))
+        names.append(name)
+    if not rows:
+        raise InputError(f"{folder / 'images.txt'} lists no images")
+    if any(r[2][6] for r in rows):
+        _note(notes, f"{folder}: lens distortion of the COLMAP cameras is ignored: the model is a pinhole camera; undistort the photos first for exact geometry")
+    R = _quaternion_to_matrix(torch.tensor([r[0] for r in rows], dtype=torch.float64))
+    t = torch.tensor([r[1] for r in rows], dtype=torch.float64)
+    c2w = torch.eye(4, dtype=torch.float64).repeat(len(rows), 1, 1)
+    c2w[:, :3, :3] = R.transpose(1, 2) @ torch.diag(torch.tensor([1.0, -1.0, -1.0], dtype=torch.float64))  # OpenCV -> OpenGL axes
+    c2w[:, :3, 3] = -(R.transpose(1, 2) @ t[:, :, None])[..., 0]
+    intr = torch.tensor([r[2][:6] for r in rows], dtype=torch.float32)
+    return Cameras(c2w.float(), intr[:, 0], intr[:, 1], intr[:, 2] - 0.5, intr[:, 3] - 0.5, intr[:, 4].long(), intr[:, 5].long(), names, notes)
+
+
+def load_cameras(path, masks: list | None = None, normalise: bool = True, radius: float = 4.0) -> Cameras:
+    """Read a capture's cameras: a ``transforms.json`` file, or a COLMAP text model (a folder with
+    ``cameras.txt`` and ``images.txt``, or its ``sparse/0``), and normalise their frame.
+
+    ``masks``: optional object masks, one ``(1, h, w)`` tensor per camera (any resolution of the
+    photo); with them the frame is centred and scaled on the visual hull (:func:`normalise_frame`).
+    Raises :class:`~congealing.errors.InputError` for a file it cannot use; warns (and lists in
+    ``notes``) what it ignores.
+    """
+    path = Path(path)
+    if path.is_dir():
+        for folder in (path, path / "sparse" / "0", path / "sparse"):
+            if (folder / "cameras.txt").is_file() and (folder / "images.txt").is_file():
+                cameras = cameras_from_colmap(folder)
+                break
+        else:
+            if (path / "transforms.json").is_file():
+                return load_cameras(path / "transforms.json", masks, normalise, radius)
+            raise InputError(f"{path}: no transforms.json, and no COLMAP text model (cameras.txt + images.txt; convert a binary model with 'colmap model_converter --output_type TXT')")
+    elif path.is_file():
+        try:
+            meta = json.loads(path.read_text())
+        except (UnicodeDecodeError, json.JSONDecodeError) as error:
+            raise InputError(f"{path} is not a JSON camera file ({error.__class__.__name__})") from None
+        cameras = cameras_from_transforms(meta, path.parent, str(path))
+    else:
+        raise InputError(f"{path}: no such camera file or folder")
+    return normalise_frame(cameras, masks, radius) if normalise else cameras
+
+
+# ----------------------------------------------------------------------------- the frame
+
+
+def _axes_meeting_point(c2w: torch.Tensor) -> torch.Tensor:
+    """The point ``(3,)`` nearest, in least squares, to every camera's optical axis."""
+    origins, directions = c2w[:, :3, 3].double(), -c2w[:, :3, 2].double()
+    projector = torch.eye(3, dtype=torch.float64) - directions[:, :, None] * directions[:, None, :]
+    A, b = projector.sum(dim=0), (projector @ origins[:, :, None]).sum(dim=0)[:, 0]
+    if torch.linalg.cond(A) > 1e6:
+        raise InputError("the cameras' optical axes are (nearly) parallel: they do not look at a common object; 3-D congealing needs views around one object")
+    return torch.linalg.solve(A, b).float()
+
+
+def _rotation_between(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """The rotation ``(3, 3)`` taking unit vector ``a`` to unit vector ``b`` (Rodrigues)."""
+    a, b = F.normalize(a, dim=0), F.normalize(b, dim=0)
+    v, c = torch.linalg.cross(a, b), float(a @ b)
+    if c < -1 + 1e-8:  # opposite: half a turn about any axis orthogonal to a
+        axis = F.normalize(torch.linalg.cross(a, torch.tensor([1.0, 0, 0]) if abs(float(a[0])) < 0.9 else torch.tensor([0.0, 1, 0])), dim=0)
+        return 2 * axis[:, None] * axis[None] - torch.eye(3)
+    K = torch.tensor([[0.0, -v[2], v[1]], [v[2], 0.0, -v[0]], [-v[1], v[0], 0.0]])
+    return torch.eye(3) + K + K @ K / (1 + c)
+
+
+def _apply_similarity(c2w: torch.Tensor, transform: torch.Tensor, scale: float) -> torch.Tensor:
+    """Cameras after the world moves by ``x -> transform @ x`` (a rotation, scaled by ``scale``, plus a translation)."""
+    out = transform @ c2w
+    out[:, :3, :3] = out[:, :3, :3] / scale
+    return out
+
+
+def _coarse_hull(cameras: Cameras, masks: list, extent: float, resolution: int = 48) -> torch.Tensor:
+    """Voxel centres ``(M, 3)`` of a coarse visual hull in ``[-extent, extent]^3``. A voxel is kept
+    if every view whose photo it projects into sees it on the object (mask > 0.5), at least two
+    views do, and it lies in at least half of the photos (the object is what most photos frame);
+    views it falls outside of have no say (close-ups cut the object off)."""
+    axis = torch.linspace(-extent, extent, resolution)
+    points = torch.stack(torch.meshgrid(axis, axis, axis, indexing="ij"), dim=-1).reshape(-1, 3)
+    votes, framed = torch.zeros(points.shape[0]), torch.zeros(points.shape[0])
+    keep = torch.ones(points.shape[0], dtype=torch.bool)
+    for i, mask in enumerate(masks):
+        mask = mask.float().reshape(1, 1, *mask.shape[-2:])
+        h, w = mask.shape[-2:]
+        sx, sy = w / float(cameras.width[i]), h / float(cameras.height[i])
+        R, centre = cameras.c2w[i, :3, :3], cameras.c2w[i, :3, 3]
+        local = (points - centre) @ R
+        depth = -local[:, 2]
+        u = ((cameras.cx[i] + 0.5 + cameras.fx[i] * local[:, 0] / depth) * sx) / w * 2 - 1  # normalised, align_corners=False
+        v = ((cameras.cy[i] + 0.5 - cameras.fy[i] * local[:, 1] / depth) * sy) / h * 2 - 1
+        inside = (depth > 0) & (u.abs() < 1) & (v.abs() < 1)
+        seen = F.grid_sample(mask, torch.stack([u, v], dim=-1)[None, :, None], mode="bilinear", align_corners=False).flatten()
+        keep &= ~inside | (seen > 0.5)
+        votes += (inside & (seen > 0.5)).float()
+        framed += inside.float()
+    return points[keep & (votes >= 2) & (framed >= 0.5 * len(masks))]
+
+
+def _world_up(c2w: torch.Tensor) -> torch.Tensor:
+    """The world's up ``(3,)`` seen from cameras ``(N, 4, 4)`` held upright (no roll): the direction
+    orthogonal to every camera's x axis (the least eigenvector of their scatter), signed like the
+    cameras' mean up vector. The mean up vector alone tilts towards the cameras when they all look
+    down from one side (a front-only arc), by as much as their elevation. If the cameras are
+    rolled (no direction is orthogonal to all x axes), the mean up vector is used.
+    """
+    right, mean_up = c2w[:, :3, 0].double(), c2w[:, :3, 1].double().mean(dim=0)
+    values, vectors = torch.linalg.eigh(right.T @ right)
+    up = vectors[:, 0]
+    if c2w.shape[0] < 2 or values[0] > 0.05 * values[1]:
+        return F.normalize(mean_up, dim=0).float()
+    return (up if float(up @ mean_up) >= 0 else -up).float()
+
+
+def normalise_frame(cameras: Cameras, masks: list | None = None, radius: float = 4.0, object_half_size: float = 1.2) -> Cameras:
+    """Move the capture into the model's frame: object at the origin, world up ``+z``.
+
+    1. The world is rotated so its up (:func:`_world_up`: people hold cameras upright) becomes
+       ``+z``, translated so the point the optical axes pass closest to is the origin, and scaled
+       so the cameras' median distance to it is ``radius`` (lego's cameras are 4.03 away).
+    2. With ``masks`` (one ``(1, h, w)`` per camera), a coarse visual hull is carved in that frame
+       (:func:`_coarse_hull`) and the frame is moved again so the hull's box is centred at the
+       origin with its largest half-side ``object_half_size`` (lego's: 1.2, in a field of bound 1.5).
+
+    The applied similarity is composed into ``cameras.transform`` and ``cameras.scale``.
+
+    >>> from congealing.congeal3d import spherical_cameras
+    >>> c2w = spherical_cameras(torch.tensor([0.0, 90.0, 180.0]), torch.tensor([10.0, 20.0, 30.0]), 4.0)
+    >>> c2w[:, :3, 3] = 0.5 * c2w[:, :3, 3] + torch.tensor([1.0, 2.0, 3.0])  # another scale and origin
+    >>> n = len(c2w); cams = Cameras(c2w, *[torch.ones(n)] * 4, torch.ones(n).long(), torch.ones(n).long(), ["a", "b", "c"])
+    >>> normalise_frame(cams).c2w[:, :3, 3].norm(dim=-1).round(decimals=3)
+    tensor([4., 4., 4.])
+    """
+    c2w = cameras.c2w.float()
+    up = _world_up(c2w)
+    transform = torch.eye(4)
+    transform[:3, :3] = _rotation_between(up, torch.tensor([0.0, 0.0, 1.0]))
+    c2w = transform @ c2w
+    centre = _axes_meeting_point(c2w)
+    scale = radius / float((c2w[:, :3, 3] - centre).norm(dim=-1).median())
+    step = torch.eye(4)
+    step[:3, :3] *= scale
+    step[:3, 3] = -scale * centre
+    transform, total_scale = step @ transform, scale
+    c2w = _apply_similarity(c2w, step, scale)
+    if masks is not None:
+        if len(masks) != c2w.shape[0]:
+            raise InputError(f"{len(masks)} masks for {c2w.shape[0]} cameras: give one mask per photo")
+        moved = replace(cameras, c2w=c2w)
+        hull = _coarse_hull(moved, masks, extent=0.75 * radius)
+        if hull.shape[0] < 8:
+            raise InputError("the masks and the cameras do not agree on any common object (their visual hull is empty): "
+                             "check that the camera file belongs to these photos and that the masks mark the object")
+        low, high = hull.amin(dim=0), hull.amax(dim=0)
+        scale = object_half_size / float(0.5 * (high - low).max())
+        step = torch.eye(4)
+        step[:3, :3] *= scale
+        step[:3, 3] = -scale * 0.5 * (low + high)
+        transform, total_scale = step @ transform, total_scale * scale
+        c2w = _apply_similarity(c2w, step, scale)
+    return replace(cameras, c2w=c2w, transform=transform @ cameras.transform, scale=total_scale * cameras.scale)
+
+
+# ----------------------------------------------------------------------------- the square model
+
+
+@dataclass
+class SquareViews:
+    """Photos resampled to the square, centred model: ``images`` ``(N, 3, S, S)``, ``masks`` and
+    ``valid`` ``(N, 1, S, S)`` (``valid``: the pixels that lie inside the photo), the shared
+    horizontal (= vertical) field of view ``fov`` in radians, and the cameras ``c2w``."""
+
+    images: torch.Tensor
+    masks: torch.Tensor | None
+    valid: torch.Tensor
+    fov: float
+    c2w: torch.Tensor
+
+
+def _tangent_extent(cameras: Cameras) -> torch.Tensor:
+    """Per camera ``(N,)``: the largest |tangent| from the principal point to a photo edge."""
+    left, right = (cameras.cx + 0.5) / cameras.fx, (cameras.width - cameras.cx - 0.5) / cameras.fx
+    top, bottom = (cameras.cy + 0.5) / cameras.fy, (cameras.height - cameras.cy - 0.5) / cameras.fy
+    return torch.stack([left, right, top, bottom], dim=1).amax(dim=1)
+
+
+def _object_extent(cameras: Cameras, masks: list, margin: float) -> torch.Tensor:
+    """Per camera ``(N,)``: the largest |tangent| from the principal point to an object pixel, times ``1 + margin``."""
+    out = []
+    for i, mask in enumerate(masks):
+        h, w = mask.shape[-2:]
+        ys, xs = torch.nonzero(mask.reshape(h, w) > 0.5, as_tuple=True)
+        if xs.numel() == 0:
+            out.append(float(_tangent_extent(cameras.subset([i]))[0]))
+            continue
+        sx, sy = float(cameras.width[i]) / w, float(cameras.height[i]) / h
+        tx = ((xs.float() + 0.5) * sx - 0.5 - cameras.cx[i]).abs().max() / cameras.fx[i]
+        ty = ((ys.float() + 0.5) * sy - 0.5 - cameras.cy[i]).abs().max() / cameras.fy[i]
+        out.append(float(torch.maximum(tx, ty)) * (1 + margin))
+    return torch.tensor(out)
+
+
+def square_views(images: list, cameras: Cameras, size: int, masks: list | None = None, fov: float | None = None, background: float = 1.0, margin: float = 0.1) -> SquareViews:
+    """Resample photos (one ``(C, h, w)`` tensor each, at any resolution of the photo the camera
+    describes) into ``size`` x ``size`` images of one pinhole camera with a centred principal
+    point, square pixels and field of view ``fov``. Default: the smallest that contains every
+    object mask with ``margin`` to spare (without masks: every whole photo); the photos' background
+    beyond it is dropped.
+
+    Exact for a pinhole camera: the square pixel ``(u, v)`` sees the ray of tangent
+    ``((u - c) / f, (v - c) / f)``, which is photo pixel ``(cx + fx tan_x, cy + fy tan_y)``. Outside
+    the photo the square shows ``background`` with ``valid`` 0.
+
+    >>> cams = Cameras(torch.eye(4)[None], torch.tensor([2.0]), torch.tensor([2.0]), torch.tensor([1.5]), torch.tensor([1.5]),
+    ...                torch.tensor([4]), torch.tensor([4]), ["a"])
+    >>> views = square_views([torch.rand(3, 4, 4)], cams, 4)
+    >>> round(math.degrees(views.fov), 1), bool(views.valid.all())
+    (90.0, True)
+    """
+    if len(images) != len(cameras):
+        raise InputError(f"{len(images)} photos for {len(cameras)} cameras: the camera file must list every photo")
+    if fov is None:
+        extent = _tangent_extent(cameras) if masks is None else _object_extent(cameras, masks, margin)
+        fov = 2 * math.atan(float(extent.max()))
+    focal = 0.5 * size / math.tan(0.5 * fov)
+    pixel = torch.arange(size, dtype=torch.float32) - 0.5 * (size - 1)
+    tan_y, tan_x = torch.meshgrid(pixel / focal, pixel / focal, indexing="ij")
+    out_images, out_masks, out_valid = [], [], []
+    for i, image in enumerate(images):
+        h, w = image.shape[-2:]
+        sx, sy = w / float(cameras.width[i]), h / float(cameras.height[i])
+        x = (cameras.cx[i] + 0.5 + cameras.fx[i] * tan_x) * sx  # photo coordinates, pixel edges at integers
+        y = (cameras.cy[i] + 0.5 + cameras.fy[i] * tan_y) * sy
+        grid = torch.stack([x / w * 2 - 1, y / h * 2 - 1], dim=-1)[None]
+        valid = ((grid.abs() <= 1).all(dim=-1)).float()[:, None]
+        sampled = F.grid_sample(image[None].float(), grid, mode="bilinear", padding_mode="border", align_corners=False)
+        out_images.append(sampled * valid + background * (1 - valid))
+        out_valid.append(valid)
+        if masks is not None:
+            out_masks.append(F.grid_sample(masks[i].reshape(1, 1, *masks[i].shape[-2:]).float(), grid, mode="bilinear", align_corners=False) * valid)
+    return SquareViews(torch.cat(out_images), torch.cat(out_masks) if masks is not None else None, torch.cat(out_valid), fov, cameras.c2w.clone())
+
+
+def object_is_whole(masks: torch.Tensor, valid: torch.Tensor | None = None, margin: int = 1) -> torch.Tensor:
+    """Whether each mask ``(N, 1, H, W)`` keeps clear of the picture's edge ``(N,)``: no object pixel
+    within ``margin`` pixels of the square's border or of an invalid (outside-the-photo) pixel.
+
+    A view that cuts the object off cannot be an anchor: the visual hull would lose what lies
+    outside its frame.
+
+    >>> m = torch.zeros(2, 1, 6, 6); m[0, 0, 2:4, 2:4] = 1; m[1, 0, 0:3, 2:4] = 1
+    >>> object_is_whole(m).tolist()
+    [True, False]
+    """
+    inside = torch.ones_like(masks) if valid is None else (valid > 0.5).float()
+    inside = F.pad(inside, (1, 1, 1, 1), value=0.0)
+    eroded = -F.max_pool2d(-inside, 2 * margin + 1, stride=1, padding=margin)[..., 1:-1, 1:-1]  # erode the valid area
+    return ~((masks > 0.5) & (eroded < 0.5)).flatten(1).any(dim=1)
+
+
+def known_fov_config(config, fov: float):
+    """The 3-D congealing settings for inputs of known field of view ``fov`` (radians): the pose
+    search tries that one field of view, and refinement keeps it."""
+    return replace(config, search_fovs_deg=(math.degrees(fov),), refine_fov=False)
+
+
+# ----------------------------------------------------------------------------- the pipeline on a capture
+
+
+def congeal_capture(photos: list, masks: list, cameras: Cameras, config, backbone=None, anchors: int | None = None, device=None, progress=None, whole_anchors: bool = True, inputs: int | None = None) -> dict:
+    """3-D congealing of a calibrated capture: the offline route of Chapter 6 on a user's photos.
+
+    The frame is normalised on the masks' visual hull (:func:`normalise_frame`), every photo is
+    resampled to the square model (:func:`square_views`), ``anchors`` views (default
+    ``config.anchor_views``) that show the whole object (:func:`object_is_whole`; all views if
+    ``whole_anchors`` is False, the old rule) and are spread around it fit the shape with their
+    cameras, and the other photos are posed by search and IoU refinement at the known field of
+    view (:func:`known_fov_config`), ignoring the square's pixels outside each photo. ``inputs``:
+    pose only that many of the other photos (evenly spaced; default all).
+
+    ``photos`` and ``masks``: one ``(3, h, w)`` / ``(1, h, w)`` tensor per camera. Returns a dict:
+    ``cameras`` (normalised), ``views`` (:class:`SquareViews`), ``anchors`` and ``inputs`` (indices),
+    ``field``, ``result`` (:class:`congealing.congeal3d.Congealed3D` of the inputs, no coordinate
+    maps), ``config`` (the one used) and ``seconds``.
+    """
+    import time
+
+    from . import congeal3d as c3
+
+    start = time.perf_counter()
+    cameras = normalise_frame(cameras, masks)
+    views = square_views(photos, cameras, config.image_size, masks)
+    whole = object_is_whole(views.masks, views.valid) if whole_anchors else None
+    anchor_index = c3.choose_anchor_views(views.c2w, anchors or config.anchor_views, whole)
+    rest = [i for i in range(len(cameras)) if i not in anchor_index]
+    if len(rest) < 2:
+        raise InputError(f"{len(cameras)} photos leave {len(rest)} to pose after {len(anchor_index)} anchors: give more photos")
+    inputs = rest if inputs is None or inputs >= len(rest) else [rest[round(k * len(rest) / inputs)] for k in range(inputs)]
+    m = views.masks[anchor_index]
+    on_white = views.images[anchor_index] * m + (1 - m)
+    field = c3.fit_shape(on_white, m, views.c2w[anchor_index], views.fov, config, progress, device)
+    seconds = {"frame_and_shape": round(time.perf_counter() - start, 2)}
+    known = known_fov_config(config, views.fov)
+    result = c3.congeal(field, views.images[inputs], views.masks[inputs], known, backbone, maps=False, progress=progress, valid=views.valid[inputs])
+    return {"cameras": cameras, "views": views, "anchors": anchor_index, "inputs": inputs, "field": field, "result": result,
+            "config": known, "seconds": {**seconds, **result.seconds}}
+
+
+# ----------------------------------------------------------------------------- a real-like benchmark
+
+
+@dataclass
+class CaptureBenchmark:
+    """Lego made to look like a hand-held capture (:func:`make_capture_benchmark`): ``photos`` and
+    ``masks`` (lists of ``(3, H, W)`` / ``(1, H, W)``, portrait), ``meta`` (the transforms.json a
+    user would have: poses in an arbitrary frame and scale, ``fl_x``/``fl_y``/``cx``/``cy`` per
+    frame), ``c2w`` ``(N, 4, 4)`` the true cameras in lego's frame, ``close_up`` ``(N,)`` the views
+    cropped to cut the object, and ``names``."""
+
+    photos: list
+    masks: list
+    meta: dict
+    c2w: torch.Tensor
+    close_up: torch.Tensor
+    names: list
+
+    def __len__(self) -> int:
+        return len(self.photos)
+
+
+def brick_wall(size: int) -> torch.Tensor:
+    """A real photograph as the shared background ``(3, size, size)``: scikit-image's brick wall
+    (``skimage.data.brick``, a public-domain photo bundled with scikit-image), tinted brick-red."""
+    from skimage import data
+
+    gray = torch.from_numpy(data.brick()).float()[None, None] / 255.0
+    gray = F.interpolate(gray, size=(size, size), mode="bilinear", align_corners=False, antialias=True)[0]
+    return (gray * torch.tensor([1.0, 0.62, 0.5])[:, None, None] * 1.3).clamp(0, 1)
+
+
+def make_capture_benchmark(image_size: int, root=None, seed: int = 0, arc_deg: float = 150.0, close_up_every: int = 4, views: int | None = None) -> CaptureBenchmark:
+    """NeRF-synthetic lego as a phone capture, for the failure modes of a real one.
+
+    * a front-only arc: the training views whose azimuth is within ``arc_deg / 2`` of -90 degrees;
+    * one real textured background shared by every view (:func:`brick_wall`);
+    * portrait 3:4 photos, ``4/3 * image_size`` pixels high, cropped from the render at random
+      offsets, so each has its own off-centre principal point and focal length; every
+      ``close_up_every``-th view is a close-up that cuts the object off;
+    * the cameras in a ``transforms.json`` (nerfstudio keys, per frame) in an arbitrary frame: the
+      true poses moved by a random rotation, scale and translation.
+
+    The crop and resize is an exact change of pinhole intrinsics, so the file's cameras are exact.
+    Deterministic in ``seed``.
+    """
+    from .congeal3d import camera_angles, se3_exp
+    from .data import load_nerf_synthetic
+
+    generator = torch.Generator().manual_seed(seed)
+    uniform = lambda low, high: low + (high - low) * float(torch.rand((), generator=generator))  # noqa: E731
+    size = 2 * image_size
+    scene = load_nerf_synthetic("lego", size=size, root=root, background=0.0)
+    azimuth, _ = camera_angles(scene.c2w)
+    offset = (azimuth + 90.0 + 180.0) % 360.0 - 180.0
+    chosen = torch.nonzero(offset.abs() <= 0.5 * arc_deg).flatten().tolist()
+    if views is not None:
+        chosen = chosen[:views]
+    wall = brick_wall(2 * size)  # the render sits in the middle of a wall twice its size
+    pad = size // 2
+    out_h = int(round(4 * image_size / 3))
+    out_w = int(round(0.75 * out_h))
+    photos, masks, frames, close = [], [], [], []
+    for k, i in enumerate(chosen):
+        alpha = F.pad(scene.masks[i], (pad, pad, pad, pad))
+        composite = F.pad(scene.images[i], (pad, pad, pad, pad)) * alpha + wall * (1 - alpha)
+        ys, xs = torch.nonzero(alpha[0] > 0.5, as_tuple=True)
+        bx0, bx1, by0, by1 = float(xs.min()), float(xs.max()) + 1, float(ys.min()), float(ys.max()) + 1
+        is_close = close_up_every > 0 and k % close_up_every == close_up_every - 1
+        if is_close:  # a close-up: a crop half the object's height, centred somewhere on the object
+            hc = 0.55 * (by1 - by0) * uniform(0.8, 1.2)
+            wc = 0.75 * hc
+            x0 = uniform(bx0, bx1) - 0.5 * wc
+            y0 = uniform(by0, by1) - 0.5 * hc
+        else:  # the whole object, with a margin, at a random place in the portrait frame
+            hc = max(by1 - by0, (bx1 - bx0) / 0.75) * uniform(1.1, 1.4)
+            wc = 0.75 * hc
+            x0 = uniform(bx1 - wc, bx0)
+            y0 = uniform(by1 - hc, by0)
+        scale = out_h / hc
+        u = (torch.arange(out_w, dtype=torch.float32) + 0.5) / scale + x0  # render coordinates, pixel edges at integers
+        v = (torch.arange(out_h, dtype=torch.float32) + 0.5) / scale + y0
+        vv, uu = torch.meshgrid(v, u, indexing="ij")
+        grid = torch.stack([uu / (2 * size) * 2 - 1, vv / (2 * size) * 2 - 1], dim=-1)[None]
+        sampled = F.grid_sample(torch.cat([composite, alpha])[None], grid, mode="bilinear", padding_mode="border", align_corners=False)[0]
+        photos.append(sampled[:3].clamp(0, 1))
+        masks.append(sampled[3:].clamp(0, 1))
+        close.append(is_close)
+        frames.append({
+            "file_path": f"images/{scene.names[i]}", "w": out_w, "h": out_h,
+            "fl_x": float(scene.focal) * scale, "fl_y": float(scene.focal) * scale,
+            "cx": (size - x0) * scale, "cy": (size - y0) * scale,  # the render's centre is at `size` on the wall
+        })
+    # an arbitrary world frame, as COLMAP would give: x -> s R x + t
+    axis_angle = torch.randn(3, generator=generator)
+    rotation = se3_exp(torch.cat([axis_angle, torch.zeros(3)])[None])[0, :3, :3]
+    scale, shift = 0.37, torch.tensor([2.0, -1.0, 5.0])
+    true = scene.c2w[chosen]
+    moved = true.clone()
+    moved[:, :3, :3] = rotation @ true[:, :3, :3]
+    moved[:, :3, 3] = scale * true[:, :3, 3] @ rotation.T + shift
+    for frame, matrix in zip(frames, moved):
+        frame["transform_matrix"] = matrix.tolist()
+    meta = {"camera_model": "OPENCV", "frames": frames}
+    return CaptureBenchmark(photos, masks, meta, true, torch.tensor(close), [scene.names[i] for i in chosen])
+
+
+def evaluate_capture(config, backbone, device=None, progress=None, seed: int = 0, root=None, inputs: int | None = None) -> dict:
+    """The real-like row of the lego table: :func:`congeal_capture` on :func:`make_capture_benchmark`,
+    from its ``transforms.json`` as a user would give it. Camera errors of the posed inputs
+    (``inputs`` of them, evenly spaced, or all) against the true cameras, Procrustes-aligned and
+    frame-free (:func:`congealing.congeal3d.pose_errors`), for random cameras, the search alone
+    and the full method; ``by_view``: the full method's frame-free errors among the posed views
+    that show the whole object and among those that cut it off."""
+    from . import congeal3d as c3
+
+    bench = make_capture_benchmark(config.image_size, root, seed)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the benchmark's file has no distortion; nothing to say
+        cameras = cameras_from_transforms(bench.meta, source="capture benchmark")
+    out = congeal_capture(bench.photos, bench.masks, cameras, config, backbone, device=device, progress=progress, inputs=inputs)
+    truth, result = bench.c2w[out["inputs"]], out["result"]
+    poses = {
+        "random poses": c3.pose_errors(c3.random_cameras(len(truth), config.camera_radius, seed), truth),
+        "no IoU refinement": c3.pose_errors(result.search["c2w"], truth),
+        "3D congealing": c3.pose_errors(result.refined["c2w"], truth),
+    }
+    whole = object_is_whole(out["views"].masks, out["views"].valid)
+    by_view = {}
+    for label, keep in (("whole views", whole[out["inputs"]]), ("cut views", ~whole[out["inputs"]])):
+        index = torch.nonzero(keep).flatten()
+        if len(index) >= 2:
+            by_view[label] = {"count": len(index), **c3.relative_pose_errors(result.refined["c2w"][index], truth[index])}
+    return {
+        "views": len(bench), "close_ups": int(bench.close_up.sum()), "whole_views": int(whole.sum()), "by_view": by_view,
+        "anchors": out["anchors"], "posed": len(out["inputs"]), "fov_deg": round(math.degrees(out["views"].fov), 2),
+        "frame_scale": out["cameras"].scale, "poses": poses, "seconds": out["seconds"],
+    }
