@@ -28,13 +28,35 @@ def test_commonness_is_high_on_the_planted_object(device):
 
 
 def test_cosegment_recovers_the_planted_object_deterministically(device):
+    """Backgrounds of unstructured clutter, different in every image: commonness is the cue."""
     descriptors, truth = (t.to(device) for t in planted_set())
-    masks = features.cosegment(descriptors, sample=3, seed=1)
+    saliency = features.commonness(descriptors)
+    masks = features.cosegment(descriptors, saliency, sample=3, seed=1)
     assert masks.device == descriptors.device
-    assert torch.equal(masks, features.cosegment(descriptors, sample=3, seed=1))
+    assert torch.equal(masks, features.cosegment(descriptors, saliency, sample=3, seed=1))
     intersection = (masks * truth).sum()
     assert intersection / truth.sum() > 0.95  # the whole object is found...
     assert intersection / ((masks + truth) > 0).sum() > 0.7  # ...with little background (random clusters touching it)
+
+
+def test_by_default_a_wall_shared_by_every_photo_is_not_the_object(device):
+    """The object in front of one wall that fills every photo's border: commonness votes for the
+    wall, the default border contrast (and border prior) for the object."""
+    generator = torch.Generator().manual_seed(3)
+    n, d, size = 6, 16, 16
+    wall = torch.randn(d, 1, 1, generator=generator)
+    descriptors = wall + 0.3 * torch.randn(n, d, size, size, generator=generator)
+    parts = torch.randn(2, d, generator=generator) * 3
+    truth = torch.zeros(n, 1, size, size)
+    for i in range(n):
+        x, y = 4 + i % 3, 4 + (i % 2)
+        descriptors[i, :, y : y + 4, x : x + 6] = parts[0, :, None, None] + 0.1 * torch.randn(d, 4, 6, generator=generator)
+        descriptors[i, :, y + 4 : y + 7, x : x + 6] = parts[1, :, None, None] + 0.1 * torch.randn(d, 3, 6, generator=generator)
+        truth[i, 0, y : y + 7, x : x + 6] = 1
+    descriptors, truth = torch.nn.functional.normalize(descriptors, dim=1).to(device), truth.to(device)
+    iou = lambda m: float((m * truth).sum() / ((m + truth) > 0).sum())  # noqa: E731
+    assert iou(features.cosegment(descriptors, sample=3)) > 0.8
+    assert iou(features.cosegment(descriptors, features.commonness(descriptors), sample=3, border_prior=False)) < 0.5
 
 
 def test_kmeans_is_seeded(device):

@@ -464,27 +464,6 @@ def border_contrast(descriptors: torch.Tensor, valid: torch.Tensor | None = None
     return score
 
 
-def object_saliency(descriptors: torch.Tensor, valid: torch.Tensor | None = None) -> torch.Tensor:
-    """The saliency :func:`cosegment` votes with by default ``(N, 1, h, w)`` in ``[0, 1]``: high where
-    a location is both common to the set (:func:`commonness`) and unlike the photos' borders
-    (:func:`border_contrast`), so neither a background seen in one photo only nor one that every
-    photo shares is taken for the object. The product, min-max normalised per image over ``valid``.
-
-    >>> d = torch.randn(3, 8, 8, 8, generator=torch.Generator().manual_seed(0))  # clutter, different in each
-    >>> d[:, :, :2] = torch.randn(8, 1, 1)                   # a wall along the top of every photo
-    >>> d[:, :, 4:6, 3:5] = torch.randn(8, 1, 1)             # the object
-    >>> s = object_saliency(d)
-    >>> float(s[:, 0, 4:6, 3:5].mean()) > 0.7, float(s[:, 0, :2].max()) < 0.2  # the object, the wall
-    (True, True)
-    """
-    N, _, h, w = descriptors.shape
-    score = (commonness(descriptors) * border_contrast(descriptors, valid)).reshape(N, -1)
-    inside = torch.ones_like(score, dtype=torch.bool) if valid is None else (valid > 0.5).reshape(N, -1).to(score.device)
-    low = score.masked_fill(~inside, math.inf).amin(dim=1, keepdim=True)
-    high = score.masked_fill(~inside, -math.inf).amax(dim=1, keepdim=True)
-    return (((score - low) / (high - low + 1e-12)).clamp(0, 1) * inside).reshape(N, 1, h, w)
-
-
 def kmeans(points: torch.Tensor, k: int, iterations: int = 30, restarts: int = 3, seed: int = 0) -> tuple[torch.Tensor, float]:
     """Plain (Euclidean) k-means of ``points`` ``(M, D)``: centroids ``(k, D)`` and the mean squared distance.
 
@@ -559,11 +538,12 @@ def cosegment(
       voted cluster that is not is kept, so a mask is never empty). Objects are photographed
       inside the frame; backgrounds run out of it.
 
-    ``saliency`` ``(N, 1, h, w)`` in ``[0, 1]``: by default :func:`object_saliency` (common to the
-    set and unlike the photos' borders), which works for any backbone and is not fooled by a
-    background the whole set shares (``vote_threshold=0.3``; measured on CUB classes 1-10 and on
-    lego on a shared wall by ``benchmarks/bench_cosegment.py``); or :func:`commonness` or
-    :func:`border_contrast` alone; or a ViT's CLS attention (:meth:`ViTKeys.saliency`, resized to
+    ``saliency`` ``(N, 1, h, w)`` in ``[0, 1]``: by default :func:`border_contrast`, which works for
+    any backbone and is not fooled by a background the whole set shares (``vote_threshold=0.3``;
+    measured on CUB classes 1-10 and on lego on a shared wall by ``benchmarks/bench_cosegment.py``,
+    where it beat both :func:`commonness` and the product of the two); or :func:`commonness`, which
+    suits sets whose backgrounds differ from photo to photo and have no structure of their own; or
+    a ViT's CLS attention (:meth:`ViTKeys.saliency`, resized to
     ``(h, w)``), which is peaked: Amir et al. vote on it with ``vote_threshold=0.065``.
     Deterministic for a given ``seed``.
 
@@ -579,7 +559,7 @@ def cosegment(
             raise ValueError(f"valid must be (N, 1, h, w) = {(N, 1, h, w)}, got {tuple(valid.shape)}")
         inside = (valid > 0.5).reshape(N, h * w).to(descriptors.device)
     if saliency is None:
-        saliency = object_saliency(descriptors, valid)
+        saliency = border_contrast(descriptors, valid)
     if saliency.shape != (N, 1, h, w):
         raise ValueError(f"saliency must be (N, 1, h, w) = {(N, 1, h, w)}, got {tuple(saliency.shape)}")
     rows = _unit_rows(descriptors)  # (N, h*w, D)
