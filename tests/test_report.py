@@ -147,3 +147,17 @@ def test_verdict_says_whether_the_set_became_more_consistent(tmp_path, undo, sta
     verdict = json.loads((out / "summary.json").read_text())["verdict"]
     assert verdict["status"] == status, verdict
     assert (verdict["agreement_after"] > verdict["agreement_before"]) == undo
+
+
+def test_a_set_made_consistent_by_squeezing_is_not_called_good():
+    from congealing.report import _warn_if_squeezed, describe_transforms
+
+    squeeze = torch.diag(torch.tensor([0.4, 0.4, 1.0]))  # every image shrunk to 16 % of its area
+    moves = describe_transforms(torch.stack([squeeze, squeeze, torch.eye(3)]))
+    verdict = {"status": "good", "headline": "The alignment made the set clearly more consistent.", "warnings": []}
+    _warn_if_squeezed(verdict, moves, ["a.png", "b.png", "c.png"])
+    assert verdict["status"] == "unclear" and verdict["squeezed"] == ["a.png", "b.png"]
+    assert "2 of 3 images" in verdict["warnings"][0]
+    honest = {"status": "good", "headline": "x", "warnings": []}
+    _warn_if_squeezed(honest, describe_transforms(torch.eye(3).repeat(3, 1, 1)), ["a.png", "b.png", "c.png"])
+    assert honest == {"status": "good", "headline": "x", "warnings": []}

@@ -189,6 +189,7 @@ def write_alignment(
             row["pose"]["words"] = describe_pose(poses[n])
         per_image.append(row)
     verdict = _verdict(quality, objective, method_scores, count, mode, method, masked=object_masks is not None)
+    _warn_if_squeezed(verdict, [row.get("transform") for row in per_image], list(names))
     outputs = {name: {title: f"{folder}/{key}.png" for title, (folder, _) in columns.items()} for name, key in zip(names, keys)}
     info = {"method": method, "mode": mode, "images": list(names), "outputs": outputs, "atlas": atlas_files, **(summary or {})}
     if method_scores is not None:
@@ -465,6 +466,34 @@ def _verdict(quality, objective, method_scores, count, mode, method, masked: boo
     return verdict
 
 
+#: A transform that changes an image's area by more than this factor (either way), or stretches it
+#: by more than :data:`SQUEEZE_STRETCH`, is "squeezed": the degenerate way to lower a congealing
+#: objective (Chapter 2) rather than a match.
+SQUEEZE_SCALE = 1.5
+SQUEEZE_STRETCH = 2.0
+
+
+def _warn_if_squeezed(verdict: dict, moves: list, names: list[str]) -> None:
+    """Warn when images were shrunk, enlarged or stretched strongly; with a third of the set or
+    more, a "good" verdict becomes "unclear" (agreement can rise because images were squeezed)."""
+    squeezed = [
+        name for name, move in zip(names, moves)
+        if move is not None and "scale" in move
+        and (move["scale"] > SQUEEZE_SCALE or move["scale"] < 1 / SQUEEZE_SCALE or move.get("stretch", 1.0) > SQUEEZE_STRETCH)
+    ]
+    if not squeezed:
+        return
+    verdict["squeezed"] = squeezed
+    listing = ", ".join(squeezed[:5]) + (" ..." if len(squeezed) > 5 else "")
+    verdict["warnings"].append(
+        f"{len(squeezed)} of {len(names)} images were shrunk, enlarged or stretched strongly ({listing}): a congealing objective "
+        "can be lowered by squeezing images instead of matching them. Look at the aligned column before trusting the correspondences."
+    )
+    if verdict.get("status") == "good" and 3 * len(squeezed) >= len(names):
+        verdict["status"] = "unclear"
+        verdict["headline"] = "Unclear: the images agree more, but many were squeezed to get there."
+
+
 # ----------------------------------------------------------------------------- transforms in words
 
 
@@ -639,7 +668,8 @@ FIELD_DOCS: dict[str, str] = {
     "atlas": "atlas view name -> PNG file; the first is the mean aligned image",
     "verdict": "the page's first paragraph: headline, status (good / unclear / bad), agreement_before and agreement_after "
     "(mean of per_image agreement, inputs vs aligned images; higher is better), descriptor_agreement_before / _after (the same for "
-    "per_image descriptor_agreement, when descriptors were given), objective (the method's own, see per method), warnings",
+    "per_image descriptor_agreement, when descriptors were given), objective (the method's own, see per method), warnings, squeezed "
+    "(the images whose transform changed their area more than 1.5x either way or stretched them more than 2x, if any)",
     "per_image": "one entry per input, in input order: name; key (output file stem); mirrored (bool: the method flipped the image "
     "left-right); agreement (weighted correlation, in [-1, 1], of the aligned image with the mean of the other aligned images inside "
     "the masks: higher is better; congealing.report.agreement); agreement_before (the same for the inputs); descriptor_agreement and "
