@@ -34,8 +34,10 @@ unit: env
 fast: env
 	$(BIN)/pytest -m "not browser and not slow" -q
 
+# Two notebooks at a time (pytest-xdist, one notebook per worker), one thread each: on a 2-core
+# machine this halves the wall time, and two kernels with two threads each would fight for the cores.
 notebooks: env
-	$(BIN)/pytest -q --nbval-lax --nbval-current-env $$($(BIN)/python tests/toc_notebooks.py)
+	OMP_NUM_THREADS=1 $(BIN)/pytest -q --nbval-lax --nbval-current-env -n 2 --dist loadfile $$($(BIN)/python tests/toc_notebooks.py)
 
 browser: env
 	$(BIN)/pytest -m browser -q
