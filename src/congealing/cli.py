@@ -91,6 +91,7 @@ def _parser() -> argparse.ArgumentParser:
     align.add_argument("--masks", type=Path, default=None, help="neural, spacejam, congeal3d: a folder of object masks, NAME.png per photo (white = object); default: alpha channels, else co-segmentation")
     align.add_argument("--skip-unreadable", action="store_true", help="leave out images that cannot be read, naming them, instead of stopping")
     align.add_argument("--shape", type=Path, default=None, help="congeal3d only: the canonical shape checkpoint (congealing.congeal3d.save_shape)")
+    align.add_argument("--cameras", type=Path, default=None, help="congeal3d only: the photos' cameras, a transforms.json (instant-ngp, nerfstudio) or a COLMAP text folder; the shape is then fitted from the photos")
     common(align)
 
     evaluate = sub.add_parser("eval", help="evaluate a method on a benchmark and print a table")
@@ -195,9 +196,17 @@ def validate(args) -> None:
             raise UsageError(f"--masks {args.masks} is not a folder; give the folder that holds one mask image per photo")
         if args.shape is not None and args.method != "congeal3d":
             raise UsageError("--shape is for --method congeal3d only; leave it out")
-        if args.method == "congeal3d":
+        if args.cameras is not None and args.method != "congeal3d":
+            raise UsageError("--cameras is for --method congeal3d only; leave it out")
+        if args.method == "congeal3d" and args.cameras is not None:
+            if args.shape is not None:
+                raise UsageError("--cameras fits the shape from the photos; leave out --shape (or --cameras, to pose the photos on a saved shape)")
+            from .captures import check_capture
+
+            args.capture_cameras = check_capture(args.folder, args.cameras)
+        elif args.method == "congeal3d":
             if args.shape is None:
-                raise UsageError("--method congeal3d needs --shape SHAPE: a canonical shape saved by congealing.congeal3d.save_shape (Chapter 6)")
+                raise UsageError("--method congeal3d needs --shape SHAPE (a canonical shape saved by congealing.congeal3d.save_shape, Chapter 6) or --cameras PATH (the capture's transforms.json or COLMAP folder)")
             if not args.shape.is_file():
                 raise UsageError(f"--shape {args.shape} is not a file; give a shape saved by congealing.congeal3d.save_shape")
         args.out = report_folder.check_output_folder(args.out, args.folder)

@@ -1364,8 +1364,14 @@ def align_folder(image_set, args) -> None:
     beside each input, plus an edit painted in the canonical frame onto every image.
 
     Masks come from the images' alpha channel if they have one, else from co-segmentation
-    (Chapter 3). Nothing is written unless every stage succeeds.
+    (Chapter 3). Nothing is written unless every stage succeeds. With ``args.cameras`` (a
+    capture's camera file) the shape is fitted from the photos themselves instead
+    (:func:`congealing.captures.align_capture`).
     """
+    if getattr(args, "cameras", None) is not None:
+        from .captures import align_capture
+
+        return align_capture(image_set, args)
     from .features import load_backbone
     from .neural import saliency_masks
     from .report import write_alignment
