@@ -175,3 +175,32 @@ def test_align_a_capture_from_the_command_line(capture_folder, tmp_path, capsys,
 
 
 ORIGINAL_FOR_MODE = c3.Congeal3DConfig.for_mode
+
+
+def test_photos_of_unknown_intrinsics_are_searched_up_to_a_phones_field_of_view(tmp_path, monkeypatch, capsys):
+    """``congeal align --shape`` (no camera file) searches fields of view that include a phone's:
+    26 mm equivalent, 69 degrees along the long side. The run stops at the search, whose settings it records."""
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    for k in range(2):
+        rgba = np.zeros((40, 30, 4), dtype=np.uint8)
+        rgba[..., :3] = rng.integers(0, 255, (40, 30, 3))
+        rgba[10:30, 8:22, 3] = 255
+        Image.fromarray(rgba).save(folder / f"p{k}.png")
+    shape = tmp_path / "shape.pt"
+    c3.save_shape(c3.VoxelField(8, 1.5), shape)
+    seen = {}
+
+    class Stop(Exception):
+        pass
+
+    def record(field, images, masks, config, *args, **kwargs):
+        seen["fovs"] = config.search_fovs_deg
+        raise Stop
+
+    monkeypatch.setattr(c3, "congeal", record)
+    with pytest.raises(Stop):
+        cli.main(["align", str(folder), "--method", "congeal3d", "--shape", str(shape), "--out", str(tmp_path / "out"), "--mode", "quick", "--size", "32"])
+    phone = np.degrees(2 * np.arctan(18 / 26))
+    assert min(abs(f - phone) for f in seen["fovs"]) < 7.5 and max(seen["fovs"]) > phone

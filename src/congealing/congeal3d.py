@@ -119,6 +119,24 @@ class Congeal3DConfig:
         return replace(config, **overrides)
 
 
+#: The search's fields of view for a user's photos of unknown intrinsics: the benchmark's grid plus
+#: 75 degrees. A phone's main camera (26 mm equivalent) sees 2 atan(18 / 26) = 69 degrees along
+#: the photo's long side, which the folder loader's square padding keeps; 60 degrees refined by
+#: IoU does not reliably reach it. Known intrinsics replace the grid with the one true field of
+#: view (:func:`congealing.captures.known_fov_config`).
+PHOTO_SEARCH_FOVS_DEG = (15.0, 37.5, 60.0, 75.0)
+
+
+def photo_search_config(config: Congeal3DConfig) -> Congeal3DConfig:
+    """The settings for a user's photos of unknown field of view: the search tries
+    :data:`PHOTO_SEARCH_FOVS_DEG` (a third more candidate renders than the benchmark's grid).
+
+    >>> max(photo_search_config(Congeal3DConfig()).search_fovs_deg) >= 70
+    True
+    """
+    return replace(config, search_fovs_deg=PHOTO_SEARCH_FOVS_DEG)
+
+
 # ----------------------------------------------------------------------------- cameras
 
 
@@ -1389,7 +1407,7 @@ def align_folder(image_set, args) -> None:
     progress.stage("loading the shape and the backbone")
     device = get_device(getattr(args, "device", None))
     field = load_shape(shape_path).to(device)
-    config = Congeal3DConfig.for_mode(args.mode, seed=getattr(args, "seed", 0))
+    config = photo_search_config(Congeal3DConfig.for_mode(args.mode, seed=getattr(args, "seed", 0)))
     backbone = load_backbone(getattr(args, "backbone", None), device)
     size = config.image_size
     images = F.interpolate(image_set.images, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
