@@ -204,3 +204,12 @@ def test_photos_of_unknown_intrinsics_are_searched_up_to_a_phones_field_of_view(
         cli.main(["align", str(folder), "--method", "congeal3d", "--shape", str(shape), "--out", str(tmp_path / "out"), "--mode", "quick", "--size", "32"])
     phone = np.degrees(2 * np.arctan(18 / 26))
     assert min(abs(f - phone) for f in seen["fovs"]) < 7.5 and max(seen["fovs"]) > phone
+
+
+def test_lego_capture_benchmark_is_its_own_dataset(capsys):
+    """``congeal eval --dataset lego-capture`` exists (the quick lego run leaves the capture row out)
+    and refuses what does not apply to it in one line."""
+    code, err = run(["eval", "--dataset", "lego-capture", "--method", "congeal3d", "--classes", "1"], capsys)
+    one_line_error(code, err, "--classes does not apply to --dataset lego-capture")
+    code, err = run(["eval", "--dataset", "lego-capture", "--method", "lsq"], capsys)
+    one_line_error(code, err, "cannot be evaluated on lego-capture")

@@ -28,18 +28,19 @@ from __future__ import annotations
 import json
 import math
 import warnings
-from dataclasses import dataclass, field as dataclass_field, replace
+from dataclasses import asdict, dataclass, field as dataclass_field, replace
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
-from .errors import InputError
+from .errors import InputError, UsageError
 
 __all__ = [
     "Cameras", "load_cameras", "cameras_from_transforms", "cameras_from_colmap", "normalise_frame",
     "SquareViews", "square_views", "object_is_whole", "known_fov_config", "check_intrinsics", "match_photos", "check_capture",
-    "congeal_capture", "align_capture",
+    "congeal_capture", "align_capture", "pad_to_squares", "photos_from_squares", "cosegment_photos", "make_capture_benchmark", "evaluate_capture",
+    "evaluate_lego_capture", "format_capture_rows",
 ]
 
 _DISTORTION_KEYS = ("k1", "k2", "k3", "k4", "p1", "p2")
@@ -682,6 +683,44 @@ def photos_from_squares(squares: torch.Tensor, valid: torch.Tensor) -> list:
     return out
 
 
+def pad_to_squares(photos: list, size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Photos (one ``(C, h, w)`` each) padded to ``size`` x ``size`` squares the way the folder loader
+    pads them (longer side to ``size``, centred): ``squares`` ``(N, C, size, size)`` and ``valid``
+    ``(N, 1, size, size)``, 1 on the photo's own pixels. :func:`photos_from_squares` undoes it.
+
+    >>> squares, valid = pad_to_squares([torch.ones(3, 8, 4)], 4)
+    >>> squares.shape, valid[0, 0].sum().item()
+    (torch.Size([1, 3, 4, 4]), 8.0)
+    """
+    squares, valid = [], []
+    for photo in photos:
+        h, w = photo.shape[-2:]
+        scale = size / max(h, w)
+        nh, nw = max(1, round(h * scale)), max(1, round(w * scale))
+        top, left = (size - nh) // 2, (size - nw) // 2
+        resized = F.interpolate(photo[None].float(), size=(nh, nw), mode="bilinear", align_corners=False, antialias=True)[0]
+        square = torch.zeros(photo.shape[0], size, size)
+        square[:, top : top + nh, left : left + nw] = resized
+        inside = torch.zeros(1, size, size)
+        inside[:, top : top + nh, left : left + nw] = 1.0
+        squares.append(square)
+        valid.append(inside)
+    return torch.stack(squares), torch.stack(valid)
+
+
+def cosegment_photos(photos: list, backbone, size: int = 256) -> list:
+    """Object masks of a capture's photos (one ``(3, h, w)`` each) by co-segmentation, as
+    ``congeal align`` makes them without ``--masks``: padded to squares (:func:`pad_to_squares`),
+    :func:`congealing.neural.saliency_masks` with the padding left out, and cropped back. Returns
+    one ``(1, h', w')`` mask per photo (the photo at the squares' scale; its camera still applies)."""
+    from .neural import saliency_masks
+
+    squares, valid = pad_to_squares(photos, size)
+    masks, _ = saliency_masks(squares, backbone, None, valid)
+    masks = (F.interpolate(masks.float(), size=(size, size), mode="bilinear", align_corners=False) > 0.5).float()
+    return photos_from_squares(masks, valid)
+
+
 def align_capture(image_set, args) -> None:
     """``congeal align DIR --method congeal3d --cameras PATH --out OUT``: 3-D congealing of a
     calibrated capture (:func:`congeal_capture`), written as a report.
@@ -872,20 +911,32 @@ def make_capture_benchmark(image_size: int, root=None, seed: int = 0, arc_deg: f
     return CaptureBenchmark(photos, masks, meta, true, torch.tensor(close), [scene.names[i] for i in chosen])
 
 
-def evaluate_capture(config, backbone, device=None, progress=None, seed: int = 0, root=None, inputs: int | None = None) -> dict:
-    """The real-like row of the lego table: :func:`congeal_capture` on :func:`make_capture_benchmark`,
-    from its ``transforms.json`` as a user would give it. Camera errors of the posed inputs
+def evaluate_capture(config, backbone, device=None, progress=None, seed: int = 0, root=None, inputs: int | None = None, masks: str = "true", bench=None) -> dict:
+    """The real-like row of the lego table: :func:`congeal_capture` on :func:`make_capture_benchmark`
+    (or ``bench``), from its ``transforms.json`` as a user would give it, with the ``"true"`` masks
+    (the renders' alpha) or the ``"cosegment"`` ones a user without masks gets
+    (:func:`cosegment_photos`; ``mask_iou``: their mean IoU with the true masks). Camera errors of the posed inputs
     (``inputs`` of them, evenly spaced, or all) against the true cameras, Procrustes-aligned and
     frame-free (:func:`congealing.congeal3d.pose_errors`), for random cameras, the search alone
     and the full method; ``by_view``: the full method's frame-free errors among the posed views
     that show the whole object and among those that cut it off."""
     from . import congeal3d as c3
 
-    bench = make_capture_benchmark(config.image_size, root, seed)
+    from .features import load_backbone
+
+    if masks not in ("true", "cosegment"):
+        raise ValueError(f"masks must be 'true' or 'cosegment', got {masks!r}")
+    bench = make_capture_benchmark(config.image_size, root, seed) if bench is None else bench
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the benchmark's file has no distortion; nothing to say
         cameras = cameras_from_transforms(bench.meta, source="capture benchmark")
-    out = congeal_capture(bench.photos, bench.masks, cameras, config, backbone, device=device, progress=progress, inputs=inputs)
+    photo_masks, mask_iou = bench.masks, None
+    if masks == "cosegment":
+        backbone = load_backbone(backbone, device) if backbone is None or isinstance(backbone, str) else backbone
+        photo_masks = cosegment_photos(bench.photos, backbone)
+        true = [F.interpolate(m[None], size=c.shape[-2:], mode="area")[0] > 0.5 for m, c in zip(bench.masks, photo_masks)]
+        mask_iou = sum(float((t & (c > 0.5)).sum() / (t | (c > 0.5)).sum().clamp_min(1)) for t, c in zip(true, photo_masks)) / len(true)
+    out = congeal_capture(bench.photos, photo_masks, cameras, config, backbone, device=device, progress=progress, inputs=inputs)
     truth, result = bench.c2w[out["inputs"]], out["result"]
     poses = {
         "random poses": c3.pose_errors(c3.random_cameras(len(truth), config.camera_radius, seed), truth),
@@ -899,7 +950,57 @@ def evaluate_capture(config, backbone, device=None, progress=None, seed: int = 0
         if len(index) >= 2:
             by_view[label] = {"count": len(index), **c3.relative_pose_errors(result.refined["c2w"][index], truth[index])}
     return {
+        "masks": masks, "mask_iou": mask_iou,
         "views": len(bench), "close_ups": int(bench.close_up.sum()), "whole_views": int(whole.sum()), "by_view": by_view,
         "anchors": out["anchors"], "posed": len(out["inputs"]), "fov_deg": round(math.degrees(out["views"].fov), 2),
         "frame_scale": out["cameras"].scale, "poses": poses, "seconds": out["seconds"],
     }
+
+
+def format_capture_rows(c: dict) -> list:
+    """Plain-text lines of one :func:`evaluate_capture` result (the lego table's capture row)."""
+    masks = "true masks" if c.get("masks", "true") == "true" else f"co-segmentation masks (IoU {c['mask_iou']:.2f} with the true ones)"
+    lines = [f"capture-like lego with {masks} (brick wall, portrait crops, off-centre principal points, {c['close_ups']} close-ups, front arc; "
+             f"{c['views']} views, {len(c['anchors'])} whole-view anchors, {c['posed']} posed, FoV {c['fov_deg']} deg known from transforms.json)",
+             f"{'':26} {'rot mean':>9} {'rot med':>8} {'trans mean':>11} {'trans med':>10} | {'rel rot med':>11} {'view med':>9}"]
+    for name, e in c["poses"].items():
+        lines.append(f"{name:26} {e['rotation_mean']:9.1f} {e['rotation_median']:8.1f} {e['translation_mean']:11.2f} {e['translation_median']:10.2f} | "
+                     f"{e['relative_rotation_median']:11.1f} {e['view_angle_median']:9.1f}")
+    for name, e in c.get("by_view", {}).items():
+        lines.append(f"{'  ' + name + ' (' + str(e['count']) + ')':26} {'':>41} | {e['relative_rotation_median']:11.1f} {e['view_angle_median']:9.1f}")
+    lines.append("seconds: " + ", ".join(f"{k} {v}" for k, v in c["seconds"].items()))
+    return lines
+
+
+def evaluate_lego_capture(args) -> dict:
+    """``congeal eval --dataset lego-capture --method congeal3d``: the capture-like lego
+    (:func:`evaluate_capture`), posed with the true masks and with the co-segmentation masks a
+    user without masks gets; 16 posed views in quick mode, all in full mode. ``--dataset lego``
+    adds the true-mask row to its table in full mode only (the quick lego run stays short)."""
+    from . import runtime
+    from .congeal3d import Congeal3DConfig, _progress
+    from .features import load_backbone
+
+    if args.method != "congeal3d":
+        raise UsageError(f"congeal eval --dataset lego-capture: method {args.method!r} is not available here; use congeal3d")
+    mode = runtime.get_mode(getattr(args, "mode", None))
+    config = Congeal3DConfig.for_mode(mode, seed=args.seed)
+    device = runtime.get_device(getattr(args, "device", None))
+    backbone = load_backbone(getattr(args, "backbone", None), device)
+    progress = _progress(getattr(args, "progress", True))
+    bench = make_capture_benchmark(config.image_size, seed=args.seed)
+    inputs = runtime.pick({"quick": 16, "full": None}, mode)
+    out = {"dataset": "lego-capture", "method": "congeal3d", "backbone": backbone.name, "backbone_title": backbone.title, "mode": mode,
+           "device": str(device), "seed": args.seed, "config": asdict(config),
+           "protocol": "camera errors of the posed views against the true cameras: Procrustes-aligned, and frame-free over pairs (relative rotation, view angle), degrees",
+           "capture": {}}
+    for masks in ("true", "cosegment"):
+        out["capture"][masks] = evaluate_capture(config, backbone, device, progress, args.seed, inputs=inputs, masks=masks, bench=bench)
+    from .eval import peak_memory_mb
+
+    out["peak_rss_mb"] = peak_memory_mb(device)
+    lines = [f"lego as a hand-held capture, 3-D congealing, backbone {backbone.name}, {mode} mode"]
+    for result in out["capture"].values():
+        lines += ["", *format_capture_rows(result)]
+    out["table"] = "\n".join(lines)
+    return out

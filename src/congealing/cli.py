@@ -44,9 +44,10 @@ EVALUATIONS: dict[str, str] = {
     "mnist": "congealing.classical:evaluate_mnist",
     "cub": "congealing.eval:evaluate_cub",
     "lego": "congealing.congeal3d:evaluate_lego",
+    "lego-capture": "congealing.captures:evaluate_lego_capture",
 }
 #: The methods each benchmark can evaluate (``congeal eval --dataset D --method M``).
-DATASET_METHODS: dict[str, tuple[str, ...]] = {"mnist": METHOD_NAMES, "cub": tuple(ALIGNERS), "lego": ("congeal3d",)}
+DATASET_METHODS: dict[str, tuple[str, ...]] = {"mnist": METHOD_NAMES, "cub": tuple(ALIGNERS), "lego": ("congeal3d",), "lego-capture": ("congeal3d",)}
 #: Methods that work on pixels and load no feature backbone.
 PIXEL_METHODS = METHOD_NAMES
 #: Methods that train with a checkpoint that ``--resume`` continues.
@@ -151,8 +152,8 @@ def _parse_classes(args) -> None:
     items = [c.strip() for c in str(args.classes).split(",") if c.strip()]
     if not items:
         raise UsageError("--classes is empty; give comma-separated class ids, e.g. 1,2,3")
-    if args.dataset == "lego":
-        raise UsageError("--classes does not apply to --dataset lego (one scene); leave it out")
+    if args.dataset.startswith("lego"):
+        raise UsageError(f"--classes does not apply to --dataset {args.dataset} (one scene); leave it out")
     low, high = (0, 9) if args.dataset == "mnist" else (1, 200)
     ids = [_whole_number(c, "--classes", low, high) for c in items]
     if args.dataset == "cub":
