@@ -44,9 +44,10 @@ EVALUATIONS: dict[str, str] = {
     "mnist": "congealing.classical:evaluate_mnist",
     "cub": "congealing.eval:evaluate_cub",
     "lego": "congealing.congeal3d:evaluate_lego",
+    "lego-capture": "congealing.captures:evaluate_lego_capture",
 }
 #: The methods each benchmark can evaluate (``congeal eval --dataset D --method M``).
-DATASET_METHODS: dict[str, tuple[str, ...]] = {"mnist": METHOD_NAMES, "cub": tuple(ALIGNERS), "lego": ("congeal3d",)}
+DATASET_METHODS: dict[str, tuple[str, ...]] = {"mnist": METHOD_NAMES, "cub": tuple(ALIGNERS), "lego": ("congeal3d",), "lego-capture": ("congeal3d",)}
 #: Methods that work on pixels and load no feature backbone.
 PIXEL_METHODS = METHOD_NAMES
 #: Methods that train with a checkpoint that ``--resume`` continues.
@@ -91,6 +92,7 @@ def _parser() -> argparse.ArgumentParser:
     align.add_argument("--masks", type=Path, default=None, help="neural, spacejam, congeal3d: a folder of object masks, NAME.png per photo (white = object); default: alpha channels, else co-segmentation")
     align.add_argument("--skip-unreadable", action="store_true", help="leave out images that cannot be read, naming them, instead of stopping")
     align.add_argument("--shape", type=Path, default=None, help="congeal3d only: the canonical shape checkpoint (congealing.congeal3d.save_shape)")
+    align.add_argument("--cameras", type=Path, default=None, help="congeal3d only: the photos' cameras, a transforms.json (instant-ngp, nerfstudio) or a COLMAP text folder; the shape is then fitted from the photos")
     common(align)
 
     evaluate = sub.add_parser("eval", help="evaluate a method on a benchmark and print a table")
@@ -150,8 +152,8 @@ def _parse_classes(args) -> None:
     items = [c.strip() for c in str(args.classes).split(",") if c.strip()]
     if not items:
         raise UsageError("--classes is empty; give comma-separated class ids, e.g. 1,2,3")
-    if args.dataset == "lego":
-        raise UsageError("--classes does not apply to --dataset lego (one scene); leave it out")
+    if args.dataset.startswith("lego"):
+        raise UsageError(f"--classes does not apply to --dataset {args.dataset} (one scene); leave it out")
     low, high = (0, 9) if args.dataset == "mnist" else (1, 200)
     ids = [_whole_number(c, "--classes", low, high) for c in items]
     if args.dataset == "cub":
@@ -195,9 +197,17 @@ def validate(args) -> None:
             raise UsageError(f"--masks {args.masks} is not a folder; give the folder that holds one mask image per photo")
         if args.shape is not None and args.method != "congeal3d":
             raise UsageError("--shape is for --method congeal3d only; leave it out")
-        if args.method == "congeal3d":
+        if args.cameras is not None and args.method != "congeal3d":
+            raise UsageError("--cameras is for --method congeal3d only; leave it out")
+        if args.method == "congeal3d" and args.cameras is not None:
+            if args.shape is not None:
+                raise UsageError("--cameras fits the shape from the photos; leave out --shape (or --cameras, to pose the photos on a saved shape)")
+            from .captures import check_capture
+
+            args.capture_cameras = check_capture(args.folder, args.cameras)
+        elif args.method == "congeal3d":
             if args.shape is None:
-                raise UsageError("--method congeal3d needs --shape SHAPE: a canonical shape saved by congealing.congeal3d.save_shape (Chapter 6)")
+                raise UsageError("--method congeal3d needs --shape SHAPE (a canonical shape saved by congealing.congeal3d.save_shape, Chapter 6) or --cameras PATH (the capture's transforms.json or COLMAP folder)")
             if not args.shape.is_file():
                 raise UsageError(f"--shape {args.shape} is not a file; give a shape saved by congealing.congeal3d.save_shape")
         args.out = report_folder.check_output_folder(args.out, args.folder)

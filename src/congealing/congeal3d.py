@@ -119,6 +119,24 @@ class Congeal3DConfig:
         return replace(config, **overrides)
 
 
+#: The search's fields of view for a user's photos of unknown intrinsics: the benchmark's grid plus
+#: 75 degrees. A phone's main camera (26 mm equivalent) sees 2 atan(18 / 26) = 69 degrees along
+#: the photo's long side, which the folder loader's square padding keeps; 60 degrees refined by
+#: IoU does not reliably reach it. Known intrinsics replace the grid with the one true field of
+#: view (:func:`congealing.captures.known_fov_config`).
+PHOTO_SEARCH_FOVS_DEG = (15.0, 37.5, 60.0, 75.0)
+
+
+def photo_search_config(config: Congeal3DConfig) -> Congeal3DConfig:
+    """The settings for a user's photos of unknown field of view: the search tries
+    :data:`PHOTO_SEARCH_FOVS_DEG` (a third more candidate renders than the benchmark's grid).
+
+    >>> max(photo_search_config(Congeal3DConfig()).search_fovs_deg) >= 70
+    True
+    """
+    return replace(config, search_fovs_deg=PHOTO_SEARCH_FOVS_DEG)
+
+
 # ----------------------------------------------------------------------------- cameras
 
 
@@ -1244,9 +1262,11 @@ def evaluate_lego(args) -> dict:
     transfer through 3-D against nearest-neighbour matching with the same backbone, binned by the
     relative rotation of the two views (and, on the varied inputs, SpaceJAM and Neural Congealing:
     :func:`planar_transfers`; ``args.planar = False`` skips them); seconds per stage. Quick mode
-    uses 16 of the 92 inputs. Then the real-like row (``args.capture = False`` skips it): lego as a
-    hand-held capture, posed from its ``transforms.json``
-    (:func:`congealing.captures.evaluate_capture`; 16 posed views in quick mode).
+    uses 16 of the 92 inputs. In full mode, then the real-like row (``args.capture``: True or False
+    to force it on or off): lego as a hand-held capture, posed from its ``transforms.json``
+    (:func:`congealing.captures.evaluate_capture`). Quick mode leaves it out: Chapter 7's quick
+    run reads the table above only, and ``congeal eval --dataset lego-capture`` runs the row on
+    its own, with true and co-segmented masks.
     """
     from . import runtime
     from .eval import descriptor_transfer
@@ -1293,7 +1313,7 @@ def evaluate_lego(args) -> dict:
                 pck[name] = {**pck_by_rotation(transfer, keypoints, bench.c2w), "seconds": round(seconds, 1)}
         pck["3D congealing"] = pck_by_rotation(lambda a, b, p: transfer_points(full.maps, a, b, p), keypoints, bench.c2w)
         out["appearances"][appearance] = {"poses": poses, "pck": pck, "seconds": full.seconds}
-    if getattr(args, "capture", True):
+    if getattr(args, "capture", mode == "full"):
         from .captures import evaluate_capture
 
         out["capture"] = evaluate_capture(config, backbone, device, progress, args.seed, inputs=runtime.pick({"quick": 16, "full": None}, mode))
@@ -1345,16 +1365,11 @@ def format_lego_table(results: dict) -> str:
         lines.append("seconds: " + ", ".join(f"{k} {v}" for k, v in block["seconds"].items()))
     lines.append("seconds (shared): " + ", ".join(f"{k} {v}" for k, v in results["seconds"].items()))
     if "capture" in results:
-        c = results["capture"]
-        lines.append(f"\ncapture-like lego (brick wall, portrait crops, off-centre principal points, {c['close_ups']} close-ups, front arc; "
-                     f"{c['views']} views, {len(c['anchors'])} whole-view anchors, {c['posed']} posed, FoV {c['fov_deg']} deg known from transforms.json)")
-        lines.append(f"{'':26} {'rot mean':>9} {'rot med':>8} {'trans mean':>11} {'trans med':>10} | {'rel rot med':>11} {'view med':>9}")
-        for name, e in c["poses"].items():
-            lines.append(f"{name:26} {e['rotation_mean']:9.1f} {e['rotation_median']:8.1f} {e['translation_mean']:11.2f} {e['translation_median']:10.2f} | "
-                         f"{e['relative_rotation_median']:11.1f} {e['view_angle_median']:9.1f}")
-        for name, e in c.get("by_view", {}).items():
-            lines.append(f"{'  ' + name + ' (' + str(e['count']) + ')':26} {'':>41} | {e['relative_rotation_median']:11.1f} {e['view_angle_median']:9.1f}")
-        lines.append("seconds: " + ", ".join(f"{k} {v}" for k, v in c["seconds"].items()))
+        from .captures import format_capture_rows
+
+        lines += ["", *format_capture_rows(results["capture"])]
+    else:
+        lines.append("\n(the capture-like row runs in full mode; in quick mode: congeal eval --dataset lego-capture --method congeal3d)")
     return "\n".join(lines)
 
 
@@ -1364,8 +1379,14 @@ def align_folder(image_set, args) -> None:
     beside each input, plus an edit painted in the canonical frame onto every image.
 
     Masks come from the images' alpha channel if they have one, else from co-segmentation
-    (Chapter 3). Nothing is written unless every stage succeeds.
+    (Chapter 3). Nothing is written unless every stage succeeds. With ``args.cameras`` (a
+    capture's camera file) the shape is fitted from the photos themselves instead
+    (:func:`congealing.captures.align_capture`).
     """
+    if getattr(args, "cameras", None) is not None:
+        from .captures import align_capture
+
+        return align_capture(image_set, args)
     from .features import load_backbone
     from .neural import saliency_masks
     from .report import write_alignment
@@ -1383,7 +1404,7 @@ def align_folder(image_set, args) -> None:
     progress.stage("loading the shape and the backbone")
     device = get_device(getattr(args, "device", None))
     field = load_shape(shape_path).to(device)
-    config = Congeal3DConfig.for_mode(args.mode, seed=getattr(args, "seed", 0))
+    config = photo_search_config(Congeal3DConfig.for_mode(args.mode, seed=getattr(args, "seed", 0)))
     backbone = load_backbone(getattr(args, "backbone", None), device)
     size = config.image_size
     images = F.interpolate(image_set.images, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
