@@ -113,9 +113,9 @@ class SpaceJAMConfig:
       birds whose beak and tail are visible). Mean PCK@0.1 over classes 1-3, seed 0: 39.2 -> 41.3.
     * ``pca_fit`` "all" -> "foreground": the PCA is fitted (and centred) on the co-segmented
       foreground only, so its 25 components describe the object rather than what separates it from
-      the background, and the object's mean key is the background's value 0 (the loss then weighs
-      the parts' layout more than the silhouette). Classes 1/2/3, seed 0: 33.0 / 43.9 / 67.1
-      against 34.6 / 45.6 / 43.8.
+      the background, and the object's mean key is the background's value 0 (meant to make the
+      loss weigh the parts' layout more than the silhouette; not measured apart). Classes 1/2/3,
+      seed 0: 33.0 / 43.9 / 67.1 against 34.6 / 45.6 / 43.8.
 
     The loss follows the official code in both modes: ``atlas_flips`` (mean over each target's two
     flip configurations, min over the atlas's mirror) and ``decoded_padding`` (a source predicts
