@@ -40,7 +40,7 @@ def test_curriculum_projection_restricts_the_group():
     config = SpaceJAMConfig()
     assert [config.group_at(e) for e in (0, 100, 101, 200, 201, 400)] == ["se2", "se2", "affine", "affine", "homography", "homography"]
     quick = SpaceJAMConfig.for_mode("quick")
-    assert quick.curriculum_epochs == (30, 60) and quick.lr_step == 15  # scaled with the epochs (120 / 401)
+    assert quick.curriculum_epochs == (15, 30) and quick.lr_step == 7  # scaled with the epochs (60 / 401)
     stn = RecurrentLieSTN(config)
     torch.nn.init.normal_(stn.head[-1].weight, std=0.1)
     torch.nn.init.normal_(stn.head[-1].bias, std=0.1)
@@ -90,6 +90,33 @@ def test_flip_selection_picks_the_mirrored_copy():
     # Sources 0, 1 unflipped and 2 flipped back: image 2 matches them only in its mirrored configuration.
     assert per_target.argmin(dim=1).tolist() == [0, 0, 1]
     assert float(loss) < 1e-6
+
+
+def test_consensus_flips_find_the_mirrored_images_whatever_their_height():
+    g = torch.Generator().manual_seed(1)
+    base = _blobs(1, 32)
+    mirrored = torch.tensor([False, True, False, True, True, False])
+    keys = []
+    for flip in mirrored.tolist():
+        shifted = torch.roll(base, shifts=int(torch.randint(-4, 5, (1,), generator=g)), dims=-2)  # another height in the frame
+        keys.append((shifted.flip(-1) if flip else shifted) + 0.05 * torch.randn(shifted.shape, generator=g))
+    assert spacejam.consensus_flips(torch.cat(keys)).tolist() == mirrored.tolist()  # image 0 kept as it is
+
+
+def test_mask_weighted_ic_loss_is_the_plain_loss_for_full_masks_and_ignores_the_background():
+    images = _blobs(3, 16, seed=2)
+    transforms = warps.exp(torch.randn(3, 8, generator=torch.Generator().manual_seed(0)) * 0.1)[None]
+    index = torch.zeros(3, dtype=torch.long)
+    plain, _ = spacejam.ic_loss(images, images, transforms, index)
+    full, _ = spacejam.ic_loss(images, images, transforms, index, weight=torch.ones(3, 1, 16, 16))
+    assert torch.allclose(plain, full, rtol=1e-5)
+    half = torch.zeros(3, 1, 16, 16)
+    half[..., :8] = 1.0
+    spoiled = images.clone()
+    spoiled[..., 8:] += 5.0  # the targets' unweighted half changes, the weighted loss does not
+    a, _ = spacejam.ic_loss(images, images, transforms, index, weight=half)
+    b, _ = spacejam.ic_loss(images, spoiled, transforms, index, weight=half)
+    assert torch.allclose(a, b) and not torch.allclose(plain, spacejam.ic_loss(images, spoiled, transforms, index)[0])
 
 
 def test_official_reflection_loss_trains_both_configurations_of_every_target():

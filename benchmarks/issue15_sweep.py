@@ -1,0 +1,122 @@
+"""Issue 15 sweep: SpaceJAM / Neural Congealing in quick mode on CUB classes, against nearest neighbours.
+
+    python benchmarks/issue15_sweep.py --method spacejam --classes 1,2,3 --seeds 0 --set epochs=60 --set stn_lr=2e-3
+
+``--set key=value`` overrides a field of the quick config (value parsed as a Python literal). Prints one
+line per (class, seed): PCK@0.1 (box threshold, mean over ordered pairs, as ``congeal eval``), the
+nearest-neighbour baseline on the same backbone, wall and CPU seconds of keys + training. Appends a JSON
+line per run to ``--jsonl``.
+"""
+from __future__ import annotations
+
+import argparse
+import ast
+import json
+import resource
+import sys
+import time
+
+import torch
+
+from congealing import data, features, runtime
+from congealing.eval import descriptor_transfer, evaluate_transfer, transfer_via_transforms
+
+_NN: dict = {}
+MASKS = "cosegment"
+
+
+def box_pck(transfer, cub) -> float:
+    return round(100 * evaluate_transfer(transfer, cub, alphas=(0.1,), n_boot=1)["pck"]["0.1"]["mean"], 1)
+
+
+def run_spacejam(cub, backbone, overrides, seed):
+    from congealing import spacejam
+
+    overrides = dict(overrides)
+    config = spacejam.SpaceJAMConfig.for_mode("quick", seed=seed)
+    if "epochs" in overrides:  # rescale every epoch-based schedule, as for_mode does
+        config = spacejam.SpaceJAMConfig().scaled(ae_epochs=overrides.pop("ae_epochs", config.ae_epochs), epochs=overrides.pop("epochs"),
+                                                   map_size=config.map_size, stn_lr=config.stn_lr)
+    config = spacejam.replace(config, seed=seed, **overrides)
+    tic, cpu = time.perf_counter(), time.process_time()
+    given = None
+    if MASKS == "box":  # diagnostic only: the ground-truth boxes (not a method setting)
+        from congealing.neural import cub_box_masks
+        given = cub_box_masks(cub)
+    elif MASKS == "ones":
+        given = torch.ones(len(cub), 1, 8, 8)
+    keys, masks = spacejam.prepare_keys(cub.images, backbone, config, given)
+    result = spacejam.fit(keys, masks, config)
+    wall, cpu = time.perf_counter() - tic, time.process_time() - cpu
+    return transfer_via_transforms(result.transforms, cub.images.shape[-1]), wall, cpu, config.descriptor_grid
+
+
+def run_neural(cub, backbone, overrides, seed):
+    """As ``neural.fit_transfer`` (flips, gradual atlas, relaxed rigidity, box masks), with overrides."""
+    from congealing import neural
+
+    flags = dict(flips=True, gradual_atlas=True, relaxed_rigidity=True)
+    flags.update(overrides)
+    config = neural.NeuralCongealingConfig.for_mode("quick", seed=seed, **flags)
+    tic, cpu = time.perf_counter(), time.process_time()
+    data = neural.prepare(cub.images, neural.cub_box_masks(cub), backbone, config)
+    result = neural.fit(data, config)
+    wall, cpu = time.perf_counter() - tic, time.process_time() - cpu
+    return result.transfer(tuple(cub.images.shape[-2:])), wall, cpu, 64
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--method", default="spacejam")
+    parser.add_argument("--classes", default="1,2,3")
+    parser.add_argument("--seeds", default="0")
+    parser.add_argument("--set", action="append", default=[])
+    parser.add_argument("--backbone", default="efficientnet_lite0")
+    parser.add_argument("--tag", default="")
+    parser.add_argument("--channels", default="", help="START:STOP, a slice of the descriptor channels (EfficientNet-Lite0: 0:40 stage 3, 40:152 stage 5, 152:472 stage 7)")
+    parser.add_argument("--masks", default="cosegment", help="cosegment (the method), box (diagnostic: ground truth), ones")
+    parser.add_argument("--jsonl", default="/tmp/i15/runs.jsonl")
+    args = parser.parse_args(argv)
+    overrides = {}
+    for item in args.set:
+        key, value = item.split("=", 1)
+        try:
+            overrides[key] = ast.literal_eval(value)
+        except (ValueError, SyntaxError):
+            overrides[key] = value
+    global MASKS
+    MASKS = args.masks
+    if args.channels:  # experiment: a subset of the descriptor channels (for the method AND the NN baseline)
+        start, stop = (int(v) for v in args.channels.split(":"))
+        original = features.extract_descriptors
+
+        def sliced(*a, **k):
+            return torch.nn.functional.normalize(original(*a, **k)[:, start:stop], dim=1)
+
+        features.extract_descriptors = sliced
+    backbone = features.load_backbone(args.backbone)
+    runner = run_spacejam if args.method == "spacejam" else run_neural
+    rows = []
+    for c in [int(c) for c in args.classes.split(",")]:
+        cub = data.load_cub_class(c)
+        for seed in [int(s) for s in args.seeds.split(",")]:
+            transfer, wall, cpu, grid = runner(cub, backbone, overrides, seed)
+            ours = box_pck(transfer, cub)
+            key = (c, grid)
+            if key not in _NN:
+                _NN[key] = box_pck(descriptor_transfer(features.extract_descriptors(cub.images, backbone, grid=grid), cub.images.shape[-1]), cub)
+            row = dict(method=args.method, tag=args.tag, masks=args.masks, channels=args.channels, overrides=overrides, backbone=args.backbone, cls=c, seed=seed, pck=ours, nn=_NN[key],
+                       wall=round(wall, 1), cpu=round(cpu, 1), rss_mb=round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024))
+            rows.append(row)
+            print(json.dumps(row), flush=True)
+            with open(args.jsonl, "a") as handle:
+                handle.write(json.dumps(row) + "\n")
+    mean = sum(r["pck"] for r in rows) / len(rows)
+    nn = sum(r["nn"] for r in rows) / len(rows)
+    print(f"SUMMARY {args.method} {args.tag} {overrides}: " + " ".join(f"c{r['cls']}s{r['seed']}={r['pck']}" for r in rows)
+          + f" mean={mean:.1f} nn={nn:.1f} wall/class={sum(r['wall'] for r in rows)/len(rows):.0f} cpu/class={sum(r['cpu'] for r in rows)/len(rows):.0f}", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
