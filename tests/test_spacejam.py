@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from congealing import spacejam, warps
+from congealing import features, spacejam, warps
 from congealing.spacejam import KeyAutoencoder, RecurrentLieSTN, SpaceJAMConfig
 
 
@@ -100,7 +100,7 @@ def test_consensus_flips_find_the_mirrored_images_whatever_their_height():
     for flip in mirrored.tolist():
         shifted = torch.roll(base, shifts=int(torch.randint(-4, 5, (1,), generator=g)), dims=-2)  # another height in the frame
         keys.append((shifted.flip(-1) if flip else shifted) + 0.05 * torch.randn(shifted.shape, generator=g))
-    assert spacejam.consensus_flips(torch.cat(keys)).tolist() == mirrored.tolist()  # image 0 kept as it is
+    assert features.consensus_flips(torch.cat(keys)).tolist() == mirrored.tolist()  # image 0 kept as it is
 
 
 def test_mask_weighted_ic_loss_is_the_plain_loss_for_full_masks_and_ignores_the_background():

@@ -36,7 +36,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from . import checkpoints, warps
+from . import checkpoints, features, warps
 from .errors import CheckpointError
 
 # ----------------------------------------------------------------------------- configuration
@@ -71,7 +71,7 @@ class NeuralCongealingConfig:
       warp and loss of the keys is ~15x smaller, and a step (with the batch-wise orientation
       choice, :meth:`NeuralData.view_at`) is ~1.7x cheaper, which paid for the longer schedule.
     * ``flip_init`` "none" -> "consensus" (with ``flips``): the orientations start from
-      :func:`congealing.spacejam.consensus_flips` of the box-masked keys (whose column profiles
+      :func:`congealing.features.consensus_flips` of the box-masked keys (whose column profiles
       tell which way each bird faces) instead of all as they are; the official updates still run.
     * ``lr_stn`` 1e-4 -> 3e-3, ``lr_atlas`` 8e-4 -> 4e-3: with ~100x fewer optimiser steps the
       published rates barely leave the identity. Quick mode is a demonstration of the method, not
@@ -141,7 +141,7 @@ class NeuralCongealingConfig:
     flips: bool = False
     gradual_atlas: bool = False
     keys_pca_dim: int = 0  # 0: the backbone's raw keys (official); k: their top-k principal components over the set
-    flip_init: str = "none"  # with flips: start "none" mirrored (official) or from spacejam.consensus_flips ("consensus")
+    flip_init: str = "none"  # with flips: start "none" mirrored (official) or from features.consensus_flips ("consensus")
     update_every: int = 100  # epochs between flip / gradual-atlas decisions
     checkpoint_every: int = 1000
     seed: int = 0
@@ -755,9 +755,7 @@ def fit(
     weights = cfg.weights()
     flipped = torch.zeros(N, dtype=torch.bool)
     if cfg.flips and cfg.flip_init == "consensus":
-        from .spacejam import consensus_flips
-
-        flipped = consensus_flips((data.keys * data.masks).cpu())
+        flipped = features.consensus_flips((data.keys * data.masks).cpu())
     included = None
     if cfg.gradual_atlas:
         # Start from the image closest to the mean-key atlas (own mask), add one every update_every.

@@ -68,7 +68,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from . import checkpoints, warps
+from . import checkpoints, features, warps
 
 GROUPS = ("se2", "affine", "homography")
 
@@ -105,7 +105,7 @@ class SpaceJAMConfig:
       reads the 32x32 codes). The pair warps are 4x fewer samples; a joint epoch went from 1.1 s to
       0.5 s of CPU, and PCK did not drop (classes 1/2/3, seed 0, with the flip init below:
       34.6 / 45.6 / 43.8 against 32.7 / 48.9 / 37.5 at 32x32).
-    * ``flip_init`` "none" -> "consensus" (:func:`consensus_flips`): the images start in the
+    * ``flip_init`` "none" -> "consensus" (:func:`congealing.features.consensus_flips`): the images start in the
       mirror configuration that makes their keys' column profiles agree, instead of all as they
       are; the official history-based updates still run. On class 1 the updates alone left 9 of 27
       birds facing the other way (by beak/tail keypoints); with the consensus start 4. Offline, the
@@ -174,7 +174,7 @@ class SpaceJAMConfig:
     flip_every: int = 20
     flip_window: int = 20
     flip_range: tuple = (0.1, 0.9)
-    # initial flip configurations: "none" (official: every image as it is) or "consensus" (consensus_flips)
+    # initial flip configurations: "none" (official: every image as it is) or "consensus" (features.consensus_flips)
     flip_init: str = "none"
     # switches for the ablations (all True/"lie"/"ic" is the method)
     pretrain_ae: bool = True
@@ -576,41 +576,6 @@ def infer(ae: KeyAutoencoder, stn: RecurrentLieSTN, keys: torch.Tensor, flips: t
     return torch.cat(Ts), torch.cat(all_steps), torch.cat(codes)
 
 
-def consensus_flips(keys: torch.Tensor, sweeps: int = 20) -> torch.Tensor:
-    """Mirror choices ``(N,)`` bool that make the set's keys ``(N, K, S, S)`` agree left-to-right.
-
-    Each image is summarised by its column profile (the keys averaged over rows, ``(K, S)``), which
-    says what lies on the left and on the right of the object whatever its height in the frame.
-    Starting from no flips, every image in turn takes the orientation (as it is or mirrored) whose
-    profile is closest, in summed squared distance, to the others' current profiles, until no choice
-    changes (at most ``sweeps`` passes). The result is defined up to mirroring the whole set; the
-    first image is kept as it is.
-
-    >>> keys = torch.zeros(4, 2, 4, 4); keys[:, 0, :, 0] = 1.0   # every "head" on the left...
-    >>> keys[2] = keys[2].flip(-1)                                # ...but image 2 faces the other way
-    >>> consensus_flips(keys).tolist()
-    [False, False, True, False]
-    """
-    N = keys.shape[0]
-    profiles = keys.float().mean(dim=2).flatten(1)  # (N, K*S)
-    mirrored = keys.float().flip(-1).mean(dim=2).flatten(1)
-    both = torch.stack([profiles, mirrored])  # (2, N, F)
-    # cost[a, n, b, m]: squared distance between image n in orientation a and image m in orientation b
-    cost = torch.cdist(both.reshape(2 * N, -1), both.reshape(2 * N, -1)).pow(2).reshape(2, N, 2, N)
-    choice = torch.zeros(N, dtype=torch.long)
-    for _ in range(sweeps):
-        changed = False
-        for n in range(N):
-            others = torch.arange(N) != n
-            totals = cost[:, n, choice[others], others.nonzero()[:, 0]].sum(dim=1)  # (2,)
-            best = int(totals.argmin())
-            if best != int(choice[n]):
-                choice[n], changed = best, True
-        if not changed:
-            break
-    if choice[0] == 1:  # the set's orientation is arbitrary: keep the first image as it is
-        choice = 1 - choice
-    return choice.bool()
 
 
 def _check_finite(loss: torch.Tensor, phase: str, epoch: int, step: int, name: str) -> None:
@@ -658,7 +623,7 @@ def fit(
     stn_sched = torch.optim.lr_scheduler.StepLR(stn_opt, config.lr_step, config.lr_gamma)
     joint_sched = torch.optim.lr_scheduler.StepLR(joint_opt, config.lr_step, config.lr_gamma)
     R = 2 if config.flips else 1
-    flips = consensus_flips(keys.cpu()) if config.flips and config.flip_init == "consensus" else torch.zeros(N, dtype=torch.bool)
+    flips = features.consensus_flips(keys.cpu()) if config.flips and config.flip_init == "consensus" else torch.zeros(N, dtype=torch.bool)
     history = torch.zeros(config.epochs, N, R)
     ae_losses: list[float] = []
     losses: list[float] = []
