@@ -54,14 +54,20 @@ def test_run_label_names_mode_backbone_device():
     assert label == "full mode · efficientnet_lite0 · cpu"
 
 
-def test_cli_routes_resolve_to_chapters():
+def test_cli_routes_reach_the_application_and_evaluation_layers():
     import inspect
 
-    for target in list(cli.METHODS.values()) + list(cli.EVALUATIONS.values()):
-        function = cli._resolve(target)  # imports the module and finds the function, or raises
-        assert callable(function) and function.__module__ == target.split(":")[0], target
-        required = [p for p in inspect.signature(function).parameters.values() if p.default is inspect.Parameter.empty]
-        assert len(required) == (2 if target in cli.METHODS.values() else 1), target
+    from congealing import align, evaluation
+
+    assert set(cli.METHODS) == set(align.METHODS) | {"congeal3d"}
+    for name, function in align.METHODS.items():
+        assert function.__module__ == "congealing.align", name
+        assert list(inspect.signature(function).parameters) == ["image_set", "request"], name
+    for name, fit in evaluation.CUB_METHODS.items():
+        required = [p for p in inspect.signature(fit).parameters.values() if p.default is inspect.Parameter.empty]
+        assert fit.__module__ == "congealing.evaluation" and len(required) <= 5, name
+    assert set(cli.DATASET_METHODS["cub"]) == set(evaluation.CUB_METHODS)
+    assert set(cli.DATASET_METHODS["mnist"]) == set(evaluation.MNIST_METHODS)
 
 
 def test_cli_unknown_method_and_bad_folder(tmp_path, capsys):
