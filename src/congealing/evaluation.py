@@ -55,6 +55,16 @@ from .data import cub_box_masks, load_cub_class, load_mnist
 from .errors import UsageError
 from .features import Backbone, cosegment, extract_descriptors, load_backbone, pca_project
 
+__all__ = [
+    "TransferFn", "CUB_MIRROR", "DEFAULT_CLASSES", "EvalRequest",
+    "transfer_via_transforms", "transfer_via_grids", "identity_transfer", "nn_transfer", "descriptor_similarity",
+    "descriptor_transfer", "masked_descriptor_transfer", "windowed_descriptor_transfer",
+    "threshold_lengths", "transfer_all_pairs", "evaluate_transfer", "evaluate_cub", "peak_memory_mb", "format_cub_table",
+    "classical_transfer", "classical_lsq_transfer", "neural_transfer", "spacejam_transfer", "CUB_METHODS",
+    "Perturbation", "perturb", "residual_alignment_error", "mean_image_sharpness", "alignment_errors",
+    "evaluate_on_digits", "format_mnist_table", "EVAL_DIGITS", "evaluate_mnist", "MNIST_METHODS",
+]
+
 #: ``transfer(src_index, tgt_index, points)``: ``points`` ``(K, 2)`` pixel ``(x, y)`` in image ``src``
 #: -> ``(K, 2)`` predicted pixel ``(x, y)`` in image ``tgt``. A transfer may carry an attribute
 #: ``flipped`` (``(N,)`` bool): images its aligner mirrored.
