@@ -121,3 +121,28 @@ def test_run_recorded_reuses_only_clean_records_and_reports_failures(tmp_path, m
     monkeypatch.setattr(runtime, "provenance", lambda *a, **k: {"commit": clean + "+dirty"})
     with pytest.raises(RuntimeError):  # a dirty tree never reuses: it reruns (and this command fails)
         runtime.run_recorded(argv, tmp_path)
+
+
+def test_cli_passes_settings_down_without_rewriting_the_environment(tmp_path, monkeypatch, capsys):
+    import os
+
+    from congealing import evaluation
+
+    monkeypatch.setenv("CONGEAL_MODE", "quick")
+    monkeypatch.delenv("CONGEAL_DATA", raising=False)
+    seen = []
+    monkeypatch.setattr(evaluation, "evaluate_mnist", lambda request: seen.append(request) or {"table": "ok"})
+    assert cli.main(["eval", "--dataset", "mnist", "--method", "lsq", "--classes", "3,7", "--mode", "full", "--seed", "5", "--data", str(tmp_path)]) == 0
+    assert seen == [evaluation.EvalRequest("lsq", classes=(3, 7), mode="full", seed=5, device=None, backbone=None, data=str(tmp_path))]
+    assert os.environ["CONGEAL_MODE"] == "quick" and "CONGEAL_DATA" not in os.environ
+
+
+def test_the_congeal3d_routes_get_the_environment_only_while_they_run(tmp_path, monkeypatch):
+    import os
+    from types import SimpleNamespace
+
+    monkeypatch.setenv("CONGEAL_MODE", "quick")
+    monkeypatch.delenv("CONGEAL_DATA", raising=False)
+    with cli._environment_for_congeal3d(SimpleNamespace(mode="full", data=tmp_path)):
+        assert os.environ["CONGEAL_MODE"] == "full" and os.environ["CONGEAL_DATA"] == str(tmp_path)
+    assert os.environ["CONGEAL_MODE"] == "quick" and "CONGEAL_DATA" not in os.environ
