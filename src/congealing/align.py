@@ -90,7 +90,8 @@ def align_classical(image_set: ImageSet, request: AlignRequest) -> None:
     device = runtime.get_device(request.device)
     images = classical.as_image_stack(image_set.images).to(device)
     small = F.interpolate(images, size=(WORK_SIZE, WORK_SIZE), mode="bilinear", antialias=True, align_corners=False) if images.shape[-1] > WORK_SIZE else images
-    config = classical.CONFIGS[method].for_mode(request.mode)
+    mode = runtime.get_mode(request.mode)
+    config = classical.CONFIGS[method].for_mode(mode)
     if method == "entropy":
         small = small.mean(1, keepdim=True)
         nearly_binary = float(((small < 0.1) | (small > 0.9)).float().mean()) > 0.9
@@ -112,7 +113,7 @@ def align_classical(image_set: ImageSet, request: AlignRequest) -> None:
         inputs=images.cpu(),
         aligned=aligned.cpu(),
         atlas={"mean": aligned.mean(0).cpu()},
-        mode=request.mode,
+        mode=mode,
         transforms=result.transforms,
         summary={
             "iterations": result.iterations,
@@ -142,7 +143,8 @@ def align_neural(image_set: ImageSet, request: AlignRequest) -> None:
     progress.stage("loading the backbone")
     device = runtime.get_device(request.device)
     backbone = load_backbone(request.backbone, device=device)
-    cfg = request.config or neural.NeuralCongealingConfig.for_mode(request.mode, seed=request.seed)
+    mode = runtime.get_mode(request.mode)
+    cfg = request.config or neural.NeuralCongealingConfig.for_mode(mode, seed=request.seed)
     images = image_set.images
     alpha = image_set.masks if image_set.masks is not None and bool((image_set.masks < 0.5).any()) else None
     progress.stage("descriptors and object masks")
@@ -167,7 +169,7 @@ def align_neural(image_set: ImageSet, request: AlignRequest) -> None:
     write_alignment(
         out, method="neural", names=image_set.names, inputs=images, aligned=congealed,
         atlas={"mean": average, "saliency": saliency[None], "keys (PCA-RGB)": PCAColours.fit(keys)(keys)[0]},
-        mode=request.mode, grids=result.grids().cpu(),
+        mode=mode, grids=result.grids().cpu(),
         summary={"backbone": backbone.name, "masks": mask_source, "epochs": cfg.epochs, "seconds": round(result.seconds, 1),
                  "flipped": result.flipped.tolist(), "final_keys_cos": result.history[-1]["keys_cos"]},
         extra_images={"edit": edited},
