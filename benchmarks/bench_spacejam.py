@@ -20,16 +20,14 @@ import time
 import torch
 
 from congealing import data, features, runtime, spacejam
-from congealing.eval import descriptor_transfer, transfer_via_transforms
+from congealing.evaluation import descriptor_transfer, evaluate_transfer, transfer_via_transforms
 
 TARGET_SECONDS = {"quick": 60.0, "full": 30.0}  # quick: issue 15 (a 30-image class on 2 CPU cores, training included)
 
 
 def pck(transfer, cub) -> dict:
-    """PCK (%) with the book's protocol (:func:`congealing.eval.evaluate_transfer`): ``box@a`` = mean over
+    """PCK (%) with the book's protocol (:func:`congealing.evaluation.evaluate_transfer`): ``box@a`` = mean over
     pairs, threshold a x the target's box; ``image@a`` = pooled, a x 256 px (the papers' CUB number)."""
-    from congealing.eval import evaluate_transfer
-
     result = evaluate_transfer(transfer, cub, alphas=(0.1, 0.05), n_boot=100)
     out = {}
     for a in ("0.1", "0.05"):

@@ -19,7 +19,7 @@ import time
 import torch
 
 from congealing import data, features, runtime
-from congealing.eval import descriptor_transfer, evaluate_transfer, transfer_via_transforms
+from congealing.evaluation import descriptor_transfer, evaluate_transfer, transfer_via_transforms
 
 _NN: dict = {}
 MASKS = "cosegment"
@@ -59,7 +59,7 @@ def run_neural(cub, backbone, overrides, seed):
     flags.update(overrides)
     config = neural.NeuralCongealingConfig.for_mode("quick", seed=seed, **flags)
     tic, cpu = time.perf_counter(), time.process_time()
-    data = neural.prepare(cub.images, neural.cub_box_masks(cub), backbone, config)
+    data = neural.prepare(cub.images, data.cub_box_masks(cub), backbone, config)
     result = neural.fit(data, config)
     wall, cpu = time.perf_counter() - tic, time.process_time() - cpu
     return result.transfer(tuple(cub.images.shape[-2:])), wall, cpu, 64

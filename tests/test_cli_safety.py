@@ -16,7 +16,7 @@ import pytest
 import torch
 from PIL import Image
 
-from congealing import checkpoints, cli, data, features, report, report_folder
+from congealing import checkpoints, cli, data, evaluation, features, report, report_folder
 from congealing.errors import CheckpointError, OutputFolderError
 
 
@@ -271,7 +271,7 @@ def test_eval_keeps_finished_classes_when_a_later_one_fails(data_root, tmp_path,
             raise RuntimeError("the disk went away")
         return real(class_id, **kwargs)
 
-    monkeypatch.setattr(data, "load_cub_class", load)
+    monkeypatch.setattr(evaluation, "load_cub_class", load)  # where the CUB protocol looks it up
     monkeypatch.setenv("CONGEAL_BACKBONE", "efficientnet_lite0")
     out = tmp_path / "r.json"
     with pytest.raises(RuntimeError, match="disk went away"):  # not a user's mistake: it keeps its traceback
@@ -329,11 +329,17 @@ def scene(tmp_path):
     locked.chmod(0o700)
 
 
+def _no_work(monkeypatch):
+    """Make any alignment or evaluation fail the test: none may start before the arguments are checked."""
+    monkeypatch.setattr(cli, "_run_alignment", lambda images, args: pytest.fail("work started before the arguments were checked"))
+    monkeypatch.setattr(cli, "_evaluate", lambda args, argv: pytest.fail("work started before the arguments were checked"))
+
+
 @pytest.mark.parametrize("name", list(BAD_COMMANDS))
 def test_every_mistake_is_one_line_and_exit_2(name, scene, capsys, monkeypatch):
     if name == "out-read-only" and os.geteuid() == 0:
         pytest.skip("root can write anywhere; see test_read_only_out_as_a_user")
-    monkeypatch.setattr(cli, "_resolve", lambda target: pytest.fail("work started before the arguments were checked"))
+    _no_work(monkeypatch)
     argv = [a.format(**scene) for a in BAD_COMMANDS[name]]
     _one_line_error(*_run(argv, capsys))
     assert (scene["tmp"] / "file.txt").read_text() == "mine" and (scene["tmp"] / "busy" / "keep.txt").read_text() == "mine"
@@ -342,7 +348,7 @@ def test_every_mistake_is_one_line_and_exit_2(name, scene, capsys, monkeypatch):
 
 
 def test_bad_environment_variables_are_one_line(scene, capsys, monkeypatch):
-    monkeypatch.setattr(cli, "_resolve", lambda target: pytest.fail("work started before the arguments were checked"))
+    _no_work(monkeypatch)
     for variable, value in (("CONGEAL_MODE", "fast"), ("CONGEAL_BACKBONE", "resnet"), ("CONGEAL_DEVICE", "tpu")):
         monkeypatch.setenv(variable, value)
         _one_line_error(*_run(["align", scene["photos"], "--method", "neural", "--out", scene["out"]], capsys), value)
@@ -453,7 +459,7 @@ def test_an_interrupted_run_says_how_to_resume_and_leaves_no_half_report(tmp_pat
         report_folder.begin(args.out)  # a report was being written when Ctrl-C came
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(cli, "_resolve", lambda target: interrupted_training)
+    monkeypatch.setattr(cli, "_run_alignment", interrupted_training)
     code, err = _run(["align", photos, "--method", "spacejam", "--out", out, "--size", "64"], capsys)
     assert code == 130 and "Traceback" not in err
     assert "--resume" in err and cli.checkpoint_path(out, "spacejam").name in err

@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from congealing import neural, warps
+from congealing.data import cub_box_masks
 
 TINY = dict(image_size=32, stn_input_size=16, flow_input_size=16, atlas_size=8, coarse_flow_size=4, stn_width=4, stn_max_width=8, stn_hidden=8, batch_size=3, update_every=2, checkpoint_every=2)
 
@@ -391,7 +392,7 @@ def test_cub_box_masks_cover_the_boxes():
         images = torch.zeros(2, 3, 16, 16)
         boxes = torch.tensor([[2.0, 3.0, 9.0, 12.0], [-4.0, 0.0, 20.0, 5.0]])
 
-    masks = neural.cub_box_masks(FakeCUB())
+    masks = cub_box_masks(FakeCUB())
     assert masks.shape == (2, 1, 16, 16)
     assert masks[0, 0].sum() == 8 * 10 and masks[0, 0, 3, 2] == 1 and masks[0, 0, 2, 2] == 0
     assert masks[1, 0, :6].all() and masks[1, 0, 6:].sum() == 0  # clipped to the crop

@@ -104,13 +104,11 @@ def test_report_folder_documents_scores_and_mappings(tmp_path):
 
 
 def test_congeal_align_shows_a_progress_bar_from_the_start(tmp_path, capsys):
-    from types import SimpleNamespace
-
-    from congealing import classical
+    from congealing import align, classical
     from congealing.data import ImageSet
 
     images = torch.rand(3, 3, 32, 32, generator=torch.Generator().manual_seed(2))
-    classical.align_folder(ImageSet(images, ["a.png", "b.png", "c.png"]), SimpleNamespace(method="lsq", mode="quick", device="cpu", out=tmp_path / "out"))
+    align.align_classical(ImageSet(images, ["a.png", "b.png", "c.png"]), align.AlignRequest(method="lsq", out=tmp_path / "out", mode="quick", device="cpu"))
     stderr = capsys.readouterr().err
     iterations = classical.LSQConfig.for_mode("quick").iterations
     assert stderr.index("congeal align lsq: starting") < stderr.index("congeal align lsq: aligning")

@@ -54,14 +54,20 @@ def test_run_label_names_mode_backbone_device():
     assert label == "full mode · efficientnet_lite0 · cpu"
 
 
-def test_cli_routes_resolve_to_chapters():
+def test_cli_routes_reach_the_application_and_evaluation_layers():
     import inspect
 
-    for target in list(cli.METHODS.values()) + list(cli.EVALUATIONS.values()):
-        function = cli._resolve(target)  # imports the module and finds the function, or raises
-        assert callable(function) and function.__module__ == target.split(":")[0], target
-        required = [p for p in inspect.signature(function).parameters.values() if p.default is inspect.Parameter.empty]
-        assert len(required) == (2 if target in cli.METHODS.values() else 1), target
+    from congealing import align, evaluation
+
+    assert set(cli.METHODS) == set(align.METHODS) | {"congeal3d"}
+    for name, function in align.METHODS.items():
+        assert function.__module__ == "congealing.align", name
+        assert list(inspect.signature(function).parameters) == ["image_set", "request"], name
+    for name, fit in evaluation.CUB_METHODS.items():
+        required = [p for p in inspect.signature(fit).parameters.values() if p.default is inspect.Parameter.empty]
+        assert fit.__module__ == "congealing.evaluation" and len(required) <= 5, name
+    assert set(cli.DATASET_METHODS["cub"]) == set(evaluation.CUB_METHODS)
+    assert set(cli.DATASET_METHODS["mnist"]) == set(evaluation.MNIST_METHODS)
 
 
 def test_cli_unknown_method_and_bad_folder(tmp_path, capsys):
@@ -115,3 +121,28 @@ def test_run_recorded_reuses_only_clean_records_and_reports_failures(tmp_path, m
     monkeypatch.setattr(runtime, "provenance", lambda *a, **k: {"commit": clean + "+dirty"})
     with pytest.raises(RuntimeError):  # a dirty tree never reuses: it reruns (and this command fails)
         runtime.run_recorded(argv, tmp_path)
+
+
+def test_cli_passes_settings_down_without_rewriting_the_environment(tmp_path, monkeypatch, capsys):
+    import os
+
+    from congealing import evaluation
+
+    monkeypatch.setenv("CONGEAL_MODE", "quick")
+    monkeypatch.delenv("CONGEAL_DATA", raising=False)
+    seen = []
+    monkeypatch.setattr(evaluation, "evaluate_mnist", lambda request: seen.append(request) or {"table": "ok"})
+    assert cli.main(["eval", "--dataset", "mnist", "--method", "lsq", "--classes", "3,7", "--mode", "full", "--seed", "5", "--data", str(tmp_path)]) == 0
+    assert seen == [evaluation.EvalRequest("lsq", classes=(3, 7), mode="full", seed=5, device=None, backbone=None, data=str(tmp_path))]
+    assert os.environ["CONGEAL_MODE"] == "quick" and "CONGEAL_DATA" not in os.environ
+
+
+def test_the_congeal3d_routes_get_the_environment_only_while_they_run(tmp_path, monkeypatch):
+    import os
+    from types import SimpleNamespace
+
+    monkeypatch.setenv("CONGEAL_MODE", "quick")
+    monkeypatch.delenv("CONGEAL_DATA", raising=False)
+    with cli._environment_for_congeal3d(SimpleNamespace(mode="full", data=tmp_path)):
+        assert os.environ["CONGEAL_MODE"] == "full" and os.environ["CONGEAL_DATA"] == str(tmp_path)
+    assert os.environ["CONGEAL_MODE"] == "quick" and "CONGEAL_DATA" not in os.environ

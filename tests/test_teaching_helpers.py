@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from congealing import classical, eval as cgeval, features, spacejam, warps, widgets
+from congealing import classical, evaluation, features, spacejam, warps, widgets
 from congealing.data import CUBSet
 
 
@@ -84,10 +84,10 @@ def test_pca_colours_of_an_atlas_are_chapter_4s_formula():
 def test_descriptor_similarity_and_transfer_match_brute_force():
     descriptors = unit_descriptors()
     points = torch.tensor([[0.0, 0.0], [5.0, 3.0], [11.0, 7.0]])
-    similarity = cgeval.descriptor_similarity(descriptors, 0, 2, points, 12)
+    similarity = evaluation.descriptor_similarity(descriptors, 0, 2, points, 12)
     expected = torch.einsum("kd,dhw->khw", descriptors[0, :, points[:, 1].long(), points[:, 0].long()].T, descriptors[2])
     assert torch.allclose(similarity, expected, atol=1e-5)
-    assert torch.equal(cgeval.descriptor_transfer(descriptors, 12)(0, 2, points), brute_force_best(descriptors, 0, 2, points))
+    assert torch.equal(evaluation.descriptor_transfer(descriptors, 12)(0, 2, points), brute_force_best(descriptors, 0, 2, points))
 
 
 def test_masked_transfer_searches_only_inside_the_target_mask():
@@ -95,18 +95,18 @@ def test_masked_transfer_searches_only_inside_the_target_mask():
     masks = torch.zeros(3, 1, 12, 12)
     masks[1, 0, 2:6, 7:11] = 1.0
     points = torch.tensor([[1.0, 1.0], [4.0, 9.0], [10.0, 2.0]])
-    transfer = cgeval.masked_descriptor_transfer(descriptors, 12, masks)
+    transfer = evaluation.masked_descriptor_transfer(descriptors, 12, masks)
     allowed = masks[1, 0].bool().numpy()[None].repeat(3, axis=0)
     assert torch.equal(transfer(0, 1, points), brute_force_best(descriptors, 0, 1, points, allowed))
     # an empty mask restricts nothing
-    assert torch.equal(transfer(0, 2, points), cgeval.descriptor_transfer(descriptors, 12)(0, 2, points))
+    assert torch.equal(transfer(0, 2, points), evaluation.descriptor_transfer(descriptors, 12)(0, 2, points))
 
 
 def test_masked_transfer_reads_coarse_masks_at_the_image_size():
     descriptors = unit_descriptors(seed=2)
     coarse = torch.zeros(3, 1, 3, 3)
     coarse[1, 0, 0, 2] = 1.0  # top-right ninth of the target
-    predicted = cgeval.masked_descriptor_transfer(descriptors, 12, coarse)(0, 1, torch.rand(6, 2) * 11)
+    predicted = evaluation.masked_descriptor_transfer(descriptors, 12, coarse)(0, 1, torch.rand(6, 2) * 11)
     assert bool(((predicted[:, 0] >= 8) & (predicted[:, 1] < 4)).all())
 
 
@@ -118,7 +118,7 @@ def test_windowed_transfer_is_brute_force_within_the_radius_and_keeps_the_guides
         return torch.tensor([[3.0, 3.0], [8.0, 8.0], [0.0, 11.0]])
 
     guide.flipped = torch.tensor([False, True, False])
-    transfer = cgeval.windowed_descriptor_transfer(descriptors, 12, guide, radius=2.5)
+    transfer = evaluation.windowed_descriptor_transfer(descriptors, 12, guide, radius=2.5)
     ys, xs = np.mgrid[0:12, 0:12]
     allowed = np.stack([(xs - gx) ** 2 + (ys - gy) ** 2 <= 2.5**2 for gx, gy in guide(0, 1, points).tolist()])
     assert torch.equal(transfer(0, 1, points), brute_force_best(descriptors, 0, 1, points, allowed))
@@ -159,7 +159,7 @@ def test_alignment_errors_on_known_translations():
     # Perturbations shift by +-t; the method undoes them exactly and leaves clean images alone.
     t, size = 0.25, (36, 36)
     known = warps.exp(torch.tensor([[t, 0.0], [-t, 0.0], [0.0, t], [0.0, -t]]), "translation")
-    errors = classical.alignment_errors(warps.invert(known), warps.identity(4), known, size, (28, 28))
+    errors = evaluation.alignment_errors(warps.invert(known), warps.identity(4), known, size, (28, 28))
     assert errors["baseline_error"] == pytest.approx(t * size[1] / 2, abs=1e-4)  # normalised t -> t * W / 2 px
     assert errors["recovery_error"] == pytest.approx(0.0, abs=1e-4)
     assert errors["residual_error"] == pytest.approx(0.0, abs=1e-4)

@@ -129,21 +129,9 @@ def test_wrong_shapes_raise():
         warps.project(torch.zeros(1, 8), "projective")
 
 
-def test_compose_grids_matches_sequential_warps():
-    size = (32, 32)
-    first = warps.flow_to_grid(0.05 * torch.randn(1, 2, 32, 32, generator=GEN).clamp(-1, 1))
-    second = warps.sampling_grid(warps.exp(torch.tensor([[0.1, -0.05, 0.2]]), "se2"), size)
-    image = torch.nn.functional.avg_pool2d(torch.rand(1, 1, 36, 36, generator=GEN), 5, 1)  # smooth image
-    sequential = warps.warp_by_grid(warps.warp_by_grid(image, first), second)
-    combined = warps.warp_by_grid(image, warps.compose_grids(first, second))
-    inside = warps.warp_by_grid(warps.warp_by_grid(torch.ones_like(image), first), second) > 0.99
-    assert (sequential - combined).abs()[inside].mean() < 0.01
-
-
-def test_grid_flow_round_trip_and_nn_inverse():
+def test_grid_nn_inverse():
     flow = 0.1 * torch.nn.functional.interpolate(torch.randn(1, 2, 4, 4, generator=GEN), size=(40, 40), mode="bilinear")
     grid = warps.flow_to_grid(flow)
-    assert torch.allclose(warps.grid_to_flow(grid), flow, atol=1e-6)
     points = 1.6 * torch.rand(1, 50, 2, generator=GEN) - 0.8
     back = warps.invert_grid_points(warps.grid_points(points, grid), grid)
     assert (back - points).norm(dim=-1).max() < 2 * (2.0 / 40)  # within about a pixel

@@ -1,7 +1,7 @@
 import torch, sys
 from dataclasses import replace
 from congealing import data, features, spacejam
-from congealing.eval import transfer_via_transforms, evaluate_transfer
+from congealing.evaluation import transfer_via_transforms, evaluate_transfer
 c = int(sys.argv[1]); over = eval(sys.argv[2]) if len(sys.argv) > 2 else {}
 cub = data.load_cub_class(c)
 bb = features.load_backbone("efficientnet_lite0")

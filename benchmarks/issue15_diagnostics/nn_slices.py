@@ -1,6 +1,6 @@
 import torch, sys
 from congealing import data, features
-from congealing.eval import descriptor_transfer, evaluate_transfer
+from congealing.evaluation import descriptor_transfer, evaluate_transfer
 bb = features.load_backbone("efficientnet_lite0")
 for c in (1, 2, 3):
     cub = data.load_cub_class(c)

@@ -1,18 +1,36 @@
 """congealing: joint image alignment, from classical congealing to today's methods.
 
-The library under the book *Congealing, step by step*. One module per concept:
+The library under the book *Congealing, step by step*. One module per concept, in four layers
+(each imports only from its own layer and those below; ``tests/test_layers.py`` checks it):
 
-* :mod:`congealing.warps`     Lie-group warps, sampling grids, flips (Chapter 1)
-* :mod:`congealing.data`      image folders, MNIST, CUB-200-2011, NeRF-synthetic
-* :mod:`congealing.features`  dense descriptors from DINO / DINOv2 / EfficientNet-Lite0
-* :mod:`congealing.classical` entropy, least-squares and inverse-compositional congealing (Chapter 2)
-* :mod:`congealing.metrics`   PCK, bootstrap intervals, box IoU (Chapter 3)
-* :mod:`congealing.eval`      keypoint transfer through any aligner, the CUB protocol (Chapter 3)
-* :mod:`congealing.neural`    Neural Congealing (Chapter 4)
-* :mod:`congealing.spacejam`  SpaceJAM (Chapter 5)
-* :mod:`congealing.runtime`   the quick/full switch, seeding, device choice
-* :mod:`congealing.widgets`   widgets that also work in the static HTML book
-* :mod:`congealing.report`    the folder ``congeal align`` writes
+Foundations
+
+* :mod:`congealing.warps`      Lie-group warps, sampling grids, flips (Chapter 1)
+* :mod:`congealing.data`       image folders, MNIST, CUB-200-2011, NeRF-synthetic
+* :mod:`congealing.features`   dense descriptors from DINO / DINOv2 / EfficientNet-Lite0, co-segmentation
+* :mod:`congealing.metrics`    PCK, bootstrap intervals, box IoU (Chapter 3)
+* :mod:`congealing.losses`     loss terms more than one method uses
+* :mod:`congealing.runtime`    the quick/full switch, seeding, device choice, the cache folder
+* :mod:`congealing.checkpoints`, :mod:`congealing.files`, :mod:`congealing.errors`
+
+Methods (never import each other)
+
+* :mod:`congealing.classical`  entropy, least-squares and inverse-compositional congealing (Chapter 2)
+* :mod:`congealing.neural`     Neural Congealing (Chapter 4)
+* :mod:`congealing.spacejam`   SpaceJAM (Chapter 5)
+* :mod:`congealing.congeal3d`  3-D congealing (Chapter 6), with :mod:`congealing.captures` and
+  :mod:`congealing.diffusion_prior`
+
+Evaluation
+
+* :mod:`congealing.evaluation` keypoint transfer through any aligner, the CUB and MNIST protocols
+
+Applications
+
+* :mod:`congealing.align`      folder -> alignment -> report, one function per method
+* :mod:`congealing.report`     the folder ``congeal align`` writes
+* :mod:`congealing.widgets`    widgets that also work in the static HTML book
+* :mod:`congealing.cli`        the ``congeal`` command
 
 Importing the package is cheap; submodules are imported on first use.
 """
@@ -20,7 +38,11 @@ import importlib
 
 __version__ = "0.1.0"
 
-_SUBMODULES = {"warps", "data", "features", "runtime", "widgets", "report", "classical", "metrics", "eval", "neural", "spacejam", "congeal3d", "diffusion_prior", "cli"}
+_SUBMODULES = {
+    "warps", "data", "features", "metrics", "losses", "runtime", "checkpoints", "files", "errors",
+    "classical", "neural", "spacejam", "congeal3d", "captures", "diffusion_prior",
+    "evaluation", "align", "report", "report_folder", "widgets", "cli",
+}
 
 
 def __getattr__(name):

@@ -34,7 +34,13 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from . import congeal3d as c3
+from . import runtime
+from .congeal3d import Congeal3DConfig, _progress, camera_angles, se3_exp
+from .data import IMAGE_SUFFIXES, load_nerf_synthetic
 from .errors import InputError, UsageError
+from .features import load_backbone, saliency_masks
+from .runtime import get_device
 
 __all__ = [
     "Cameras", "load_cameras", "cameras_from_transforms", "cameras_from_colmap", "normalise_frame",
@@ -374,9 +380,7 @@ def check_capture(folder, camera_path, min_photos: int | None = None) -> Cameras
     """
     from PIL import Image, ImageOps, UnidentifiedImageError
 
-    from .data import IMAGE_SUFFIXES
 
-    from .congeal3d import Congeal3DConfig
 
     min_photos = Congeal3DConfig().anchor_views + 2 if min_photos is None else min_photos
     folder, camera_path = Path(folder), Path(camera_path)
@@ -644,7 +648,6 @@ def congeal_capture(photos: list, masks: list, cameras: Cameras, config, backbon
     """
     import time
 
-    from . import congeal3d as c3
 
     start = time.perf_counter()
     cameras = normalise_frame(cameras, masks)
@@ -711,9 +714,8 @@ def pad_to_squares(photos: list, size: int) -> tuple[torch.Tensor, torch.Tensor]
 def cosegment_photos(photos: list, backbone, size: int = 256) -> list:
     """Object masks of a capture's photos (one ``(3, h, w)`` each) by co-segmentation, as
     ``congeal align`` makes them without ``--masks``: padded to squares (:func:`pad_to_squares`),
-    :func:`congealing.neural.saliency_masks` with the padding left out, and cropped back. Returns
+    :func:`congealing.features.saliency_masks` with the padding left out, and cropped back. Returns
     one ``(1, h', w')`` mask per photo (the photo at the squares' scale; its camera still applies)."""
-    from .neural import saliency_masks
 
     squares, valid = pad_to_squares(photos, size)
     masks, _ = saliency_masks(squares, backbone, None, valid)
@@ -727,7 +729,7 @@ def align_capture(image_set, args) -> None:
 
     ``args.capture_cameras``: the photos' cameras checked before any work (:func:`check_capture`);
     masks from ``--masks`` or the photos' alpha channels (``image_set.masks``), else
-    co-segmentation that leaves the padding out (:func:`congealing.neural.saliency_masks`). The
+    co-segmentation that leaves the padding out (:func:`congealing.features.saliency_masks`). The
     report shows, for every posed photo (the others are the anchors that fit the shape), the
     photo in the model's square camera, the canonical shape rendered from the camera found, its
     NOCS map and an edit; ``summary.json`` adds each camera from the file (in the normalised
@@ -736,11 +738,7 @@ def align_capture(image_set, args) -> None:
     """
     import tempfile
 
-    from . import congeal3d as c3
-    from .features import load_backbone
-    from .neural import saliency_masks
     from .report import AlignProgress, write_alignment
-    from .runtime import get_device
 
     progress = AlignProgress("congeal3d")
     progress.stage("loading the backbone and making the masks")
@@ -850,8 +848,6 @@ def make_capture_benchmark(image_size: int, root=None, seed: int = 0, arc_deg: f
     The crop and resize is an exact change of pinhole intrinsics, so the file's cameras are exact.
     Deterministic in ``seed``.
     """
-    from .congeal3d import camera_angles, se3_exp
-    from .data import load_nerf_synthetic
 
     generator = torch.Generator().manual_seed(seed)
     uniform = lambda low, high: low + (high - low) * float(torch.rand((), generator=generator))  # noqa: E731
@@ -920,9 +916,7 @@ def evaluate_capture(config, backbone, device=None, progress=None, seed: int = 0
     frame-free (:func:`congealing.congeal3d.pose_errors`), for random cameras, the search alone
     and the full method; ``by_view``: the full method's frame-free errors among the posed views
     that show the whole object and among those that cut it off."""
-    from . import congeal3d as c3
 
-    from .features import load_backbone
 
     if masks not in ("true", "cosegment"):
         raise ValueError(f"masks must be 'true' or 'cosegment', got {masks!r}")
@@ -977,9 +971,6 @@ def evaluate_lego_capture(args) -> dict:
     (:func:`evaluate_capture`), posed with the true masks and with the co-segmentation masks a
     user without masks gets; 16 posed views in quick mode, all in full mode. ``--dataset lego``
     adds the true-mask row to its table in full mode only (the quick lego run stays short)."""
-    from . import runtime
-    from .congeal3d import Congeal3DConfig, _progress
-    from .features import load_backbone
 
     if args.method != "congeal3d":
         raise UsageError(f"congeal eval --dataset lego-capture: method {args.method!r} is not available here; use congeal3d")
@@ -996,7 +987,7 @@ def evaluate_lego_capture(args) -> dict:
            "capture": {}}
     for masks in ("true", "cosegment"):
         out["capture"][masks] = evaluate_capture(config, backbone, device, progress, args.seed, inputs=inputs, masks=masks, bench=bench)
-    from .eval import peak_memory_mb
+    from .evaluation import peak_memory_mb
 
     out["peak_rss_mb"] = peak_memory_mb(device)
     lines = [f"lego as a hand-held capture, 3-D congealing, backbone {backbone.name}, {mode} mode"]

@@ -30,6 +30,7 @@ from pathlib import Path
 import torch
 
 from .errors import CheckpointError
+from .files import write_atomically
 
 __all__ = ["save", "load", "check_fingerprint", "describe_difference"]
 
@@ -44,14 +45,10 @@ def save(state: dict, path: str | os.PathLike, fingerprint: dict | None = None) 
         path: the checkpoint file; its folder is created if needed.
         fingerprint: JSON-ready description of the inputs and config, or None.
     """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     state = dict(state)
     if fingerprint is not None:
         state[FINGERPRINT_KEY] = json.dumps(fingerprint, sort_keys=True)
-    partial = path.with_name(f"{path.name}.{os.getpid()}.partial")
-    torch.save(state, partial)
-    os.replace(partial, path)
+    write_atomically(path, lambda partial: torch.save(state, partial))
 
 
 def load(path: str | os.PathLike, map_location="cpu") -> dict:

@@ -4,9 +4,12 @@
     congeal align DIR --method entropy --out OUT   # align a folder of images
     congeal eval --dataset mnist --method lsq      # measure a method on a benchmark
 
-Every subcommand takes ``--mode quick|full`` (default: ``$CONGEAL_MODE``, else quick). Methods and
-benchmarks live in their chapters' modules, imported only when used; this file routes to them
-(``METHODS``, ``EVALUATIONS``) and checks every argument before any work starts.
+Every subcommand takes ``--mode quick|full`` (default: ``$CONGEAL_MODE``, else quick). This file
+holds the command line only: it checks every argument before any work starts, turns the arguments
+into typed requests and routes them to the application layer (:data:`congealing.align.METHODS`) and
+the evaluation protocols (:data:`congealing.evaluation.CUB_METHODS`, :func:`congealing.evaluation.evaluate_mnist`).
+The settings go down as arguments; the command does not rewrite the environment, except around the
+3-D congealing routes, which still read ``$CONGEAL_MODE`` and ``$CONGEAL_DATA``.
 
 A user's mistake (a bad flag, an unreadable photo, an output folder that holds other files, a
 checkpoint made for other images) ends with one line on stderr that says what is wrong and what to
@@ -17,48 +20,35 @@ shows the traceback as well. The program never deletes or overwrites a file it d
 from __future__ import annotations
 
 import argparse
-import importlib
+import contextlib
 import json
 import os
+import shutil
 import sys
 import traceback
 import warnings
 from pathlib import Path
 
-from . import checkpoints, report_folder, runtime
-from .classical import METHOD_NAMES
+from . import align, captures, checkpoints, congeal3d, evaluation, report_folder, runtime
+from .data import DATASETS, DatasetNotFoundError, cub_classes_on_disk, find_dataset, load_image_folder, load_masks
 from .errors import CongealError, UsageError
-from .eval import ALIGNERS
+from .features import load_backbone
+from .files import write_atomically
 
-#: ``congeal align --method NAME`` -> "module:function(image_set, args) -> None" (writes args.out).
-METHODS: dict[str, str] = {
-    "entropy": "congealing.classical:align_folder",
-    "lsq": "congealing.classical:align_folder",
-    "ic-lsq": "congealing.classical:align_folder",
-    "neural": "congealing.neural:align_folder",
-    "spacejam": "congealing.spacejam:align_folder",
-    "congeal3d": "congealing.congeal3d:align_folder",
-}
-#: ``congeal eval --dataset NAME`` -> "module:function(args) -> dict" (JSON-ready, plus a 'table' string).
-EVALUATIONS: dict[str, str] = {
-    "mnist": "congealing.classical:evaluate_mnist",
-    "cub": "congealing.eval:evaluate_cub",
-    "lego": "congealing.congeal3d:evaluate_lego",
-    "lego-capture": "congealing.captures:evaluate_lego_capture",
-}
+#: ``congeal align --method NAME``: the application layer's methods, and 3-D congealing, whose
+#: ``align_folder(image_set, args)`` still takes the command line (it moves to ``align`` with the
+#: congeal3d package).
+METHODS: tuple[str, ...] = (*align.METHODS, "congeal3d")
+#: ``congeal eval --dataset NAME``.
+DATASETS_EVALUATED = ("mnist", "cub", "lego", "lego-capture")
 #: The methods each benchmark can evaluate (``congeal eval --dataset D --method M``).
-DATASET_METHODS: dict[str, tuple[str, ...]] = {"mnist": METHOD_NAMES, "cub": tuple(ALIGNERS), "lego": ("congeal3d",), "lego-capture": ("congeal3d",)}
+DATASET_METHODS: dict[str, tuple[str, ...]] = {"mnist": evaluation.MNIST_METHODS, "cub": tuple(evaluation.CUB_METHODS), "lego": ("congeal3d",), "lego-capture": ("congeal3d",)}
 #: Methods that work on pixels and load no feature backbone.
-PIXEL_METHODS = METHOD_NAMES
+PIXEL_METHODS = align.PIXEL_METHODS
 #: Methods that train with a checkpoint that ``--resume`` continues.
-RESUMABLE = ("neural", "spacejam")
+RESUMABLE = align.RESUMABLE
 BACKBONE_NAMES = ("auto", "dino_vits8", "dinov2_vits14", "efficientnet_lite0")
 SIZE_RANGE = (16, 2048)
-
-
-def _resolve(target: str):
-    module, function = target.split(":")
-    return getattr(importlib.import_module(module), function)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -83,20 +73,20 @@ def _parser() -> argparse.ArgumentParser:
     info = sub.add_parser("info", help="show mode, device, data location and the backbone that would be used")
     common(info)
 
-    align = sub.add_parser("align", help="jointly align a folder of images")
-    align.add_argument("folder", type=Path)
-    align.add_argument("--method", required=True, help="one of: " + ", ".join(sorted(METHODS)))
-    align.add_argument("--out", type=Path, required=True, help="the report folder: new, empty, or an earlier congeal report")
-    align.add_argument("--size", default="256", help=f"side of the square working images in pixels ({SIZE_RANGE[0]}-{SIZE_RANGE[1]}, default 256)")
-    align.add_argument("--resume", action="store_true", help="neural, spacejam: continue an interrupted run of the same images and settings")
-    align.add_argument("--masks", type=Path, default=None, help="neural, spacejam, congeal3d: a folder of object masks, NAME.png per photo (white = object); default: alpha channels, else co-segmentation")
-    align.add_argument("--skip-unreadable", action="store_true", help="leave out images that cannot be read, naming them, instead of stopping")
-    align.add_argument("--shape", type=Path, default=None, help="congeal3d only: the canonical shape checkpoint (congealing.congeal3d.save_shape)")
-    align.add_argument("--cameras", type=Path, default=None, help="congeal3d only: the photos' cameras, a transforms.json (instant-ngp, nerfstudio) or a COLMAP text folder; the shape is then fitted from the photos")
-    common(align)
+    align_command = sub.add_parser("align", help="jointly align a folder of images")
+    align_command.add_argument("folder", type=Path)
+    align_command.add_argument("--method", required=True, help="one of: " + ", ".join(sorted(METHODS)))
+    align_command.add_argument("--out", type=Path, required=True, help="the report folder: new, empty, or an earlier congeal report")
+    align_command.add_argument("--size", default="256", help=f"side of the square working images in pixels ({SIZE_RANGE[0]}-{SIZE_RANGE[1]}, default 256)")
+    align_command.add_argument("--resume", action="store_true", help="neural, spacejam: continue an interrupted run of the same images and settings")
+    align_command.add_argument("--masks", type=Path, default=None, help="neural, spacejam, congeal3d: a folder of object masks, NAME.png per photo (white = object); default: alpha channels, else co-segmentation")
+    align_command.add_argument("--skip-unreadable", action="store_true", help="leave out images that cannot be read, naming them, instead of stopping")
+    align_command.add_argument("--shape", type=Path, default=None, help="congeal3d only: the canonical shape checkpoint (congealing.congeal3d.save_shape)")
+    align_command.add_argument("--cameras", type=Path, default=None, help="congeal3d only: the photos' cameras, a transforms.json (instant-ngp, nerfstudio) or a COLMAP text folder; the shape is then fitted from the photos")
+    common(align_command)
 
     evaluate = sub.add_parser("eval", help="evaluate a method on a benchmark and print a table")
-    evaluate.add_argument("--dataset", required=True, help="one of: " + ", ".join(EVALUATIONS))
+    evaluate.add_argument("--dataset", required=True, help="one of: " + ", ".join(DATASETS_EVALUATED))
     evaluate.add_argument("--method", required=True)
     evaluate.add_argument("--classes", default=None, help="comma-separated class ids: CUB 1-200 (default 1,2,3), MNIST digits 0-9 (default all)")
     evaluate.add_argument("--json", type=Path, default=None, help="write the results here as JSON")
@@ -157,8 +147,6 @@ def _parse_classes(args) -> None:
     low, high = (0, 9) if args.dataset == "mnist" else (1, 200)
     ids = [_whole_number(c, "--classes", low, high) for c in items]
     if args.dataset == "cub":
-        from .data import cub_classes_on_disk  # reads the data folder only when CUB is asked for
-
         on_disk = cub_classes_on_disk(args.data)
         missing = [i for i in ids if on_disk and i not in on_disk]
         if missing:
@@ -169,9 +157,7 @@ def _parse_classes(args) -> None:
     args.classes = ",".join(map(str, ids))
 
 
-def checkpoint_path(out: Path, method: str) -> Path:
-    """Where ``congeal align --method METHOD --out OUT`` keeps its training checkpoint while it runs."""
-    return out.with_name(f".{out.name}.{method}.checkpoint.pt")
+checkpoint_path = align.checkpoint_path
 
 
 def validate(args) -> None:
@@ -202,9 +188,7 @@ def validate(args) -> None:
         if args.method == "congeal3d" and args.cameras is not None:
             if args.shape is not None:
                 raise UsageError("--cameras fits the shape from the photos; leave out --shape (or --cameras, to pose the photos on a saved shape)")
-            from .captures import check_capture
-
-            args.capture_cameras = check_capture(args.folder, args.cameras)
+            args.capture_cameras = captures.check_capture(args.folder, args.cameras)
         elif args.method == "congeal3d":
             if args.shape is None:
                 raise UsageError("--method congeal3d needs --shape SHAPE (a canonical shape saved by congealing.congeal3d.save_shape, Chapter 6) or --cameras PATH (the capture's transforms.json or COLMAP folder)")
@@ -218,8 +202,8 @@ def validate(args) -> None:
             if not args.checkpoint.exists() and not (args.out / "checkpoint.pt").exists():
                 raise UsageError(f"--resume: there is no checkpoint to continue ({args.checkpoint.name} beside the report, or checkpoint.pt in it); run without --resume")
     elif args.command == "eval":
-        if args.dataset not in EVALUATIONS:
-            raise UsageError(f"unknown dataset {args.dataset!r}; available: {', '.join(sorted(EVALUATIONS))}")
+        if args.dataset not in DATASETS_EVALUATED:
+            raise UsageError(f"unknown dataset {args.dataset!r}; available: {', '.join(sorted(DATASETS_EVALUATED))}")
         if args.method not in DATASET_METHODS[args.dataset]:
             raise UsageError(f"--method {args.method} cannot be evaluated on {args.dataset}; choose one of {', '.join(DATASET_METHODS[args.dataset])}")
         if args.dataset == "mnist" and args.backbone:
@@ -231,9 +215,39 @@ def validate(args) -> None:
 # ----------------------------------------------------------------------------- commands
 
 
-def _align(args) -> int:
-    from .data import load_image_folder, load_masks
+@contextlib.contextmanager
+def _environment_for_congeal3d(args):
+    """Set ``$CONGEAL_MODE`` (and ``$CONGEAL_DATA`` if ``--data`` was given) while a 3-D congealing
+    route runs, and restore them after: those routes still read the environment."""
+    saved = {key: os.environ.get(key) for key in ("CONGEAL_MODE", "CONGEAL_DATA")}
+    os.environ["CONGEAL_MODE"] = args.mode
+    if args.data:
+        os.environ["CONGEAL_DATA"] = str(args.data)
+    try:
+        yield
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
 
+
+def _align_request(args) -> align.AlignRequest:
+    return align.AlignRequest(method=args.method, out=args.out, mode=args.mode, seed=args.seed, device=args.device,
+                              backbone=args.backbone, resume=args.resume, checkpoint=args.checkpoint)
+
+
+def _run_alignment(images, args) -> None:
+    """Align ``images`` with ``args.method`` and write the report to ``args.out``."""
+    if args.method == "congeal3d":
+        with _environment_for_congeal3d(args):
+            congeal3d.align_folder(images, args)
+    else:
+        align.METHODS[args.method](images, _align_request(args))
+
+
+def _align(args) -> int:
     if args.checkpoint.exists() and not args.resume:
         print(f"congeal: note: starting again; {args.checkpoint.name} from an earlier run will be replaced (--resume continues it instead)", file=sys.stderr)
     images = load_image_folder(args.folder, size=args.size, min_images=2, max_images=None, skip_unreadable=args.skip_unreadable)
@@ -242,7 +256,7 @@ def _align(args) -> int:
     if args.resume:  # refuse a checkpoint of other images now, before any features are computed
         path = args.checkpoint if args.checkpoint.exists() else args.out / "checkpoint.pt"
         checkpoints.check_fingerprint(checkpoints.load(path), images.fingerprint, path, keys=tuple(images.fingerprint))
-    _resolve(METHODS[args.method])(images, args)
+    _run_alignment(images, args)
     print(f"wrote {args.out}")
     return 0
 
@@ -251,18 +265,33 @@ def _write_record(args, result: dict, argv, complete: bool = True) -> None:
     record = {k: v for k, v in result.items() if k != "table"}
     record["complete"] = complete
     record["provenance"] = runtime.provenance("congeal " + " ".join(argv if argv is not None else sys.argv[1:]), args.mode, args.device)
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    partial = args.json.with_name(f".{args.json.name}.partial")
-    partial.write_text(json.dumps(record, indent=2))
-    os.replace(partial, args.json)
+    write_atomically(args.json, lambda partial: partial.write_text(json.dumps(record, indent=2)))
+
+
+def _eval_request(args) -> evaluation.EvalRequest:
+    classes = tuple(int(c) for c in args.classes.split(",")) if args.classes else None
+    return evaluation.EvalRequest(method=args.method, classes=classes, mode=args.mode, seed=args.seed, device=args.device,
+                                  backbone=args.backbone, data=args.data)
+
+
+def _evaluate(args, argv) -> dict:
+    """Run the benchmark ``args.dataset`` and return its JSON-ready record."""
+    if args.dataset == "lego":
+        with _environment_for_congeal3d(args):
+            return congeal3d.evaluate_lego(args)
+    if args.dataset == "lego-capture":
+        with _environment_for_congeal3d(args):
+            return captures.evaluate_lego_capture(args)
+    if args.dataset == "mnist":
+        return evaluation.evaluate_mnist(_eval_request(args))
+    on_partial = None
+    if args.json is not None:  # keep each finished class, whatever happens to the next
+        on_partial = lambda partial: _write_record(args, partial, argv, complete=False)  # noqa: E731
+    return evaluation.evaluate_cub(_eval_request(args), on_partial=on_partial)
 
 
 def _eval(args, argv) -> int:
-    evaluate = _resolve(EVALUATIONS[args.dataset])
-    if args.json is not None and args.dataset == "cub":  # keep each finished class, whatever happens to the next
-        result = evaluate(args, on_partial=lambda partial: _write_record(args, partial, argv, complete=False))
-    else:
-        result = evaluate(args)
+    result = _evaluate(args, argv)
     print(result.get("table", json.dumps(result, indent=2)))
     if args.json:
         _write_record(args, result, argv)
@@ -271,9 +300,6 @@ def _eval(args, argv) -> int:
 
 
 def _info(args) -> int:
-    from .data import DATASETS, DatasetNotFoundError, find_dataset
-    from .features import load_backbone
-
     print(f"mode:    {args.mode}")
     print(f"device:  {args.device_obj}")
     for key in DATASETS:
@@ -296,8 +322,6 @@ def _interrupted(args) -> int:
     if args.command == "align" and hasattr(args, "checkpoint"):
         staging = report_folder.staging_path(args.out)
         if (staging / report_folder.STAGING_MARKER).exists():
-            import shutil
-
             shutil.rmtree(staging)  # our own half-written report
         lines.append(f"; the report at {args.out} was not changed")
         if args.checkpoint.exists():
@@ -314,9 +338,6 @@ def main(argv=None) -> int:
         try:
             args = _parser().parse_args(argv)
             validate(args)
-            if args.data:
-                os.environ["CONGEAL_DATA"] = str(args.data)
-            os.environ["CONGEAL_MODE"] = args.mode  # so library defaults agree with the flag
             if args.mode == "full" and args.device_obj.type == "cpu" and args.command != "info":
                 print("congeal: warning: full mode uses the papers' settings and expects a GPU; on this CPU it can take hours (--mode quick takes minutes)", file=sys.stderr)
             runtime.seed_everything(args.seed)

@@ -910,11 +910,11 @@ def fit_coordinate_maps(field: VoxelField, images: torch.Tensor, masks: torch.Te
     ``mapping_lr`` to minimise, over the input's foreground: the cosine distance between the
     input's descriptor at ``u`` and the render's at ``u~`` (the semantic term), plus
     ``lambda_l2 |u~ - u|^2`` in ``[0, 1]`` coordinates (stay close to the pose's answer), plus the
-    smoothness of Appendix B: rigidity (:func:`congealing.neural.rigidity_loss`) at ``global_delta``
+    smoothness of Appendix B: rigidity (:func:`congealing.losses.rigidity_loss`) at ``global_delta``
     and at 1 pixel, and Huber total variation. ``Phi_fwd(u)`` is the render's NOCS value at ``u~``.
     """
     from .features import extract_descriptors, load_backbone
-    from .neural import masked_mean, rigidity_loss
+    from .losses import masked_mean, rigidity_loss
 
     _check_masks(masks)
     start = time.perf_counter()
@@ -1131,7 +1131,7 @@ class LegoBenchmark:
 
     def keypoint_set(self, varied: bool = False) -> "KeypointSet":
         """The inputs (over a white background) and their keypoints, for the harness of
-        :mod:`congealing.eval` (``transfer_all_pairs``, ``evaluate_transfer``)."""
+        :mod:`congealing.evaluation` (``transfer_all_pairs``, ``evaluate_transfer``)."""
         images = self.varied if varied else self.images
         return KeypointSet(images * self.masks + (1 - self.masks), self.keypoints, self.visible, self.boxes, self.part_names)
 
@@ -1139,7 +1139,7 @@ class LegoBenchmark:
 @dataclass
 class KeypointSet:
     """Images ``(N, 3, S, S)`` with keypoints ``(N, K, 2)``, ``visible`` ``(N, K)`` and PCK boxes
-    ``(N, 4)``: the fields :mod:`congealing.eval` reads from a CUB class."""
+    ``(N, 4)``: the fields :mod:`congealing.evaluation` reads from a CUB class."""
 
     images: torch.Tensor
     keypoints: torch.Tensor
@@ -1229,7 +1229,7 @@ def pck_by_rotation(transfer, keypoint_set, c2w: torch.Tensor, bins=(0, 45, 90, 
     """PCK@``alpha`` (box threshold of the target, Chapter 3's harness) of ``transfer`` over all
     ordered pairs, overall and binned by the relative rotation between the two true cameras."""
     from . import metrics
-    from .eval import threshold_lengths, transfer_all_pairs
+    from .evaluation import threshold_lengths, transfer_all_pairs
 
     result = transfer_all_pairs(transfer, keypoint_set)
     pairs, visible = result["pairs"], result["visible"]
@@ -1269,7 +1269,7 @@ def evaluate_lego(args) -> dict:
     its own, with true and co-segmented masks.
     """
     from . import runtime
-    from .eval import descriptor_transfer
+    from .evaluation import descriptor_transfer
     from .features import extract_descriptors, load_backbone
 
     if args.method != "congeal3d":
@@ -1317,7 +1317,7 @@ def evaluate_lego(args) -> dict:
         from .captures import evaluate_capture
 
         out["capture"] = evaluate_capture(config, backbone, device, progress, args.seed, inputs=runtime.pick({"quick": 16, "full": None}, mode))
-    from .eval import peak_memory_mb
+    from .evaluation import peak_memory_mb
 
     out["peak_rss_mb"] = peak_memory_mb(device)
     out["table"] = format_lego_table(out)
@@ -1333,7 +1333,7 @@ def planar_transfers(keypoints: "KeypointSet", masks: torch.Tensor, backbone, mo
     Neural Congealing, each with the input masks and with reflections off (3-D points have no
     left/right twins to swap). Returns ``{name: (transfer, seconds)}``."""
     from . import neural, spacejam
-    from .eval import transfer_via_transforms
+    from .evaluation import transfer_via_transforms
 
     size = keypoints.images.shape[-1]
     out = {}
@@ -1388,7 +1388,7 @@ def align_folder(image_set, args) -> None:
 
         return align_capture(image_set, args)
     from .features import load_backbone
-    from .neural import saliency_masks
+    from .features import saliency_masks
     from .report import write_alignment
 
     shape_path = getattr(args, "shape", None)

@@ -32,6 +32,8 @@ import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from .errors import DataNotFoundError, InputError
+from .files import write_atomically
+from .runtime import cache_dir
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".gif")
 
@@ -90,11 +92,6 @@ DATASETS = {
 }
 
 
-def cache_dir() -> Path:
-    """The project cache: ``$CONGEAL_CACHE`` or ``~/.cache/congealing``."""
-    return Path(os.environ.get("CONGEAL_CACHE") or Path.home() / ".cache" / "congealing")
-
-
 def find_dataset(key: str, root: str | os.PathLike | None = None, download: bool = True) -> Path:
     """The folder of dataset ``key`` (``"mnist"``, ``"cub"``, ``"nerf_synthetic"``).
 
@@ -137,6 +134,11 @@ def _md5(path: Path) -> str:
     return digest.hexdigest()
 
 
+def _fetch(url: str, path: Path) -> None:
+    with urllib.request.urlopen(url, timeout=60) as response, open(path, "wb") as out:
+        shutil.copyfileobj(response, out)
+
+
 def _download(source: DatasetSource, cached: Path) -> Path:
     target = cached / source.folder
     target.mkdir(parents=True, exist_ok=True)
@@ -144,10 +146,7 @@ def _download(source: DatasetSource, cached: Path) -> Path:
         path = (cached if extract else target) / filename
         if not path.exists():
             print(f"downloading {source.name}: {url}")
-            partial = path.with_name(path.name + ".partial")
-            with urllib.request.urlopen(url, timeout=60) as response, open(partial, "wb") as out:
-                shutil.copyfileobj(response, out)
-            os.replace(partial, path)
+            write_atomically(path, lambda partial: _fetch(url, partial))
         if md5 is not None and _md5(path) != md5:
             path.unlink()
             raise OSError(f"checksum mismatch for {url} (expected md5 {md5}); the file was removed")
@@ -461,6 +460,15 @@ def cub_classes_on_disk(root=None) -> dict[int, str]:
         return {}
     classes = {int(i): name for i, name in _read_table(folder / "classes.txt")}
     return {i: name for i, name in classes.items() if (folder / "images" / name).is_dir()}
+
+
+def cub_box_masks(cub) -> torch.Tensor:
+    """The ground-truth boxes of a :class:`congealing.data.CUBSet` as masks ``(N, 1, S, S)``."""
+    N, _, H, W = cub.images.shape
+    masks = torch.zeros(N, 1, H, W)
+    for n, (x0, y0, x1, y1) in enumerate(cub.boxes.round().long().tolist()):
+        masks[n, 0, max(0, y0) : y1 + 1, max(0, x0) : x1 + 1] = 1.0
+    return masks
 
 
 def load_cub_class(class_id: int, split: str = "test", size: int = 256, root=None, download: bool = True, limit: int | None = None) -> CUBSet:

@@ -31,6 +31,9 @@ from typing import Callable, Iterable
 import torch
 import torch.nn.functional as F
 
+from ._compat import import_timm
+from .runtime import get_mode
+
 #: The pinned versions (see requirements.txt); named in the error raised when they are missing.
 PIP_INSTALL = "pip install diffusers==0.42.1 transformers==5.23.0"
 #: A word-level vocabulary for the tiny model's tokenizer (a real CLIP BPE needs vocab files).
@@ -41,8 +44,6 @@ TINY_VOCAB = ("<pad>", "<unk>", "<bos>", "<eos>", "a", "photo", "of", "the", "ob
 def _backends():
     """``(diffusers, transformers)``, imported on first use; a clear error names the install command."""
     try:
-        from ._compat import import_timm
-
         import_timm()  # transformers imports torchvision, which needs _compat's fix beside CPU torch
     except ImportError:
         pass  # no timm: then torchvision is either healthy or absent, and transformers copes
@@ -325,8 +326,6 @@ class DiffusionShapeConfig:
     @classmethod
     def for_mode(cls, mode: str | None = None, **overrides) -> "DiffusionShapeConfig":
         """The reference settings (``full``) or the mechanics-only version (``quick``); see the class docstring."""
-        from .runtime import get_mode
-
         config = cls()
         if get_mode(mode) == "quick":
             config = replace(config, ti_steps=50, sds_iterations=50, render_size=32)

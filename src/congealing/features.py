@@ -38,8 +38,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ._compat import import_timm
-from .data import cache_dir
 from .errors import DataNotFoundError, UsageError
+from .files import write_atomically
+from .runtime import cache_dir
 
 
 class WeightsNotAvailableError(DataNotFoundError):
@@ -302,10 +303,7 @@ def extract_descriptors(
     if not torch.isfinite(descriptors).all():
         raise FloatingPointError(f"{backbone.title} gave non-finite descriptors: check the images for NaN or infinite values")
     if cache:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        partial = path.with_suffix(f".{os.getpid()}.partial")  # unique: concurrent runs may fill the same entry
-        torch.save(descriptors, partial)
-        os.replace(partial, path)
+        write_atomically(path, lambda partial: torch.save(descriptors, partial))  # concurrent runs may fill the same entry
     return descriptors
 
 
@@ -592,6 +590,27 @@ def cosegment(
     salient = (votes >= math.ceil(vote_fraction * N)) & candidates
     salient[torch.where(candidates, votes, -1).argmax()] = True
     return (salient[labels] & inside).reshape(N, 1, h, w).float()
+
+
+def saliency_masks(images: torch.Tensor, backbone: "Backbone", given: torch.Tensor | None = None, valid: torch.Tensor | None = None) -> tuple[torch.Tensor, str]:
+    """Object masks of a photo set for the methods that need one, and where they came from.
+
+    Args:
+        images: ``(N, 3, H, W)`` in ``[0, 1]``.
+        backbone: the :class:`Backbone` whose descriptors the co-segmentation clusters.
+        given: ``(N, 1, h, w)`` masks to use as they are (e.g. a user's alpha channels), or None.
+        valid: ``(N, 1, H, W)``, the photos' own pixels (:attr:`congealing.data.ImageSet.valid`);
+            the co-segmentation leaves out the padding outside them.
+
+    Returns:
+        ``(masks (N, 1, h, w) float, source)``: ``given`` if any, else :func:`cosegment` of the
+        backbone's descriptors (Chapter 3, section 4); ``source`` says which, for the report.
+    """
+    if given is not None:
+        return given.float(), "given (alpha channels or --masks)"
+    descriptors = extract_descriptors(images, backbone)
+    small = None if valid is None else (F.interpolate(valid.float(), size=descriptors.shape[-2:], mode="area") > 0.5).float()
+    return cosegment(descriptors, valid=small).float(), "co-segmentation"
 
 
 def border_band(valid: torch.Tensor, width: float = 0.0625) -> torch.Tensor:

@@ -1,7 +1,7 @@
 """The yardsticks: PCK of transferred keypoints, bootstrap intervals, and box IoU.
 
 Pure tensor functions; the protocol around them (which pairs, which images) is in
-:mod:`congealing.eval`.
+:mod:`congealing.evaluation`.
 
 PCK@alpha
 ---------

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import math
 import os
-import shutil
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -38,6 +37,9 @@ import torch.nn.functional as F
 
 from . import checkpoints, features, warps
 from .errors import CheckpointError
+from .features import extract_descriptors, pca_project
+from .losses import masked_mean, rigidity_loss
+from .runtime import get_mode
 
 # ----------------------------------------------------------------------------- configuration
 
@@ -149,7 +151,6 @@ class NeuralCongealingConfig:
     @classmethod
     def for_mode(cls, mode: str | None = None, **overrides) -> "NeuralCongealingConfig":
         """Full mode: the published defaults. Quick mode: the changes listed in the class docstring."""
-        from .runtime import get_mode
 
         base = cls()
         if get_mode(mode) == "quick":
@@ -197,15 +198,6 @@ class NeuralCongealingConfig:
 
 
 # ----------------------------------------------------------------------------- loss terms
-
-
-def masked_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """``sum(mask * values) / sum(mask)`` over everything (the batch-wide normalisation of the paper).
-
-    >>> masked_mean(torch.tensor([1.0, 3.0]), torch.tensor([1.0, 0.0]))
-    tensor(1.)
-    """
-    return (mask * values).sum() / mask.sum().clamp_min(1e-8)
 
 
 def keys_loss(atlas_keys: torch.Tensor, keys: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -269,32 +261,6 @@ def center_loss(atlas_saliency: torch.Tensor, inside: torch.Tensor | None = None
     weight = atlas_saliency if inside is None else atlas_saliency * inside
     centre = (weight[..., None] * coords).sum(dim=(0, 1)) / weight.sum().clamp_min(1e-8)
     return 0.5 * centre.pow(2).sum()
-
-
-def rigidity_loss(grid: torch.Tensor, mask: torch.Tensor, delta: int = 1) -> torch.Tensor:
-    """Rigidity of a sampling grid ``(B, A, A, 2)``: ``|J^T J|_F + |(J^T J + 1e-3 I)^-1|_F``,
-    averaged under ``mask`` ``(B, A, A)``.
-
-    ``J`` is the finite-difference Jacobian over ``delta`` atlas pixels, in pixel units (so the
-    identity has ``J = I``). The value is about ``2 sqrt(2) = 2.83`` for any rotation or translation
-    and larger for shears, stretches and folds.
-
-    >>> g = warps.identity_grid((8, 8))
-    >>> round(rigidity_loss(g, torch.ones(1, 8, 8)).item(), 3)
-    2.827
-    """
-    B, H, W, _ = grid.shape
-    scale = torch.tensor([W / 2.0, H / 2.0], dtype=grid.dtype, device=grid.device) / delta
-    d_dx = (grid[:, :-delta, delta:] - grid[:, :-delta, :-delta]) * scale  # columns of J
-    d_dy = (grid[:, delta:, :-delta] - grid[:, :-delta, :-delta]) * scale
-    J = torch.stack([d_dx, d_dy], dim=-1)  # (B, H-d, W-d, 2, 2)
-    JtJ = J.transpose(-1, -2) @ J
-    a, b = JtJ[..., 0, 0] + 1e-3, JtJ[..., 0, 1]
-    c, d = JtJ[..., 1, 0], JtJ[..., 1, 1] + 1e-3
-    det = a * d - b * c
-    inverse_norm = torch.sqrt(a**2 + b**2 + c**2 + d**2) / det.abs().clamp_min(1e-12)
-    per_pixel = JtJ.pow(2).sum(dim=(-1, -2)).sqrt() + inverse_norm
-    return masked_mean(per_pixel, mask[:, :-delta, :-delta])
 
 
 # ----------------------------------------------------------------------------- networks
@@ -522,10 +488,6 @@ class NeuralData:
         return tuple(torch.where(f, b, a) for a, b in zip(chosen[:4], chosen[4:]))
 
 
-def _resize(x, size):
-    return F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
-
-
 def prepare(images: torch.Tensor, masks: torch.Tensor, backbone, cfg: NeuralCongealingConfig, device=None) -> NeuralData:
     """Images ``(N, 3, H, W)`` in ``[0, 1]`` and saliency masks ``(N, 1, h, w)`` -> :class:`NeuralData`.
 
@@ -533,8 +495,6 @@ def prepare(images: torch.Tensor, masks: torch.Tensor, backbone, cfg: NeuralCong
     :func:`congealing.features.extract_descriptors`). With ``cfg.flips`` the mirrored images'
     keys are *re-extracted*, not mirrored (features are not mirror-equivariant).
     """
-    from .features import extract_descriptors
-
     if images.ndim != 4 or images.shape[1] != 3:
         raise ValueError(f"expected images of shape (N, 3, H, W), got {tuple(images.shape)}")
     if images.shape[0] < 2:
@@ -545,12 +505,11 @@ def prepare(images: torch.Tensor, masks: torch.Tensor, backbone, cfg: NeuralCong
 
     def one(imgs, msk):
         keys = extract_descriptors(imgs, backbone, grid=cfg.atlas_size)
-        return _resize(imgs, cfg.stn_input_size), _resize(imgs, cfg.image_size), keys, _resize(msk.float(), cfg.atlas_size).clamp(0, 1)
+        return warps.resize(imgs, cfg.stn_input_size), warps.resize(imgs, cfg.image_size), keys, warps.resize(msk.float(), cfg.atlas_size).clamp(0, 1)
 
     stn, src, keys, msk = one(images, masks)
     data = NeuralData(src, stn, keys, msk) if not cfg.flips else NeuralData(src, stn, keys, msk, *one(images.flip(-1), masks.flip(-1)))
     if cfg.keys_pca_dim:
-        from .features import pca_project
 
         # One basis for both orientations, fitted on the original images' keys at every location.
         data.keys, components, mean = pca_project(data.keys, cfg.keys_pca_dim)
@@ -611,7 +570,7 @@ class FitResult:
 
         Source -> atlas: undo the similarity in closed form, then invert the flow by nearest
         neighbours over the atlas pixels. Atlas -> target: sample the target's grid. The function
-        carries ``flipped`` ``(N,)``, the images trained mirrored (see :mod:`congealing.eval`).
+        carries ``flipped`` ``(N,)``, the images trained mirrored (see :mod:`congealing.evaluation`).
         """
         out = {k: v.cpu() for k, v in self.outputs().items()}
         flow_grid = warps.identity_grid(out["delta"].shape[1:3], len(self.data)) + out["delta"]
@@ -853,7 +812,7 @@ def propagate_edit(result: FitResult, edit: torch.Tensor, images: torch.Tensor, 
     N, _, H, W = images.shape
     grids = result.grids().to(images.device)
     size = oversample * max(H, W)
-    edit = _resize(edit[None].float().to(images.device), size)[0]
+    edit = warps.resize(edit[None].float().to(images.device), size)[0]
     pts = warps.identity_grid((size, size), 1, images.dtype, images.device)  # (1, s, s, 2) atlas coords
     colors = edit.reshape(4, -1)
     keep = colors[3] > 1e-3
@@ -877,107 +836,3 @@ def propagate_edit(result: FitResult, edit: torch.Tensor, images: torch.Tensor, 
         edited = images[n].reshape(3, -1) * (1 - alpha) + rgb * alpha
         out.append(edited.reshape(3, H, W))
     return torch.stack(out)
-
-
-# ----------------------------------------------------------------------------- entry points
-
-
-def cub_box_masks(cub) -> torch.Tensor:
-    """The ground-truth boxes of a :class:`congealing.data.CUBSet` as masks ``(N, 1, S, S)``."""
-    N, _, H, W = cub.images.shape
-    masks = torch.zeros(N, 1, H, W)
-    for n, (x0, y0, x1, y1) in enumerate(cub.boxes.round().long().tolist()):
-        masks[n, 0, max(0, y0) : y1 + 1, max(0, x0) : x1 + 1] = 1.0
-    return masks
-
-
-def saliency_masks(images: torch.Tensor, backbone, given: torch.Tensor | None = None, valid: torch.Tensor | None = None) -> tuple[torch.Tensor, str]:
-    """Masks ``(N, 1, h, w)`` for the saliency input and where they came from: ``given`` (e.g. a
-    user's alpha channel) if any, else ``features.cosegment`` of the backbone's descriptors (the
-    paper's co-segmentation, for any backbone), which leaves out the padding outside ``valid``
-    ``(N, 1, H, W)`` (the photos' own pixels, :attr:`congealing.data.ImageSet.valid`)."""
-    from . import features
-
-    if given is not None:
-        return given.float(), "given (alpha channels or --masks)"
-    descriptors = features.extract_descriptors(images, backbone)
-    small = None if valid is None else (F.interpolate(valid.float(), size=descriptors.shape[-2:], mode="area") > 0.5).float()
-    return features.cosegment(descriptors, valid=small).float(), "co-segmentation"
-
-
-def fit_transfer(cub, backbone, mode: str, seed: int = 0, device=None):
-    """``congeal eval --method neural``: train on a CUB class, return its keypoint transfer
-    ``(src, tgt, points (K, 2)) -> (K, 2)`` in the class's pixel frame.
-
-    The saliency input is the ground-truth box (``features.cosegment`` with EfficientNet-Lite0
-    agrees poorly with the birds: IoU 0.32 with the box on class 1). The settings are the
-    supplementary's evaluation ones (the official ``config_eval_sets``): horizontal flips (CUB
-    birds face both ways, which no similarity can undo; the transfer's ``flipped`` lets the
-    evaluator swap left/right parts), the gradual atlas and relaxed rigidity. In quick mode the
-    gradual atlas matters most: a mean-key atlas is a fixed point of short training (every image
-    already agrees best with the blur it is part of), one image's keys are not (measured without
-    it: 14.7 / 12.2 / 11.3 PCK@0.1 on classes 1 / 2 / 3, with it 12.4 / 16.3 / 18.9).
-    """
-    from .runtime import get_device
-
-    device = get_device(device) if not isinstance(device, torch.device) else device
-    cfg = NeuralCongealingConfig.for_mode(mode, seed=seed, flips=True, gradual_atlas=True, relaxed_rigidity=True)
-    data = prepare(cub.images, cub_box_masks(cub), backbone, cfg, device)
-    result = fit(data, cfg)
-    transfer = result.transfer(tuple(cub.images.shape[-2:]))
-    transfer.parameters = sum(p.numel() for p in result.model.parameters() if p.requires_grad)  # STNs + atlas
-    return transfer
-
-
-def align_folder(image_set, args) -> None:
-    """``congeal align DIR --method neural --out OUT``: congealed images, the atlas (average image,
-    saliency, keys as PCA-RGB), per-image mappings and an edit-propagation demo. The training
-    checkpoint sits next to OUT while training (``args.checkpoint``; ``--resume`` continues it, from
-    there or from ``OUT/checkpoint.pt``, if it was made from the same images and settings) and inside
-    OUT after."""
-    from .features import PCAColours, extract_descriptors, load_backbone
-    from .report import AlignProgress, demo_edit, write_alignment
-    from .runtime import get_device
-
-    progress = AlignProgress("neural")
-    progress.stage("loading the backbone")
-    device = get_device(getattr(args, "device", None))
-    backbone = load_backbone(getattr(args, "backbone", None), device=device)
-    cfg = getattr(args, "config", None) or NeuralCongealingConfig.for_mode(args.mode, seed=getattr(args, "seed", 0))  # a config on args: tests' tiny runs
-    images = image_set.images
-    alpha = image_set.masks if image_set.masks is not None and bool((image_set.masks < 0.5).any()) else None
-    progress.stage("descriptors and object masks")
-    masks, mask_source = saliency_masks(images, backbone, alpha, image_set.valid)
-    data = prepare(images, masks, backbone, cfg, device)
-    out = Path(args.out)
-    side = Path(args.checkpoint)  # the CLI names it (beside OUT) and has checked --resume
-    if getattr(args, "resume", False) and not side.exists() and (out / "checkpoint.pt").exists():
-        shutil.copyfile(out / "checkpoint.pt", side)
-    fingerprint = dict(image_set.fingerprint, backbone=backbone.name, config=asdict(cfg))
-    progress.stage("training", cfg.epochs)
-    result = fit(data, cfg, checkpoint=side, resume=getattr(args, "resume", False), log=progress.write, fingerprint=fingerprint,
-                 callback=lambda epoch, model: progress.step(epoch + 1, cfg.epochs), callback_every=1)
-    progress.stage("writing the report")
-    show = 128
-    congealed = result.congeal(images.to(device), show).cpu()
-    saliency = result.model.atlas_saliency.detach().cpu()
-    average = congealed.mean(dim=0)
-    keys = result.model.atlas_keys.detach().cpu()[None]
-    edit = demo_edit(_resize(saliency[None, None].float(), show)[0, 0])
-    edited = propagate_edit(result, edit, images.to(device)).cpu()
-    write_alignment(
-        out, method="neural", names=image_set.names, inputs=images, aligned=congealed,
-        atlas={"mean": average, "saliency": saliency[None], "keys (PCA-RGB)": PCAColours.fit(keys)(keys)[0]},
-        mode=args.mode, grids=result.grids().cpu(),
-        summary={"backbone": backbone.name, "masks": mask_source, "epochs": cfg.epochs, "seconds": round(result.seconds, 1),
-                 "flipped": result.flipped.tolist(), "final_keys_cos": result.history[-1]["keys_cos"]},
-        extra_images={"edit": edited},
-        masks=masks.cpu(), valid=image_set.valid, flipped=result.flipped, descriptors=extract_descriptors(images, backbone),  # cached by the co-segmentation
-        objective={"name": "the keys cosine loss (1 - cosine similarity of aligned descriptors and atlas)", "before": result.history[0]["keys_cos"],
-                   "after": result.history[-1]["keys_cos"], "better": "lower"},
-        method_scores={"name": "keys loss", "values": per_image_keys_loss(result.model, result.data, result.flipped).cpu(), "better": "lower",
-                       "doc": "Neural Congealing's weighted L2 + cosine loss between the image's warped descriptors and the atlas, inside the atlas saliency (neural.per_image_keys_loss); lower is better"},
-        extra_files={"checkpoint.pt": side},
-    )
-    side.unlink()
-    progress.close()

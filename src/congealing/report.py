@@ -602,11 +602,11 @@ def browser_mappings(
 
     * ``kind: "transforms"``: ``transforms``, one row-major 3x3 matrix per image, input -> aligned
       frame. A point moves from image ``i`` to ``j`` as ``T_j^-1 T_i p``
-      (:func:`congealing.eval.transfer_via_transforms`).
+      (:func:`congealing.evaluation.transfer_via_transforms`).
     * ``kind: "grids"``: ``grids``, per image a flat ``[x, y, x, y, ...]`` list of an ``h`` x ``w``
       sampling grid (aligned frame -> input, rows top to bottom), bilinearly downsampled to at
       most ``side``. A point goes to the aligned frame through the nearest grid value and on to
-      image ``j`` by bilinear sampling of ``j``'s grid (:func:`congealing.eval.transfer_via_grids`
+      image ``j`` by bilinear sampling of ``j``'s grid (:func:`congealing.evaluation.transfer_via_grids`
       on the exported grids).
     * ``kind: "nocs"``: ``nocs``, per image a flat ``h`` x ``w`` x 3 list of canonical 3-D
       coordinates (nearest-neighbour downsampled) and ``mask`` (1 where a pixel has one). A point
@@ -855,7 +855,7 @@ def _usage(method: str, planar: bool) -> str:
     elif method == "neural":
         code = (
             "import torch\n"
-            "from congealing.eval import transfer_via_grids\n"
+            "from congealing.evaluation import transfer_via_grids\n"
             "m = torch.load('OUT/mappings.pt', weights_only=True)      # m['grids']: (N, h, w, 2), aligned -> input\n"
             "transfer = transfer_via_grids(m['grids'], size=256)       # size: the side of your images\n"
             "transfer(0, 1, torch.tensor([[120.0, 80.0]]))            # pixel (x, y) of image 0 -> image 1"
@@ -864,7 +864,7 @@ def _usage(method: str, planar: bool) -> str:
     else:
         code = (
             "import torch\n"
-            "from congealing.eval import transfer_via_transforms\n"
+            "from congealing.evaluation import transfer_via_transforms\n"
             "m = torch.load('OUT/mappings.pt', weights_only=True)      # m['transforms']: (N, 3, 3), input -> aligned\n"
             "transfer = transfer_via_transforms(m['transforms'], size=256)  # size: the side of your images\n"
             "transfer(0, 1, torch.tensor([[120.0, 80.0]]))            # pixel (x, y) of image 0 -> image 1"

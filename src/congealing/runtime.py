@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 import random
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -21,6 +22,11 @@ import torch
 from .errors import UsageError
 
 MODES = ("quick", "full")
+
+
+def cache_dir() -> Path:
+    """The project cache: ``$CONGEAL_CACHE`` or ``~/.cache/congealing``."""
+    return Path(os.environ.get("CONGEAL_CACHE") or Path.home() / ".cache" / "congealing")
 
 
 def get_mode(mode: str | None = None) -> str:
@@ -88,7 +94,6 @@ def provenance(command: str, mode: str | None = None, device=None) -> dict:
     """
     import datetime
     import subprocess
-    from pathlib import Path
 
     here = Path(__file__).resolve().parent
     try:
@@ -118,9 +123,6 @@ def run_recorded(argv: list[str], folder=None) -> dict:
     import json
     import subprocess
     import sys
-    from pathlib import Path
-
-    from .data import cache_dir
 
     folder = Path(folder) if folder is not None else cache_dir() / "results"
     folder.mkdir(parents=True, exist_ok=True)

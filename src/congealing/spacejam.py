@@ -57,7 +57,6 @@ Differences from the official code, and why
 from __future__ import annotations
 
 import os
-import shutil
 import time
 import warnings
 from dataclasses import asdict, dataclass, field, replace
@@ -69,6 +68,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from . import checkpoints, features, warps
+from .runtime import get_mode
 
 GROUPS = ("se2", "affine", "homography")
 
@@ -194,7 +194,6 @@ class SpaceJAMConfig:
     @classmethod
     def for_mode(cls, mode: str | None = None, **overrides) -> "SpaceJAMConfig":
         """The published settings (``full``) or their CPU-sized version (``quick``); see the class docstring."""
-        from .runtime import get_mode
 
         config = cls()
         if get_mode(mode) == "quick":
@@ -259,8 +258,6 @@ def prepare_keys(
     outside ``valid`` ``(N, 1, H, W)`` (the photos' own pixels) if given. Descriptors are cached
     on disk by :func:`congealing.features.extract_descriptors`.
     """
-    from . import features
-
     if images.ndim != 4 or images.shape[1] != 3:
         raise ValueError(f"expected RGB images (N, 3, H, W), got {tuple(images.shape)}")
     if images.shape[0] < 2:
@@ -283,15 +280,13 @@ def keys_from_descriptors(descriptors: torch.Tensor, masks: torch.Tensor, config
     >>> keys.shape, m.shape
     (torch.Size([3, 25, 16, 16]), torch.Size([3, 1, 16, 16]))
     """
-    from .features import pca_project
-
     size = (config.map_size, config.map_size)
     fit_masks = None
     if config.pca_fit == "foreground":
         fit_masks = (F.interpolate(masks.float(), size=descriptors.shape[-2:], mode="bilinear", align_corners=False) > 0.5).float()
         if fit_masks.sum() < config.pca_dim:
             fit_masks = None
-    maps, _, _ = pca_project(descriptors.float(), config.pca_dim, fit_masks)
+    maps, _, _ = features.pca_project(descriptors.float(), config.pca_dim, fit_masks)
     if maps.shape[-2:] != size:
         maps = F.interpolate(maps, size=size, mode="bilinear", align_corners=False)
     masks = (F.interpolate(masks.float(), size=size, mode="bilinear", align_corners=False) > 0.5).float()
@@ -771,98 +766,7 @@ def atlas(maps: torch.Tensor, transforms: torch.Tensor, masks: torch.Tensor | No
     return (warped * weight).sum(dim=0) / weight.sum(dim=0).clamp_min(1e-6)
 
 
-def transfer_points(transforms: torch.Tensor, src: int, tgt: int, points: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """Closed-form keypoint transfer: pixel ``(x, y)`` points ``(K, 2)`` of image ``src`` to image
-    ``tgt``, through ``T_src`` then ``T_tgt^-1``.
-
-    >>> T = warps.identity(2)
-    >>> transfer_points(T, 0, 1, torch.tensor([[3.0, 4.0]]), (8, 8))
-    tensor([[3., 4.]])
-    """
-    relative = warps.compose(warps.invert(transforms[tgt : tgt + 1]), transforms[src : src + 1])
-    normalised = warps.pixel_to_normalized(points[None].float(), size)
-    return warps.normalized_to_pixel(warps.transform_points(relative, normalised), size)[0]
-
-
-def fit_transfer(cub, backbone, mode: str | None = None, seed: int = 0, device=None) -> Callable:
-    """``congeal eval --method spacejam``: train on one CUB class and return its transfer function.
-
-    Masks: Chapter 3's co-segmentation when available, otherwise the whole crop.
-    """
-    config = SpaceJAMConfig.for_mode(mode, seed=seed)
-    keys, masks = prepare_keys(cub.images, backbone, config)
-    result = fit(keys, masks, config, device=device)
-    from .eval import transfer_via_transforms
-
-    transfer = transfer_via_transforms(result.transforms, cub.images.shape[-1])
-    transfer.parameters = result.parameters["total"]
-    return transfer
-
-
-def align_folder(image_set, args) -> None:
-    """``congeal align DIR --method spacejam --out OUT``: align a folder and write the report.
-
-    A checkpoint is kept beside ``OUT`` while training (``args.checkpoint``, named by the CLI) and
-    copied into ``OUT/checkpoint.pt`` at the end; ``--resume`` continues from either, if it was made
-    from the same images and settings.
-    """
-    from .features import extract_descriptors, load_backbone
-    from .report import AlignProgress, demo_edit, write_alignment
-    from .runtime import get_device, get_mode
-
-    progress = AlignProgress("spacejam")
-    progress.stage("loading the backbone")
-    out = Path(args.out)
-    device = get_device(getattr(args, "device", None))
-    config = SpaceJAMConfig.for_mode(args.mode, seed=getattr(args, "seed", 42))
-    backbone = load_backbone(getattr(args, "backbone", None), device=device)
-    masks = image_set.masks
-    if masks is not None and bool((masks > 0.5).all()):
-        masks = None  # no alpha channel: use the co-segmentation when available
-    progress.stage("descriptors and object masks")
-    keys, masks = prepare_keys(image_set.images, backbone, config, masks, image_set.valid)
-    sidecar = Path(args.checkpoint)  # the CLI names it (beside OUT) and has checked --resume
-    final = out / "checkpoint.pt"
-    if getattr(args, "resume", False) and not sidecar.exists() and final.exists():
-        shutil.copyfile(final, sidecar)
-    fingerprint = dict(image_set.fingerprint, backbone=backbone.name, config=_config_dict(config))
-    tic = time.perf_counter()
-    progress.stage("training")
-    result = fit(keys, masks, config, device=device, checkpoint=sidecar, resume=getattr(args, "resume", False), progress=progress.step, fingerprint=fingerprint)
-    progress.stage("writing the report")
-    images = image_set.images
-    aligned = warps.warp_image(images, result.transforms)
-    codes_rgb = codes_to_rgb(result.codes)
-    size = images.shape[-2:]
-    codes_up = F.interpolate(codes_rgb, size=size, mode="bilinear", align_corners=False)
-    mask_up = F.interpolate(result.masks, size=size, mode="bilinear", align_corners=False)
-    views = {
-        "mean": atlas(images, result.transforms),
-        "foreground": atlas(images, result.transforms, mask_up),
-        "keys": atlas(codes_up, result.transforms, mask_up),
-    }
-    write_alignment(
-        out, method="spacejam", names=image_set.names, inputs=images, aligned=aligned, atlas=views, mode=get_mode(args.mode),
-        transforms=result.transforms,
-        summary={
-            "backbone": backbone.name, "seconds": round(time.perf_counter() - tic, 1), "trainable_parameters": result.parameters["total"],
-            "flipped": int(result.flips.sum()), "final_loss": result.losses[-1] if result.losses else None, "config": _config_dict(config),
-        },
-        extra_images={
-            "low-dim keys": F.interpolate(codes_rgb, size=size, mode="nearest"),
-            "edit": warps.propagate_edit(images, result.transforms, demo_edit(atlas(mask_up, result.transforms)[0])),
-        },
-        extra_files={"checkpoint.pt": sidecar},
-        masks=mask_up, valid=image_set.valid, flipped=result.flips, descriptors=extract_descriptors(images, backbone),
-        objective={"name": "the training loss (mean over the epoch)", "before": result.losses[0], "after": result.losses[-1], "better": "lower"} if result.losses else None,
-    )
-    sidecar.unlink()
-    progress.close()
-
-
 def codes_to_rgb(codes: torch.Tensor) -> torch.Tensor:
     """Low-dimensional keys ``(N, 3, S, S)`` as RGB in ``[0, 1]``: :func:`congealing.features.minmax_rgb`
     (one min-max over the whole set, so the same colour means the same code in every image)."""
-    from .features import minmax_rgb
-
-    return minmax_rgb(codes)
+    return features.minmax_rgb(codes)

@@ -272,27 +272,19 @@ def flow_to_grid(flow: torch.Tensor) -> torch.Tensor:
     return identity_grid((H, W), B, flow.dtype, flow.device) + flow.permute(0, 2, 3, 1)
 
 
-def grid_to_flow(grid: torch.Tensor) -> torch.Tensor:
-    """Inverse of :func:`flow_to_grid`."""
-    B, H, W, _ = grid.shape
-    return (grid - identity_grid((H, W), B, grid.dtype, grid.device)).permute(0, 3, 1, 2)
-
-
-def compose_grids(first: torch.Tensor, second: torch.Tensor) -> torch.Tensor:
-    """One grid that does what warping by ``first`` and then by ``second`` does.
-
-    ``warp_by_grid(warp_by_grid(img, first), second) ~= warp_by_grid(img, compose_grids(first, second))``
-    (exactly, up to the interpolation of the grid itself). ``first`` is ``(B, h1, w1, 2)`` and
-    ``second`` ``(B, h2, w2, 2)``; the result has ``second``'s size.
-    """
-    sampled = warp_by_grid(first.permute(0, 3, 1, 2), second, padding_mode="border")
-    return sampled.permute(0, 2, 3, 1)
-
-
 def grid_points(points: torch.Tensor, grid: torch.Tensor) -> torch.Tensor:
     """Map normalised points ``(B, N, 2)`` of the *output* frame to the input image through ``grid``."""
     sampled = warp_by_grid(grid.permute(0, 3, 1, 2), points[:, :, None, :], padding_mode="border")
     return sampled[..., 0].permute(0, 2, 1)
+
+
+def resize(images: torch.Tensor, size: int) -> torch.Tensor:
+    """Resize ``(B, C, H, W)`` to ``(B, C, size, size)``: bilinear, antialiased when shrinking.
+
+    >>> resize(torch.ones(1, 3, 8, 8), 4).shape
+    torch.Size([1, 3, 4, 4])
+    """
+    return F.interpolate(images, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
 
 
 def propagate_edit(images: torch.Tensor, T: torch.Tensor, edit: torch.Tensor) -> torch.Tensor:

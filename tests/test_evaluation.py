@@ -1,12 +1,10 @@
 """The transfer protocol: synthetic sets with known answers, and the NN baseline on real CUB."""
-import argparse
 import json
 
 import pytest
 import torch
 
-from congealing import eval as ceval
-from congealing import warps
+from congealing import evaluation, warps
 from congealing.data import CUBSet
 
 
@@ -30,7 +28,7 @@ def random_keypoints(n=4, k=15, size=64, seed=0):
 def test_identity_transfer_on_identical_keypoints_is_perfect():
     base = random_keypoints(1)
     cub = synthetic_set(base.expand(5, -1, -1).clone())
-    result = ceval.evaluate_transfer(ceval.identity_transfer(cub), cub, n_boot=50)
+    result = evaluation.evaluate_transfer(evaluation.identity_transfer(cub), cub, n_boot=50)
     assert result["n_pairs"] == 20 and result["n_keypoints"] == 20 * 15
     assert result["pck"]["0.1"]["mean"] == 1.0 and result["pck"]["0.05"]["pooled"] == 1.0
     assert result["pck"]["0.1"]["ci95"] == [1.0, 1.0]
@@ -40,7 +38,7 @@ def test_identity_transfer_with_known_shift():
     # image 1 is image 0 shifted right by 5 px; box side 63 -> threshold 6.3 px at 0.1, 3.15 px at 0.05.
     base = random_keypoints(1, size=50)
     cub = synthetic_set(torch.cat([base, base + torch.tensor([5.0, 0.0])]))
-    result = ceval.evaluate_transfer(ceval.identity_transfer(cub), cub, n_boot=20)
+    result = evaluation.evaluate_transfer(evaluation.identity_transfer(cub), cub, n_boot=20)
     assert result["pck"]["0.1"]["mean"] == 1.0
     assert result["pck"]["0.05"]["mean"] == 0.0
     # the papers' image-side threshold: 0.05 * 64 = 3.2 px < 5 px, 0.1 * 64 = 6.4 px > 5 px
@@ -51,7 +49,7 @@ def test_threshold_uses_the_target_box():
     base = random_keypoints(1, size=40)
     boxes = torch.tensor([[0.0, 0.0, 100.0, 50.0], [0.0, 0.0, 40.0, 20.0]])  # L = 100 and 40
     cub = synthetic_set(torch.cat([base, base + torch.tensor([0.0, 6.0])]), size=128, boxes=boxes)
-    result = ceval.evaluate_transfer(ceval.identity_transfer(cub), cub, n_boot=20)
+    result = evaluation.evaluate_transfer(evaluation.identity_transfer(cub), cub, n_boot=20)
     # 0 -> 1 is judged with L = 40 (4 px: wrong), 1 -> 0 with L = 100 (10 px: right)
     assert result["pck"]["0.1"]["mean"] == 0.5
 
@@ -63,21 +61,21 @@ def test_transfer_via_transforms_recovers_known_similarities():
     canonical = warps.pixel_to_normalized(random_keypoints(1, size=size) * 0.5 + 16, (size, size))
     points = warps.transform_points(warps.invert(T), canonical.expand(3, -1, -1))
     cub = synthetic_set(warps.normalized_to_pixel(points, (size, size)), size=size)
-    transfer = ceval.transfer_via_transforms(T, size)
+    transfer = evaluation.transfer_via_transforms(T, size)
     assert not transfer.flipped.any()
     assert torch.allclose(transfer(1, 2, cub.keypoints[1]), cub.keypoints[2], atol=1e-4)
-    assert ceval.evaluate_transfer(transfer, cub, n_boot=20)["pck"]["0.05"]["mean"] == 1.0
+    assert evaluation.evaluate_transfer(transfer, cub, n_boot=20)["pck"]["0.05"]["mean"] == 1.0
 
 
 def test_mirrored_pairs_swap_left_and_right_parts():
     size = 64
     base = random_keypoints(1, size=size)
-    mirrored = base[:, list(ceval.CUB_MIRROR)].clone()
+    mirrored = base[:, list(evaluation.CUB_MIRROR)].clone()
     mirrored[..., 0] = size - 1 - mirrored[..., 0]  # image 1 is image 0 flipped: left eye where the right eye was
     cub = synthetic_set(torch.cat([base, mirrored]), size=size)
-    transfer = ceval.transfer_via_transforms(torch.stack([torch.eye(3), torch.diag(torch.tensor([-1.0, 1.0, 1.0]))]), size)
+    transfer = evaluation.transfer_via_transforms(torch.stack([torch.eye(3), torch.diag(torch.tensor([-1.0, 1.0, 1.0]))]), size)
     assert transfer.flipped.tolist() == [False, True]
-    assert ceval.evaluate_transfer(transfer, cub, n_boot=20)["pck"]["0.05"]["mean"] == 1.0
+    assert evaluation.evaluate_transfer(transfer, cub, n_boot=20)["pck"]["0.05"]["mean"] == 1.0
 
 
 def test_transfer_via_grids_with_translations():
@@ -87,21 +85,21 @@ def test_transfer_via_grids_with_translations():
     base = torch.tensor([[[8.0, 9.0], [15.0, 20.0], [20.0, 12.0]]])
     keypoints = base + warps.normalized_to_pixel(shifts, (size, size))[:, None] - warps.normalized_to_pixel(torch.zeros(1, 2), (size, size))
     cub = synthetic_set(keypoints, size=size)
-    transfer = ceval.transfer_via_grids(grids, size)
+    transfer = evaluation.transfer_via_grids(grids, size)
     assert torch.allclose(transfer(1, 2, keypoints[1]), keypoints[2], atol=1e-4)
-    assert ceval.evaluate_transfer(transfer, cub, n_boot=20)["pck"]["0.05"]["mean"] == 1.0
+    assert evaluation.evaluate_transfer(transfer, cub, n_boot=20)["pck"]["0.05"]["mean"] == 1.0
 
 
 def test_descriptor_transfer_finds_the_planted_match():
     descriptors = torch.nn.functional.normalize(torch.randn(2, 16, 8, 8, generator=torch.Generator().manual_seed(0)), dim=1)
     descriptors[1, :, 5, 2] = descriptors[0, :, 1, 6]  # the descriptor at (x=6, y=1) in image 0 reappears at (x=2, y=5) in image 1
-    transfer = ceval.descriptor_transfer(descriptors, 8)
+    transfer = evaluation.descriptor_transfer(descriptors, 8)
     assert transfer(0, 1, torch.tensor([[6.0, 1.0]])).tolist() == [[2.0, 5.0]]
 
 
 def test_bad_transforms_are_rejected():
     with pytest.raises(ValueError, match="N, 3, 3"):
-        ceval.transfer_via_transforms(torch.eye(3), 64)
+        evaluation.transfer_via_transforms(torch.eye(3), 64)
 
 
 @pytest.mark.slow
@@ -112,15 +110,17 @@ def test_nn_baseline_beats_identity_on_real_cub(tmp_path, offline_data):
     out = tmp_path / "nn.json"
     assert cli.main(["eval", "--dataset", "cub", "--classes", "1", "--method", "nn", "--backbone", "efficientnet_lite0", "--json", str(out)]) == 0
     nn = json.loads(out.read_text())
-    identity = ceval.evaluate_cub(argparse.Namespace(classes="1", method="identity", mode="quick", seed=0, device="cpu", backbone="efficientnet_lite0"))
+    identity = evaluation.evaluate_cub(evaluation.EvalRequest("identity", classes=(1,), mode="quick", seed=0, device="cpu", backbone="efficientnet_lite0"))
     assert nn["backbone"] == "efficientnet_lite0" and nn["classes"][0]["n_pairs"] == 30 * 29
     nn_pck, id_pck = nn["classes"][0]["pck"]["0.1"], identity["classes"][0]["pck"]["0.1"]
     assert nn_pck["mean"] > 0.4 and nn_pck["ci95"][0] > id_pck["ci95"][1] + 0.2
     assert abs(nn["classes"][0]["pck_image"]["0.1"]["pooled"] - 0.529) < 0.03  # the independently measured anchor
 
 
-def test_every_aligner_resolves_to_a_function():
-    from congealing import eval as cgeval
+def test_unknown_methods_are_usage_errors():
+    from congealing.errors import UsageError
 
-    for name, target in cgeval.ALIGNERS.items():
-        assert callable(cgeval._resolve(target)), name
+    with pytest.raises(UsageError, match="unknown method"):
+        evaluation.evaluate_cub(evaluation.EvalRequest("nope"))
+    with pytest.raises(UsageError, match="unknown method"):
+        evaluation.evaluate_mnist(evaluation.EvalRequest("nn"))

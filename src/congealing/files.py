@@ -1,0 +1,54 @@
+"""Writing a file so that a reader never sees half of it.
+
+Every file the library writes and others may read while it runs (a downloaded archive, a cached
+descriptor tensor, a training checkpoint, a ``congeal eval --json`` record) goes through
+:func:`write_atomically`: the content is written to a hidden ``.NAME.PID.partial`` file beside the
+target and renamed over it in one step (``os.replace``), so an interrupted run leaves either the old
+file or the new one, and two processes filling the same cache entry do not mix their bytes.
+
+>>> import tempfile
+>>> target = Path(tempfile.mkdtemp()) / "note.txt"
+>>> write_atomically(target, lambda partial: partial.write_text("done")) == target
+True
+>>> target.read_text(), sorted(p.name for p in target.parent.iterdir())
+('done', ['note.txt'])
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Callable
+
+__all__ = ["partial_path", "write_atomically"]
+
+
+def partial_path(path: str | os.PathLike) -> Path:
+    """The hidden file beside ``path`` that :func:`write_atomically` writes first (unique per process).
+
+    >>> partial_path("/tmp/out/result.json").name.startswith(".result.json.")
+    True
+    """
+    path = Path(path)
+    return path.with_name(f".{path.name}.{os.getpid()}.partial")
+
+
+def write_atomically(path: str | os.PathLike, write: Callable[[Path], object]) -> Path:
+    """Call ``write(partial)`` to fill a hidden file beside ``path``, then rename it to ``path``.
+
+    Args:
+        path: the file to create or replace; its folder is created if needed.
+        write: writes the whole content to the path it is given (e.g. ``lambda p: torch.save(x, p)``).
+
+    Returns:
+        ``path`` as a :class:`pathlib.Path`. If ``write`` raises, the partial file is removed and
+        ``path`` is left as it was.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = partial_path(path)
+    try:
+        write(partial)
+        os.replace(partial, path)
+    finally:
+        partial.unlink(missing_ok=True)
+    return path

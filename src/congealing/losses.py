@@ -1,0 +1,49 @@
+"""Loss terms shared by more than one method: Neural Congealing (Chapter 4) and 3-D congealing's
+coordinate maps (Chapter 6) both average under masks and keep their sampling grids rigid.
+
+>>> g = warps.identity_grid((8, 8))
+>>> round(rigidity_loss(g, torch.ones(1, 8, 8)).item(), 3)
+2.827
+"""
+from __future__ import annotations
+
+import torch
+
+from . import warps
+
+__all__ = ["masked_mean", "rigidity_loss"]
+
+
+def masked_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """``sum(mask * values) / sum(mask)`` over everything (the batch-wide normalisation of the paper).
+
+    >>> masked_mean(torch.tensor([1.0, 3.0]), torch.tensor([1.0, 0.0]))
+    tensor(1.)
+    """
+    return (mask * values).sum() / mask.sum().clamp_min(1e-8)
+
+
+def rigidity_loss(grid: torch.Tensor, mask: torch.Tensor, delta: int = 1) -> torch.Tensor:
+    """Rigidity of a sampling grid ``(B, A, A, 2)``: ``|J^T J|_F + |(J^T J + 1e-3 I)^-1|_F``,
+    averaged under ``mask`` ``(B, A, A)``.
+
+    ``J`` is the finite-difference Jacobian over ``delta`` atlas pixels, in pixel units (so the
+    identity has ``J = I``). The value is about ``2 sqrt(2) = 2.83`` for any rotation or translation
+    and larger for shears, stretches and folds.
+
+    >>> g = warps.identity_grid((8, 8))
+    >>> round(rigidity_loss(g, torch.ones(1, 8, 8)).item(), 3)
+    2.827
+    """
+    B, H, W, _ = grid.shape
+    scale = torch.tensor([W / 2.0, H / 2.0], dtype=grid.dtype, device=grid.device) / delta
+    d_dx = (grid[:, :-delta, delta:] - grid[:, :-delta, :-delta]) * scale  # columns of J
+    d_dy = (grid[:, delta:, :-delta] - grid[:, :-delta, :-delta]) * scale
+    J = torch.stack([d_dx, d_dy], dim=-1)  # (B, H-d, W-d, 2, 2)
+    JtJ = J.transpose(-1, -2) @ J
+    a, b = JtJ[..., 0, 0] + 1e-3, JtJ[..., 0, 1]
+    c, d = JtJ[..., 1, 0], JtJ[..., 1, 1] + 1e-3
+    det = a * d - b * c
+    inverse_norm = torch.sqrt(a**2 + b**2 + c**2 + d**2) / det.abs().clamp_min(1e-12)
+    per_pixel = JtJ.pow(2).sum(dim=(-1, -2)).sqrt() + inverse_norm
+    return masked_mean(per_pixel, mask[:, :-delta, :-delta])
