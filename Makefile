@@ -28,16 +28,17 @@ book: env book/_static/vendor/mathjax/tex-mml-chtml.js
 	$(BIN)/jupyter-book build --warningiserror --keep-going .
 
 unit: env
-	$(BIN)/pytest -m "not browser" -q
+	OMP_NUM_THREADS=1 $(BIN)/pytest -m "not browser" -q -n 2
 
 # The developer loop: no real data, no backbones (tests marked slow, see tests/conftest.py). CI runs unit.
 fast: env
 	$(BIN)/pytest -m "not browser and not slow" -q
 
-# Two notebooks at a time (pytest-xdist, one notebook per worker), one thread each: on a 2-core
-# machine this halves the wall time, and two kernels with two threads each would fight for the cores.
+# Two notebooks at a time (pytest-xdist, a notebook stays on one worker), one thread each: two
+# kernels with two threads each would fight for a 2-core machine's cores. The slowest notebooks go
+# first (in the order given, not xdist's own), so the two workers finish close together.
 notebooks: env
-	OMP_NUM_THREADS=1 $(BIN)/pytest -q --nbval-lax --nbval-current-env -n 2 --dist loadfile $$($(BIN)/python tests/toc_notebooks.py)
+	OMP_NUM_THREADS=1 $(BIN)/pytest -q --nbval-lax --nbval-current-env -n 2 --dist loadfile --no-loadscope-reorder $$($(BIN)/python tests/toc_notebooks.py --longest-first)
 
 browser: env
 	$(BIN)/pytest -m browser -q

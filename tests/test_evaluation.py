@@ -124,3 +124,27 @@ def test_unknown_methods_are_usage_errors():
         evaluation.evaluate_cub(evaluation.EvalRequest("nope"))
     with pytest.raises(UsageError, match="unknown method"):
         evaluation.evaluate_mnist(evaluation.EvalRequest("nn"))
+
+
+def test_print_sweep_averages_seeds_and_finds_the_shipped_config(capsys):
+    from dataclasses import dataclass
+
+    @dataclass(frozen=True)
+    class Config:
+        epochs: int = 60
+        pools: tuple = (26, 8)
+
+    run = lambda overrides, cls, seed, pck: {"method": "m", "tag": "t", "overrides": overrides, "cls": cls, "seed": seed, "pck": pck, "nn": 50.0, "cpu": 10.0}  # noqa: E731
+    record = {"runs": [
+        run({}, 1, 0, 20.0),
+        run({"epochs": 60}, 1, 0, 30.0), run({"epochs": 60}, 1, 1, 40.0), run({"epochs": 60}, 2, 0, 50.0), run({"epochs": 60}, 3, 0, 60.0),
+        run({"epochs": 60, "pools": [26, 8]}, 1, 0, 10.0), run({"epochs": 60, "pools": [26, 8]}, 2, 0, 20.0), run({"epochs": 60, "pools": [26, 8]}, 3, 0, 30.0),
+        run({"epochs": 90}, 1, 0, 99.0),
+    ]}
+    shipped = evaluation.print_sweep(record, "m", Config())
+    assert shipped["overrides"] == {"epochs": 60, "pools": [26, 8]}  # the most specific setting the config has
+    assert shipped["mean"] == pytest.approx(20.0) and shipped["nn_mean"] == pytest.approx(50.0)
+    printed = capsys.readouterr().out
+    assert "epochs=60 [2 seeds]" in printed and "35.0" in printed  # seeds 0 and 1 of class 1 averaged
+    with pytest.raises(ValueError, match="shipped config"):
+        evaluation.print_sweep(record, "m", Config(epochs=10, pools=(1, 1)))

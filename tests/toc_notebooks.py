@@ -1,9 +1,16 @@
-"""Print the notebooks listed in _toc.yml (one per line), the set nbval and the book build run."""
+"""Print the notebooks listed in _toc.yml (one per line), the set nbval and the book build run.
+
+``--longest-first`` prints the slowest notebooks first (``LONGEST``), so that nbval's two workers
+(``make notebooks``: pytest-xdist in the given order) start them at once and share out the rest.
+"""
+import sys
 from pathlib import Path
 
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
+#: The notebooks that take longest in quick mode (Chapter 7 trains every method; Chapter 6 fits a shape).
+LONGEST = ("book/ch07_comparison", "book/ch06_congeal3d")
 
 
 def toc_notebooks() -> list[Path]:
@@ -23,5 +30,15 @@ def _entries(node):
             yield from _entries(item)
 
 
+def longest_first(notebooks: list[Path]) -> list[Path]:
+    """``notebooks`` with those named in :data:`LONGEST` first, in that order; the rest as given."""
+    rank = {name: i for i, name in enumerate(LONGEST)}
+    key = lambda p: rank.get(str(p.relative_to(ROOT).with_suffix("")), len(rank))  # noqa: E731
+    return sorted(notebooks, key=key)
+
+
 if __name__ == "__main__":
-    print("\n".join(str(p.relative_to(ROOT)) for p in toc_notebooks()))
+    notebooks = toc_notebooks()
+    if "--longest-first" in sys.argv[1:]:
+        notebooks = longest_first(notebooks)
+    print("\n".join(str(p.relative_to(ROOT)) for p in notebooks))

@@ -81,25 +81,9 @@ class NeuralCongealingConfig:
     * the global rigidity step ``global_delta`` is given at a 128-px atlas and scaled with the
       atlas (20 -> 5 px at 32), so it always spans the same fraction of the object.
 
-    Measured in quick mode (issue 15, same protocol as below, seed 0, one CPU thread): with the
-    three changes above (100 epochs of which 40 rigid, 32 PCA keys, consensus flip start; measured
-    together, not one by one) PCK@0.1 18.9 / 24.6 / 33.3 on CUB classes 1 / 2 / 3 (mean 25.6,
-    against 15.9 before and 52.2 for nearest neighbours: still half of the baseline), about
-    200-230 s of CPU per class. Before issue 15:
-
-    Measured in quick mode (issue 5: EfficientNet-Lite0 keys, box masks, ``fit_transfer``'s flags,
-    seed 0, ~3 min per 30-image class): PCK@0.1 12.4 / 16.3 / 18.9 on CUB classes 1 / 2 / 3, barely
-    above the identity and far below nearest neighbours (49.9 / 49.1 / 57.5). No other setting tried
-    came near NN on class 1 (PCK 9.8-18.0 with STN lr 1e-2, atlas lr 1e-3, 100 epochs of which 75
-    rigid, 10 images x 180-300 epochs, or keys rescaled to raw-key size; without the gradual atlas
-    14.7 / 12.2 / 11.3), so the settings above stay. It is not a bug: transfer is exact on known
-    warps, and losses, masks, detaches and optimisers match the official code. A similarity fitted
-    to the keypoints alone would reach 62.9 on class 1, and the keys loss prefers it (cosine 0.445
-    vs 0.503 at the identity). But it lies up to 40 degrees and 2x scale from the identity, the
-    flips come out near chance (after them 15 of 27 birds face one way; forcing the true flips
-    gives 19.3), and a mean-key atlas holds every image near the identity. Free per-image
-    similarities in place of the rigid STN stay there too (14.9): what quick mode cannot afford is
-    the long joint atlas/mapping optimisation, not the amortised STN.
+    The quick config's PCK on CUB classes 1-3 against nearest neighbours, before and after these
+    changes, is recorded in ``benchmarks/records/issue15_quick_cpu.json`` and shown in Chapter 4,
+    "Quick mode on whole classes".
 
     >>> NeuralCongealingConfig().weights()["rigidity_global"]
     350.0

@@ -119,29 +119,11 @@ class SpaceJAMConfig:
 
     The loss follows the official code in both modes: ``atlas_flips`` (mean over each target's two
     flip configurations, min over the atlas's mirror) and ``decoded_padding`` (a source predicts
-    ``Dec(0)`` outside its frame, as the official zero-padded code warp does). An earlier version
-    of this port took the min over the *target's* configurations (gradients through the best one
-    only) and predicted 0 (= the masked background) outside the frame, which lets images escape
-    the others (cross pairs then predict background everywhere, as cheap as a poor overlap).
-    Quick mode, EfficientNet-Lite0, co-segmentation masks, PCK@0.1 (box) on CUB classes 1/2/3, the
-    earlier quick config (120 epochs, none of the last four changes): 23.0 / 40.1 / 47.9 (seed 0)
-    with this port's first loss; 25.9 / 53.4 / 48.2 with the official reflection loss (seed 0);
-    with both, seeds 0-2 (mean, min-max): 29.2 (24.5-32.9) / 47.7 (43.9-51.8) / 52.6 (47.8-56.7),
-    about 105 s of CPU per class. Nearest neighbour: 49.9 / 49.1 / 57.5 (mean 52.2).
-    This config, seeds 0-2 (mean, min-max): 33.1 (28.7-37.5) / 38.5 (28.3-43.9) / 63.2
-    (59.8-67.1), mean 44.9 against nearest neighbours' 52.2: above them on class 3 only. On the
-    held-out classes 4 / 5 / 6 (seed 0): 62.3 / 52.8 / 51.3 against 60.0 / 63.0 / 63.9. About 40 s
-    of CPU per 30-image class (keys, autoencoder, joint training; 15-17 s for the 11-13-image
-    classes 5 and 6), peak resident memory about 1.9 GB.
+    ``Dec(0)`` outside its frame, as the official zero-padded code warp does).
 
-    Tried in quick mode and not adopted (all listed in ``benchmarks/issue15_log.md``): 240 epochs
-    (class 1, 23.8 against 25.9 at 120: the loss hardly moves), ``stn_lr`` 2e-3 (25.6), batch size
-    5 (20.3), ``pca_dim`` 8 (class 1: 31.7 against 34.5), ground-truth boxes as masks (a diagnostic,
-    class 1: 25.7; the box keeps background, so masks are not what holds class 1 back). On class 1
-    the objective does not single out the right alignment with these keys: each curriculum stage
-    raises PCK (se(2) 24.0, aff(2) 30.2, sl(3) 34.6 on class 1) but the learned transforms still
-    zoom images by 0.5-1.5x to match their silhouettes, while a similarity fitted to the
-    keypoints would reach 62 %.
+    What each quick change bought, and what was tried and not kept, is measured in
+    ``benchmarks/records/issue15_quick_cpu.json`` (explained in ``benchmarks/issue15_log.md``) and
+    shown in Chapter 5, "Where this leaves SpaceJAM in quick mode".
     """
 
     # keys
