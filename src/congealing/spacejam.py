@@ -560,6 +560,94 @@ def _check_finite(loss: torch.Tensor, phase: str, epoch: int, step: int, name: s
         raise FloatingPointError(f"SpaceJAM diverged in {phase}, epoch {epoch}, step {step}: {name} = {loss.item()}: check the inputs for degenerate images (e.g. blank) and the config's learning rates")
 
 
+def pretrain_epoch(ae: KeyAutoencoder, optimiser: torch.optim.Optimizer, keys: torch.Tensor, masks: torch.Tensor,
+                   order: torch.Tensor, batch_size: int, epoch: int = 0) -> float:
+    """One epoch of autoencoder pretraining (Chapter 5, "The keys"); returns the mean loss.
+
+    The loss is the masked L2 reconstruction of keys ``(N, K, S, S)`` inside masks ``(N, 1, S, S)``,
+    with every image also shown mirrored (as the official code does), over batches of ``order``
+    ``(N,)`` (a permutation of the images). ``epoch`` only names the place of a divergence.
+    """
+    total = 0.0
+    for step, batch in enumerate(order.split(batch_size)):
+        x, m = keys[batch], masks[batch]
+        x, m = torch.cat([x, x.flip(-1)]), torch.cat([m, m.flip(-1)])
+        loss = ((ae(x) - x).pow(2).mean(dim=1, keepdim=True) * m).mean()
+        _check_finite(loss, "autoencoder pretraining", epoch, step, "reconstruction loss")
+        optimiser.zero_grad(set_to_none=True)
+        loss.backward()
+        optimiser.step()
+        total += loss.item() * len(batch)
+    return total / len(order)
+
+
+def joint_loss(ae: KeyAutoencoder, stn: RecurrentLieSTN, keys: torch.Tensor, masks: torch.Tensor, batch: torch.Tensor,
+               flips: torch.Tensor, group: str, reflections: torch.Tensor, config: SpaceJAMConfig) -> tuple[torch.Tensor, torch.Tensor]:
+    """The joint-training loss of one ``batch`` (indices ``(B,)``) and its per-target errors ``(B, R)``
+    (Chapter 5, "Reflections").
+
+    The batch's keys ``(B, K, S, S)`` are encoded; the network reads every code as it is and
+    mirrored (``R = 2`` rows of ``reflections`` ``(R, N, 3, 3)``, or ``R = 1`` without flips) and
+    predicts each configuration's transform; :func:`ic_loss` (or :func:`atlas_loss` for the
+    ablation) compares the decoded keys carried between every pair with the targets' keys.
+    ``flips`` ``(N,)``: each image's configuration when it is a source.
+    """
+    R = reflections.shape[0]
+    x = keys[batch]
+    z = ae.encode(x)
+    views = torch.cat([z, z.flip(-1)]) if R == 2 else z
+    transforms = stn(views, group).reshape(R, len(batch), 3, 3) @ reflections[:, batch]  # image -> common frame, per configuration
+    config_index = flips[batch].long().to(x.device) if R == 2 else torch.zeros(len(batch), dtype=torch.long, device=x.device)
+    if config.loss != "ic":
+        return atlas_loss(ae.decode(z), x, transforms, config_index)
+    outside = None
+    if config.decoded_padding:  # Dec(0), decoded in the same batch (its norm layers see it, as officially)
+        decoded = ae.decode(torch.cat([z, torch.zeros_like(z[:1])]))
+        decoded, outside = decoded[:-1], decoded[-1, :, 0, 0]
+    else:
+        decoded = ae.decode(z)
+    target, weight = x, masks[batch] if config.mask_weighted_loss else None
+    if 0 < config.loss_size < x.shape[-1]:  # compare area-averaged maps (quick mode); the network still reads full codes
+        decoded, target = (F.adaptive_avg_pool2d(m, config.loss_size) for m in (decoded, x))
+        weight = None if weight is None else F.adaptive_avg_pool2d(weight, config.loss_size)
+    return ic_loss(decoded, target, transforms, config_index, atlas_flips=config.atlas_flips, outside=outside, weight=weight)
+
+
+def joint_epoch(ae: KeyAutoencoder, stn: RecurrentLieSTN, optimisers, keys: torch.Tensor, masks: torch.Tensor, order: torch.Tensor,
+                flips: torch.Tensor, group: str, reflections: torch.Tensor, history: torch.Tensor, config: SpaceJAMConfig,
+                epoch: int = 0) -> float:
+    """One epoch of joint training over batches of ``order`` ``(N,)``; returns the mean loss.
+
+    Every batch's :func:`joint_loss` updates the network and the autoencoder together (one Adam each,
+    ``optimisers``); each image's per-configuration error is written to ``history`` ``(N, R)`` (this
+    epoch's row of the record :func:`update_flips` reads).
+    """
+    total = 0.0
+    for step, batch in enumerate(order.split(config.batch_size)):
+        loss, per_target = joint_loss(ae, stn, keys, masks, batch, flips, group, reflections, config)
+        _check_finite(loss, "joint training", epoch, step, f"{config.loss} loss")
+        for optimiser in optimisers:
+            optimiser.zero_grad(set_to_none=True)
+        loss.backward()
+        for optimiser in optimisers:
+            optimiser.step()
+        history[batch] = per_target.cpu()
+        total += loss.item() * len(batch)
+    return total / len(order)
+
+
+def update_flips(history: torch.Tensor, epoch: int, config: SpaceJAMConfig) -> torch.Tensor:
+    """Each image's flip configuration ``(N,)`` bool after ``epoch``: the one with the lower mean
+    error over the last ``config.flip_window`` epochs of ``history`` ``(epochs, N, 2)``.
+
+    >>> history = torch.zeros(4, 2, 2); history[:, 0, 1] = 1.0; history[:, 1, 0] = 1.0
+    >>> update_flips(history, 3, SpaceJAMConfig(flip_window=2)).tolist()
+    [False, True]
+    """
+    window = history[max(0, epoch - config.flip_window + 1) : epoch + 1].mean(dim=0)
+    return window.argmin(dim=1).bool()
+
+
 def fit(
     keys: torch.Tensor,
     masks: torch.Tensor,
@@ -639,18 +727,8 @@ def fit(
     ae.train()
     tic = time.perf_counter()
     for epoch in range(start_ae, ae_epochs):
-        total = 0.0
-        for step, batch in enumerate(torch.randperm(N, generator=generator).split(config.batch_size)):
-            x, m = keys[batch], masks[batch]
-            x, m = torch.cat([x, x.flip(-1)]), torch.cat([m, m.flip(-1)])  # each image with its mirror, as the official code
-            loss = ((ae(x) - x).pow(2).mean(dim=1, keepdim=True) * m).mean()
-            _check_finite(loss, "autoencoder pretraining", epoch, step, "reconstruction loss")
-            ae_opt.zero_grad(set_to_none=True)
-            loss.backward()
-            ae_opt.step()
-            total += loss.item() * len(batch)
+        ae_losses.append(pretrain_epoch(ae, ae_opt, keys, masks, torch.randperm(N, generator=generator), config.batch_size, epoch))
         ae_sched.step()
-        ae_losses.append(total / N)
         if progress is not None:
             progress(epoch + 1, ae_epochs + config.epochs, f"autoencoder loss {ae_losses[-1]:.4f}")
         if (epoch + 1) % checkpoint_every == 0:
@@ -666,42 +744,12 @@ def fit(
     for epoch in range(start_joint, config.epochs):
         group = config.group_at(epoch)
         ae.train(), stn.train()
-        total = 0.0
-        for step, batch in enumerate(torch.randperm(N, generator=generator).split(config.batch_size)):
-            x = keys[batch]
-            z = ae.encode(x)
-            views = torch.cat([z, z.flip(-1)]) if R == 2 else z
-            M = stn(views, group).reshape(R, len(batch), 3, 3)
-            transforms = M @ reflections[:, batch]  # image coordinates -> common frame, per configuration
-            config_index = flips[batch].long().to(device) if R == 2 else torch.zeros(len(batch), dtype=torch.long, device=device)
-            if config.loss == "ic":
-                outside = None
-                if config.decoded_padding:  # Dec(0), decoded in the same batch (its norm layers see it, as officially)
-                    decoded = ae.decode(torch.cat([z, torch.zeros_like(z[:1])]))
-                    decoded, outside = decoded[:-1], decoded[-1, :, 0, 0]
-                else:
-                    decoded = ae.decode(z)
-                target, weight = x, masks[batch] if config.mask_weighted_loss else None
-                if 0 < config.loss_size < x.shape[-1]:
-                    decoded, target = (F.adaptive_avg_pool2d(m, config.loss_size) for m in (decoded, x))
-                    weight = None if weight is None else F.adaptive_avg_pool2d(weight, config.loss_size)
-                loss, per_target = ic_loss(decoded, target, transforms, config_index, atlas_flips=config.atlas_flips, outside=outside, weight=weight)
-            else:
-                loss, per_target = atlas_loss(ae.decode(z), x, transforms, config_index)
-            _check_finite(loss, "joint training", epoch, step, f"{config.loss} loss")
-            stn_opt.zero_grad(set_to_none=True)
-            joint_opt.zero_grad(set_to_none=True)
-            loss.backward()
-            stn_opt.step()
-            joint_opt.step()
-            history[epoch, batch] = per_target.cpu()
-            total += loss.item() * len(batch)
+        order = torch.randperm(N, generator=generator)
+        losses.append(joint_epoch(ae, stn, (stn_opt, joint_opt), keys, masks, order, flips, group, reflections, history[epoch], config, epoch))
         stn_sched.step()
         joint_sched.step()
-        losses.append(total / N)
         if config.flip_update_at(epoch):
-            window = history[max(0, epoch - config.flip_window + 1) : epoch + 1].mean(dim=0)
-            flips = window.argmin(dim=1).bool()
+            flips = update_flips(history, epoch, config)
         next_group = config.group_at(epoch + 1) if epoch + 1 < config.epochs else None
         if next_group != group:
             stages[group] = infer(ae, stn, keys, flips, group)[0].cpu()
