@@ -663,6 +663,65 @@ def save_checkpoint(path, model, optimizers, epoch, flipped, included, history, 
     checkpoints.save(state, path, fingerprint)
 
 
+def update_flips_and_atlas(model: NeuralCongealing, data: NeuralData, flipped: torch.Tensor, included: torch.Tensor | None,
+                           per_update: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The decisions taken every ``update_every`` epochs (Chapter 4, "Training"): returns the new
+    ``flipped`` ``(N,)`` and ``included`` ``(N,)`` (or ``None`` without the gradual atlas).
+
+    With flips, each image takes the orientation whose keys fit the atlas better
+    (:func:`per_image_keys_loss`); with the gradual atlas, the ``per_update`` best-fitting images not
+    yet included join the images that update the atlas.
+    """
+    N = len(data)
+    if model.cfg.flips:
+        original = per_image_keys_loss(model, data, torch.zeros(N, dtype=torch.bool))
+        mirrored = per_image_keys_loss(model, data, torch.ones(N, dtype=torch.bool))
+        flipped = (mirrored < original).cpu()
+    if included is not None and not bool(included.all()):
+        current = per_image_keys_loss(model, data, flipped).cpu()
+        current[included] = float("inf")
+        included = included.clone()
+        included[current.argsort()[:per_update]] = True
+    return flipped, included
+
+
+def train_epoch(model: NeuralCongealing, data: NeuralData, optimizers: dict, order: torch.Tensor, flipped: torch.Tensor,
+                included: torch.Tensor | None, epoch: int = 0, step: int = 0) -> tuple[dict[str, float], int]:
+    """One epoch over the images in ``order`` ``(N,)`` (Chapter 4, "Training"); returns the epoch's
+    mean of every loss term (and ``"total"``) and the step count so far.
+
+    Each batch sums the weighted terms of :func:`_pass` in each image's current orientation and, with
+    flips, in the other orientation against a frozen atlas (so both orientations learn to map). The
+    rigid STN and the atlas always step; the flow STN once ``model.flow_active``. A non-finite loss
+    raises :class:`FloatingPointError` naming the epoch, step and every term.
+    """
+    cfg, weights, device, N = model.cfg, model.cfg.weights(), data.keys.device, len(data)
+    sums: dict[str, float] = {}
+    for b in range(0, N, cfg.batch_size):
+        idx = order[b : b + cfg.batch_size]
+        terms = _pass(model, data, idx.to(device), flipped.to(device), model.flow_active, False, included, cfg)
+        total = _total(terms, weights)
+        if cfg.flips:
+            other = _pass(model, data, idx.to(device), (~flipped).to(device), model.flow_active, True, None, cfg)
+            total = total + _total(other, weights)
+            terms.update({f"{k}_mirror": v for k, v in other.items()})
+        if not torch.isfinite(total):
+            listing = ", ".join(f"{k}={v.item():.4g}" for k, v in terms.items())
+            raise FloatingPointError(f"Neural Congealing diverged at epoch {epoch}, step {step}: total loss {total.item()}; terms: {listing}")
+        for opt in optimizers.values():
+            opt.zero_grad(set_to_none=True)
+        total.backward()
+        optimizers["rigid"].step()
+        optimizers["atlas"].step()
+        if model.flow_active:
+            optimizers["flow"].step()
+        for k, v in terms.items():
+            sums[k] = sums.get(k, 0.0) + v.item() * len(idx) / N
+        sums["total"] = sums.get("total", 0.0) + total.item() * len(idx) / N
+        step += 1
+    return sums, step
+
+
 def fit(
     data: NeuralData,
     cfg: NeuralCongealingConfig,
@@ -731,39 +790,9 @@ def fit(
             model.flow_active = True
             optimizers["flow"] = torch.optim.Adam(model.flow.parameters(), lr=cfg.lr_stn)
         if epoch > 0 and epoch % cfg.update_every == 0:
-            if cfg.flips:
-                original = per_image_keys_loss(model, data, torch.zeros(N, dtype=torch.bool))
-                mirrored = per_image_keys_loss(model, data, torch.ones(N, dtype=torch.bool))
-                flipped = (mirrored < original).cpu()
-            if included is not None and not bool(included.all()):
-                current = per_image_keys_loss(model, data, flipped).cpu()
-                current[included] = float("inf")
-                included[current.argsort()[:per_update]] = True
-        g = torch.Generator().manual_seed(cfg.seed * 100003 + epoch)
-        order = torch.randperm(N, generator=g)
-        sums: dict[str, float] = {}
-        for b in range(0, N, cfg.batch_size):
-            idx = order[b : b + cfg.batch_size]
-            terms = _pass(model, data, idx.to(device), flipped.to(device), model.flow_active, False, included, cfg)
-            total = _total(terms, weights)
-            if cfg.flips:
-                other = _pass(model, data, idx.to(device), (~flipped).to(device), model.flow_active, True, None, cfg)
-                total = total + _total(other, weights)
-                terms.update({f"{k}_mirror": v for k, v in other.items()})
-            if not torch.isfinite(total):
-                listing = ", ".join(f"{k}={v.item():.4g}" for k, v in terms.items())
-                raise FloatingPointError(f"Neural Congealing diverged at epoch {epoch}, step {step}: total loss {total.item()}; terms: {listing}")
-            for opt in optimizers.values():
-                opt.zero_grad(set_to_none=True)
-            total.backward()
-            optimizers["rigid"].step()
-            optimizers["atlas"].step()
-            if model.flow_active:
-                optimizers["flow"].step()
-            for k, v in terms.items():
-                sums[k] = sums.get(k, 0.0) + v.item() * len(idx) / N
-            sums["total"] = sums.get("total", 0.0) + total.item() * len(idx) / N
-            step += 1
+            flipped, included = update_flips_and_atlas(model, data, flipped, included, per_update)
+        order = torch.randperm(N, generator=torch.Generator().manual_seed(cfg.seed * 100003 + epoch))
+        sums, step = train_epoch(model, data, optimizers, order, flipped, included, epoch, step)
         history.append({"epoch": epoch, **sums})
         if log is not None and (epoch % max(1, cfg.epochs // 10) == 0 or epoch == cfg.epochs - 1):
             log(f"epoch {epoch:5d}  total {sums['total']:.1f}  keys_cos {sums['keys_cos']:.4f}  {time.perf_counter() - t0:.0f}s")
