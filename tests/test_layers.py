@@ -194,3 +194,20 @@ def test_the_rules_catch_what_they_forbid():
     assert layer_violations(planted) == ["warps.py:1 imports report, a layer above it", "classical.py:1 imports neural: methods do not import each other"]
     assert function_import_violations(planted) == ["data.py:2 imports runtime inside a function"]
     assert command_line_violations(planted) == ["report.py:1 imports argparse", "report.py:2 uses SystemExit"]
+
+
+def test_every_module_names_its_public_api_in_all():
+    """``__all__`` lists exactly the public functions and classes each module defines (plus
+    upper-case constants it chooses to export), and every listed name exists."""
+    import importlib
+
+    for path in sorted(PACKAGE.glob("*.py")):
+        if path.stem.startswith("_"):
+            continue
+        module = importlib.import_module(f"congealing.{path.stem}")
+        assert hasattr(module, "__all__"), f"{path.name} has no __all__"
+        missing = [name for name in module.__all__ if not hasattr(module, name)]
+        assert missing == [], f"{path.name}: __all__ names {missing}, which it does not define"
+        tree = ast.parse(path.read_text())
+        public = {n.name for n in tree.body if isinstance(n, (ast.FunctionDef, ast.ClassDef)) and not n.name.startswith("_")}
+        assert sorted(public - set(module.__all__)) == [], f"{path.name}: public names left out of __all__"

@@ -23,7 +23,7 @@ from .errors import UsageError
 from .features import PCAColours, extract_descriptors, load_backbone, saliency_masks
 from .report import AlignProgress, centre_disk, demo_edit, write_alignment
 
-__all__ = ["AlignRequest", "METHODS", "PIXEL_METHODS", "RESUMABLE", "align_classical", "align_neural", "align_spacejam"]
+__all__ = ["AlignRequest", "METHODS", "PIXEL_METHODS", "RESUMABLE", "align_classical", "align_neural", "align_spacejam", "checkpoint_path"]
 
 
 @dataclass(frozen=True)

@@ -43,7 +43,7 @@ from .features import load_backbone, saliency_masks
 from .runtime import get_device
 
 __all__ = [
-    "Cameras", "load_cameras", "cameras_from_transforms", "cameras_from_colmap", "normalise_frame",
+    "Cameras", "CaptureBenchmark", "brick_wall", "load_cameras", "cameras_from_transforms", "cameras_from_colmap", "normalise_frame",
     "SquareViews", "square_views", "object_is_whole", "known_fov_config", "check_intrinsics", "match_photos", "check_capture",
     "congeal_capture", "align_capture", "pad_to_squares", "photos_from_squares", "cosegment_photos", "make_capture_benchmark", "evaluate_capture",
     "evaluate_lego_capture", "format_capture_rows",

@@ -40,6 +40,14 @@ import torch.nn.functional as F
 
 from . import runtime, warps
 
+__all__ = [
+    "AFFINE_DIM", "METHOD_NAMES", "EntropyConfig", "LSQConfig", "ICLSQConfig", "CONFIGS",
+    "CongealResult", "Funnel", "as_image_stack", "affine_generators", "recentre",
+    "generator_fields", "image_gradient", "gaussian_blur", "steepest_descent_images", "soft_bins",
+    "pixel_stack_entropy", "warp_affine", "congeal_entropy", "funnel_align", "congeal_lsq",
+    "congeal_ic_lsq", "congeal",
+]
+
 #: Number of affine parameters (the first six generators of :func:`congealing.warps.lie_basis`).
 AFFINE_DIM = warps.GROUP_DIMS["affine"]
 METHOD_NAMES = ("entropy", "lsq", "ic-lsq")

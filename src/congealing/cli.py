@@ -35,6 +35,11 @@ from .errors import CongealError, UsageError
 from .features import load_backbone
 from .files import write_atomically
 
+__all__ = [
+    "METHODS", "DATASETS_EVALUATED", "DATASET_METHODS", "PIXEL_METHODS", "RESUMABLE",
+    "BACKBONE_NAMES", "SIZE_RANGE", "validate", "main",
+]
+
 #: ``congeal align --method NAME``: the application layer's methods, and 3-D congealing, whose
 #: ``align_folder(image_set, args)`` still takes the command line (it moves to ``align`` with the
 #: congeal3d package).

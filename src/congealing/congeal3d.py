@@ -39,6 +39,21 @@ import torch.nn.functional as F
 from . import warps
 from .errors import CheckpointError, InputError, UsageError
 
+__all__ = [
+    "SHAPE_FORMAT_VERSION", "Congeal3DConfig", "PHOTO_SEARCH_FOVS_DEG", "photo_search_config",
+    "look_at", "spherical_cameras", "camera_angles", "focal_length", "camera_rays",
+    "project_points", "se3_basis", "se3_exp", "rotation_angle_deg", "VoxelField", "render_rays",
+    "render", "choose_anchor_views", "fit_shape", "MIN_ANCHOR_IOU", "check_shape",
+    "carve_visual_hull", "set_shape_box", "save_shape", "load_shape", "square_boxes",
+    "crop_to_boxes", "candidate_cameras", "semantic_distance", "place_camera", "render_candidates",
+    "search_poses", "silhouette_iou", "soft_iou", "refine_poses", "similarity_procrustes",
+    "relative_pose_errors", "pose_errors", "random_cameras", "CoordinateMaps", "huber_tv",
+    "fit_coordinate_maps", "transfer_points", "propagate_nocs_edit", "stripes_edit",
+    "filter_by_pose", "Congealed3D", "congeal", "vary_appearance", "LegoBenchmark", "KeypointSet",
+    "load_lego_benchmark", "visible_points", "add_surface_keypoints", "relative_rotations",
+    "pck_by_rotation", "evaluate_lego", "planar_transfers", "format_lego_table", "align_folder",
+]
+
 #: Bumped whenever the layout of a saved shape changes; :func:`load_shape` refuses other versions.
 SHAPE_FORMAT_VERSION = 1
 

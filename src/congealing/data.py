@@ -35,6 +35,13 @@ from .errors import DataNotFoundError, InputError
 from .files import write_atomically
 from .runtime import cache_dir
 
+__all__ = [
+    "IMAGE_SUFFIXES", "DatasetNotFoundError", "ImageSetError", "DatasetSource", "DATASETS",
+    "find_dataset", "read_image", "to_square", "to_tensor", "ImageSet", "load_image_folder",
+    "load_masks", "load_mnist", "CUBSet", "cub_crop_box", "cub_classes_on_disk", "cub_box_masks",
+    "load_cub_class", "NerfScene", "load_nerf_synthetic",
+]
+
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".gif")
 
 

@@ -34,6 +34,13 @@ import torch.nn.functional as F
 from ._compat import import_timm
 from .runtime import get_mode
 
+__all__ = [
+    "PIP_INSTALL", "TINY_VOCAB", "DiffusionPrior", "tokenize", "embed_prompts",
+    "add_placeholder_token", "to_model_space", "textual_inversion_loss",
+    "textual_inversion_optimizer", "textual_inversion_step", "sds_loss", "DiffusionShapeConfig",
+    "learn_placeholder", "distil_shape",
+]
+
 #: The pinned versions (see requirements.txt); named in the error raised when they are missing.
 PIP_INSTALL = "pip install diffusers==0.42.1 transformers==5.23.0"
 #: A word-level vocabulary for the tiny model's tokenizer (a real CLIP BPE needs vocab files).

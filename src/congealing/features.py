@@ -42,6 +42,13 @@ from .errors import DataNotFoundError, UsageError
 from .files import write_atomically
 from .runtime import cache_dir
 
+__all__ = [
+    "WeightsNotAvailableError", "BackboneSpec", "BACKBONES", "AUTO_ORDER", "Backbone", "ViTKeys",
+    "EfficientNetStages", "efficientnet_lite0_state_dict", "load_backbone", "extract_descriptors",
+    "pca_project", "minmax_rgb", "PCAColours", "commonness", "border_contrast", "kmeans",
+    "cosegment", "saliency_masks", "border_band", "consensus_flips",
+]
+
 
 class WeightsNotAvailableError(DataNotFoundError):
     """Pretrained weights could not be loaded; the message says how to get them."""

@@ -23,6 +23,11 @@ import math
 
 import torch
 
+__all__ = [
+    "INCLUSIVE", "correct_keypoints", "pck", "pck_per_pair", "pck_per_part", "pair_bootstrap_ci",
+    "box_iou", "mask_to_box",
+]
+
 #: PCK counts a keypoint at exactly ``alpha * L`` as correct (``<=``, as Neural Congealing's code).
 INCLUSIVE = True
 

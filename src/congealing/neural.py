@@ -41,6 +41,14 @@ from .features import extract_descriptors, pca_project
 from .losses import masked_mean, rigidity_loss
 from .runtime import get_mode
 
+__all__ = [
+    "NeuralCongealingConfig", "keys_loss", "saliency_loss", "l0_approx", "saliency_sparsity",
+    "keys_sparsity", "center_loss", "EqualConv", "ResBlock", "RigidSTN", "similarity_matrix",
+    "similarity_inverse", "convex_upsample", "FlowSTN", "NeuralCongealing", "NeuralData", "prepare",
+    "FitResult", "per_image_keys_loss", "save_checkpoint", "update_flips_and_atlas", "train_epoch",
+    "fit", "propagate_edit",
+]
+
 # ----------------------------------------------------------------------------- configuration
 
 

@@ -45,7 +45,7 @@ from . import report_folder, warps
 from .widgets import to_png
 
 __all__ = [
-    "write_alignment", "output_keys", "demo_edit", "centre_disk", "agreement", "to_aligned_frame",
+    "write_alignment", "export_grids", "descriptor_agreement", "output_keys", "demo_edit", "centre_disk", "agreement", "to_aligned_frame",
     "browser_mappings", "describe_transforms", "describe_grids", "describe_pose", "field_documentation", "FIELD_DOCS",
     "AlignProgress",
 ]

@@ -21,6 +21,11 @@ import torch
 
 from .errors import UsageError
 
+__all__ = [
+    "MODES", "cache_dir", "get_mode", "pick", "seed_everything", "get_device", "run_label",
+    "provenance", "run_recorded",
+]
+
 MODES = ("quick", "full")
 
 

@@ -70,6 +70,13 @@ import torch.nn.functional as F
 from . import checkpoints, features, warps
 from .runtime import get_mode
 
+__all__ = [
+    "GROUPS", "SpaceJAMConfig", "count_parameters", "prepare_keys", "keys_from_descriptors",
+    "GlobalNorm", "KeyAutoencoder", "RecurrentLieSTN", "pair_predictions", "ic_loss", "atlas_loss",
+    "SpaceJAMResult", "infer", "pretrain_epoch", "joint_loss", "joint_epoch", "update_flips", "fit",
+    "atlas", "codes_to_rgb",
+]
+
 GROUPS = ("se2", "affine", "homography")
 
 

@@ -35,6 +35,13 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+__all__ = [
+    "GROUP_DIMS", "GENERATOR_NAMES", "lie_basis", "project", "hat", "exp", "identity", "compose",
+    "invert", "hflip", "pixel_to_normalized", "normalized_to_pixel", "transform_points",
+    "identity_grid", "sampling_grid", "warp_image", "warp_by_grid", "flow_to_grid", "grid_points",
+    "resize", "propagate_edit", "invert_grid_points", "invert_grid",
+]
+
 #: Number of Lie-algebra parameters of each group, in nesting order.
 GROUP_DIMS = {"translation": 2, "se2": 3, "similarity": 4, "affine": 6, "homography": 8}
 #: Human-readable names of the eight generators, in order.

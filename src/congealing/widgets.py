@@ -19,6 +19,10 @@ import numpy as np
 import torch
 from PIL import Image as PILImage
 
+__all__ = [
+    "to_png", "figure_png", "glue", "frame_slider", "tabbed",
+]
+
 
 def to_png(picture, size: int | None = None) -> bytes:
     """PNG bytes of a picture: a ``(3|1, H, W)`` tensor or ``(H, W[, 3|4])`` array in ``[0, 1]``
