@@ -44,7 +44,7 @@ __all__ = [
     "look_at", "spherical_cameras", "camera_angles", "focal_length", "camera_rays",
     "project_points", "se3_basis", "se3_exp", "rotation_angle_deg", "VoxelField", "render_rays",
     "render", "choose_anchor_views", "fit_shape", "MIN_ANCHOR_IOU", "check_shape",
-    "carve_visual_hull", "set_shape_box", "save_shape", "load_shape", "square_boxes",
+    "carve_visual_hull", "density_from_raw", "surface_points", "set_shape_box", "save_shape", "load_shape", "square_boxes",
     "crop_to_boxes", "candidate_cameras", "semantic_distance", "place_camera", "render_candidates",
     "search_poses", "silhouette_iou", "soft_iou", "refine_poses", "similarity_procrustes",
     "relative_pose_errors", "pose_errors", "random_cameras", "CoordinateMaps", "huber_tv",
@@ -296,6 +296,29 @@ def rotation_angle_deg(R_a: torch.Tensor, R_b: torch.Tensor) -> torch.Tensor:
 # ----------------------------------------------------------------------------- the canonical field
 
 
+def density_from_raw(raw: torch.Tensor) -> torch.Tensor:
+    """The field's density from its raw grid values: ``softplus(raw - 4)``, so an untrained field
+    (raw 0) is almost empty (density 0.018).
+
+    >>> float(density_from_raw(torch.tensor(4.0)))  # softplus(0) = log 2
+    0.6931471824645996
+    """
+    return F.softplus(raw - 4.0)
+
+
+def surface_points(field: "VoxelField", level: float = 5.0) -> torch.Tensor:
+    """World points ``(M, 3)`` on the shape's surface: the marching-cubes vertices of the density
+    grid at ``level``. Raises ``ValueError`` if no voxel is denser than ``level``."""
+    from skimage.measure import marching_cubes  # scikit-image: only the shape's surface needs it
+
+    density = field.density_grid().cpu().numpy()  # indexed [z, y, x]
+    if density.max() <= level:
+        raise ValueError(f"the field has no density above {level}: the shape is empty (did fitting fail?)")
+    vertices, _, _, _ = marching_cubes(density, level=level)
+    xyz = torch.from_numpy(vertices[:, ::-1].copy()).float()  # (z, y, x) -> (x, y, z)
+    return xyz / (field.resolution - 1) * 2 * field.bound - field.bound
+
+
 class VoxelField(nn.Module):
     """A dense voxel radiance field over ``[-bound, bound]^3`` (DVGO / Plenoxels style).
 
@@ -328,7 +351,11 @@ class VoxelField(nn.Module):
     def query(self, points: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Density ``(M,)`` and colour ``(M, 3)`` at world points ``(M, 3)`` (zero density outside the box)."""
         raw = self._sample(torch.cat([self.density, self.colour], dim=1), points)
-        return F.softplus(raw[:, 0] - 4.0), torch.sigmoid(raw[:, 1:])
+        return density_from_raw(raw[:, 0]), torch.sigmoid(raw[:, 1:])
+
+    def density_grid(self) -> torch.Tensor:
+        """The density of every voxel ``(R, R, R)``, indexed ``[z, y, x]`` (detached)."""
+        return density_from_raw(self.density[0, 0].detach())
 
     def nocs(self, points: torch.Tensor) -> torch.Tensor:
         """Canonical coordinates ``(M, 3)`` in ``[0, 1]`` of world points ``(M, 3)`` (Eq. 11)."""
@@ -535,14 +562,7 @@ def carve_visual_hull(field: VoxelField, masks: torch.Tensor, c2w: torch.Tensor,
 def set_shape_box(field: VoxelField, level: float = 5.0) -> tuple[torch.Tensor, torch.Tensor]:
     """Measure the shape's bounding box by marching cubes on the density grid and store it in the
     field (``box_min``, ``box_max``, used by the NOCS field). Returns the box corners ``(3,)``."""
-    from skimage.measure import marching_cubes
-
-    density = F.softplus(field.density[0, 0] - 4.0).cpu().numpy()  # indexed [z, y, x]
-    if density.max() <= level:
-        raise ValueError(f"the field has no density above {level}: the shape is empty (did fitting fail?)")
-    vertices, _, _, _ = marching_cubes(density, level=level)
-    xyz = torch.from_numpy(vertices[:, ::-1].copy()).float()  # (z, y, x) -> (x, y, z)
-    world = xyz / (field.resolution - 1) * 2 * field.bound - field.bound
+    world = surface_points(field, level)
     field.box_min.copy_(world.min(dim=0).values)
     field.box_max.copy_(world.max(dim=0).values)
     return field.box_min.clone(), field.box_max.clone()
@@ -1183,14 +1203,6 @@ def load_lego_benchmark(config: Congeal3DConfig, inputs: int | None = None, root
     )
 
 
-def _surface_points(field: VoxelField, level: float) -> torch.Tensor:
-    from skimage.measure import marching_cubes
-
-    density = F.softplus(field.density[0, 0] - 4.0).detach().cpu().numpy()  # indexed [z, y, x]
-    vertices = torch.from_numpy(marching_cubes(density, level=level)[0][:, ::-1].copy()).float()
-    return vertices / (field.resolution - 1) * 2 * field.bound - field.bound
-
-
 @torch.no_grad()
 def visible_points(field: VoxelField, points: torch.Tensor, c2w: torch.Tensor, fov, size: int, masks: torch.Tensor, tolerance: float, samples: int = 128) -> tuple[torch.Tensor, torch.Tensor]:
     """Pixels ``(B, P, 2)`` of world points ``(P, 3)`` in each view and whether each is visible
@@ -1217,7 +1229,7 @@ def add_surface_keypoints(bench: LegoBenchmark, field: VoxelField, count: int = 
     """
     from .metrics import mask_to_box
 
-    vertices = _surface_points(field, level)
+    vertices = surface_points(field, level)
     size = bench.anchor_images.shape[-1]
     _, seen = visible_points(field, vertices, bench.anchor_c2w, bench.fov, size, bench.anchor_masks, tolerance)
     vertices = vertices[seen.sum(dim=0) >= 2]
