@@ -43,7 +43,7 @@ __all__ = [
     "SHAPE_FORMAT_VERSION", "Congeal3DConfig", "PHOTO_SEARCH_FOVS_DEG", "photo_search_config",
     "look_at", "spherical_cameras", "camera_angles", "focal_length", "camera_rays",
     "project_points", "se3_basis", "se3_exp", "rotation_angle_deg", "VoxelField", "render_rays",
-    "render", "choose_anchor_views", "fit_shape", "MIN_ANCHOR_IOU", "check_shape",
+    "render", "choose_anchor_views", "farthest_points", "fit_shape", "MIN_ANCHOR_IOU", "check_shape",
     "carve_visual_hull", "density_from_raw", "surface_points", "set_shape_box", "save_shape", "load_shape", "square_boxes",
     "crop_to_boxes", "candidate_cameras", "semantic_distance", "place_camera", "render_candidates",
     "search_poses", "silhouette_iou", "soft_iou", "refine_poses", "similarity_procrustes",
@@ -440,14 +440,24 @@ def choose_anchor_views(c2w: torch.Tensor, count: int, whole: torch.Tensor | Non
             "the shape needs at least 2 such views; add photos taken from farther away"
         )
     centres = F.normalize(c2w[:, :3, 3], dim=-1)
-    first = int(torch.nonzero(allowed)[0])
+    return farthest_points(centres, min(count, int(allowed.sum())), int(torch.nonzero(allowed)[0]), allowed)
+
+
+def farthest_points(points: torch.Tensor, count: int, first: int = 0, allowed: torch.Tensor | None = None) -> list[int]:
+    """Indices of ``count`` of ``points`` ``(P, D)`` spread out by farthest-point sampling from
+    ``first``: each next point is the one farthest from those chosen. ``allowed`` ``(P,)`` bool:
+    the only candidates (``count`` must not exceed how many there are).
+
+    >>> farthest_points(torch.tensor([[0.0], [1.0], [0.9], [0.5]]), 3)
+    [0, 1, 3]
+    """
+    allowed = torch.ones(points.shape[0], dtype=torch.bool) if allowed is None else allowed
     chosen = [first]
-    distance = (centres - centres[first]).norm(dim=-1)
+    distance = (points - points[first]).norm(dim=-1)
     distance[~allowed] = -1.0
-    while len(chosen) < min(count, int(allowed.sum())):
-        index = int(distance.argmax())
-        chosen.append(index)
-        distance = torch.minimum(distance, (centres - centres[index]).norm(dim=-1))
+    while len(chosen) < count:
+        chosen.append(int(distance.argmax()))
+        distance = torch.minimum(distance, (points - points[chosen[-1]]).norm(dim=-1))
         distance[~allowed] = -1.0
     return chosen
 
@@ -1233,12 +1243,7 @@ def add_surface_keypoints(bench: LegoBenchmark, field: VoxelField, count: int = 
     size = bench.anchor_images.shape[-1]
     _, seen = visible_points(field, vertices, bench.anchor_c2w, bench.fov, size, bench.anchor_masks, tolerance)
     vertices = vertices[seen.sum(dim=0) >= 2]
-    chosen = [int((vertices - vertices.mean(dim=0)).norm(dim=-1).argmin())]
-    distance = (vertices - vertices[chosen[0]]).norm(dim=-1)
-    for _ in range(count - 1):
-        chosen.append(int(distance.argmax()))
-        distance = torch.minimum(distance, (vertices - vertices[chosen[-1]]).norm(dim=-1))
-    points = vertices[chosen]
+    points = vertices[farthest_points(vertices, count, int((vertices - vertices.mean(dim=0)).norm(dim=-1).argmin()))]
     bench.keypoints, bench.visible = visible_points(field, points, bench.c2w, bench.fov, bench.images.shape[-1], bench.masks, tolerance)
     bench.points3d = points
     bench.boxes = mask_to_box(bench.masks)
