@@ -52,7 +52,7 @@ def run_spacejam(cub, backbone, overrides, seed):
 
 
 def run_neural(cub, backbone, overrides, seed):
-    """As ``neural.fit_transfer`` (flips, gradual atlas, relaxed rigidity, box masks), with overrides."""
+    """As ``evaluation.neural_transfer`` (flips, gradual atlas, relaxed rigidity, box masks), with overrides."""
     from congealing import neural
 
     flags = dict(flips=True, gradual_atlas=True, relaxed_rigidity=True)
