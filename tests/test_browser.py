@@ -100,7 +100,14 @@ def test_alignment_report_opens_without_a_server(browser, tmp_path):
     )
     page, remote, errors = open_offline(browser, out / "index.html")
     page.wait_for_load_state("load")
-    sizes = page.evaluate("[...document.images].map(i => i.complete ? i.naturalWidth : 0)")
+    # The report's images load lazily (only near the viewport), so ask each one to load now and
+    # wait for it: a picture that cannot be read from disk ends with naturalWidth 0.
+    sizes = page.evaluate(
+        """() => Promise.all([...document.images].map(img => {
+               img.loading = 'eager';
+               return img.decode().then(() => img.naturalWidth, () => 0);
+           }))"""
+    )
     assert len(sizes) >= 3 * 3 + 1 and all(w > 0 for w in sizes), sizes  # inputs, aligned, edit, atlas
     assert not remote and not errors
     page.close()
