@@ -46,7 +46,7 @@ def seconds_per_epoch(cfg, data, flow: bool, warmup: int, epochs: int, device) -
 
     total = warmup + epochs
     c = replace(cfg, epochs=total, bootstrap_epochs=0 if flow else total, checkpoint_every=10**9)
-    neural.fit(data, c, callback=stamp, callback_every=1)
+    neural.train(data, c, callback=stamp, callback_every=1)
     durations = torch.tensor(stamps).diff()[max(0, warmup - 1) :]
     return float(durations.median())
 

@@ -20,7 +20,8 @@ import time
 import torch
 
 from congealing import data, features, runtime, spacejam
-from congealing.evaluation import descriptor_transfer, evaluate_transfer, transfer_via_transforms
+from congealing.alignment import transfer_via_transforms
+from congealing.evaluation import descriptor_transfer, evaluate_transfer
 
 TARGET_SECONDS = {"quick": 60.0, "full": 30.0}  # quick: issue 15 (a 30-image class on 2 CPU cores, training included)
 
@@ -44,7 +45,7 @@ def run(class_id: int, mode: str, device: str | None, seed: int) -> dict:
     descriptors = features.extract_descriptors(cub.images, backbone, grid=config.descriptor_grid)  # cached (excluded)
     tic, cpu_tic = time.perf_counter(), time.process_time()
     keys, masks = spacejam.prepare_keys(cub.images, backbone, config)
-    result = spacejam.fit(keys, masks, config, device=device)
+    result = spacejam.train(keys, masks, config, device=device)
     seconds, cpu_seconds = time.perf_counter() - tic, time.process_time() - cpu_tic
     size = cub.images.shape[-1]
     ours = pck(transfer_via_transforms(result.transforms, size), cub)

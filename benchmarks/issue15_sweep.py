@@ -19,7 +19,8 @@ import time
 import torch
 
 from congealing import data, features, runtime
-from congealing.evaluation import descriptor_transfer, evaluate_transfer, transfer_via_transforms
+from congealing.alignment import transfer_via_transforms
+from congealing.evaluation import descriptor_transfer, evaluate_transfer
 
 _NN: dict = {}
 MASKS = "cosegment"
@@ -46,7 +47,7 @@ def run_spacejam(cub, backbone, overrides, seed):
     elif MASKS == "ones":
         given = torch.ones(len(cub), 1, 8, 8)
     keys, masks = spacejam.prepare_keys(cub.images, backbone, config, given)
-    result = spacejam.fit(keys, masks, config)
+    result = spacejam.train(keys, masks, config)
     wall, cpu = time.perf_counter() - tic, time.process_time() - cpu
     return transfer_via_transforms(result.transforms, cub.images.shape[-1]), wall, cpu, config.descriptor_grid
 
@@ -60,7 +61,7 @@ def run_neural(cub, backbone, overrides, seed):
     config = neural.NeuralCongealingConfig.for_mode("quick", seed=seed, **flags)
     tic, cpu = time.perf_counter(), time.process_time()
     data = neural.prepare(cub.images, data.cub_box_masks(cub), backbone, config)
-    result = neural.fit(data, config)
+    result = neural.train(data, config)
     wall, cpu = time.perf_counter() - tic, time.process_time() - cpu
     return result.transfer(tuple(cub.images.shape[-2:])), wall, cpu, 64
 

@@ -4,7 +4,7 @@ import json
 import pytest
 import torch
 
-from congealing import evaluation, warps
+from congealing import alignment, evaluation, warps
 from congealing.data import CUBSet
 
 
@@ -61,7 +61,7 @@ def test_transfer_via_transforms_recovers_known_similarities():
     canonical = warps.pixel_to_normalized(random_keypoints(1, size=size) * 0.5 + 16, (size, size))
     points = warps.transform_points(warps.invert(T), canonical.expand(3, -1, -1))
     cub = synthetic_set(warps.normalized_to_pixel(points, (size, size)), size=size)
-    transfer = evaluation.transfer_via_transforms(T, size)
+    transfer = alignment.transfer_via_transforms(T, size)
     assert not transfer.flipped.any()
     assert torch.allclose(transfer(1, 2, cub.keypoints[1]), cub.keypoints[2], atol=1e-4)
     assert evaluation.evaluate_transfer(transfer, cub, n_boot=20)["pck"]["0.05"]["mean"] == 1.0
@@ -73,7 +73,7 @@ def test_mirrored_pairs_swap_left_and_right_parts():
     mirrored = base[:, list(evaluation.CUB_MIRROR)].clone()
     mirrored[..., 0] = size - 1 - mirrored[..., 0]  # image 1 is image 0 flipped: left eye where the right eye was
     cub = synthetic_set(torch.cat([base, mirrored]), size=size)
-    transfer = evaluation.transfer_via_transforms(torch.stack([torch.eye(3), torch.diag(torch.tensor([-1.0, 1.0, 1.0]))]), size)
+    transfer = alignment.transfer_via_transforms(torch.stack([torch.eye(3), torch.diag(torch.tensor([-1.0, 1.0, 1.0]))]), size)
     assert transfer.flipped.tolist() == [False, True]
     assert evaluation.evaluate_transfer(transfer, cub, n_boot=20)["pck"]["0.05"]["mean"] == 1.0
 
@@ -85,7 +85,7 @@ def test_transfer_via_grids_with_translations():
     base = torch.tensor([[[8.0, 9.0], [15.0, 20.0], [20.0, 12.0]]])
     keypoints = base + warps.normalized_to_pixel(shifts, (size, size))[:, None] - warps.normalized_to_pixel(torch.zeros(1, 2), (size, size))
     cub = synthetic_set(keypoints, size=size)
-    transfer = evaluation.transfer_via_grids(grids, size)
+    transfer = alignment.transfer_via_grids(grids, size)
     assert torch.allclose(transfer(1, 2, keypoints[1]), keypoints[2], atol=1e-4)
     assert evaluation.evaluate_transfer(transfer, cub, n_boot=20)["pck"]["0.05"]["mean"] == 1.0
 
@@ -99,7 +99,7 @@ def test_descriptor_transfer_finds_the_planted_match():
 
 def test_bad_transforms_are_rejected():
     with pytest.raises(ValueError, match="N, 3, 3"):
-        evaluation.transfer_via_transforms(torch.eye(3), 64)
+        alignment.transfer_via_transforms(torch.eye(3), 64)
 
 
 @pytest.mark.slow

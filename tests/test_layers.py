@@ -4,10 +4,10 @@ The layers, top to bottom (CONTRIBUTING.md, "How the library is layered"):
 
 ====================  =====================================================================
 applications          cli, align, report, report_folder, widgets
-evaluation            evaluation
+evaluation            evaluation, registry
 methods               classical, neural, spacejam, congeal3d, captures, diffusion_prior
 foundations           warps, data, features, metrics, losses, runtime, checkpoints, files,
-                      errors, _compat
+                      errors, alignment, _compat
 ====================  =====================================================================
 
 Rules:
@@ -32,9 +32,9 @@ PACKAGE = Path(__file__).resolve().parents[1] / "src" / "congealing"
 
 LAYERS: dict[str, tuple[str, ...]] = {
     "applications": ("cli", "align", "report", "report_folder", "widgets"),
-    "evaluation": ("evaluation",),
+    "evaluation": ("evaluation", "registry"),
     "methods": ("classical", "neural", "spacejam", "congeal3d", "captures", "diffusion_prior"),
-    "foundations": ("warps", "data", "features", "metrics", "losses", "runtime", "checkpoints", "files", "errors", "_compat"),
+    "foundations": ("warps", "data", "features", "metrics", "losses", "runtime", "checkpoints", "files", "errors", "alignment", "_compat"),
 }
 RANK = {module: rank for rank, modules in enumerate(reversed(LAYERS.values())) for module in modules}
 METHODS = set(LAYERS["methods"])

@@ -185,7 +185,7 @@ def test_fit_reduces_the_keys_loss_and_runs_the_schedule(tmp_path, device):
     cfg = tiny_cfg(epochs=12, bootstrap_epochs=4, lr_stn=3e-3, lr_atlas=1e-2)
     data = on(synthetic_data(cfg), device)
     seen = []
-    result = neural.fit(data, cfg, callback=lambda epoch, model: seen.append((epoch, model.flow_active)), callback_every=4)
+    result = neural.train(data, cfg, callback=lambda epoch, model: seen.append((epoch, model.flow_active)), callback_every=4)
     h = result.history
     assert len(h) == 12 and "magnitude" not in h[3] and "magnitude" in h[4] and "keys_l2_sim" in h[4]
     assert h[-1]["keys_cos"] < h[0]["keys_cos"]
@@ -198,7 +198,7 @@ def test_relaxed_rigidity_weights_are_the_ones_trained_with():
     """The logged total is the weighted sum of the logged terms with the relaxed weights (local x0.25,
     global x90/350), for the main and the mirrored pass alike."""
     cfg = tiny_cfg(epochs=5, bootstrap_epochs=2, flips=True, gradual_atlas=True, relaxed_rigidity=True)
-    last = neural.fit(synthetic_data(cfg), cfg).history[-1]
+    last = neural.train(synthetic_data(cfg), cfg).history[-1]
     assert "keys_cos_mirror" in last and last["rigidity_local"] > 0 and last["rigidity_global"] > 0
 
     def weighted_total(weights):
@@ -208,7 +208,7 @@ def test_relaxed_rigidity_weights_are_the_ones_trained_with():
     assert weighted_total(cfg.weights()) == pytest.approx(last["total"], rel=1e-4)
     assert weighted_total(tiny_cfg(relaxed_rigidity=False).weights()) != pytest.approx(last["total"], rel=1e-3)
     with pytest.raises(ValueError, match="mirrored"):
-        neural.fit(synthetic_data(tiny_cfg()), cfg)
+        neural.train(synthetic_data(tiny_cfg()), cfg)
 
 
 def _known_keys_data(keys, masks):
@@ -229,9 +229,9 @@ def test_flips_pick_the_mirrored_image():
     one (and only it) is trained mirrored; with no mirrored copy nothing is."""
     cfg = tiny_cfg(epochs=3, bootstrap_epochs=3, update_every=2, flips=True, lr_stn=1e-6, lr_atlas=1e-6)
     keys, masks = _asymmetric_keys(4), torch.ones(4, 1, 8, 8)
-    assert neural.fit(_known_keys_data(keys, masks), cfg).flipped.tolist() == [False] * 4
+    assert neural.train(_known_keys_data(keys, masks), cfg).flipped.tolist() == [False] * 4
     keys[3] = keys[3].flip(-1)
-    assert neural.fit(_known_keys_data(keys, masks), cfg).flipped.tolist() == [False, False, False, True]
+    assert neural.train(_known_keys_data(keys, masks), cfg).flipped.tolist() == [False, False, False, True]
 
 
 def test_gradual_atlas_adds_the_closest_images_first(tmp_path):
@@ -241,7 +241,7 @@ def test_gradual_atlas_adds_the_closest_images_first(tmp_path):
     keys = _asymmetric_keys(4)
     keys[2] = F.normalize(torch.randn(4, 8, 8, generator=torch.Generator().manual_seed(0)), dim=0)
     path, included = tmp_path / "ckpt.pt", []
-    neural.fit(_known_keys_data(keys, torch.ones(4, 1, 8, 8)), cfg, checkpoint=path, callback_every=1,
+    neural.train(_known_keys_data(keys, torch.ones(4, 1, 8, 8)), cfg, checkpoint=path, callback_every=1,
                callback=lambda epoch, model: included.append(torch.load(path, weights_only=True)["included"].tolist()))
     start, after_first, everyone = [True, False, False, False], [True, True, False, True], [True] * 4
     assert included == [start] * 2 + [after_first] * 2 + [everyone] * 4
@@ -250,7 +250,7 @@ def test_gradual_atlas_adds_the_closest_images_first(tmp_path):
 def test_flipped_image_grid_reads_the_original_image():
     cfg = tiny_cfg(epochs=1, bootstrap_epochs=1, flips=True)
     data = synthetic_data(cfg)
-    result = neural.fit(data, cfg)
+    result = neural.train(data, cfg)
     result.flipped = torch.tensor([True, False, False, False])
     # the congealed original equals the congealed mirrored image the model was trained on
     trained_frame = warps.warp_by_grid(data.flipped_images[:1], result.outputs()["grid"][:1], padding_mode="border")
@@ -272,27 +272,27 @@ def _stop_at(epoch_to_stop):
 def test_resume_continues_from_a_plain_checkpoint(tmp_path):
     cfg = tiny_cfg(epochs=6, bootstrap_epochs=2, checkpoint_every=3)
     data = synthetic_data(cfg)
-    straight = neural.fit(data, cfg)
+    straight = neural.train(data, cfg)
     path = tmp_path / "ckpt.pt"
     with pytest.raises(_Stop):  # interrupted after 3 epochs, just after the checkpoint
-        neural.fit(data, cfg, checkpoint=path, callback=_stop_at(2), callback_every=1)
+        neural.train(data, cfg, checkpoint=path, callback=_stop_at(2), callback_every=1)
     state = torch.load(path, weights_only=True)
     assert state["epoch"] == 3 and isinstance(state["model"], dict) and len(state["history"]) == 3
-    resumed = neural.fit(data, cfg, checkpoint=path, resume=True)
+    resumed = neural.train(data, cfg, checkpoint=path, resume=True)
     assert len(resumed.history) == 6
     assert resumed.history[-1]["total"] == pytest.approx(straight.history[-1]["total"], rel=1e-4)
     with pytest.raises(ValueError, match="other settings"):
-        neural.fit(data, tiny_cfg(epochs=7, bootstrap_epochs=2, checkpoint_every=3), checkpoint=path, resume=True)
+        neural.train(data, tiny_cfg(epochs=7, bootstrap_epochs=2, checkpoint_every=3), checkpoint=path, resume=True)
 
 
 def test_resume_with_flips_and_the_gradual_atlas_on_every_device(tmp_path, device):
     cfg = tiny_cfg(epochs=4, bootstrap_epochs=1, checkpoint_every=2, update_every=1, flips=True, gradual_atlas=True)
     data = on(synthetic_data(cfg), device)
-    straight = neural.fit(data, cfg)
+    straight = neural.train(data, cfg)
     path = tmp_path / "ckpt.pt"
     with pytest.raises(_Stop):
-        neural.fit(data, cfg, checkpoint=path, callback=_stop_at(1), callback_every=1)
-    resumed = neural.fit(data, cfg, checkpoint=path, resume=True)
+        neural.train(data, cfg, checkpoint=path, callback=_stop_at(1), callback_every=1)
+    resumed = neural.train(data, cfg, checkpoint=path, resume=True)
     assert resumed.history[-1]["total"] == pytest.approx(straight.history[-1]["total"], rel=1e-4)
     assert torch.equal(resumed.flipped.cpu(), straight.flipped.cpu())
     assert resumed.grids().device.type == device.type
@@ -303,14 +303,14 @@ def test_divergence_names_the_step_and_the_terms():
     data = synthetic_data(cfg)
     data.keys[0, 0, 0, 0] = float("nan")
     with pytest.raises(FloatingPointError, match=r"epoch 0, step 0.*keys_l2=nan"):
-        neural.fit(data, cfg)
+        neural.train(data, cfg)
 
 
 def test_a_set_of_one_is_refused_clearly():
     cfg = tiny_cfg()
     data = synthetic_data(cfg, n=1)
     with pytest.raises(ValueError, match="at least 2 images"):
-        neural.fit(data, cfg)
+        neural.train(data, cfg)
     with pytest.raises(ValueError, match="at least 2 images"):
         neural.prepare(torch.rand(1, 3, 32, 32), torch.ones(1, 1, 32, 32), None, cfg)
 
@@ -319,13 +319,13 @@ def test_a_set_of_one_is_refused_clearly():
 
 
 def _shifted_result(cfg):
-    """A FitResult whose mappings are known: image 1's rigid STN output is a translation."""
+    """A TrainResult whose mappings are known: image 1's rigid STN output is a translation."""
     data = synthetic_data(cfg, n=2)
     model = neural.NeuralCongealing(cfg, data.keys.shape[1])
     model.flow_active = True
     with torch.no_grad():
         model.rigid.out.bias.copy_(torch.tensor([0.0, 0.0, 0.25, 0.0]))  # every image: t_x = 0.25
-    return neural.FitResult(model, data, torch.zeros(2, dtype=torch.bool))
+    return neural.TrainResult(model, data, torch.zeros(2, dtype=torch.bool))
 
 
 def test_transfer_round_trip_and_translation():
@@ -355,7 +355,7 @@ def test_transfer_follows_known_different_similarities_and_flows(flip_source):
     delta[1, ..., 1] = 0.02 * torch.cos(math.pi * ident[1, ..., 0])
     grid = warps.transform_points(T, (ident + delta).reshape(N, -1, 2)).reshape(N, A, A, 2)
 
-    class Known(neural.FitResult):
+    class Known(neural.TrainResult):
         def outputs(self, batch=16):
             return {"T": T, "delta": delta, "grid": grid}
 
@@ -377,14 +377,14 @@ def test_edit_propagation_lands_where_the_grid_says():
     edit = torch.zeros(4, 32, 32)
     edit[0, 12:20, 12:20] = 1.0  # red square at the atlas centre
     edit[3, 12:20, 12:20] = 1.0
-    edited = neural.propagate_edit(result, edit, images)
+    edited = warps.splat_edit(images, result.grids(), edit)
     red = edited[0, 0] > 0.5
     ys, xs = torch.nonzero(red, as_tuple=True)
     # atlas x maps to image x + 0.25 * 16 px = +4 px
     assert xs.float().mean().item() == pytest.approx(15.5 + 4, abs=0.6) and ys.float().mean().item() == pytest.approx(15.5, abs=0.6)
     assert edited[:, 1:].abs().max() < 1e-6  # only red was painted
     with pytest.raises(ValueError, match="RGBA"):
-        neural.propagate_edit(result, edit[:3], images)
+        warps.splat_edit(images, result.grids(), edit[:3])
 
 
 def test_cub_box_masks_cover_the_boxes():

@@ -108,7 +108,7 @@ def test_congeal_align_shows_a_progress_bar_from_the_start(tmp_path, capsys):
     from congealing.data import ImageSet
 
     images = torch.rand(3, 3, 32, 32, generator=torch.Generator().manual_seed(2))
-    align.align_classical(ImageSet(images, ["a.png", "b.png", "c.png"]), align.AlignRequest(method="lsq", out=tmp_path / "out", mode="quick", device="cpu"))
+    align.align(ImageSet(images, ["a.png", "b.png", "c.png"]), align.AlignRequest(method="lsq", out=tmp_path / "out", mode="quick", device="cpu"))
     stderr = capsys.readouterr().err
     iterations = classical.LSQConfig.for_mode("quick").iterations
     assert stderr.index("congeal align lsq: starting") < stderr.index("congeal align lsq: aligning")

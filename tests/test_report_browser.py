@@ -15,7 +15,7 @@ import torch
 
 from congealing import warps
 from congealing.data import ImageSet
-from congealing.evaluation import transfer_via_grids, transfer_via_transforms
+from congealing.alignment import transfer_via_grids, transfer_via_transforms
 from congealing.report import export_grids
 
 import offline_browser
@@ -89,7 +89,7 @@ def test_clicked_point_lands_where_transfer_via_transforms_puts_it(browser, tmp_
     from congealing import align
 
     out = tmp_path / "lsq"
-    align.align_classical(shapes(), align.AlignRequest(method="ic-lsq", out=out, mode="quick", device="cpu"))
+    align.align(shapes(), align.AlignRequest(method="ic-lsq", out=out, mode="quick", device="cpu"))
     transforms = torch.load(out / "mappings.pt", weights_only=True)["transforms"]
     page, remote, errors = open_offline(browser, out / "index.html")
     transfer = transfer_via_transforms(transforms, SIZE)
@@ -107,7 +107,7 @@ def test_clicked_point_lands_where_transfer_via_grids_puts_it(browser, tmp_path)
     config = neural.NeuralCongealingConfig.for_mode("quick", epochs=4, bootstrap_epochs=2, update_every=2, checkpoint_every=4, flips=True)
     out = tmp_path / "neural"
     start = time.perf_counter()
-    align.align_neural(shapes(), align.AlignRequest(method="neural", out=out, mode="quick", device="cpu", config=config, checkpoint=out.with_name(".out.neural.checkpoint.pt")))
+    align.align(shapes(), align.AlignRequest(method="neural", out=out, mode="quick", device="cpu", config=config, checkpoint=out.with_name(".out.neural.checkpoint.pt")))
     print(f"tiny Neural Congealing run: {time.perf_counter() - start:.1f} s")
     grids = torch.load(out / "mappings.pt", weights_only=True)["grids"]
     page, remote, errors = open_offline(browser, out / "index.html")

@@ -57,12 +57,14 @@ def test_run_label_names_mode_backbone_device():
 def test_cli_routes_reach_the_application_and_evaluation_layers():
     import inspect
 
-    from congealing import align, evaluation
+    from congealing import evaluation, registry
 
-    assert set(cli.METHODS) == set(align.METHODS) | {"congeal3d"}
-    for name, function in align.METHODS.items():
-        assert function.__module__ == "congealing.align", name
-        assert list(inspect.signature(function).parameters) == ["image_set", "request"], name
+    assert set(cli.METHODS) == set(registry.METHODS) | {"congeal3d"}
+    for name, method in registry.METHODS.items():
+        parameters = inspect.signature(method.fit).parameters
+        assert list(parameters)[:2] == ["images", "config"], name
+        assert {"masks", "backbone", "device", "callback"} <= {p for p, v in parameters.items() if v.kind is inspect.Parameter.KEYWORD_ONLY}, name
+        assert method.fit.__module__ == f"congealing.{'classical' if not method.features else name}", name
     for name, fit in evaluation.CUB_METHODS.items():
         required = [p for p in inspect.signature(fit).parameters.values() if p.default is inspect.Parameter.empty]
         assert fit.__module__ == "congealing.evaluation" and len(required) <= 5, name

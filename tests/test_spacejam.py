@@ -160,7 +160,7 @@ def test_training_recovers_known_transforms_of_a_synthetic_pattern(device):
 def test_the_atlas_loss_ablation_trains(device):
     keys = warps.warp_image(_blobs(1, 16).expand(3, -1, -1, -1), warps.exp(torch.tensor([[0.1, 0.0, 0.0], [0.0, 0.1, 0.0], [0.0, 0.0, 0.0]]), "se2"))
     config = SpaceJAMConfig(map_size=16, ae_epochs=2, epochs=6, batch_size=3, stn_lr=2e-3, loss="atlas", flips=True)
-    result = spacejam.fit(keys, torch.ones(3, 1, 16, 16), config, device=device)
+    result = spacejam.train(keys, torch.ones(3, 1, 16, 16), config, device=device)
     assert result.losses[-1] < result.losses[0] and torch.isfinite(result.transforms).all()
 
 
@@ -182,7 +182,7 @@ def _recovers_known_transforms(base, device="cpu"):
     truth = warps.exp(xi, "se2")
     keys = warps.warp_image(base.expand(n, -1, -1, -1), warps.invert(truth))
     config = SpaceJAMConfig(map_size=32, ae_epochs=40, epochs=50, batch_size=n, stn_lr=2e-3, lr_step=1000, flips=False, curriculum=True, curriculum_epochs=(1000, 1000))
-    result = spacejam.fit(keys, torch.ones(n, 1, 32, 32), config, device=device)
+    result = spacejam.train(keys, torch.ones(n, 1, 32, 32), config, device=device)
     # Compare relative transforms (the common frame is only defined up to one global transform).
     rel_true = warps.compose(warps.invert(truth[:1]).expand(n, 3, 3), truth)
     rel_found = warps.compose(warps.invert(result.transforms[:1]).expand(n, 3, 3), result.transforms)
@@ -197,12 +197,12 @@ def test_divergence_is_reported_with_step_and_loss():
     keys = _blobs(3, 24)
     keys[1, :, 5, 5] = float("nan")
     with pytest.raises(FloatingPointError, match=r"epoch 0, step 0: reconstruction loss = nan"):
-        spacejam.fit(keys, torch.ones(3, 1, 24, 24), SpaceJAMConfig(map_size=24, ae_epochs=2, epochs=2))
+        spacejam.train(keys, torch.ones(3, 1, 24, 24), SpaceJAMConfig(map_size=24, ae_epochs=2, epochs=2))
 
 
 def test_a_single_image_is_a_clear_error():
     with pytest.raises(ValueError, match="at least 2 images"):
-        spacejam.fit(_blobs(1, 24), torch.ones(1, 1, 24, 24), SpaceJAMConfig(map_size=24))
+        spacejam.train(_blobs(1, 24), torch.ones(1, 1, 24, 24), SpaceJAMConfig(map_size=24))
 
 
 def test_checkpoint_round_trip_and_resume(tmp_path):
@@ -210,11 +210,11 @@ def test_checkpoint_round_trip_and_resume(tmp_path):
     masks = torch.ones(4, 1, 24, 24)
     config = SpaceJAMConfig(map_size=24, ae_epochs=4, epochs=6, batch_size=2, flip_every=2, flip_window=2, curriculum_epochs=(2, 4))
     path = tmp_path / "ckpt.pt"
-    straight = spacejam.fit(keys, masks, config)
-    spacejam.fit(keys, masks, replace_epochs(config, 3), checkpoint=path, checkpoint_every=1)
+    straight = spacejam.train(keys, masks, config)
+    spacejam.train(keys, masks, replace_epochs(config, 3), checkpoint=path, checkpoint_every=1)
     state = torch.load(path, weights_only=True)  # plain tensors and numbers only
     assert int(state["epoch"]) == 3 and int(state["ae_epoch"]) == 4
-    resumed = spacejam.fit(keys, masks, config, checkpoint=path, resume=True)
+    resumed = spacejam.train(keys, masks, config, checkpoint=path, resume=True)
     assert len(resumed.losses) == 6
     assert torch.allclose(resumed.transforms, straight.transforms, atol=1e-4)
     assert torch.allclose(torch.tensor(resumed.losses), torch.tensor(straight.losses), rtol=1e-4)

@@ -1,14 +1,15 @@
 import torch, sys
 from dataclasses import replace
 from congealing import data, features, spacejam
-from congealing.evaluation import transfer_via_transforms, evaluate_transfer
+from congealing.alignment import transfer_via_transforms
+from congealing.evaluation import evaluate_transfer
 c = int(sys.argv[1]); over = eval(sys.argv[2]) if len(sys.argv) > 2 else {}
 cub = data.load_cub_class(c)
 bb = features.load_backbone("efficientnet_lite0")
 cfg = replace(spacejam.SpaceJAMConfig().scaled(ae_epochs=30, epochs=60, map_size=32, stn_lr=1e-3), loss_size=16, stn_pools=(26, 8), seed=0, **over)
 keys, masks = spacejam.prepare_keys(cub.images, bb, cfg)
 print("mask fraction per image", [round(float(m), 2) for m in masks.mean(dim=(1, 2, 3))])
-r = spacejam.fit(keys, masks, cfg)
+r = spacejam.train(keys, masks, cfg)
 kp, vis = cub.keypoints, cub.visible > 0
 beak, tail = 1, 13
 facing = torch.where(vis[:, beak] & vis[:, tail], torch.sign(kp[:, beak, 0] - kp[:, tail, 0]), torch.zeros(len(cub)))

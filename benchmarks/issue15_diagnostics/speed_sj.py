@@ -7,5 +7,5 @@ cfg = spacejam.SpaceJAMConfig.for_mode("quick", seed=0)
 keys, masks = spacejam.prepare_keys(cub.images, bb, cfg)
 for over in sys.argv[1:]:
     c = replace(cfg, ae_epochs=0, epochs=6, **eval(over))
-    spacejam.fit(keys, masks, replace(c, epochs=1))
-    t = time.process_time(); spacejam.fit(keys, masks, c); print(over, "joint epoch cpu", (time.process_time() - t) / 6, flush=True)
+    spacejam.train(keys, masks, replace(c, epochs=1))
+    t = time.process_time(); spacejam.train(keys, masks, c); print(over, "joint epoch cpu", (time.process_time() - t) / 6, flush=True)

@@ -33,19 +33,20 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass
-from typing import Sequence
+from typing import ClassVar, Sequence
 
 import torch
 import torch.nn.functional as F
 
 from . import runtime, warps
+from .alignment import Alignment
 
 __all__ = [
     "AFFINE_DIM", "METHOD_NAMES", "EntropyConfig", "LSQConfig", "ICLSQConfig", "CONFIGS",
     "CongealResult", "Funnel", "as_image_stack", "affine_generators", "recentre",
     "generator_fields", "image_gradient", "gaussian_blur", "steepest_descent_images", "soft_bins",
     "pixel_stack_entropy", "warp_affine", "congeal_entropy", "funnel_align", "congeal_lsq",
-    "congeal_ic_lsq", "congeal",
+    "congeal_ic_lsq", "congeal", "method_of", "fit",
 ]
 
 #: Number of affine parameters (the first six generators of :func:`congealing.warps.lie_basis`).
@@ -57,7 +58,7 @@ METHOD_NAMES = ("entropy", "lsq", "ic-lsq")
 
 
 @dataclass(frozen=True)
-class EntropyConfig:
+class EntropyConfig(runtime.ModeConfig):
     """Entropy congealing settings (Learned-Miller 2006).
 
     ``steps`` are the coordinate-descent step sizes of the six affine parameters: translation in
@@ -75,6 +76,7 @@ class EntropyConfig:
     Quick mode: 40 iterations instead of 100; the set converges in about that many on MNIST.
     """
 
+    QUICK: ClassVar[dict] = {"iterations": 40}
     iterations: int = 100
     steps: tuple = (1.0, 1.0, 0.04, 0.03, 0.03, 0.03)
     shrink: float = 0.5
@@ -83,13 +85,9 @@ class EntropyConfig:
     bins: int = 2
     prior: float = 1.0
 
-    @classmethod
-    def for_mode(cls, mode: str | None = None) -> "EntropyConfig":
-        return cls(iterations=runtime.pick({"quick": 40, "full": 100}, mode))
-
 
 @dataclass(frozen=True)
-class LSQConfig:
+class LSQConfig(runtime.ModeConfig):
     """Least-squares congealing settings (Cox et al. 2008).
 
     ``damping`` is the Levenberg term added to each image's Gauss-Newton Hessian, relative to its
@@ -102,14 +100,11 @@ class LSQConfig:
     Quick mode: 30 iterations instead of 60.
     """
 
+    QUICK: ClassVar[dict] = {"iterations": 30}
     iterations: int = 60
     damping: float = 1e-3
     max_step: float = 0.1
     blur: float = 0.0
-
-    @classmethod
-    def for_mode(cls, mode: str | None = None) -> "LSQConfig":
-        return cls(iterations=runtime.pick({"quick": 30, "full": 60}, mode))
 
 
 @dataclass(frozen=True)
@@ -122,10 +117,6 @@ class ICLSQConfig(LSQConfig):
     """
 
     mask_outside: bool = True
-
-    @classmethod
-    def for_mode(cls, mode: str | None = None) -> "ICLSQConfig":
-        return cls(iterations=runtime.pick({"quick": 30, "full": 60}, mode))
 
 
 CONFIGS = {"entropy": EntropyConfig, "lsq": LSQConfig, "ic-lsq": ICLSQConfig}
@@ -549,3 +540,51 @@ def congeal(images, method: str = "entropy", config=None, progress=None) -> Cong
         raise ValueError(f"unknown method {method!r}; choose one of {METHOD_NAMES}")
     run = {"entropy": congeal_entropy, "lsq": congeal_lsq, "ic-lsq": congeal_ic_lsq}[method]
     return run(images, config or CONFIGS[method].for_mode(), progress=progress)
+
+
+def method_of(config) -> str:
+    """The method a config belongs to: ``"entropy"``, ``"lsq"`` or ``"ic-lsq"``.
+
+    >>> method_of(ICLSQConfig()), method_of(LSQConfig())
+    ('ic-lsq', 'lsq')
+    """
+    for name, config_type in CONFIGS.items():
+        if type(config) is config_type:
+            return name
+    raise ValueError(f"not a classical congealing config: {type(config).__name__}; use one of {[c.__name__ for c in CONFIGS.values()]}")
+
+
+def fit(images, config, *, masks=None, backbone=None, device=None, callback=None) -> Alignment:
+    """Classical congealing behind the common protocol (:mod:`congealing.alignment`; Chapter 7).
+
+    Args:
+        images: ``(N, C, H, W)`` (or a sequence of ``(C, H, W)``), see :func:`as_image_stack`.
+        config: an :class:`EntropyConfig`, :class:`LSQConfig` or :class:`ICLSQConfig`; its type
+            selects the method.
+        masks: not used (the classical methods align pixels; mask the images first if needed).
+        backbone: not used.
+        device: where to run (None: where ``images`` are).
+        callback: ``callback(done, total)`` after every iteration.
+
+    Returns:
+        an :class:`congealing.alignment.Alignment` with ``transforms`` ``(N, 3, 3)`` (input ->
+        aligned), ``atlas["mean"]``, one history entry per iteration (``objective``, ``seconds``;
+        the start first) and ``state["result"]``, the full :class:`CongealResult`.
+
+    >>> digits = torch.zeros(4, 1, 16, 16); digits[:, :, 4:12, 6:10] = 1.0
+    >>> alignment = fit(digits, LSQConfig(iterations=2))
+    >>> alignment.method, alignment.transforms.shape, len(alignment.history)
+    ('lsq', torch.Size([4, 3, 3]), 3)
+    """
+    method = method_of(config)
+    stack = as_image_stack(images)
+    if device is not None:
+        stack = stack.to(device)
+    result = congeal(stack, method, config, progress=callback)
+    history = [{"iteration": i, "objective": objective, "seconds": seconds}
+               for i, (objective, seconds) in enumerate(zip(result.history["objective"], result.history["seconds"]))]
+    return Alignment(
+        method=method, size=tuple(stack.shape[-2:]), transforms=result.transforms, atlas={"mean": result.atlas},
+        history=history, seconds=float(sum(result.history["seconds"])), parameters=AFFINE_DIM * len(stack),
+        state={"result": result, "config": config},
+    )

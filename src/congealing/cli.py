@@ -29,7 +29,7 @@ import traceback
 import warnings
 from pathlib import Path
 
-from . import align, captures, checkpoints, congeal3d, evaluation, report_folder, runtime
+from . import align, captures, checkpoints, congeal3d, evaluation, registry, report_folder, runtime
 from .data import DATASETS, DatasetNotFoundError, cub_classes_on_disk, find_dataset, load_image_folder, load_masks
 from .errors import CongealError, UsageError
 from .features import load_backbone
@@ -40,10 +40,9 @@ __all__ = [
     "BACKBONE_NAMES", "SIZE_RANGE", "validate", "main",
 ]
 
-#: ``congeal align --method NAME``: the application layer's methods, and 3-D congealing, whose
-#: ``align_folder(image_set, args)`` still takes the command line (it moves to ``align`` with the
-#: congeal3d package).
-METHODS: tuple[str, ...] = (*align.METHODS, "congeal3d")
+#: ``congeal align --method NAME``: the registry's 2-D methods (:mod:`congealing.registry`), and
+#: 3-D congealing, whose ``align_folder(image_set, args)`` still takes the command line.
+METHODS: tuple[str, ...] = (*registry.METHODS, "congeal3d")
 #: ``congeal eval --dataset NAME``.
 DATASETS_EVALUATED = ("mnist", "cub", "lego", "lego-capture")
 #: The methods each benchmark can evaluate (``congeal eval --dataset D --method M``).
@@ -249,7 +248,7 @@ def _run_alignment(images, args) -> None:
         with _environment_for_congeal3d(args):
             congeal3d.align_folder(images, args)
     else:
-        align.METHODS[args.method](images, _align_request(args))
+        align.align(images, _align_request(args))
 
 
 def _align(args) -> int:

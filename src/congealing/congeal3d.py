@@ -1372,11 +1372,11 @@ def planar_transfers(keypoints: "KeypointSet", masks: torch.Tensor, backbone, mo
     tic = time.perf_counter()
     sj_config = spacejam.SpaceJAMConfig.for_mode(mode, seed=seed, flips=False)
     keys, sj_masks = spacejam.prepare_keys(keypoints.images, backbone, sj_config, masks)
-    out["SpaceJAM"] = (transfer_via_transforms(spacejam.fit(keys, sj_masks, sj_config, device=device).transforms, size), time.perf_counter() - tic)
+    out["SpaceJAM"] = (transfer_via_transforms(spacejam.train(keys, sj_masks, sj_config, device=device).transforms, size), time.perf_counter() - tic)
     tic = time.perf_counter()
     nc_config = neural.NeuralCongealingConfig.for_mode(mode, seed=seed, flips=False, gradual_atlas=True, relaxed_rigidity=True)
     data = neural.prepare(keypoints.images, masks, backbone, nc_config, device)
-    out["Neural Congealing"] = (neural.fit(data, nc_config).transfer((size, size)), time.perf_counter() - tic)
+    out["Neural Congealing"] = (neural.train(data, nc_config).transfer((size, size)), time.perf_counter() - tic)
     return out
 
 

@@ -25,14 +25,14 @@ does not import diffusers or transformers: they load on first use here.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
-from typing import Callable, Iterable
+from dataclasses import dataclass
+from typing import Callable, ClassVar, Iterable
 
 import torch
 import torch.nn.functional as F
 
 from ._compat import import_timm
-from .runtime import get_mode
+from .runtime import ModeConfig
 
 __all__ = [
     "PIP_INSTALL", "TINY_VOCAB", "DiffusionPrior", "tokenize", "embed_prompts",
@@ -304,7 +304,7 @@ def sds_loss(prior: DiffusionPrior, rendered: torch.Tensor, text_embeddings: tup
 
 
 @dataclass(frozen=True)
-class DiffusionShapeConfig:
+class DiffusionShapeConfig(ModeConfig):
     """Defaults for the diffusion-prior route to the canonical shape (``full``: the reference setups).
 
     Step counts are 3D Congealing's (1000 textual-inversion steps, 10 000 SDS iterations, as a summary
@@ -329,14 +329,8 @@ class DiffusionShapeConfig:
     guidance_scale: float = 100.0
     t_range: tuple = (0.02, 0.98)
     render_size: int = 64
+    QUICK: ClassVar[dict] = {"ti_steps": 50, "sds_iterations": 50, "render_size": 32}
 
-    @classmethod
-    def for_mode(cls, mode: str | None = None, **overrides) -> "DiffusionShapeConfig":
-        """The reference settings (``full``) or the mechanics-only version (``quick``); see the class docstring."""
-        config = cls()
-        if get_mode(mode) == "quick":
-            config = replace(config, ti_steps=50, sds_iterations=50, render_size=32)
-        return replace(config, **overrides)
 
 
 def learn_placeholder(prior: DiffusionPrior, images: torch.Tensor, config: DiffusionShapeConfig,

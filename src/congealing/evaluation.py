@@ -14,10 +14,11 @@ One protocol for every method
 -----------------------------
 An aligner is judged by a :data:`TransferFn`: ``transfer(src, tgt, points)`` carries pixel points
 ``(K, 2)`` of image ``src`` to image ``tgt``. A joint aligner does it through its canonical frame
-(image A -> canonical space -> image B): :func:`transfer_via_transforms` for methods that give a
-3x3 transform per image (classical congealing, SpaceJAM), :func:`transfer_via_grids` for dense
-sampling grids (the grids a Neural Congealing report exports, ``mappings.pt``). Baselines that
-never build a canonical frame (:func:`identity_transfer`, :func:`nn_transfer`) implement the same
+(image A -> canonical space -> image B): every method's ``fit`` returns a
+:class:`congealing.alignment.Alignment`, whose :meth:`~congealing.alignment.Alignment.transfer` is
+one (:func:`congealing.alignment.transfer_via_transforms` for a 3x3 transform per image,
+:func:`congealing.alignment.transfer_via_grids` for dense sampling grids). Baselines that never
+build a canonical frame (:func:`identity_transfer`, :func:`nn_transfer`) implement the same
 signature directly.
 
 The CUB protocol (:func:`evaluate_transfer`)
@@ -44,7 +45,7 @@ import math
 import resource
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable
 
@@ -52,13 +53,14 @@ import torch
 import torch.nn.functional as F
 
 from . import classical, metrics, neural, runtime, spacejam, warps
+from .alignment import transfer_via_grids, transfer_via_transforms
 from .data import cub_box_masks, load_cub_class, load_mnist
 from .errors import UsageError
 from .features import Backbone, cosegment, extract_descriptors, load_backbone, pca_project
 
 __all__ = [
     "TransferFn", "CUB_MIRROR", "DEFAULT_CLASSES", "EvalRequest",
-    "transfer_via_transforms", "transfer_via_grids", "identity_transfer", "nn_transfer", "descriptor_similarity",
+    "identity_transfer", "nn_transfer", "descriptor_similarity",
     "descriptor_transfer", "masked_descriptor_transfer", "windowed_descriptor_transfer",
     "threshold_lengths", "transfer_all_pairs", "evaluate_transfer", "evaluate_cub", "peak_memory_mb", "format_cub_table",
     "classical_transfer", "classical_lsq_transfer", "neural_transfer", "spacejam_transfer", "CUB_METHODS",
@@ -101,59 +103,6 @@ class EvalRequest:
 
 
 # ----------------------------------------------------------------------------- transfers
-
-
-def transfer_via_transforms(transforms: torch.Tensor, size: int) -> TransferFn:
-    """Transfer through a canonical frame given by transforms ``(N, 3, 3)`` (input -> aligned).
-
-    Closed form: ``p_tgt = T_tgt^-1 (T_src p_src)`` in normalised coordinates of ``size`` x ``size``
-    images. Transforms with a negative determinant are mirrors; the returned function's
-    ``flipped`` attribute says which images they are.
-
-    >>> T = warps.exp(torch.tensor([[0.0, 0.0], [0.25, 0.0]]), "translation")  # image 1 is shifted by 1/8 of its width
-    >>> transfer_via_transforms(T, 16)(0, 1, torch.tensor([[8.0, 8.0]]))
-    tensor([[6., 8.]])
-    """
-    if transforms.ndim != 3 or transforms.shape[1:] != (3, 3):
-        raise ValueError(f"transforms must be (N, 3, 3), got {tuple(transforms.shape)}")
-    transforms = transforms.detach().cpu().double()
-    inverses = warps.invert(transforms)
-
-    def transfer(src: int, tgt: int, points: torch.Tensor) -> torch.Tensor:
-        normalised = warps.pixel_to_normalized(points.double()[None], (size, size))
-        canonical = warps.transform_points(transforms[src : src + 1], normalised)
-        mapped = warps.transform_points(inverses[tgt : tgt + 1], canonical)
-        return warps.normalized_to_pixel(mapped, (size, size))[0].to(points.dtype)
-
-    transfer.flipped = torch.linalg.det(transforms[:, :2, :2]) < 0
-    return transfer
-
-
-def transfer_via_grids(grids: torch.Tensor, size: int, flipped: torch.Tensor | None = None) -> TransferFn:
-    """Transfer through dense sampling grids ``(N, h, w, 2)`` (atlas -> image, the warps.py convention),
-    e.g. the ``grids`` a Neural Congealing report saves in ``mappings.pt``.
-
-    A source point goes to the atlas by the nearest-neighbour inverse of its grid
-    (:func:`congealing.warps.invert_grid_points`, so it lands on an atlas pixel centre), and from the
-    atlas to the target by sampling the target's grid (:func:`congealing.warps.grid_points`).
-    ``flipped`` ``(N,)`` marks images the aligner mirrored (if its grids include a flip).
-
-    >>> grid = warps.identity_grid((8, 8), 2)
-    >>> transfer_via_grids(grid, 8)(0, 1, torch.tensor([[2.0, 5.0]]))
-    tensor([[2., 5.]])
-    """
-    if grids.ndim != 4 or grids.shape[-1] != 2:
-        raise ValueError(f"grids must be (N, h, w, 2), got {tuple(grids.shape)}")
-    grids = grids.detach().cpu().float()
-
-    def transfer(src: int, tgt: int, points: torch.Tensor) -> torch.Tensor:
-        normalised = warps.pixel_to_normalized(points.float()[None], (size, size))
-        atlas = warps.invert_grid_points(normalised, grids[src : src + 1])
-        mapped = warps.grid_points(atlas, grids[tgt : tgt + 1])
-        return warps.normalized_to_pixel(mapped, (size, size))[0].to(points.dtype)
-
-    transfer.flipped = torch.zeros(grids.shape[0], dtype=torch.bool) if flipped is None else flipped.bool().cpu()
-    return transfer
 
 
 def identity_transfer(cub, backbone=None, mode=None, seed=0, device=None) -> TransferFn:
@@ -448,10 +397,9 @@ def classical_transfer(cub, backbone=None, mode: str | None = None, seed: int = 
     descriptors = extract_descriptors(cub.images, backbone, grid=64)
     masks = cosegment(descriptors, seed=seed)
     maps, _, _ = pca_project(descriptors, 3, masks)
-    result = classical.congeal(maps * masks, method, classical.CONFIGS[method].for_mode(mode))
-    transfer = transfer_via_transforms(result.transforms, cub.images.shape[-1])
-    transfer.parameters = 6 * len(cub)  # one affine transform per image, nothing shared
-    return transfer
+    alignment = classical.fit(maps * masks, classical.CONFIGS[method].for_mode(mode))
+    # The transforms act on normalised coordinates: fitted on 64 x 64 maps, they move the class's images.
+    return replace(alignment, size=tuple(cub.images.shape[-2:])).transfer()
 
 
 def classical_lsq_transfer(cub, backbone=None, mode: str | None = None, seed: int = 0, device=None) -> TransferFn:
@@ -472,27 +420,17 @@ def neural_transfer(cub, backbone, mode: str, seed: int = 0, device=None) -> Tra
     already agrees best with the blur it is part of), one image's keys are not (measured without
     it: 14.7 / 12.2 / 11.3 PCK@0.1 on classes 1 / 2 / 3, with it 12.4 / 16.3 / 18.9).
     """
-    device = runtime.get_device(device) if not isinstance(device, torch.device) else device
     cfg = neural.NeuralCongealingConfig.for_mode(mode, seed=seed, flips=True, gradual_atlas=True, relaxed_rigidity=True)
-    data = neural.prepare(cub.images, cub_box_masks(cub), backbone, cfg, device)
-    result = neural.fit(data, cfg)
-    transfer = result.transfer(tuple(cub.images.shape[-2:]))
-    transfer.parameters = sum(p.numel() for p in result.model.parameters() if p.requires_grad)  # STNs + atlas
-    return transfer
+    return neural.fit(cub.images, cfg, masks=cub_box_masks(cub), backbone=backbone, device=device).transfer()
 
 
 def spacejam_transfer(cub, backbone, mode: str | None = None, seed: int = 0, device=None) -> TransferFn:
     """``congeal eval --method spacejam``: train on one CUB class and return its transfer function.
 
-    Masks: Chapter 3's co-segmentation when available, otherwise the whole crop.
+    Masks: Chapter 3's co-segmentation.
     """
     config = spacejam.SpaceJAMConfig.for_mode(mode, seed=seed)
-    keys, masks = spacejam.prepare_keys(cub.images, backbone, config)
-    result = spacejam.fit(keys, masks, config, device=device)
-
-    transfer = transfer_via_transforms(result.transforms, cub.images.shape[-1])
-    transfer.parameters = result.parameters["total"]
-    return transfer
+    return spacejam.fit(cub.images, config, backbone=backbone, device=device).transfer()
 
 
 #: The registry of ``congeal eval --dataset cub --method NAME``: ``NAME -> fit``, where

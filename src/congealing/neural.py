@@ -29,31 +29,32 @@ import os
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Callable
+from typing import Callable, ClassVar
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
 from . import checkpoints, features, warps
+from .alignment import Alignment
 from .errors import CheckpointError
-from .features import extract_descriptors, pca_project
+from .features import extract_descriptors, load_backbone, pca_project, saliency_masks
 from .losses import masked_mean, rigidity_loss
-from .runtime import get_mode
+from .runtime import ModeConfig, get_device
 
 __all__ = [
     "NeuralCongealingConfig", "keys_loss", "saliency_loss", "l0_approx", "saliency_sparsity",
     "keys_sparsity", "center_loss", "EqualConv", "ResBlock", "RigidSTN", "similarity_matrix",
     "similarity_inverse", "convex_upsample", "FlowSTN", "NeuralCongealing", "NeuralData", "prepare",
-    "FitResult", "per_image_keys_loss", "save_checkpoint", "update_flips_and_atlas", "train_epoch",
-    "fit", "propagate_edit",
+    "TrainResult", "per_image_keys_loss", "save_checkpoint", "update_flips_and_atlas", "train_epoch",
+    "train", "fit",
 ]
 
 # ----------------------------------------------------------------------------- configuration
 
 
 @dataclass(frozen=True)
-class NeuralCongealingConfig:
+class NeuralCongealingConfig(ModeConfig):
     """Every setting of Neural Congealing; the defaults are the paper's full-mode settings.
 
     Loss weights use the paper's notation; each term's absolute weight is ``loss_scale`` times the
@@ -140,18 +141,11 @@ class NeuralCongealingConfig:
     checkpoint_every: int = 1000
     seed: int = 0
 
-    @classmethod
-    def for_mode(cls, mode: str | None = None, **overrides) -> "NeuralCongealingConfig":
-        """Full mode: the published defaults. Quick mode: the changes listed in the class docstring."""
-
-        base = cls()
-        if get_mode(mode) == "quick":
-            base = replace(
-                base, image_size=128, stn_input_size=64, flow_input_size=64, atlas_size=32, coarse_flow_size=8,
-                stn_width=16, stn_max_width=64, stn_hidden=64, epochs=100, bootstrap_epochs=40,
-                update_every=10, checkpoint_every=20, lr_stn=3e-3, lr_atlas=4e-3, keys_pca_dim=32, flip_init="consensus",
-            )
-        return replace(base, **overrides)
+    QUICK: ClassVar[dict] = dict(
+        image_size=128, stn_input_size=64, flow_input_size=64, atlas_size=32, coarse_flow_size=8,
+        stn_width=16, stn_max_width=64, stn_hidden=64, epochs=100, bootstrap_epochs=40,
+        update_every=10, checkpoint_every=20, lr_stn=3e-3, lr_atlas=4e-3, keys_pca_dim=32, flip_init="consensus",
+    )
 
     def __post_init__(self):
         for name in ("stn_input_size", "flow_input_size", "atlas_size", "coarse_flow_size"):
@@ -398,7 +392,7 @@ class NeuralCongealing(nn.Module):
         self.rigid, self.flow = RigidSTN(cfg), FlowSTN(cfg)
         self.atlas_keys = nn.Parameter(torch.zeros(dim, cfg.atlas_size, cfg.atlas_size))
         self.atlas_logits = nn.Parameter(torch.zeros(cfg.atlas_size, cfg.atlas_size))
-        self.flow_active = False  # set by fit(): the flow STN joins after the rigid bootstrap
+        self.flow_active = False  # set by train(): the flow STN joins after the rigid bootstrap
 
     @torch.no_grad()
     def init_atlas(self, keys: torch.Tensor, masks: torch.Tensor) -> None:
@@ -518,7 +512,7 @@ def prepare(images: torch.Tensor, masks: torch.Tensor, backbone, cfg: NeuralCong
 
 
 @dataclass
-class FitResult:
+class TrainResult:
     """A trained model, its data, each image's orientation ``flipped`` ``(N,)`` and the loss history."""
 
     model: NeuralCongealing
@@ -550,7 +544,7 @@ class FitResult:
         """Warp images/maps ``(N, C, H, W)`` (original orientation) into the atlas frame at ``size``."""
         grid = self.grids().to(images.device)
         if size is not None and size != grid.shape[1]:
-            grid = F.interpolate(grid.permute(0, 3, 1, 2), size=(size, size), mode="bilinear", align_corners=False).permute(0, 2, 3, 1)
+            grid = warps.resize_grid(grid, size)
         return warps.warp_by_grid(images, grid, padding_mode="border")
 
     def average_image(self, images: torch.Tensor, size: int = 128) -> torch.Tensor:
@@ -730,7 +724,7 @@ def train_epoch(model: NeuralCongealing, data: NeuralData, optimizers: dict, ord
     return sums, step
 
 
-def fit(
+def train(
     data: NeuralData,
     cfg: NeuralCongealingConfig,
     checkpoint: str | os.PathLike | None = None,
@@ -739,7 +733,7 @@ def fit(
     callback_every: int = 0,
     log: Callable[[str], None] | None = None,
     fingerprint: dict | None = None,
-) -> FitResult:
+) -> TrainResult:
     """Train atlas and mappings on ``data`` with the schedule of ``cfg``.
 
     Epochs ``0 .. bootstrap_epochs - 1`` train the rigid STN and the atlas; afterwards the flow
@@ -812,48 +806,48 @@ def fit(
             callback(epoch, model)
             model.train()
     model.eval()
-    return FitResult(model, data, flipped, history, time.perf_counter() - t0)
+    return TrainResult(model, data, flipped, history, time.perf_counter() - t0)
 
 
-# ----------------------------------------------------------------------------- edits
+# ----------------------------------------------------------------------------- the common protocol
 
 
-@torch.no_grad()
-def propagate_edit(result: FitResult, edit: torch.Tensor, images: torch.Tensor, oversample: int = 2) -> torch.Tensor:
-    """Paste an RGBA edit ``(4, h, w)`` drawn on the atlas-space average image onto every image
-    ``(N, 3, H, W)`` (original orientation); returns the edited images ``(N, 3, H, W)``.
+def fit(images: torch.Tensor, config: NeuralCongealingConfig, *, masks: torch.Tensor | None = None, backbone=None, device=None,
+        callback: Callable[[int, int], None] | None = None, checkpoint: str | os.PathLike | None = None, resume: bool = False,
+        fingerprint: dict | None = None, log: Callable[[str], None] | None = None) -> Alignment:
+    """Neural Congealing behind the common protocol (:mod:`congealing.alignment`; Chapter 4, Chapter 7).
 
-    Every edit pixel (resampled at ``oversample`` x the image size, so no holes appear) is sent to
-    each image through its sampling grid (a backward-map lookup: no inversion needed) and splatted
-    bilinearly: colour = weighted mean, alpha = sum(w * a) / max(sum(w), 1) (the official splat's
-    normalisation), then composited over the image.
+    :func:`prepare` then :func:`train`; the result as an :class:`congealing.alignment.Alignment`.
+
+    Args:
+        images: ``(N, 3, H, W)`` in ``[0, 1]``.
+        config: the :class:`NeuralCongealingConfig`.
+        masks: ``(N, 1, h, w)`` saliency masks; None: Chapter 3's co-segmentation
+            (:func:`congealing.features.saliency_masks`).
+        backbone: the :class:`congealing.features.Backbone` (None: the default one).
+        device: where to train (None: the best available, :func:`congealing.runtime.get_device`).
+        callback: ``callback(done, total)`` after every epoch.
+        checkpoint, resume, fingerprint, log: as in :func:`train`.
+
+    Returns:
+        an Alignment with ``grids`` ``(N, A, A, 2)`` (atlas -> original image), ``flips``,
+        ``atlas`` (``"saliency"`` ``(1, A, A)`` and ``"keys"`` ``(D, A, A)``), the masks, the loss
+        history, the exact keypoint transfer of :meth:`TrainResult.transfer` as ``point_map``,
+        and ``state["result"]``, the :class:`TrainResult`.
     """
-    if edit.ndim != 3 or edit.shape[0] != 4:
-        raise ValueError(f"edit must be an RGBA image (4, h, w), got {tuple(edit.shape)}")
-    N, _, H, W = images.shape
-    grids = result.grids().to(images.device)
-    size = oversample * max(H, W)
-    edit = warps.resize(edit[None].float().to(images.device), size)[0]
-    pts = warps.identity_grid((size, size), 1, images.dtype, images.device)  # (1, s, s, 2) atlas coords
-    colors = edit.reshape(4, -1)
-    keep = colors[3] > 1e-3
-    colors, pts = colors[:, keep], pts.reshape(1, -1, 2)[:, keep]
-    out = []
-    for n in range(N):
-        xy = warps.normalized_to_pixel(warps.grid_points(pts, grids[n : n + 1]), (H, W))[0]  # (P, 2)
-        acc = torch.zeros(5, H * W, dtype=images.dtype, device=images.device)
-        x0, y0 = xy[:, 0].floor(), xy[:, 1].floor()
-        for dx in (0, 1):
-            for dy in (0, 1):
-                xi, yi = x0 + dx, y0 + dy
-                w = (1 - (xy[:, 0] - xi).abs()) * (1 - (xy[:, 1] - yi).abs())
-                ok = (xi >= 0) & (xi < W) & (yi >= 0) & (yi < H) & (w > 0)
-                index = (yi[ok] * W + xi[ok]).long()
-                wc = w[ok] * colors[:, ok]  # (4, P): w*rgb, w*alpha
-                acc.index_add_(1, index, torch.cat([wc, w[ok][None]]))
-        weight = acc[4]
-        rgb = acc[:3] / (acc[3:4] + 1e-8)
-        alpha = (acc[3] / weight.clamp_min(1.0)).clamp(0, 1)
-        edited = images[n].reshape(3, -1) * (1 - alpha) + rgb * alpha
-        out.append(edited.reshape(3, H, W))
-    return torch.stack(out)
+    device = device if isinstance(device, torch.device) else get_device(device)
+    backbone = backbone if backbone is not None else load_backbone(None, device)
+    if masks is None:
+        masks, _ = saliency_masks(images, backbone)
+    data = prepare(images, masks, backbone, config, device)
+    progress = None if callback is None else (lambda epoch, model: callback(epoch + 1, config.epochs))
+    result = train(data, config, checkpoint=checkpoint, resume=resume, callback=progress, callback_every=1 if callback else 0,
+                   log=log, fingerprint=fingerprint)
+    size = tuple(images.shape[-2:])
+    return Alignment(
+        method="neural", size=size, grids=result.grids().cpu(), flips=result.flipped,
+        atlas={"saliency": result.model.atlas_saliency.detach().cpu()[None], "keys": result.model.atlas_keys.detach().cpu()},
+        masks=masks.cpu(), history=result.history, seconds=result.seconds,
+        parameters=sum(p.numel() for p in result.model.parameters() if p.requires_grad),
+        state={"result": result, "config": config, "backbone": backbone.name}, point_map=result.transfer(size),
+    )

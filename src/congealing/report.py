@@ -602,11 +602,11 @@ def browser_mappings(
 
     * ``kind: "transforms"``: ``transforms``, one row-major 3x3 matrix per image, input -> aligned
       frame. A point moves from image ``i`` to ``j`` as ``T_j^-1 T_i p``
-      (:func:`congealing.evaluation.transfer_via_transforms`).
+      (:func:`congealing.alignment.transfer_via_transforms`).
     * ``kind: "grids"``: ``grids``, per image a flat ``[x, y, x, y, ...]`` list of an ``h`` x ``w``
       sampling grid (aligned frame -> input, rows top to bottom), bilinearly downsampled to at
       most ``side``. A point goes to the aligned frame through the nearest grid value and on to
-      image ``j`` by bilinear sampling of ``j``'s grid (:func:`congealing.evaluation.transfer_via_grids`
+      image ``j`` by bilinear sampling of ``j``'s grid (:func:`congealing.alignment.transfer_via_grids`
       on the exported grids).
     * ``kind: "nocs"``: ``nocs``, per image a flat ``h`` x ``w`` x 3 list of canonical 3-D
       coordinates (nearest-neighbour downsampled) and ``mask`` (1 where a pixel has one). A point
@@ -683,22 +683,20 @@ FIELD_DOCS: dict[str, str] = {
     "method_score_doc": "how per_image.method_score is computed",
     "method_score_better": "whether a higher or a lower per_image.method_score is better",
     "fields": "this documentation",
-    # classical congealing (entropy, lsq, ic-lsq)
-    "iterations": "optimiser iterations run",
+    # every 2-D method (congealing.align)
     "seconds": "wall-clock seconds of the alignment (dict: per stage)",
-    "working_size": "side in pixels of the images the transforms were estimated on (they act on normalised coordinates, so apply at any size)",
-    "objective_before": "the method's objective on the unaligned set (entropy: total pixel-stack entropy in bits; lsq / ic-lsq: "
-    "squared error to the mean image); lower is better",
-    "objective_after": "the same objective after alignment; lower is better",
+    "trainable_parameters": "number of fitted parameters (networks and atlas; 6 per image for an affine transform each)",
+    "flipped": "how many images the method mirrored (which ones: per_image.mirrored)",
+    "objective_before": "the method's objective at the start (entropy: total pixel-stack entropy in bits; lsq / ic-lsq: squared error "
+    "to the mean image; neural: keys cosine loss of the first epoch; spacejam: mean training loss of the first joint epoch); lower is better",
+    "objective_after": "the same objective at the end; lower is better",
     "config": "the settings the method ran with (its config dataclass)",
-    # learned methods
+    # pixel methods (entropy, lsq, ic-lsq)
+    "iterations": "optimiser iterations run",
+    "working_size": "side in pixels of the images the transforms were estimated on (they act on normalised coordinates, so apply at any size)",
+    # feature methods (neural, spacejam)
     "backbone": "the feature extractor the descriptors came from",
     "masks": "where the object masks came from: given (alpha channel) or co-segmentation",
-    "epochs": "training epochs",
-    "flipped": "images the method mirrored (neural: one bool per image; spacejam: how many)",
-    "final_keys_cos": "Neural Congealing's keys cosine loss (1 - cosine similarity of aligned descriptors and atlas) at the last epoch; lower is better",
-    "trainable_parameters": "number of trained parameters (networks and atlas)",
-    "final_loss": "SpaceJAM's mean training loss in the last epoch; lower is better",
     # congeal3d
     "shape": "the canonical shape checkpoint used",
     "poses": "one camera per image: c2w (4x4 camera-to-world matrix, OpenGL: camera looks along -z), fov_deg, azimuth_deg, elevation_deg",
@@ -855,7 +853,7 @@ def _usage(method: str, planar: bool) -> str:
     elif method == "neural":
         code = (
             "import torch\n"
-            "from congealing.evaluation import transfer_via_grids\n"
+            "from congealing.alignment import transfer_via_grids\n"
             "m = torch.load('OUT/mappings.pt', weights_only=True)      # m['grids']: (N, h, w, 2), aligned -> input\n"
             "transfer = transfer_via_grids(m['grids'], size=256)       # size: the side of your images\n"
             "transfer(0, 1, torch.tensor([[120.0, 80.0]]))            # pixel (x, y) of image 0 -> image 1"
@@ -864,7 +862,7 @@ def _usage(method: str, planar: bool) -> str:
     else:
         code = (
             "import torch\n"
-            "from congealing.evaluation import transfer_via_transforms\n"
+            "from congealing.alignment import transfer_via_transforms\n"
             "m = torch.load('OUT/mappings.pt', weights_only=True)      # m['transforms']: (N, 3, 3), input -> aligned\n"
             "transfer = transfer_via_transforms(m['transforms'], size=256)  # size: the side of your images\n"
             "transfer(0, 1, torch.tensor([[120.0, 80.0]]))            # pixel (x, y) of image 0 -> image 1"

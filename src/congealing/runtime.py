@@ -14,7 +14,9 @@ from __future__ import annotations
 
 import os
 import random
+from dataclasses import replace
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 import torch
@@ -22,7 +24,7 @@ import torch
 from .errors import UsageError
 
 __all__ = [
-    "MODES", "cache_dir", "get_mode", "pick", "seed_everything", "get_device", "run_label",
+    "MODES", "ModeConfig", "cache_dir", "get_mode", "pick", "seed_everything", "get_device", "run_label",
     "provenance", "run_recorded",
 ]
 
@@ -45,6 +47,36 @@ def get_mode(mode: str | None = None) -> str:
 def pick(options: dict, mode: str | None = None):
     """Select the value for the current mode from ``{"quick": ..., "full": ...}``."""
     return options[get_mode(mode)]
+
+
+class ModeConfig:
+    """The shared ``for_mode`` of every method's frozen dataclass config (Chapter 7, "One protocol").
+
+    The dataclass defaults are the published (full-mode) settings; the class attribute ``QUICK``
+    lists quick mode's changes (a class with derived quick settings overrides :meth:`quick`).
+
+    >>> from dataclasses import dataclass
+    >>> @dataclass(frozen=True)
+    ... class Demo(ModeConfig):
+    ...     QUICK: ClassVar[dict] = {"steps": 10}
+    ...     steps: int = 8000
+    ...     seed: int = 0
+    >>> Demo.for_mode("quick"), Demo.for_mode("full", seed=3)
+    (Demo(steps=10, seed=0), Demo(steps=8000, seed=3))
+    """
+
+    QUICK: ClassVar[dict] = {}
+
+    @classmethod
+    def quick(cls):
+        """The quick-mode config: the defaults with ``QUICK`` applied."""
+        return replace(cls(), **cls.QUICK)
+
+    @classmethod
+    def for_mode(cls, mode: str | None = None, **overrides):
+        """The config of ``mode`` (None: :func:`get_mode`), with ``overrides`` applied last."""
+        base = cls.quick() if get_mode(mode) == "quick" else cls()
+        return replace(base, **overrides)
 
 
 def seed_everything(seed: int = 0) -> torch.Generator:

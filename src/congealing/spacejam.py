@@ -68,13 +68,14 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from . import checkpoints, features, warps
-from .runtime import get_mode
+from .alignment import Alignment
+from .runtime import ModeConfig, get_device
 
 __all__ = [
     "GROUPS", "SpaceJAMConfig", "count_parameters", "prepare_keys", "keys_from_descriptors",
     "GlobalNorm", "KeyAutoencoder", "RecurrentLieSTN", "pair_predictions", "ic_loss", "atlas_loss",
-    "SpaceJAMResult", "infer", "pretrain_epoch", "joint_loss", "joint_epoch", "update_flips", "fit",
-    "atlas", "codes_to_rgb",
+    "TrainResult", "infer", "pretrain_epoch", "joint_loss", "joint_epoch", "update_flips", "train",
+    "atlas", "codes_to_rgb", "fit",
 ]
 
 GROUPS = ("se2", "affine", "homography")
@@ -84,7 +85,7 @@ GROUPS = ("se2", "affine", "homography")
 
 
 @dataclass(frozen=True)
-class SpaceJAMConfig:
+class SpaceJAMConfig(ModeConfig):
     """Every number of the method, with the official code's defaults (full mode).
 
     Quick mode (:meth:`for_mode`) changes only:
@@ -181,16 +182,13 @@ class SpaceJAMConfig:
     seed: int = 42
 
     @classmethod
-    def for_mode(cls, mode: str | None = None, **overrides) -> "SpaceJAMConfig":
-        """The published settings (``full``) or their CPU-sized version (``quick``); see the class docstring."""
-
-        config = cls()
-        if get_mode(mode) == "quick":
-            config = config.scaled(
-                ae_epochs=30, epochs=60, map_size=32, stn_lr=1e-3, stn_pools=(26, 8), loss_size=16, flip_init="consensus",
-                pca_fit="foreground",
-            )
-        return replace(config, **overrides)
+    def quick(cls) -> "SpaceJAMConfig":
+        """The CPU-sized quick config (see the class docstring): the published one, :meth:`scaled`
+        to 30 + 60 epochs, with the listed changes."""
+        return cls().scaled(
+            ae_epochs=30, epochs=60, map_size=32, stn_lr=1e-3, stn_pools=(26, 8), loss_size=16, flip_init="consensus",
+            pca_fit="foreground",
+        )
 
     def scaled(self, *, ae_epochs: int, epochs: int, **changes) -> "SpaceJAMConfig":
         """A copy trained for ``epochs`` joint epochs, with every epoch-based schedule scaled alike."""
@@ -510,8 +508,8 @@ def atlas_loss(decoded: torch.Tensor, keys: torch.Tensor, transforms: torch.Tens
 
 
 @dataclass
-class SpaceJAMResult:
-    """What :func:`fit` returns.
+class TrainResult:
+    """What :func:`train` returns.
 
     ``transforms`` ``(N, 3, 3)``: image -> common frame (flip included); ``flips`` ``(N,)`` bool;
     ``steps`` ``(N, recurrences, 3, 3)``: the transform after each recurrent step (flip included);
@@ -655,7 +653,7 @@ def update_flips(history: torch.Tensor, epoch: int, config: SpaceJAMConfig) -> t
     return window.argmin(dim=1).bool()
 
 
-def fit(
+def train(
     keys: torch.Tensor,
     masks: torch.Tensor,
     config: SpaceJAMConfig | None = None,
@@ -666,7 +664,7 @@ def fit(
     verbose: bool = False,
     fingerprint: dict | None = None,
     progress: Callable[..., None] | None = None,
-) -> SpaceJAMResult:
+) -> TrainResult:
     """Train SpaceJAM on keys ``(N, K, S, S)`` with masks ``(N, 1, S, S)`` and return every image's transform.
 
     ``checkpoint``: a file written every ``checkpoint_every`` epochs (a plain dict of tensors and
@@ -771,7 +769,7 @@ def fit(
     seconds["joint"] += time.perf_counter() - tic
 
     transforms, steps, codes = infer(ae, stn, keys, flips, config.group_at(config.epochs - 1))
-    return SpaceJAMResult(
+    return TrainResult(
         transforms=transforms.cpu(), flips=flips.clone(), steps=steps.cpu(), stages=stages, codes=codes.cpu(),
         keys=keys.cpu(), masks=masks.cpu(), ae_losses=ae_losses, losses=losses, seconds=seconds,
         parameters={"autoencoder": count_parameters(ae), "stn": count_parameters(stn), "total": count_parameters(ae) + count_parameters(stn)},
@@ -807,3 +805,47 @@ def codes_to_rgb(codes: torch.Tensor) -> torch.Tensor:
     """Low-dimensional keys ``(N, 3, S, S)`` as RGB in ``[0, 1]``: :func:`congealing.features.minmax_rgb`
     (one min-max over the whole set, so the same colour means the same code in every image)."""
     return features.minmax_rgb(codes)
+
+
+# ----------------------------------------------------------------------------- the common protocol
+
+
+def fit(images: torch.Tensor, config: SpaceJAMConfig, *, masks: torch.Tensor | None = None, backbone=None, device=None,
+        callback: Callable[[int, int], None] | None = None, checkpoint: str | os.PathLike | None = None, resume: bool = False,
+        fingerprint: dict | None = None) -> Alignment:
+    """SpaceJAM behind the common protocol (:mod:`congealing.alignment`; Chapter 5, Chapter 7).
+
+    :func:`prepare_keys` then :func:`train`; the result as an :class:`congealing.alignment.Alignment`.
+
+    Args:
+        images: ``(N, 3, H, W)`` in ``[0, 1]``.
+        config: the :class:`SpaceJAMConfig`.
+        masks: ``(N, 1, h, w)`` foreground masks; None: Chapter 3's co-segmentation.
+        backbone: the :class:`congealing.features.Backbone` (None: the default one).
+        device: where to train (None: the best available, :func:`congealing.runtime.get_device`).
+        callback: ``callback(done, total)`` after every epoch (autoencoder epochs first).
+        checkpoint, resume, fingerprint: as in :func:`train`.
+
+    Returns:
+        an Alignment with ``transforms`` ``(N, 3, 3)`` (image -> atlas, flip included), ``flips``,
+        ``atlas`` (``"mean"``, ``"foreground"`` and ``"keys"`` (the low-dimensional keys as RGB),
+        each ``(3, H, W)``), the masks ``(N, 1, S, S)``, one history entry per joint epoch
+        (``epoch``, ``loss``; the autoencoder's are in the result) and ``state["result"]``, the
+        :class:`TrainResult`.
+    """
+    device = device if isinstance(device, torch.device) else get_device(device)
+    backbone = backbone if backbone is not None else features.load_backbone(None, device)
+    keys, masks = prepare_keys(images, backbone, config, masks)
+    progress = None if callback is None else (lambda done, total, note="": callback(done, total))
+    result = train(keys, masks, config, device=device, checkpoint=checkpoint, resume=resume, fingerprint=fingerprint, progress=progress)
+    size = tuple(images.shape[-2:])
+    mask_up = F.interpolate(result.masks, size=size, mode="bilinear", align_corners=False)
+    codes_up = F.interpolate(codes_to_rgb(result.codes), size=size, mode="bilinear", align_corners=False)
+    history = [{"epoch": e, "loss": loss} for e, loss in enumerate(result.losses)]
+    return Alignment(
+        method="spacejam", size=size, transforms=result.transforms, flips=result.flips,
+        atlas={"mean": atlas(images, result.transforms), "foreground": atlas(images, result.transforms, mask_up),
+               "keys": atlas(codes_up, result.transforms, mask_up)},
+        masks=result.masks, history=history, seconds=float(sum(result.seconds.values())), parameters=result.parameters["total"],
+        state={"result": result, "config": config, "backbone": backbone.name},
+    )
