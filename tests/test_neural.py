@@ -302,7 +302,7 @@ def test_divergence_names_the_step_and_the_terms():
     cfg = tiny_cfg(epochs=2, bootstrap_epochs=1)
     data = synthetic_data(cfg)
     data.keys[0, 0, 0, 0] = float("nan")
-    with pytest.raises(FloatingPointError, match=r"epoch 0, step 0.*keys_l2=nan"):
+    with pytest.raises(FloatingPointError, match=r"epoch 0, step 0: total = nan.*keys_l2 = nan"):
         neural.train(data, cfg)
 
 

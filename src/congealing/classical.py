@@ -40,6 +40,7 @@ import torch.nn.functional as F
 
 from . import runtime, warps
 from .alignment import Alignment
+from .losses import check_finite
 
 __all__ = [
     "AFFINE_DIM", "METHOD_NAMES", "EntropyConfig", "LSQConfig", "ICLSQConfig", "CONFIGS",
@@ -209,12 +210,6 @@ def as_image_stack(images) -> torch.Tensor:
     if (flat.amax(1) - flat.amin(1)).max() <= 0:
         raise ValueError("every image is constant (e.g. all black): there is nothing to align")
     return stack
-
-
-def _check_finite(value: torch.Tensor, method: str, step: str, terms: dict) -> None:
-    if not torch.isfinite(value).all():
-        described = ", ".join(f"{name}={float(term):.4g}" for name, term in terms.items())
-        raise FloatingPointError(f"{method}: non-finite warp update in {step} ({described}); lower max_step or raise damping, or check the inputs")
 
 
 # ----------------------------------------------------------------------------- shared pieces
@@ -488,6 +483,12 @@ def congeal_ic_lsq(images, config: ICLSQConfig | None = None, progress=None) -> 
     return _least_squares(as_image_stack(images), config, inverse_compositional=True, progress=progress)
 
 
+def _check_step(delta: torch.Tensor, method: str, iteration: int, residual: torch.Tensor, hessian: torch.Tensor) -> None:
+    check_finite(delta, f"{method}: non-finite warp update in the Gauss-Newton step of iteration {iteration}",
+                 {"residual": residual.pow(2).mean(), "hessian trace": hessian.diagonal(dim1=1, dim2=2).sum(1).max()},
+                 "lower max_step or raise damping, or check the inputs")
+
+
 def _least_squares(images: torch.Tensor, config: LSQConfig, inverse_compositional: bool, progress=None) -> CongealResult:
     N, C, H, W = images.shape
     method = "ic-lsq" if inverse_compositional else "lsq"
@@ -512,7 +513,7 @@ def _least_squares(images: torch.Tensor, config: LSQConfig, inverse_compositiona
             residual = (warped - template).reshape(N, -1) * (N / (N - 1)) * weight
             hessian = torch.einsum("np,pij->nij", weight, outer)
             delta = _solve_damped(hessian, residual @ J, config.damping, config.max_step)
-            _check_finite(delta, method, f"the Gauss-Newton step of iteration {iteration}", {"residual": residual.pow(2).mean(), "hessian trace": hessian.diagonal(dim1=1, dim2=2).sum(1).max()})
+            _check_step(delta, method, iteration, residual, hessian)
             transforms = warps.compose(warps.exp(delta, "affine"), transforms)
         else:
             others = (warped.sum(0, keepdim=True) - warped) / (N - 1)
@@ -520,7 +521,7 @@ def _least_squares(images: torch.Tensor, config: LSQConfig, inverse_compositiona
             residual = (others - warped).reshape(N, -1)
             hessian = J.transpose(1, 2) @ J
             delta = _solve_damped(hessian, torch.einsum("npk,np->nk", J, residual), config.damping, config.max_step)
-            _check_finite(delta, method, f"the Gauss-Newton step of iteration {iteration}", {"residual": residual.pow(2).mean(), "hessian trace": hessian.diagonal(dim1=1, dim2=2).sum(1).max()})
+            _check_step(delta, method, iteration, residual, hessian)
             transforms = warps.compose(warps.exp(-delta, "affine"), transforms)
         transforms = recentre(transforms)
         aligned = warps.warp_image(images, transforms)

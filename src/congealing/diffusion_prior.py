@@ -32,6 +32,7 @@ import torch
 import torch.nn.functional as F
 
 from ._compat import import_timm
+from .losses import check_finite
 from .runtime import ModeConfig
 
 __all__ = [
@@ -260,8 +261,7 @@ def textual_inversion_step(prior: DiffusionPrior, optimizer: torch.optim.Optimiz
     frozen[list(token_ids)] = False
     optimizer.zero_grad(set_to_none=True)
     loss = textual_inversion_loss(prior, images, prompt_ids, generator)
-    if not torch.isfinite(loss):
-        raise FloatingPointError(f"textual inversion diverged: denoising loss {loss.item()}")
+    check_finite(loss, "textual inversion diverged", {"denoising loss": loss})
     loss.backward()
     table.grad[frozen] = 0.0
     kept = table.detach()[frozen].clone()
@@ -364,8 +364,7 @@ def distil_shape(prior: DiffusionPrior, render_fn: Callable[[int], torch.Tensor]
     losses = []
     for step in range(config.sds_iterations):
         loss = sds_loss(prior, render_fn(step), (cond, uncond), config.guidance_scale, config.t_range, generator)
-        if not torch.isfinite(loss):
-            raise FloatingPointError(f"score distillation diverged at step {step}: SDS loss {loss.item()}")
+        check_finite(loss, f"score distillation diverged at step {step}", {"SDS loss": loss})
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()

@@ -1,5 +1,6 @@
 """Loss terms shared by more than one method: Neural Congealing (Chapter 4) and 3-D congealing's
-coordinate maps (Chapter 6) both average under masks and keep their sampling grids rigid.
+coordinate maps (Chapter 6) both average under masks and keep their sampling grids rigid; every
+trained method stops with the same kind of message when its loss diverges (:func:`check_finite`).
 
 >>> g = warps.identity_grid((8, 8))
 >>> round(rigidity_loss(g, torch.ones(1, 8, 8)).item(), 3)
@@ -11,7 +12,7 @@ import torch
 
 from . import warps
 
-__all__ = ["masked_mean", "rigidity_loss"]
+__all__ = ["masked_mean", "rigidity_loss", "check_finite"]
 
 
 def masked_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -47,3 +48,29 @@ def rigidity_loss(grid: torch.Tensor, mask: torch.Tensor, delta: int = 1) -> tor
     inverse_norm = torch.sqrt(a**2 + b**2 + c**2 + d**2) / det.abs().clamp_min(1e-12)
     per_pixel = JtJ.pow(2).sum(dim=(-1, -2)).sqrt() + inverse_norm
     return masked_mean(per_pixel, mask[:, :-delta, :-delta])
+
+
+def check_finite(value: torch.Tensor, where: str, terms: dict | None = None, advice: str = "") -> None:
+    """Raise :class:`FloatingPointError` if ``value`` (a loss, or an update) holds NaN or infinity.
+
+    The message names ``where`` it happened (method, phase, epoch, step), every term of ``terms``
+    (``{name: scalar}``; default: the value itself) and what to try (``advice``), so a diverged run
+    says more than "nan".
+
+    >>> check_finite(torch.tensor(0.5), "epoch 0")
+    >>> check_finite(torch.tensor(float("nan")), "SpaceJAM diverged in joint training, epoch 3, step 1", {"ic loss": torch.tensor(float("nan"))}, "lower the learning rate")
+    Traceback (most recent call last):
+    ...
+    FloatingPointError: SpaceJAM diverged in joint training, epoch 3, step 1: ic loss = nan; lower the learning rate
+    """
+    if bool(torch.isfinite(value).all()):
+        return
+    terms = terms if terms is not None else {"value": value}
+    described = ", ".join(f"{name} = {_summary(term):.4g}" for name, term in terms.items())
+    raise FloatingPointError(f"{where}: {described}{'; ' + advice if advice else ''}")
+
+
+def _summary(term) -> float:
+    """A term as one number: itself if it is a scalar, else its largest magnitude."""
+    term = torch.as_tensor(term).detach().float()
+    return float(term) if term.numel() == 1 else float(term.abs().max())

@@ -39,7 +39,7 @@ from . import checkpoints, features, warps
 from .alignment import Alignment
 from .errors import CheckpointError
 from .features import extract_descriptors, load_backbone, pca_project, saliency_masks
-from .losses import masked_mean, rigidity_loss
+from .losses import check_finite, masked_mean, rigidity_loss
 from .runtime import ModeConfig, get_device
 
 __all__ = [
@@ -707,9 +707,7 @@ def train_epoch(model: NeuralCongealing, data: NeuralData, optimizers: dict, ord
             other = _pass(model, data, idx.to(device), (~flipped).to(device), model.flow_active, True, None, cfg)
             total = total + _total(other, weights)
             terms.update({f"{k}_mirror": v for k, v in other.items()})
-        if not torch.isfinite(total):
-            listing = ", ".join(f"{k}={v.item():.4g}" for k, v in terms.items())
-            raise FloatingPointError(f"Neural Congealing diverged at epoch {epoch}, step {step}: total loss {total.item()}; terms: {listing}")
+        check_finite(total, f"Neural Congealing diverged at epoch {epoch}, step {step}", {"total": total, **terms})
         for opt in optimizers.values():
             opt.zero_grad(set_to_none=True)
         total.backward()

@@ -69,16 +69,18 @@ import torch.nn.functional as F
 
 from . import checkpoints, features, warps
 from .alignment import Alignment
+from .losses import check_finite
 from .runtime import ModeConfig, get_device
 
 __all__ = [
-    "GROUPS", "SpaceJAMConfig", "count_parameters", "prepare_keys", "keys_from_descriptors",
+    "GROUPS", "DIVERGED_ADVICE", "SpaceJAMConfig", "count_parameters", "prepare_keys", "keys_from_descriptors",
     "GlobalNorm", "KeyAutoencoder", "RecurrentLieSTN", "pair_predictions", "ic_loss", "atlas_loss",
     "TrainResult", "infer", "pretrain_epoch", "joint_loss", "joint_epoch", "update_flips", "train",
     "atlas", "codes_to_rgb", "fit",
 ]
 
 GROUPS = ("se2", "affine", "homography")
+DIVERGED_ADVICE = "check the inputs for degenerate images (e.g. blank) and the config's learning rates"
 
 
 # ----------------------------------------------------------------------------- configuration
@@ -560,11 +562,6 @@ def infer(ae: KeyAutoencoder, stn: RecurrentLieSTN, keys: torch.Tensor, flips: t
 
 
 
-def _check_finite(loss: torch.Tensor, phase: str, epoch: int, step: int, name: str) -> None:
-    if not torch.isfinite(loss):
-        raise FloatingPointError(f"SpaceJAM diverged in {phase}, epoch {epoch}, step {step}: {name} = {loss.item()}: check the inputs for degenerate images (e.g. blank) and the config's learning rates")
-
-
 def pretrain_epoch(ae: KeyAutoencoder, optimiser: torch.optim.Optimizer, keys: torch.Tensor, masks: torch.Tensor,
                    order: torch.Tensor, batch_size: int, epoch: int = 0) -> float:
     """One epoch of autoencoder pretraining (Chapter 5, "The keys"); returns the mean loss.
@@ -578,7 +575,7 @@ def pretrain_epoch(ae: KeyAutoencoder, optimiser: torch.optim.Optimizer, keys: t
         x, m = keys[batch], masks[batch]
         x, m = torch.cat([x, x.flip(-1)]), torch.cat([m, m.flip(-1)])
         loss = ((ae(x) - x).pow(2).mean(dim=1, keepdim=True) * m).mean()
-        _check_finite(loss, "autoencoder pretraining", epoch, step, "reconstruction loss")
+        check_finite(loss, f"SpaceJAM diverged in autoencoder pretraining, epoch {epoch}, step {step}", {"reconstruction loss": loss}, DIVERGED_ADVICE)
         optimiser.zero_grad(set_to_none=True)
         loss.backward()
         optimiser.step()
@@ -630,7 +627,7 @@ def joint_epoch(ae: KeyAutoencoder, stn: RecurrentLieSTN, optimisers, keys: torc
     total = 0.0
     for step, batch in enumerate(order.split(config.batch_size)):
         loss, per_target = joint_loss(ae, stn, keys, masks, batch, flips, group, reflections, config)
-        _check_finite(loss, "joint training", epoch, step, f"{config.loss} loss")
+        check_finite(loss, f"SpaceJAM diverged in joint training, epoch {epoch}, step {step}", {f"{config.loss} loss": loss}, DIVERGED_ADVICE)
         for optimiser in optimisers:
             optimiser.zero_grad(set_to_none=True)
         loss.backward()
