@@ -126,7 +126,7 @@ def test_unknown_methods_are_usage_errors():
         evaluation.evaluate_mnist(evaluation.EvalRequest("nn"))
 
 
-def test_print_sweep_averages_seeds_and_finds_the_shipped_config(capsys):
+def test_sweep_rows_average_seeds_and_find_the_shipped_config():
     from dataclasses import dataclass
 
     @dataclass(frozen=True)
@@ -141,10 +141,12 @@ def test_print_sweep_averages_seeds_and_finds_the_shipped_config(capsys):
         run({"epochs": 60, "pools": [26, 8]}, 1, 0, 10.0), run({"epochs": 60, "pools": [26, 8]}, 2, 0, 20.0), run({"epochs": 60, "pools": [26, 8]}, 3, 0, 30.0),
         run({"epochs": 90}, 1, 0, 99.0),
     ]}
-    shipped = evaluation.print_sweep(record, "m", Config())
+    rows = evaluation.sweep_rows(record, "m")
+    shipped = evaluation.shipped_row(rows, Config())
     assert shipped["overrides"] == {"epochs": 60, "pools": [26, 8]}  # the most specific setting the config has
     assert shipped["mean"] == pytest.approx(20.0) and shipped["nn_mean"] == pytest.approx(50.0)
-    printed = capsys.readouterr().out
-    assert "epochs=60 [2 seeds]" in printed and "35.0" in printed  # seeds 0 and 1 of class 1 averaged
+    table = evaluation.format_sweep(rows)
+    assert "epochs=60 [2 seeds]" in table and "35.0" in table  # seeds 0 and 1 of class 1 averaged
+    assert [row["mean"] for row in rows][:2] == [None, pytest.approx((35.0 + 50.0 + 60.0) / 3)]  # class 1 alone has no mean
     with pytest.raises(ValueError, match="shipped config"):
-        evaluation.print_sweep(record, "m", Config(epochs=10, pools=(1, 1)))
+        evaluation.shipped_row(rows, Config(epochs=10, pools=(1, 1)))

@@ -66,7 +66,7 @@ __all__ = [
     "classical_transfer", "classical_lsq_transfer", "neural_transfer", "spacejam_transfer", "CUB_METHODS",
     "Perturbation", "perturb", "residual_alignment_error", "mean_image_sharpness", "alignment_errors",
     "evaluate_on_digits", "format_mnist_table", "EVAL_DIGITS", "evaluate_mnist", "MNIST_METHODS",
-    "print_sweep",
+    "sweep_rows", "format_sweep", "shipped_row",
 ]
 
 #: ``transfer(src_index, tgt_index, points)``: ``points`` ``(K, 2)`` pixel ``(x, y)`` in image ``src``
@@ -647,14 +647,19 @@ def evaluate_mnist(request: EvalRequest) -> dict:
 MNIST_METHODS = classical.METHOD_NAMES
 
 
-def print_sweep(record: dict, method: str, shipped) -> dict:
-    """Print a recorded sweep of ``method`` (one row per setting, seeds averaged) and return the row
-    of the ``shipped`` config: the one with the most overrides that ``shipped`` all has.
+def sweep_rows(record: dict, method: str) -> list[dict]:
+    """The settings of a recorded sweep of ``method``, seeds averaged (Chapters 4 and 5, "Quick mode
+    on whole classes").
 
-    ``record``: ``{"runs": [{"method", "tag", "overrides", "cls", "seed", "pck", "nn", "cpu", "masks"?}]}``
-    as ``benchmarks/issue15_sweep.py`` writes them (Chapters 4 and 5 show the issue-15 sweep with it).
-    The returned row has ``pck`` (class -> list over seeds), ``mean`` and ``nn_mean`` (classes 1-3).
-    Raises ``ValueError`` if no recorded setting is the shipped one.
+    Args:
+        record: ``{"runs": [{"method", "tag", "overrides", "cls", "seed", "pck", "nn", "cpu", "masks"?}]}``
+            as ``benchmarks/issue15_sweep.py`` writes them.
+        method: the method whose runs to read.
+
+    Returns:
+        one row per setting: ``overrides``, ``masks``, ``pck`` (class -> list over seeds), ``nn``
+        (class -> nearest neighbours' PCK), ``cpu`` (seconds per run), ``mean`` and ``nn_mean``
+        (over classes 1-3, or None if one is missing) and ``seeds``.
     """
     rows: dict[str, dict] = {}
     for run in record["runs"]:
@@ -666,20 +671,39 @@ def print_sweep(record: dict, method: str, shipped) -> dict:
         row["pck"].setdefault(run["cls"], []).append(run["pck"])
         row["nn"][run["cls"]] = run["nn"]
         row["cpu"].append(run["cpu"])
-    print("each setting (its changes to the earlier quick config), then PCK@0.1 on CUB classes 1-6, the mean over 1-3, nearest neighbours' mean, CPU s per class")
-    print(f"{'':<4}" + "".join(f"{'c' + str(c):>7}" for c in range(1, 7)) + f"{'mean 1-3':>10}{'NN 1-3':>8}{'CPU s':>7}")
     for row in rows.values():
-        mean = lambda c: sum(row["pck"][c]) / len(row["pck"][c])  # noqa: E731
-        cells = "".join(f"{mean(c):7.1f}" if c in row["pck"] else f"{'-':>7}" for c in range(1, 7))
-        row["mean"] = sum(mean(c) for c in (1, 2, 3)) / 3 if all(c in row["pck"] for c in (1, 2, 3)) else None
-        row["nn_mean"] = sum(row["nn"][c] for c in (1, 2, 3)) / 3 if row["mean"] is not None else None
-        seeds = max(len(v) for v in row["pck"].values())
-        label = (", ".join(f"{k}={v}" for k, v in row["overrides"].items()) or "none (the earlier quick config)") + (f" [{seeds} seeds]" if seeds > 1 else "")
+        complete = all(c in row["pck"] for c in (1, 2, 3))
+        row["mean"] = sum(_seed_mean(row, c) for c in (1, 2, 3)) / 3 if complete else None
+        row["nn_mean"] = sum(row["nn"][c] for c in (1, 2, 3)) / 3 if complete else None
+        row["seeds"] = max(len(v) for v in row["pck"].values())
+    return list(rows.values())
+
+
+def _seed_mean(row: dict, cls: int) -> float:
+    return sum(row["pck"][cls]) / len(row["pck"][cls])
+
+
+def format_sweep(rows: list[dict]) -> str:
+    """:func:`sweep_rows` as a table: each setting (its changes to the earlier quick config), then
+    PCK@0.1 on CUB classes 1-6, the mean over 1-3, nearest neighbours' mean and CPU seconds per class."""
+    lines = [
+        "each setting (its changes to the earlier quick config), then PCK@0.1 on CUB classes 1-6, the mean over 1-3, nearest neighbours' mean, CPU s per class",
+        f"{'':<4}" + "".join(f"{'c' + str(c):>7}" for c in range(1, 7)) + f"{'mean 1-3':>10}{'NN 1-3':>8}{'CPU s':>7}",
+    ]
+    for row in rows:
+        cells = "".join(f"{_seed_mean(row, c):7.1f}" if c in row["pck"] else f"{'-':>7}" for c in range(1, 7))
+        label = (", ".join(f"{k}={v}" for k, v in row["overrides"].items()) or "none (the earlier quick config)") + (f" [{row['seeds']} seeds]" if row["seeds"] > 1 else "")
         label += "" if row["masks"] == "cosegment" else f" [masks: {row['masks']}]"
-        summary = f"{row['mean']:10.1f}{row['nn_mean']:8.1f}" if row["mean"] is not None else f"{'-':>10}{'-':>8}"
-        print(label)
-        print(f"{'':<4}{cells}{summary}{sum(row['cpu']) / len(row['cpu']):7.0f}")
-    matches = [row for row in rows.values() if row["masks"] == "cosegment" and row["overrides"] and all(getattr(shipped, k) == (tuple(v) if isinstance(v, list) else v) for k, v in row["overrides"].items())]
+        means = f"{row['mean']:10.1f}{row['nn_mean']:8.1f}" if row["mean"] is not None else f"{'-':>10}{'-':>8}"
+        lines += [label, f"{'':<4}{cells}{means}{sum(row['cpu']) / len(row['cpu']):7.0f}"]
+    return "\n".join(lines)
+
+
+def shipped_row(rows: list[dict], shipped) -> dict:
+    """The row of :func:`sweep_rows` that is the ``shipped`` config: the one with the most overrides
+    that ``shipped`` all has (co-segmented masks). Raises ``ValueError`` if none is."""
+    matches = [row for row in rows if row["masks"] == "cosegment" and row["overrides"]
+               and all(getattr(shipped, k) == (tuple(v) if isinstance(v, list) else v) for k, v in row["overrides"].items())]
     if not matches:
-        raise ValueError(f"no recorded {method} setting is the shipped config; rerun the sweep")
+        raise ValueError("no recorded setting is the shipped config; rerun the sweep")
     return max(matches, key=lambda row: len(row["overrides"]))
