@@ -15,11 +15,11 @@ import json
 import resource
 import sys
 import time
+from dataclasses import replace
 
 import torch
 
-from congealing import data, features, runtime
-from congealing.alignment import transfer_via_transforms
+from congealing import data, features, neural, spacejam
 from congealing.evaluation import descriptor_transfer, evaluate_transfer
 
 _NN: dict = {}
@@ -31,39 +31,33 @@ def box_pck(transfer, cub) -> float:
 
 
 def run_spacejam(cub, backbone, overrides, seed):
-    from congealing import spacejam
-
+    """As ``evaluation.spacejam_transfer`` (co-segmented masks), with overrides of the quick config;
+    ``epochs`` (and ``ae_epochs``) rescale every epoch-based schedule, as ``SpaceJAMConfig.scaled`` does."""
     overrides = dict(overrides)
     config = spacejam.SpaceJAMConfig.for_mode("quick", seed=seed)
-    if "epochs" in overrides:  # rescale every epoch-based schedule, as for_mode does
-        config = spacejam.SpaceJAMConfig().scaled(ae_epochs=overrides.pop("ae_epochs", config.ae_epochs), epochs=overrides.pop("epochs"),
-                                                   map_size=config.map_size, stn_lr=config.stn_lr)
-    config = spacejam.replace(config, seed=seed, **overrides)
-    tic, cpu = time.perf_counter(), time.process_time()
+    if "epochs" in overrides:
+        config = config.scaled(ae_epochs=overrides.pop("ae_epochs", config.ae_epochs), epochs=overrides.pop("epochs"))
+    config = replace(config, **overrides)
     given = None
     if MASKS == "box":  # diagnostic only: the ground-truth boxes (not a method setting)
-        from congealing.neural import cub_box_masks
-        given = cub_box_masks(cub)
+        given = data.cub_box_masks(cub)
     elif MASKS == "ones":
         given = torch.ones(len(cub), 1, 8, 8)
-    keys, masks = spacejam.prepare_keys(cub.images, backbone, config, given)
-    result = spacejam.train(keys, masks, config)
+    tic, cpu = time.perf_counter(), time.process_time()
+    alignment = spacejam.fit(cub.images, config, masks=given, backbone=backbone, device="cpu")
     wall, cpu = time.perf_counter() - tic, time.process_time() - cpu
-    return transfer_via_transforms(result.transforms, cub.images.shape[-1]), wall, cpu, config.descriptor_grid
+    return alignment.transfer(), wall, cpu, config.descriptor_grid
 
 
 def run_neural(cub, backbone, overrides, seed):
     """As ``evaluation.neural_transfer`` (flips, gradual atlas, relaxed rigidity, box masks), with overrides."""
-    from congealing import neural
-
     flags = dict(flips=True, gradual_atlas=True, relaxed_rigidity=True)
     flags.update(overrides)
     config = neural.NeuralCongealingConfig.for_mode("quick", seed=seed, **flags)
     tic, cpu = time.perf_counter(), time.process_time()
-    data = neural.prepare(cub.images, data.cub_box_masks(cub), backbone, config)
-    result = neural.train(data, config)
+    alignment = neural.fit(cub.images, config, masks=data.cub_box_masks(cub), backbone=backbone, device="cpu")
     wall, cpu = time.perf_counter() - tic, time.process_time() - cpu
-    return result.transfer(tuple(cub.images.shape[-2:])), wall, cpu, 64
+    return alignment.transfer(), wall, cpu, 64
 
 
 def main(argv=None) -> int:
