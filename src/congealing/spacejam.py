@@ -658,7 +658,6 @@ def train(
     checkpoint: str | os.PathLike | None = None,
     resume: bool = False,
     checkpoint_every: int = 20,
-    verbose: bool = False,
     fingerprint: dict | None = None,
     progress: Callable[..., None] | None = None,
 ) -> TrainResult:
@@ -757,8 +756,6 @@ def train(
             stages[group] = infer(ae, stn, keys, flips, group)[0].cpu()
         if progress is not None:
             progress(ae_epochs + epoch + 1, ae_epochs + config.epochs, f"[{group}] loss {losses[-1]:.4f}, flipped {int(flips.sum())}/{N}")
-        if verbose and (epoch % 10 == 0 or epoch == config.epochs - 1):
-            print(f"epoch {epoch:4d} [{group}] loss {losses[-1]:.4f}  flipped {int(flips.sum())}/{N}")
         if (epoch + 1) % checkpoint_every == 0 or epoch + 1 == config.epochs:
             seconds["joint"] += time.perf_counter() - tic
             tic = time.perf_counter()
