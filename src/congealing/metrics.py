@@ -151,9 +151,9 @@ def pair_bootstrap_ci(
     interval. Each replicate draws ``n_images`` images with replacement; image ``i`` drawn ``c_i``
     times gives pair ``(i, j)`` the weight ``c_i * c_j``, and the replicate is the weighted mean of
     the values. NaN values (pairs with nothing to score) are skipped, and so are replicates whose
-    images form no scored pair. Deterministic for a given ``seed``. The intervals of Chapter 3, "The
-    baseline every paper reports: nearest neighbours" (through
-    :func:`congealing.evaluation.evaluate_transfer`).
+    images form no scored pair. Deterministic for a given ``seed``. Taught in Chapter 3, "5. The
+    yardstick: keypoint transfer and PCK"; its intervals are the ``ci95`` of every table from there
+    on (through :func:`congealing.evaluation.evaluate_transfer`).
 
     Args:
         values: per-pair scores ``(P,)``, e.g. from :func:`pck_per_pair`; NaN = not scored.
