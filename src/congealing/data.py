@@ -42,6 +42,7 @@ __all__ = [
     "load_cub_class", "NerfScene", "load_nerf_synthetic",
 ]
 
+#: File suffixes :func:`load_image_folder` and :func:`load_masks` read as images (case-insensitive).
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".gif")
 
 
@@ -90,6 +91,7 @@ class DatasetSource:
     size_note: str = ""
 
 
+#: The downloadable datasets by key (:func:`find_dataset`): MNIST's test set, CUB-200-2011, NeRF-synthetic.
 DATASETS = {
     "mnist": DatasetSource(
         "MNIST test set",

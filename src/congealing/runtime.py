@@ -28,6 +28,7 @@ __all__ = [
     "provenance", "run_recorded",
 ]
 
+#: The two run modes :func:`get_mode` accepts (``$CONGEAL_MODE``, ``--mode``).
 MODES = ("quick", "full")
 
 

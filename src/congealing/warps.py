@@ -42,7 +42,8 @@ __all__ = [
     "resize", "resize_grid", "propagate_edit", "splat_edit", "invert_grid_points", "invert_grid",
 ]
 
-#: Number of Lie-algebra parameters of each group, in nesting order.
+#: Number of Lie-algebra parameters of each group, in nesting order (Chapter 1, "1.3 Composing,
+#: inverting, nesting, flipping").
 GROUP_DIMS = {"translation": 2, "se2": 3, "similarity": 4, "affine": 6, "homography": 8}
 #: Human-readable names of the eight generators, in order.
 GENERATOR_NAMES = (
