@@ -194,7 +194,7 @@ def identity(batch: int = 1, dtype=torch.float32, device=None) -> torch.Tensor:
     """``batch`` identity transforms ``(B, 3, 3)``.
 
     A fresh tensor (not a view), so callers may write into it. Used throughout Chapter 1, "1.3
-    Composing, inverting, nesting, flipping", and as every aligner's starting transform.
+    Composing, inverting, nesting, flipping"; classical congealing starts from it.
 
     Args:
         batch: ``B``, the number of transforms.
