@@ -106,7 +106,7 @@ class Backbone(nn.Module):
     The base of :class:`ViTKeys` and :class:`EfficientNetStages`; subclasses define ``forward``. The
     network is put in eval mode with gradients off. :func:`load_backbone` builds one; Chapter 3,
     "1. Descriptors from a Vision Transformer" and "The same for a CNN", explain the two kinds, and
-    Chapter 7, "CUB-200-2011", names the one each table used.
+    Chapter 7, "CUB-200-2011", discusses what the backbone does to the numbers.
 
     Args:
         name: the key of :data:`BACKBONES` it was loaded as.
