@@ -336,8 +336,8 @@ def load_backbone(name: str | None = None, device=None) -> Backbone:
     """Load a backbone by name (see the table above), ``$CONGEAL_BACKBONE``, or ``"auto"``.
 
     ``auto`` tries :data:`AUTO_ORDER` in turn (DINO ViT-S/8 first) and falls back to EfficientNet-Lite0
-    with a warning that says why. Loaded backbones are kept for the life of the process. Every
-    chapter from 3 on loads its backbone with it in its setup cell (Chapter 3, "The same for a CNN",
+    with a warning that says why. Loaded backbones are kept for the life of the process. Each of
+    Chapters 3-6 loads its backbone with it in its setup cell (Chapter 3, "The same for a CNN",
     says why EfficientNet-Lite0 is the offline one); so does ``congeal --backbone``.
 
     Args:

@@ -154,7 +154,7 @@ class ModeConfig:
 def seed_everything(seed: int = 0) -> torch.Generator:
     """Seed Python, NumPy and torch; return a torch generator seeded the same way.
 
-    Every chapter's setup cell calls it (e.g. ``runtime.seed_everything(0)`` in Chapter 1's).
+    The setup cells of Chapters 1-6 call it (e.g. ``runtime.seed_everything(0)`` in Chapter 1's).
 
     Args:
         seed: the seed for ``random``, ``numpy.random``, torch's global generator and the new one.
