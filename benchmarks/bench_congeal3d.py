@@ -9,7 +9,7 @@ coordinate maps. Prints a table and (with ``--json``) writes the numbers with th
 
     python benchmarks/bench_congeal3d.py --capture --mode quick --inputs 16
 
-``--capture``: the capture-like lego instead (:func:`congealing.captures.evaluate_capture`: brick
+``--capture``: the capture-like lego instead (:func:`congealing.lego.evaluate_capture`: brick
 wall, portrait crops, close-ups, front arc), posed once with the true masks and once with the
 co-segmentation masks a user without masks gets; frame-free camera errors and seconds of each.
 """
@@ -23,7 +23,7 @@ import time
 
 import torch
 
-from congealing import congeal3d, features, runtime
+from congealing import congeal3d, features, lego, runtime
 
 PAPER_SECONDS = {"shape": 3600, "pose_search": 900, "refinement + mappings": 2700}
 
@@ -31,7 +31,7 @@ PAPER_SECONDS = {"shape": 3600, "pose_search": 900, "refinement + mappings": 270
 def run(mode: str, inputs: int | None, seed: int) -> dict:
     config = congeal3d.Congeal3DConfig.for_mode(mode, seed=seed)
     backbone = features.load_backbone()
-    bench = congeal3d.load_lego_benchmark(config, inputs=inputs, seed=seed)
+    bench = lego.load_lego_benchmark(config, inputs=inputs, seed=seed)
     seconds = {}
     tic = time.perf_counter()
     field = congeal3d.fit_shape(bench.anchor_images, bench.anchor_masks, bench.anchor_c2w, bench.fov, config)
@@ -53,15 +53,13 @@ def run(mode: str, inputs: int | None, seed: int) -> dict:
 
 
 def run_capture(mode: str, inputs: int | None, seed: int) -> dict:
-    from congealing import captures
-
     config = congeal3d.Congeal3DConfig.for_mode(mode, seed=seed)
     backbone = features.load_backbone()
-    bench = captures.make_capture_benchmark(config.image_size, seed=seed)
+    bench = lego.make_capture_benchmark(config.image_size, seed=seed)
     out = {"mode": mode, "backbone": backbone.name, "threads": torch.get_num_threads(), "masks": {}}
     for masks in ("true", "cosegment"):
         tic = time.perf_counter()
-        result = captures.evaluate_capture(config, backbone, seed=seed, inputs=inputs, masks=masks, bench=bench)
+        result = lego.evaluate_capture(config, backbone, seed=seed, inputs=inputs, masks=masks, bench=bench)
         out["masks"][masks] = {**{k: v for k, v in result.items() if k != "anchors"}, "anchors": result["anchors"], "total_seconds": round(time.perf_counter() - tic, 1)}
     out["peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
     return out

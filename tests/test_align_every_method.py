@@ -9,7 +9,7 @@ import pytest
 import torch
 from PIL import Image
 
-from congealing import cli, warps
+from congealing import cli, lego, warps
 
 pytestmark = pytest.mark.slow
 
@@ -36,7 +36,7 @@ def lego_folder_and_shape(tmp_path_factory, data_root):
     for i in (3, 27, 58):
         Image.open(train / f"r_{i}.png").resize((96, 96)).save(folder / f"lego_{i}.png")  # RGBA: alpha is the mask
     config = congeal3d.Congeal3DConfig.for_mode("quick", grid_resolution=32, shape_steps=200, rays_per_step=1024)  # a rough shape is enough here
-    bench = congeal3d.load_lego_benchmark(config, inputs=2, root=data_root)
+    bench = lego.load_lego_benchmark(config, inputs=2, root=data_root)
     shape = congeal3d.fit_shape(bench.anchor_images, bench.anchor_masks, bench.anchor_c2w, bench.fov, config)
     path = folder.parent / "lego_shape.pt"
     congeal3d.save_shape(shape, path)

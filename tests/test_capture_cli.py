@@ -13,9 +13,9 @@ import pytest
 import torch
 from PIL import Image
 
-from congealing import captures as cp
-from congealing import cli
+from congealing import cli, lego
 from congealing import congeal3d as c3
+from congealing.congeal3d import captures as cp
 
 
 def save_png(tensor: torch.Tensor, path: Path) -> None:
@@ -27,7 +27,7 @@ def save_png(tensor: torch.Tensor, path: Path) -> None:
 def capture_folder(tmp_path_factory, data_root):
     """12 portrait photos of the capture-like lego (brick wall, off-centre crops, no close-ups), their
     masks, and the transforms.json a user would have (poses in an arbitrary frame and scale)."""
-    bench = cp.make_capture_benchmark(32, root=data_root, close_up_every=0, views=12)
+    bench = lego.make_capture_benchmark(32, root=data_root, close_up_every=0, views=12)
     root = tmp_path_factory.mktemp("capture")
     (root / "images").mkdir()
     (root / "masks").mkdir()

@@ -11,6 +11,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from congealing import congeal3d as c3
+from congealing import lego
 from congealing.congeal3d import Congeal3DConfig, VoxelField
 from congealing.features import Backbone, BackboneSpec
 
@@ -451,7 +452,7 @@ def test_refine_poses_nan_raises_with_the_step(monkeypatch):
         out = real(*args, **kwargs)
         return {**out, "opacity": out["opacity"] * float("nan")}
 
-    monkeypatch.setattr(c3, "render_rays", poisoned)
+    monkeypatch.setattr(c3.poses, "render_rays", poisoned)  # where refine_poses looks it up
     with pytest.raises(FloatingPointError, match="step 0"):
         c3.refine_poses(field, masks, cams, torch.full((2,), FOV), config)
 
@@ -500,7 +501,7 @@ def test_fit_coordinate_maps_shapes_and_near_identity_warp(mapped):
 
 def test_transfer_points_between_exact_views(mapped):
     field, c2w, fov, images, masks, maps = mapped
-    xy, visible = c3.visible_points(field, _sphere_points(), c2w, fov, 32, masks, tolerance=0.1, samples=48)
+    xy, visible = lego.visible_points(field, _sphere_points(), c2w, fov, 32, masks, tolerance=0.1, samples=48)
     both = visible.all(dim=0)
     assert both.sum() > 30
     moved = c3.transfer_points(maps, 0, 1, xy[0, both])
@@ -550,19 +551,19 @@ def test_vary_appearance_keeps_the_silhouette_and_is_deterministic(device):
     images = torch.rand(3, 3, 16, 16, generator=g)
     masks = torch.zeros(3, 1, 16, 16)
     masks[:, :, 4:12, 3:10] = 1.0
-    varied = c3.vary_appearance(images, masks, seed=7)
-    assert torch.allclose(c3.vary_appearance(images.to(device), masks.to(device), seed=7).cpu(), varied, atol=1e-5)  # the same looks on any device
+    varied = lego.vary_appearance(images, masks, seed=7)
+    assert torch.allclose(lego.vary_appearance(images.to(device), masks.to(device), seed=7).cpu(), varied, atol=1e-5)  # the same looks on any device
     assert varied.shape == images.shape and varied.min() >= 0 and varied.max() <= 1
-    assert torch.equal(varied, c3.vary_appearance(images, masks, seed=7))
-    assert not torch.allclose(varied, c3.vary_appearance(images, masks, seed=8))
+    assert torch.equal(varied, lego.vary_appearance(images, masks, seed=7))
+    assert not torch.allclose(varied, lego.vary_appearance(images, masks, seed=8))
     # outside the mask only the new background: the input's own background never shows
     other = images.clone()
     other[masks.expand_as(images) == 0] = torch.rand(int((masks.expand_as(images) == 0).sum()), generator=g)
-    assert torch.equal(c3.vary_appearance(other, masks, seed=7), varied)
+    assert torch.equal(lego.vary_appearance(other, masks, seed=7), varied)
     # inside the mask the object (changed in look) is still there, and differs from the background
     assert not torch.allclose(varied[masks.expand_as(varied) > 0.5], images[masks.expand_as(images) > 0.5])
     inside = varied[:, :, 4:12, 3:10].mean(dim=(2, 3))
-    changed_object = c3.vary_appearance(images * 0.2, masks, seed=7)[:, :, 4:12, 3:10].mean(dim=(2, 3))
+    changed_object = lego.vary_appearance(images * 0.2, masks, seed=7)[:, :, 4:12, 3:10].mean(dim=(2, 3))
     assert not torch.allclose(inside, changed_object)  # the object's pixels follow the input
 
 
@@ -571,7 +572,7 @@ def test_vary_appearance_keeps_the_silhouette_and_is_deterministic(device):
 
 def test_load_lego_benchmark_splits_anchors_and_inputs(data_root):
     config = Congeal3DConfig(image_size=48, anchor_views=8)
-    bench = c3.load_lego_benchmark(config, inputs=4, root=data_root)
+    bench = lego.load_lego_benchmark(config, inputs=4, root=data_root)
     assert len(bench.anchor_index) == 8 and len(bench.input_index) == 4 and len(bench) == 4
     assert not set(bench.anchor_index) & set(bench.input_index)
     assert bench.anchor_images.shape == (8, 3, 48, 48) and bench.images.shape == (4, 3, 48, 48)

@@ -12,8 +12,9 @@ import pytest
 import torch
 from scipy.spatial.transform import Rotation
 
-from congealing import captures as cp
 from congealing import congeal3d as c3
+from congealing import lego, warps
+from congealing.congeal3d import captures as cp
 from congealing.errors import InputError
 
 
@@ -50,7 +51,7 @@ def same_up_to_turn_about_z(a: torch.Tensor, b: torch.Tensor, tolerance: float) 
 def test_lego_transforms_round_trip():
     path = lego_transforms()
     meta = json.loads(path.read_text())
-    raw = c3.torch.tensor([f["transform_matrix"] for f in meta["frames"]], dtype=torch.float32)
+    raw = torch.tensor([f["transform_matrix"] for f in meta["frames"]], dtype=torch.float32)
     cams = cp.load_cameras(path, normalise=False)
     assert torch.allclose(cams.c2w, raw)
     assert torch.allclose(cams.fx, 0.5 * 800 / torch.tan(torch.tensor(0.5 * meta["camera_angle_x"])))
@@ -142,7 +143,7 @@ def test_square_views_are_an_exact_change_of_intrinsics():
     square_xy, _ = c3.project_points(points, views.c2w, views.fov, 64)
     inside = ((photo_xy >= 0) & (photo_xy <= torch.tensor([w - 1.0, h - 1.0]))).all(dim=-1)
     assert inside.sum() > 20
-    grid = c3.warps.pixel_to_normalized(square_xy, (64, 64))
+    grid = warps.pixel_to_normalized(square_xy, (64, 64))
     read = torch.nn.functional.grid_sample(views.images, grid[:, :, None], mode="bilinear", align_corners=False)[0, :2, :, 0].T
     assert torch.allclose(read[inside], photo_xy[inside], atol=1e-2)  # bilinear is exact on a linear ramp
     # the square contains the whole photo, and marks what lies beyond it: the photo's share of the square's area
@@ -190,7 +191,7 @@ def test_capture_benchmark_cameras_and_masks_agree():
     """The composited benchmark's transforms.json is exact: every visual-hull point of the true
     shape projects into the masks, and the normalised frame is lego's up to a similarity."""
     lego_transforms()
-    bench = cp.make_capture_benchmark(32, views=10, close_up_every=3)
+    bench = lego.make_capture_benchmark(32, views=10, close_up_every=3)
     assert len(bench) == 10 and int(bench.close_up.sum()) == 3
     assert all(p.shape[-2:] == (43, 32) for p in bench.photos)  # portrait 3:4
     cams = cp.cameras_from_transforms(bench.meta)

@@ -139,12 +139,20 @@ def test_cli_passes_settings_down_without_rewriting_the_environment(tmp_path, mo
     assert os.environ["CONGEAL_MODE"] == "quick" and "CONGEAL_DATA" not in os.environ
 
 
-def test_the_congeal3d_routes_get_the_environment_only_while_they_run(tmp_path, monkeypatch):
+def test_the_congeal3d_routes_get_typed_requests_and_leave_the_environment_alone(tmp_path, monkeypatch):
     import os
-    from types import SimpleNamespace
+
+    from congealing import lego
 
     monkeypatch.setenv("CONGEAL_MODE", "quick")
     monkeypatch.delenv("CONGEAL_DATA", raising=False)
-    with cli._environment_for_congeal3d(SimpleNamespace(mode="full", data=tmp_path)):
-        assert os.environ["CONGEAL_MODE"] == "full" and os.environ["CONGEAL_DATA"] == str(tmp_path)
-    assert os.environ["CONGEAL_MODE"] == "quick" and "CONGEAL_DATA" not in os.environ
+    seen = []
+    record = lambda request: seen.append((dict(os.environ), request)) or {"table": "ok"}  # noqa: E731
+    monkeypatch.setattr(lego, "evaluate_lego", record)
+    monkeypatch.setattr(lego, "evaluate_lego_capture", record)
+    for dataset in ("lego", "lego-capture"):
+        assert cli.main(["eval", "--dataset", dataset, "--method", "congeal3d", "--mode", "full", "--seed", "3", "--data", str(tmp_path)]) == 0
+    expected = lego.LegoRequest("congeal3d", mode="full", seed=3, device=None, backbone=None, data=str(tmp_path))
+    assert [request for _, request in seen] == [expected, expected]
+    for environment, _ in seen:  # not even while the benchmark runs
+        assert environment["CONGEAL_MODE"] == "quick" and "CONGEAL_DATA" not in environment

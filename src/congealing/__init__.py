@@ -18,12 +18,13 @@ Methods (never import each other)
 * :mod:`congealing.classical`  entropy, least-squares and inverse-compositional congealing (Chapter 2)
 * :mod:`congealing.neural`     Neural Congealing (Chapter 4)
 * :mod:`congealing.spacejam`   SpaceJAM (Chapter 5)
-* :mod:`congealing.congeal3d`  3-D congealing (Chapter 6), with :mod:`congealing.captures` and
-  :mod:`congealing.diffusion_prior`
+* :mod:`congealing.congeal3d`  3-D congealing (Chapter 6), a package (its ``captures`` submodule:
+  a user's calibrated capture), with :mod:`congealing.diffusion_prior`
 
 Evaluation
 
 * :mod:`congealing.evaluation` keypoint transfer through any aligner, the CUB and MNIST protocols
+* :mod:`congealing.lego`       the lego and capture-like lego benchmarks of 3-D congealing (Chapters 6, 7)
 
 Applications
 
@@ -40,8 +41,8 @@ __version__ = "0.1.0"
 
 _SUBMODULES = {
     "warps", "data", "features", "metrics", "losses", "runtime", "checkpoints", "files", "errors",
-    "classical", "neural", "spacejam", "congeal3d", "captures", "diffusion_prior",
-    "evaluation", "align", "report", "report_folder", "widgets", "cli",
+    "classical", "neural", "spacejam", "congeal3d", "diffusion_prior",
+    "evaluation", "lego", "align", "report", "report_folder", "widgets", "cli",
 }
 
 

@@ -3,25 +3,30 @@
 :func:`align` takes the loaded images (:class:`congealing.data.ImageSet`) and an
 :class:`AlignRequest` (typed settings, no command line), looks the method up in
 :mod:`congealing.registry`, calls its ``fit`` (the protocol of :mod:`congealing.alignment`), and
-writes the report folder with :func:`congealing.report.write_alignment`. The command checks every
-argument (and the output folder) before calling in here; this module trusts what it is given.
+writes the report folder with :func:`congealing.report.write_alignment`. 3-D congealing, which is
+not a 2-D aligner, has its own routes: :func:`align_congeal3d` (photos posed on a saved shape) and
+:func:`align_capture` (a calibrated capture). The command checks every argument (and the output
+folder) before calling in here; this module trusts what it is given.
 """
 from __future__ import annotations
 
+import math
 import shutil
+import tempfile
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
-from . import classical, neural, registry, runtime, spacejam, warps
+from . import classical, congeal3d, neural, registry, runtime, spacejam, warps
 from .alignment import Alignment
 from .data import ImageSet
+from .errors import UsageError
 from .features import PCAColours, extract_descriptors, load_backbone, saliency_masks
 from .report import AlignProgress, centre_disk, demo_edit, write_alignment
 
-__all__ = ["AlignRequest", "WORK_SIZE", "PIXEL_METHODS", "RESUMABLE", "align", "config_for", "checkpoint_path"]
+__all__ = ["AlignRequest", "WORK_SIZE", "PIXEL_METHODS", "RESUMABLE", "align", "config_for", "checkpoint_path", "align_congeal3d", "align_capture"]
 
 
 @dataclass(frozen=True)
@@ -34,7 +39,10 @@ class AlignRequest:
     :func:`congealing.features.load_backbone` name or None; ``resume``: continue the training
     checkpoint (trained methods); ``checkpoint``: where the training checkpoint is kept while the
     method trains (None: ``.OUT.METHOD.checkpoint.pt`` beside ``out``); ``config``: the method's
-    config to use instead of ``for_mode(mode, seed=seed)`` (tests' tiny runs).
+    config to use instead of ``for_mode(mode, seed=seed)`` (tests' tiny runs). 3-D congealing
+    (:func:`align_congeal3d`): ``shape``, the canonical shape saved by
+    :func:`congealing.congeal3d.save_shape`, or ``cameras``, the capture's camera file, with
+    ``capture_cameras``, its cameras as :func:`congealing.congeal3d.captures.check_capture` read them.
     """
 
     method: str
@@ -46,6 +54,9 @@ class AlignRequest:
     resume: bool = False
     checkpoint: Path | None = None
     config: object | None = None
+    shape: Path | None = None
+    cameras: Path | None = None
+    capture_cameras: congeal3d.Cameras | None = None
 
 
 def checkpoint_path(out: Path, method: str) -> Path:
@@ -196,3 +207,143 @@ def _neural_scores(alignment: Alignment) -> dict:
     result = alignment.state["result"]
     return {"name": "keys loss", "values": neural.per_image_keys_loss(result.model, result.data, result.flipped).cpu(), "better": "lower",
             "doc": "Neural Congealing's weighted L2 + cosine loss between the image's warped descriptors and the atlas, inside the atlas saliency (neural.per_image_keys_loss); lower is better"}
+
+
+# ----------------------------------------------------------------------------- 3-D congealing
+
+
+def align_congeal3d(image_set: ImageSet, request: AlignRequest) -> None:
+    """``congeal align DIR --method congeal3d --shape SHAPE --out OUT``: per-image camera (JSON in
+    ``summary.json``, matrices in ``mappings.pt``), NOCS map as RGB, mask, and the canonical render
+    beside each input, plus an edit painted in the canonical frame onto every image.
+
+    Masks come from the images' alpha channel if they have one, else from co-segmentation
+    (Chapter 3). Nothing is written unless every stage succeeds. With ``request.cameras`` (a
+    capture's camera file) the shape is fitted from the photos themselves instead
+    (:func:`align_capture`).
+    """
+    if request.cameras is not None:
+        return align_capture(image_set, request)
+    shape_path = request.shape
+    if shape_path is None:
+        raise UsageError(
+            "congeal align --method congeal3d needs --shape SHAPE_CKPT: a canonical shape saved by "
+            "congealing.congeal3d.save_shape (Chapter 6 fits one for lego with congealing.congeal3d.fit_shape)"
+        )
+    progress = AlignProgress("congeal3d")
+    progress.stage("loading the shape and the backbone")
+    device = runtime.get_device(request.device)
+    mode = runtime.get_mode(request.mode)
+    field = congeal3d.load_shape(shape_path).to(device)
+    config = congeal3d.photo_search_config(congeal3d.Congeal3DConfig.for_mode(mode, seed=request.seed))
+    backbone = load_backbone(request.backbone, device)
+    size = config.image_size
+    images = F.interpolate(image_set.images, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
+    alpha = image_set.masks if image_set.masks is not None and bool((image_set.masks < 0.5).any()) else None
+    valid = None if image_set.valid is None else F.interpolate(image_set.valid, size=(size, size), mode="area")
+    masks, mask_source = saliency_masks(images, backbone, None if alpha is None else F.interpolate(alpha, size=(size, size), mode="area"), valid)
+    masks = (F.interpolate(masks, size=(size, size), mode="nearest") > 0.5).float()
+    congeal3d.check_masks(masks, image_set.names)
+    progress.stage("pose search, pose refinement, coordinate maps (bars below)")
+    result = congeal3d.congeal(field, images, masks, config, backbone, progress=congeal3d.progress_bars(True))
+    progress.stage("writing the report")
+    maps = result.maps
+    cams, fovs = result.refined["c2w"], result.refined["fov"]
+    azimuth, elevation = congeal3d.camera_angles(cams)
+    with torch.no_grad():
+        views = congeal3d.spherical_cameras(torch.tensor([-90.0, 0.0, 90.0]), torch.tensor([30.0, 30.0, 30.0]), config.camera_radius).to(device)
+        front = {k: v.cpu() for k, v in congeal3d.render(field, views, math.radians(37.5), size, config.samples_per_ray).items()}
+    poses = [
+        {"image": name, "c2w": c.tolist(), "fov_deg": math.degrees(float(f)), "azimuth_deg": float(a), "elevation_deg": float(e)}
+        for name, c, f, a, e in zip(image_set.names, cams, fovs, azimuth, elevation)
+    ]
+    write_alignment(
+        request.out, method="congeal3d", names=image_set.names, inputs=images, aligned=maps.renders["rgb"],
+        atlas={f"canonical shape, azimuth {a}": view for a, view in zip((-90, 0, 90), front["rgb"])},
+        mode=mode, transforms=cams,
+        summary={"backbone": backbone.name, "masks": mask_source, "shape": str(shape_path), "seconds": result.seconds, "poses": poses},
+        extra_images={"NOCS map": maps.nocs, "edit (canonical stripes)": congeal3d.propagate_nocs_edit(maps, images, congeal3d.stripes_edit())},
+        masks=masks.cpu(), coordinate_maps=(maps.nocs.cpu(), maps.mask.cpu()), poses=poses,
+        objective={"name": "1 - soft IoU of the rendered silhouette and the mask", "before": result.refined["loss"][0], "after": result.refined["loss"][-1], "better": "lower"}
+        if result.refined["loss"] else None,
+        method_scores={"name": "silhouette IoU", "values": congeal3d.silhouette_iou(maps.renders["mask"].cpu(), masks.cpu()), "better": "higher",
+                       "doc": "intersection over union of the shape rendered at the image's camera and the image's object mask, in [0, 1]; higher is better"},
+    )
+    progress.close()
+
+
+def align_capture(image_set: ImageSet, request: AlignRequest) -> None:
+    """``congeal align DIR --method congeal3d --cameras PATH --out OUT``: 3-D congealing of a
+    calibrated capture (:func:`congealing.congeal3d.captures.congeal_capture`), written as a report.
+
+    ``request.capture_cameras``: the photos' cameras checked before any work
+    (:func:`congealing.congeal3d.captures.check_capture`); ``request.cameras``: the file they came from;
+    masks from ``--masks`` or the photos' alpha channels (``image_set.masks``), else
+    co-segmentation that leaves the padding out (:func:`congealing.features.saliency_masks`). The
+    report shows, for every posed photo (the others are the anchors that fit the shape), the
+    photo in the model's square camera, the canonical shape rendered from the camera found, its
+    NOCS map and an edit; ``summary.json`` adds each camera from the file (in the normalised
+    frame), the angle between it and the camera found, the anchors, and what the importer
+    ignored. Nothing is written unless every stage succeeds.
+    """
+    progress = AlignProgress("congeal3d")
+    progress.stage("loading the backbone and making the masks")
+    device = runtime.get_device(request.device)
+    mode = runtime.get_mode(request.mode)
+    config = congeal3d.Congeal3DConfig.for_mode(mode, seed=request.seed)
+    backbone = load_backbone(request.backbone, device)
+    cameras = request.capture_cameras
+    cameras = cameras.subset([cameras.names.index(name) for name in image_set.names])  # photos the loader skipped have no say
+    given = image_set.masks if image_set.masks is not None and bool((image_set.masks < 0.5).any()) else None
+    masks, mask_source = saliency_masks(image_set.images, backbone, given, image_set.valid)
+    masks = (F.interpolate(masks.float(), size=image_set.images.shape[-2:], mode="bilinear", align_corners=False) > 0.5).float()
+    photos = congeal3d.photos_from_squares(image_set.images, image_set.valid)
+    photo_masks = congeal3d.photos_from_squares(masks, image_set.valid)
+    progress.stage("frame, shape, pose search, refinement, coordinate maps (bars below)")
+    out = congeal3d.congeal_capture(photos, photo_masks, cameras, config, backbone, device=device, progress=congeal3d.progress_bars(True), maps=True)
+    progress.stage("writing the report")
+    result, views, posed = out["result"], out["views"], out["inputs"]
+    field, maps = out["field"], out["result"].maps
+    found, fovs = result.refined["c2w"].cpu(), result.refined["fov"].cpu()
+    given_c2w = out["cameras"].c2w[posed]
+    disagreement = congeal3d.rotation_angle_deg(found[:, :3, :3].double(), given_c2w[:, :3, :3].double())
+    azimuth, elevation = congeal3d.camera_angles(found)
+    names = [image_set.names[i] for i in posed]
+    poses = [
+        {"image": name, "c2w": c.tolist(), "fov_deg": math.degrees(float(f)), "azimuth_deg": float(a), "elevation_deg": float(e),
+         "c2w_from_file": g.tolist(), "rotation_from_file_deg": float(d)}
+        for name, c, f, a, e, g, d in zip(names, found, fovs, azimuth, elevation, given_c2w, disagreement)
+    ]
+    with torch.no_grad():
+        turn = congeal3d.spherical_cameras(torch.tensor([-90.0, 0.0, 90.0]), torch.tensor([30.0, 30.0, 30.0]), config.camera_radius).to(field.density.device)
+        front = {k: v.cpu() for k, v in congeal3d.render(field, turn, views.fov, config.image_size, config.samples_per_ray).items()}
+    ignored = ["lens distortion (k1, k2, k3, k4, p1, p2): the model is a pinhole camera; undistort the photos first for exact geometry", *cameras.notes]
+    summary = {
+        "backbone": backbone.name, "masks": mask_source, "cameras_file": str(request.cameras), "importer_ignores": list(dict.fromkeys(ignored)),
+        "anchors": [image_set.names[i] for i in out["anchors"]], "fov_deg": math.degrees(views.fov), "frame_scale": out["cameras"].scale,
+        "rotation_from_file_median_deg": float(disagreement.median()), "seconds": out["seconds"], "poses": poses,
+    }
+    field_docs = {
+        "cameras_file": "the camera file of the capture (--cameras)",
+        "importer_ignores": "what the camera importer reads but does not model",
+        "anchors": "the photos (whole object in view) whose cameras from the file fitted the canonical shape; the others are posed",
+        "fov_deg": "the field of view of the square model camera every photo was resampled to (from the file's intrinsics)",
+        "frame_scale": "the scale from the camera file's units to the model's (object about 2.4 units wide, cameras about 4 away)",
+        "rotation_from_file_median_deg": "median angle between each posed photo's camera found by 3-D congealing and its camera in the file (same frame); lower is better",
+    }
+    with tempfile.TemporaryDirectory() as scratch:
+        shape_path = Path(scratch) / "shape.pt"
+        congeal3d.save_shape(field.cpu(), shape_path, anchors=summary["anchors"], cameras_file=str(request.cameras))
+        write_alignment(
+            request.out, method="congeal3d", names=names, inputs=views.images[posed], aligned=maps.renders["rgb"],
+            atlas={f"canonical shape, azimuth {a}": view for a, view in zip((-90, 0, 90), front["rgb"])},
+            mode=mode, transforms=found, summary=summary, field_docs=field_docs,
+            extra_images={"NOCS map": maps.nocs, "edit (canonical stripes)": congeal3d.propagate_nocs_edit(maps, views.images[posed], congeal3d.stripes_edit())},
+            masks=views.masks[posed].cpu(), valid=views.valid[posed].cpu(), coordinate_maps=(maps.nocs.cpu(), maps.mask.cpu()), poses=poses,
+            objective={"name": "1 - soft IoU of the rendered silhouette and the mask", "before": result.refined["loss"][0], "after": result.refined["loss"][-1], "better": "lower"}
+            if result.refined["loss"] else None,
+            method_scores={"name": "silhouette IoU", "values": congeal3d.silhouette_iou(maps.renders["mask"].cpu() * views.valid[posed], (views.masks[posed] > 0.5).float() * views.valid[posed]),
+                           "better": "higher", "doc": "intersection over union of the shape rendered at the camera found and the photo's object mask, over the photo's pixels, in [0, 1]; higher is better"},
+            extra_files={"shape.pt": shape_path},
+        )
+    progress.close()

@@ -6,10 +6,11 @@
 
 Every subcommand takes ``--mode quick|full`` (default: ``$CONGEAL_MODE``, else quick). This file
 holds the command line only: it checks every argument before any work starts, turns the arguments
-into typed requests and routes them to the application layer (:data:`congealing.align.METHODS`) and
-the evaluation protocols (:data:`congealing.evaluation.CUB_METHODS`, :func:`congealing.evaluation.evaluate_mnist`).
-The settings go down as arguments; the command does not rewrite the environment, except around the
-3-D congealing routes, which still read ``$CONGEAL_MODE`` and ``$CONGEAL_DATA``.
+into typed requests and routes them to the application layer (:func:`congealing.align.align`,
+:func:`congealing.align.align_congeal3d`) and the evaluation protocols
+(:data:`congealing.evaluation.CUB_METHODS`, :func:`congealing.evaluation.evaluate_mnist`,
+:func:`congealing.lego.evaluate_lego`, :func:`congealing.lego.evaluate_lego_capture`). The
+settings go down as arguments; the command does not rewrite the environment.
 
 A user's mistake (a bad flag, an unreadable photo, an output folder that holds other files, a
 checkpoint made for other images) ends with one line on stderr that says what is wrong and what to
@@ -20,7 +21,6 @@ shows the traceback as well. The program never deletes or overwrites a file it d
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
 import shutil
@@ -29,7 +29,7 @@ import traceback
 import warnings
 from pathlib import Path
 
-from . import align, captures, checkpoints, congeal3d, evaluation, registry, report_folder, runtime
+from . import align, checkpoints, congeal3d, evaluation, lego, registry, report_folder, runtime
 from .data import DATASETS, DatasetNotFoundError, cub_classes_on_disk, find_dataset, load_image_folder, load_masks
 from .errors import CongealError, UsageError
 from .features import load_backbone
@@ -41,7 +41,7 @@ __all__ = [
 ]
 
 #: ``congeal align --method NAME``: the registry's 2-D methods (:mod:`congealing.registry`), and
-#: 3-D congealing, whose ``align_folder(image_set, args)`` still takes the command line.
+#: 3-D congealing (:func:`congealing.align.align_congeal3d`).
 METHODS: tuple[str, ...] = (*registry.METHODS, "congeal3d")
 #: ``congeal eval --dataset NAME``.
 DATASETS_EVALUATED = ("mnist", "cub", "lego", "lego-capture")
@@ -174,6 +174,7 @@ def validate(args) -> None:
         raise UsageError(f"--data {args.data} is not a folder; give the folder that holds mnist/, CUB_200_2011/ or nerf_synthetic/")
     _check_backbone(args)
     if args.command == "align":
+        args.capture_cameras = None
         if args.method not in METHODS:
             raise UsageError(f"unknown method {args.method!r}; available: {', '.join(sorted(METHODS))}")
         if not args.folder.is_dir():
@@ -192,7 +193,7 @@ def validate(args) -> None:
         if args.method == "congeal3d" and args.cameras is not None:
             if args.shape is not None:
                 raise UsageError("--cameras fits the shape from the photos; leave out --shape (or --cameras, to pose the photos on a saved shape)")
-            args.capture_cameras = captures.check_capture(args.folder, args.cameras)
+            args.capture_cameras = congeal3d.check_capture(args.folder, args.cameras)
         elif args.method == "congeal3d":
             if args.shape is None:
                 raise UsageError("--method congeal3d needs --shape SHAPE (a canonical shape saved by congealing.congeal3d.save_shape, Chapter 6) or --cameras PATH (the capture's transforms.json or COLMAP folder)")
@@ -219,34 +220,16 @@ def validate(args) -> None:
 # ----------------------------------------------------------------------------- commands
 
 
-@contextlib.contextmanager
-def _environment_for_congeal3d(args):
-    """Set ``$CONGEAL_MODE`` (and ``$CONGEAL_DATA`` if ``--data`` was given) while a 3-D congealing
-    route runs, and restore them after: those routes still read the environment."""
-    saved = {key: os.environ.get(key) for key in ("CONGEAL_MODE", "CONGEAL_DATA")}
-    os.environ["CONGEAL_MODE"] = args.mode
-    if args.data:
-        os.environ["CONGEAL_DATA"] = str(args.data)
-    try:
-        yield
-    finally:
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
-
-
 def _align_request(args) -> align.AlignRequest:
     return align.AlignRequest(method=args.method, out=args.out, mode=args.mode, seed=args.seed, device=args.device,
-                              backbone=args.backbone, resume=args.resume, checkpoint=args.checkpoint)
+                              backbone=args.backbone, resume=args.resume, checkpoint=args.checkpoint,
+                              shape=args.shape, cameras=args.cameras, capture_cameras=args.capture_cameras)
 
 
 def _run_alignment(images, args) -> None:
     """Align ``images`` with ``args.method`` and write the report to ``args.out``."""
     if args.method == "congeal3d":
-        with _environment_for_congeal3d(args):
-            congeal3d.align_folder(images, args)
+        align.align_congeal3d(images, _align_request(args))
     else:
         align.align(images, _align_request(args))
 
@@ -278,14 +261,16 @@ def _eval_request(args) -> evaluation.EvalRequest:
                                   backbone=args.backbone, data=args.data)
 
 
+def _lego_request(args) -> lego.LegoRequest:
+    return lego.LegoRequest(method=args.method, mode=args.mode, seed=args.seed, device=args.device, backbone=args.backbone, data=args.data)
+
+
 def _evaluate(args, argv) -> dict:
     """Run the benchmark ``args.dataset`` and return its JSON-ready record."""
     if args.dataset == "lego":
-        with _environment_for_congeal3d(args):
-            return congeal3d.evaluate_lego(args)
+        return lego.evaluate_lego(_lego_request(args))
     if args.dataset == "lego-capture":
-        with _environment_for_congeal3d(args):
-            return captures.evaluate_lego_capture(args)
+        return lego.evaluate_lego_capture(_lego_request(args))
     if args.dataset == "mnist":
         return evaluation.evaluate_mnist(_eval_request(args))
     on_partial = None

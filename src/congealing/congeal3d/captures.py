@@ -27,26 +27,25 @@ from __future__ import annotations
 
 import json
 import math
+import time
 import warnings
-from dataclasses import asdict, dataclass, field as dataclass_field, replace
+from dataclasses import dataclass, field as dataclass_field, replace
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
-from . import congeal3d as c3
-from . import runtime
-from .congeal3d import Congeal3DConfig, _progress, camera_angles, se3_exp
-from .data import IMAGE_SUFFIXES, load_nerf_synthetic
-from .errors import InputError, UsageError
-from .features import load_backbone, saliency_masks
-from .runtime import get_device
+from ..data import IMAGE_SUFFIXES
+from ..errors import InputError
+from ..features import saliency_masks
+from .config import Congeal3DConfig
+from .field import choose_anchor_views, fit_shape
+from .pipeline import congeal
 
 __all__ = [
-    "Cameras", "CaptureBenchmark", "brick_wall", "load_cameras", "cameras_from_transforms", "cameras_from_colmap", "normalise_frame",
-    "SquareViews", "square_views", "object_is_whole", "known_fov_config", "check_intrinsics", "match_photos", "check_capture",
-    "congeal_capture", "align_capture", "pad_to_squares", "photos_from_squares", "cosegment_photos", "make_capture_benchmark", "evaluate_capture",
-    "evaluate_lego_capture", "format_capture_rows",
+    "Cameras", "load_cameras", "cameras_from_transforms", "cameras_from_colmap", "normalise_frame", "SquareViews",
+    "square_views", "object_is_whole", "known_fov_config", "check_intrinsics", "match_photos", "check_capture",
+    "congeal_capture", "pad_to_squares", "photos_from_squares", "cosegment_photos",
 ]
 
 _DISTORTION_KEYS = ("k1", "k2", "k3", "k4", "p1", "p2")
@@ -380,8 +379,6 @@ def check_capture(folder, camera_path, min_photos: int | None = None) -> Cameras
     """
     from PIL import Image, ImageOps, UnidentifiedImageError
 
-
-
     min_photos = Congeal3DConfig().anchor_views + 2 if min_photos is None else min_photos
     folder, camera_path = Path(folder), Path(camera_path)
     if not camera_path.exists():
@@ -646,24 +643,21 @@ def congeal_capture(photos: list, masks: list, cameras: Cameras, config, backbon
     ``field``, ``result`` (:class:`congealing.congeal3d.Congealed3D` of the inputs, with coordinate
     maps if ``maps``), ``config`` (the one used) and ``seconds``.
     """
-    import time
-
-
     start = time.perf_counter()
     cameras = normalise_frame(cameras, masks)
     views = square_views(photos, cameras, config.image_size, masks)
     whole = object_is_whole(views.masks, views.valid) if whole_anchors else None
-    anchor_index = c3.choose_anchor_views(views.c2w, anchors or config.anchor_views, whole)
+    anchor_index = choose_anchor_views(views.c2w, anchors or config.anchor_views, whole)
     rest = [i for i in range(len(cameras)) if i not in anchor_index]
     if len(rest) < 2:
         raise InputError(f"{len(cameras)} photos leave {len(rest)} to pose after {len(anchor_index)} anchors: give more photos")
     inputs = rest if inputs is None or inputs >= len(rest) else [rest[round(k * len(rest) / inputs)] for k in range(inputs)]
     m = views.masks[anchor_index]
     on_white = views.images[anchor_index] * m + (1 - m)
-    field = c3.fit_shape(on_white, m, views.c2w[anchor_index], views.fov, config, progress, device)
+    field = fit_shape(on_white, m, views.c2w[anchor_index], views.fov, config, progress, device)
     seconds = {"frame_and_shape": round(time.perf_counter() - start, 2)}
     known = known_fov_config(config, views.fov)
-    result = c3.congeal(field, views.images[inputs], views.masks[inputs], known, backbone, maps=maps, progress=progress, valid=views.valid[inputs])
+    result = congeal(field, views.images[inputs], views.masks[inputs], known, backbone, maps=maps, progress=progress, valid=views.valid[inputs])
     return {"cameras": cameras, "views": views, "anchors": anchor_index, "inputs": inputs, "field": field, "result": result,
             "config": known, "seconds": {**seconds, **result.seconds}}
 
@@ -716,282 +710,7 @@ def cosegment_photos(photos: list, backbone, size: int = 256) -> list:
     ``congeal align`` makes them without ``--masks``: padded to squares (:func:`pad_to_squares`),
     :func:`congealing.features.saliency_masks` with the padding left out, and cropped back. Returns
     one ``(1, h', w')`` mask per photo (the photo at the squares' scale; its camera still applies)."""
-
     squares, valid = pad_to_squares(photos, size)
     masks, _ = saliency_masks(squares, backbone, None, valid)
     masks = (F.interpolate(masks.float(), size=(size, size), mode="bilinear", align_corners=False) > 0.5).float()
     return photos_from_squares(masks, valid)
-
-
-def align_capture(image_set, args) -> None:
-    """``congeal align DIR --method congeal3d --cameras PATH --out OUT``: 3-D congealing of a
-    calibrated capture (:func:`congeal_capture`), written as a report.
-
-    ``args.capture_cameras``: the photos' cameras checked before any work (:func:`check_capture`);
-    masks from ``--masks`` or the photos' alpha channels (``image_set.masks``), else
-    co-segmentation that leaves the padding out (:func:`congealing.features.saliency_masks`). The
-    report shows, for every posed photo (the others are the anchors that fit the shape), the
-    photo in the model's square camera, the canonical shape rendered from the camera found, its
-    NOCS map and an edit; ``summary.json`` adds each camera from the file (in the normalised
-    frame), the angle between it and the camera found, the anchors, and what the importer
-    ignored. Nothing is written unless every stage succeeds.
-    """
-    import tempfile
-
-    from .report import AlignProgress, write_alignment
-
-    progress = AlignProgress("congeal3d")
-    progress.stage("loading the backbone and making the masks")
-    device = get_device(getattr(args, "device", None))
-    config = c3.Congeal3DConfig.for_mode(args.mode, seed=getattr(args, "seed", 0))
-    backbone = load_backbone(getattr(args, "backbone", None), device)
-    cameras = args.capture_cameras
-    cameras = cameras.subset([cameras.names.index(name) for name in image_set.names])  # photos the loader skipped have no say
-    given = image_set.masks if image_set.masks is not None and bool((image_set.masks < 0.5).any()) else None
-    masks, mask_source = saliency_masks(image_set.images, backbone, given, image_set.valid)
-    masks = (F.interpolate(masks.float(), size=image_set.images.shape[-2:], mode="bilinear", align_corners=False) > 0.5).float()
-    photos = photos_from_squares(image_set.images, image_set.valid)
-    photo_masks = photos_from_squares(masks, image_set.valid)
-    progress.stage("frame, shape, pose search, refinement, coordinate maps (bars below)")
-    out = congeal_capture(photos, photo_masks, cameras, config, backbone, device=device, progress=c3._progress(True), maps=True)
-    progress.stage("writing the report")
-    result, views, posed = out["result"], out["views"], out["inputs"]
-    field, maps = out["field"], out["result"].maps
-    found, fovs = result.refined["c2w"].cpu(), result.refined["fov"].cpu()
-    given_c2w = out["cameras"].c2w[posed]
-    disagreement = c3.rotation_angle_deg(found[:, :3, :3].double(), given_c2w[:, :3, :3].double())
-    azimuth, elevation = c3.camera_angles(found)
-    names = [image_set.names[i] for i in posed]
-    poses = [
-        {"image": name, "c2w": c.tolist(), "fov_deg": math.degrees(float(f)), "azimuth_deg": float(a), "elevation_deg": float(e),
-         "c2w_from_file": g.tolist(), "rotation_from_file_deg": float(d)}
-        for name, c, f, a, e, g, d in zip(names, found, fovs, azimuth, elevation, given_c2w, disagreement)
-    ]
-    with torch.no_grad():
-        turn = c3.spherical_cameras(torch.tensor([-90.0, 0.0, 90.0]), torch.tensor([30.0, 30.0, 30.0]), config.camera_radius).to(field.density.device)
-        front = {k: v.cpu() for k, v in c3.render(field, turn, views.fov, config.image_size, config.samples_per_ray).items()}
-    ignored = ["lens distortion (k1, k2, k3, k4, p1, p2): the model is a pinhole camera; undistort the photos first for exact geometry", *cameras.notes]
-    summary = {
-        "backbone": backbone.name, "masks": mask_source, "cameras_file": str(args.cameras), "importer_ignores": list(dict.fromkeys(ignored)),
-        "anchors": [image_set.names[i] for i in out["anchors"]], "fov_deg": math.degrees(views.fov), "frame_scale": out["cameras"].scale,
-        "rotation_from_file_median_deg": float(disagreement.median()), "seconds": out["seconds"], "poses": poses,
-    }
-    field_docs = {
-        "cameras_file": "the camera file of the capture (--cameras)",
-        "importer_ignores": "what the camera importer reads but does not model",
-        "anchors": "the photos (whole object in view) whose cameras from the file fitted the canonical shape; the others are posed",
-        "fov_deg": "the field of view of the square model camera every photo was resampled to (from the file's intrinsics)",
-        "frame_scale": "the scale from the camera file's units to the model's (object about 2.4 units wide, cameras about 4 away)",
-        "rotation_from_file_median_deg": "median angle between each posed photo's camera found by 3-D congealing and its camera in the file (same frame); lower is better",
-    }
-    with tempfile.TemporaryDirectory() as scratch:
-        shape_path = Path(scratch) / "shape.pt"
-        c3.save_shape(field.cpu(), shape_path, anchors=summary["anchors"], cameras_file=str(args.cameras))
-        write_alignment(
-            args.out, method="congeal3d", names=names, inputs=views.images[posed], aligned=maps.renders["rgb"],
-            atlas={f"canonical shape, azimuth {a}": view for a, view in zip((-90, 0, 90), front["rgb"])},
-            mode=args.mode, transforms=found, summary=summary, field_docs=field_docs,
-            extra_images={"NOCS map": maps.nocs, "edit (canonical stripes)": c3.propagate_nocs_edit(maps, views.images[posed], c3.stripes_edit())},
-            masks=views.masks[posed].cpu(), valid=views.valid[posed].cpu(), coordinate_maps=(maps.nocs.cpu(), maps.mask.cpu()), poses=poses,
-            objective={"name": "1 - soft IoU of the rendered silhouette and the mask", "before": result.refined["loss"][0], "after": result.refined["loss"][-1], "better": "lower"}
-            if result.refined["loss"] else None,
-            method_scores={"name": "silhouette IoU", "values": c3.silhouette_iou(maps.renders["mask"].cpu() * views.valid[posed], (views.masks[posed] > 0.5).float() * views.valid[posed]),
-                           "better": "higher", "doc": "intersection over union of the shape rendered at the camera found and the photo's object mask, over the photo's pixels, in [0, 1]; higher is better"},
-            extra_files={"shape.pt": shape_path},
-        )
-    progress.close()
-
-
-# ----------------------------------------------------------------------------- a real-like benchmark
-
-
-@dataclass
-class CaptureBenchmark:
-    """Lego made to look like a hand-held capture (:func:`make_capture_benchmark`): ``photos`` and
-    ``masks`` (lists of ``(3, H, W)`` / ``(1, H, W)``, portrait), ``meta`` (the transforms.json a
-    user would have: poses in an arbitrary frame and scale, ``fl_x``/``fl_y``/``cx``/``cy`` per
-    frame), ``c2w`` ``(N, 4, 4)`` the true cameras in lego's frame, ``close_up`` ``(N,)`` the views
-    cropped to cut the object, and ``names``."""
-
-    photos: list
-    masks: list
-    meta: dict
-    c2w: torch.Tensor
-    close_up: torch.Tensor
-    names: list
-
-    def __len__(self) -> int:
-        return len(self.photos)
-
-
-def brick_wall(size: int) -> torch.Tensor:
-    """A real photograph as the shared background ``(3, size, size)``: scikit-image's brick wall
-    (``skimage.data.brick``, a public-domain photo bundled with scikit-image), tinted brick-red."""
-    from skimage import data
-
-    gray = torch.from_numpy(data.brick()).float()[None, None] / 255.0
-    gray = F.interpolate(gray, size=(size, size), mode="bilinear", align_corners=False, antialias=True)[0]
-    return (gray * torch.tensor([1.0, 0.62, 0.5])[:, None, None] * 1.3).clamp(0, 1)
-
-
-def make_capture_benchmark(image_size: int, root=None, seed: int = 0, arc_deg: float = 150.0, close_up_every: int = 4, views: int | None = None) -> CaptureBenchmark:
-    """NeRF-synthetic lego as a phone capture, for the failure modes of a real one.
-
-    * a front-only arc: the training views whose azimuth is within ``arc_deg / 2`` of -90 degrees;
-    * one real textured background shared by every view (:func:`brick_wall`);
-    * portrait 3:4 photos, ``4/3 * image_size`` pixels high, cropped from the render at random
-      offsets, so each has its own off-centre principal point and focal length; every
-      ``close_up_every``-th view is a close-up that cuts the object off;
-    * the cameras in a ``transforms.json`` (nerfstudio keys, per frame) in an arbitrary frame: the
-      true poses moved by a random rotation, scale and translation.
-
-    The crop and resize is an exact change of pinhole intrinsics, so the file's cameras are exact.
-    Deterministic in ``seed``.
-    """
-
-    generator = torch.Generator().manual_seed(seed)
-    uniform = lambda low, high: low + (high - low) * float(torch.rand((), generator=generator))  # noqa: E731
-    size = 2 * image_size
-    scene = load_nerf_synthetic("lego", size=size, root=root, background=0.0)
-    azimuth, _ = camera_angles(scene.c2w)
-    offset = (azimuth + 90.0 + 180.0) % 360.0 - 180.0
-    chosen = torch.nonzero(offset.abs() <= 0.5 * arc_deg).flatten().tolist()
-    if views is not None:
-        chosen = chosen[:views]
-    wall = brick_wall(2 * size)  # the render sits in the middle of a wall twice its size
-    pad = size // 2
-    out_h = int(round(4 * image_size / 3))
-    out_w = int(round(0.75 * out_h))
-    photos, masks, frames, close = [], [], [], []
-    for k, i in enumerate(chosen):
-        alpha = F.pad(scene.masks[i], (pad, pad, pad, pad))
-        composite = F.pad(scene.images[i], (pad, pad, pad, pad)) * alpha + wall * (1 - alpha)
-        ys, xs = torch.nonzero(alpha[0] > 0.5, as_tuple=True)
-        bx0, bx1, by0, by1 = float(xs.min()), float(xs.max()) + 1, float(ys.min()), float(ys.max()) + 1
-        is_close = close_up_every > 0 and k % close_up_every == close_up_every - 1
-        if is_close:  # a close-up: a crop half the object's height, centred somewhere on the object
-            hc = 0.55 * (by1 - by0) * uniform(0.8, 1.2)
-            wc = 0.75 * hc
-            x0 = uniform(bx0, bx1) - 0.5 * wc
-            y0 = uniform(by0, by1) - 0.5 * hc
-        else:  # the whole object, with a margin, at a random place in the portrait frame
-            hc = max(by1 - by0, (bx1 - bx0) / 0.75) * uniform(1.1, 1.4)
-            wc = 0.75 * hc
-            x0 = uniform(bx1 - wc, bx0)
-            y0 = uniform(by1 - hc, by0)
-        scale = out_h / hc
-        u = (torch.arange(out_w, dtype=torch.float32) + 0.5) / scale + x0  # render coordinates, pixel edges at integers
-        v = (torch.arange(out_h, dtype=torch.float32) + 0.5) / scale + y0
-        vv, uu = torch.meshgrid(v, u, indexing="ij")
-        grid = torch.stack([uu / (2 * size) * 2 - 1, vv / (2 * size) * 2 - 1], dim=-1)[None]
-        sampled = F.grid_sample(torch.cat([composite, alpha])[None], grid, mode="bilinear", padding_mode="border", align_corners=False)[0]
-        photos.append(sampled[:3].clamp(0, 1))
-        masks.append(sampled[3:].clamp(0, 1))
-        close.append(is_close)
-        frames.append({
-            "file_path": f"images/{scene.names[i]}", "w": out_w, "h": out_h,
-            "fl_x": float(scene.focal) * scale, "fl_y": float(scene.focal) * scale,
-            "cx": (size - x0) * scale, "cy": (size - y0) * scale,  # the render's centre is at `size` on the wall
-        })
-    # an arbitrary world frame, as COLMAP would give: x -> s R x + t
-    axis_angle = torch.randn(3, generator=generator)
-    rotation = se3_exp(torch.cat([axis_angle, torch.zeros(3)])[None])[0, :3, :3]
-    scale, shift = 0.37, torch.tensor([2.0, -1.0, 5.0])
-    true = scene.c2w[chosen]
-    moved = true.clone()
-    moved[:, :3, :3] = rotation @ true[:, :3, :3]
-    moved[:, :3, 3] = scale * true[:, :3, 3] @ rotation.T + shift
-    for frame, matrix in zip(frames, moved):
-        frame["transform_matrix"] = matrix.tolist()
-    meta = {"camera_model": "OPENCV", "frames": frames}
-    return CaptureBenchmark(photos, masks, meta, true, torch.tensor(close), [scene.names[i] for i in chosen])
-
-
-def evaluate_capture(config, backbone, device=None, progress=None, seed: int = 0, root=None, inputs: int | None = None, masks: str = "true", bench=None) -> dict:
-    """The real-like row of the lego table: :func:`congeal_capture` on :func:`make_capture_benchmark`
-    (or ``bench``), from its ``transforms.json`` as a user would give it, with the ``"true"`` masks
-    (the renders' alpha) or the ``"cosegment"`` ones a user without masks gets
-    (:func:`cosegment_photos`; ``mask_iou``: their mean IoU with the true masks). Camera errors of the posed inputs
-    (``inputs`` of them, evenly spaced, or all) against the true cameras, Procrustes-aligned and
-    frame-free (:func:`congealing.congeal3d.pose_errors`), for random cameras, the search alone
-    and the full method; ``by_view``: the full method's frame-free errors among the posed views
-    that show the whole object and among those that cut it off."""
-
-
-    if masks not in ("true", "cosegment"):
-        raise ValueError(f"masks must be 'true' or 'cosegment', got {masks!r}")
-    bench = make_capture_benchmark(config.image_size, root, seed) if bench is None else bench
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # the benchmark's file has no distortion; nothing to say
-        cameras = cameras_from_transforms(bench.meta, source="capture benchmark")
-    photo_masks, mask_iou = bench.masks, None
-    if masks == "cosegment":
-        backbone = load_backbone(backbone, device) if backbone is None or isinstance(backbone, str) else backbone
-        photo_masks = cosegment_photos(bench.photos, backbone)
-        true = [F.interpolate(m[None], size=c.shape[-2:], mode="area")[0] > 0.5 for m, c in zip(bench.masks, photo_masks)]
-        mask_iou = sum(float((t & (c > 0.5)).sum() / (t | (c > 0.5)).sum().clamp_min(1)) for t, c in zip(true, photo_masks)) / len(true)
-    out = congeal_capture(bench.photos, photo_masks, cameras, config, backbone, device=device, progress=progress, inputs=inputs)
-    truth, result = bench.c2w[out["inputs"]], out["result"]
-    poses = {
-        "random poses": c3.pose_errors(c3.random_cameras(len(truth), config.camera_radius, seed), truth),
-        "no IoU refinement": c3.pose_errors(result.search["c2w"], truth),
-        "3D congealing": c3.pose_errors(result.refined["c2w"], truth),
-    }
-    whole = object_is_whole(out["views"].masks, out["views"].valid)
-    by_view = {}
-    for label, keep in (("whole views", whole[out["inputs"]]), ("cut views", ~whole[out["inputs"]])):
-        index = torch.nonzero(keep).flatten()
-        if len(index) >= 2:
-            by_view[label] = {"count": len(index), **c3.relative_pose_errors(result.refined["c2w"][index], truth[index])}
-    return {
-        "masks": masks, "mask_iou": mask_iou,
-        "views": len(bench), "close_ups": int(bench.close_up.sum()), "whole_views": int(whole.sum()), "by_view": by_view,
-        "anchors": out["anchors"], "posed": len(out["inputs"]), "fov_deg": round(math.degrees(out["views"].fov), 2),
-        "frame_scale": out["cameras"].scale, "poses": poses, "seconds": out["seconds"],
-    }
-
-
-def format_capture_rows(c: dict) -> list:
-    """Plain-text lines of one :func:`evaluate_capture` result (the lego table's capture row)."""
-    masks = "true masks" if c.get("masks", "true") == "true" else f"co-segmentation masks (IoU {c['mask_iou']:.2f} with the true ones)"
-    lines = [f"capture-like lego with {masks} (brick wall, portrait crops, off-centre principal points, {c['close_ups']} close-ups, front arc; "
-             f"{c['views']} views, {len(c['anchors'])} whole-view anchors, {c['posed']} posed, FoV {c['fov_deg']} deg known from transforms.json)",
-             f"{'':26} {'rot mean':>9} {'rot med':>8} {'trans mean':>11} {'trans med':>10} | {'rel rot med':>11} {'view med':>9}"]
-    for name, e in c["poses"].items():
-        lines.append(f"{name:26} {e['rotation_mean']:9.1f} {e['rotation_median']:8.1f} {e['translation_mean']:11.2f} {e['translation_median']:10.2f} | "
-                     f"{e['relative_rotation_median']:11.1f} {e['view_angle_median']:9.1f}")
-    for name, e in c.get("by_view", {}).items():
-        lines.append(f"{'  ' + name + ' (' + str(e['count']) + ')':26} {'':>41} | {e['relative_rotation_median']:11.1f} {e['view_angle_median']:9.1f}")
-    lines.append("seconds: " + ", ".join(f"{k} {v}" for k, v in c["seconds"].items()))
-    return lines
-
-
-def evaluate_lego_capture(args) -> dict:
-    """``congeal eval --dataset lego-capture --method congeal3d``: the capture-like lego
-    (:func:`evaluate_capture`), posed with the true masks and with the co-segmentation masks a
-    user without masks gets; 16 posed views in quick mode, all in full mode. ``--dataset lego``
-    adds the true-mask row to its table in full mode only (the quick lego run stays short)."""
-
-    if args.method != "congeal3d":
-        raise UsageError(f"congeal eval --dataset lego-capture: method {args.method!r} is not available here; use congeal3d")
-    mode = runtime.get_mode(getattr(args, "mode", None))
-    config = Congeal3DConfig.for_mode(mode, seed=args.seed)
-    device = runtime.get_device(getattr(args, "device", None))
-    backbone = load_backbone(getattr(args, "backbone", None), device)
-    progress = _progress(getattr(args, "progress", True))
-    bench = make_capture_benchmark(config.image_size, seed=args.seed)
-    inputs = runtime.pick({"quick": 16, "full": None}, mode)
-    out = {"dataset": "lego-capture", "method": "congeal3d", "backbone": backbone.name, "backbone_title": backbone.title, "mode": mode,
-           "device": str(device), "seed": args.seed, "config": asdict(config),
-           "protocol": "camera errors of the posed views against the true cameras: Procrustes-aligned, and frame-free over pairs (relative rotation, view angle), degrees",
-           "capture": {}}
-    for masks in ("true", "cosegment"):
-        out["capture"][masks] = evaluate_capture(config, backbone, device, progress, args.seed, inputs=inputs, masks=masks, bench=bench)
-    from .evaluation import peak_memory_mb
-
-    out["peak_rss_mb"] = peak_memory_mb(device)
-    lines = [f"lego as a hand-held capture, 3-D congealing, backbone {backbone.name}, {mode} mode"]
-    for result in out["capture"].values():
-        lines += ["", *format_capture_rows(result)]
-    out["table"] = "\n".join(lines)
-    return out
