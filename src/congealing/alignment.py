@@ -1,4 +1,5 @@
-"""One result type for every method: :class:`Alignment` (what every method's ``fit`` returns).
+"""One result type for every method: :class:`Alignment` (what every method's ``fit`` returns;
+taught in Chapter 7, "One protocol, every method").
 
 Every method module exposes the same entry point::
 

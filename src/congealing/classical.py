@@ -556,7 +556,7 @@ def method_of(config) -> str:
 
 
 def fit(images, config, *, masks=None, backbone=None, device=None, callback=None) -> Alignment:
-    """Classical congealing behind the common protocol (:mod:`congealing.alignment`; Chapter 7).
+    """Classical congealing behind the common protocol (:mod:`congealing.alignment`; Chapter 7, "One protocol, every method").
 
     Args:
         images: ``(N, C, H, W)`` (or a sequence of ``(C, H, W)``), see :func:`as_image_stack`.

@@ -813,7 +813,7 @@ def train(
 def fit(images: torch.Tensor, config: NeuralCongealingConfig, *, masks: torch.Tensor | None = None, backbone=None, device=None,
         callback: Callable[[int, int], None] | None = None, checkpoint: str | os.PathLike | None = None, resume: bool = False,
         fingerprint: dict | None = None, log: Callable[[str], None] | None = None) -> Alignment:
-    """Neural Congealing behind the common protocol (:mod:`congealing.alignment`; Chapter 4, Chapter 7).
+    """Neural Congealing behind the common protocol (:mod:`congealing.alignment`; Chapter 7, "One protocol, every method").
 
     :func:`prepare` then :func:`train`; the result as an :class:`congealing.alignment.Alignment`.
 

@@ -1,4 +1,5 @@
-"""The registry of 2-D methods that ``congeal align``, ``congeal eval`` and Chapter 7 all read.
+"""The registry of 2-D methods that ``congeal align``, ``congeal eval`` and Chapter 7 all read
+(Chapter 7, "One protocol, every method").
 
 Every entry is a :class:`Method`: its name, its module's ``fit`` (the common protocol of
 :mod:`congealing.alignment`), its frozen config class (``for_mode(mode, **overrides)``) and what the

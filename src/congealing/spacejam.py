@@ -810,7 +810,7 @@ def codes_to_rgb(codes: torch.Tensor) -> torch.Tensor:
 def fit(images: torch.Tensor, config: SpaceJAMConfig, *, masks: torch.Tensor | None = None, backbone=None, device=None,
         callback: Callable[[int, int], None] | None = None, checkpoint: str | os.PathLike | None = None, resume: bool = False,
         fingerprint: dict | None = None) -> Alignment:
-    """SpaceJAM behind the common protocol (:mod:`congealing.alignment`; Chapter 5, Chapter 7).
+    """SpaceJAM behind the common protocol (:mod:`congealing.alignment`; Chapter 7, "One protocol, every method").
 
     :func:`prepare_keys` then :func:`train`; the result as an :class:`congealing.alignment.Alignment`.
 
