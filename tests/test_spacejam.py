@@ -40,7 +40,9 @@ def test_curriculum_projection_restricts_the_group():
     config = SpaceJAMConfig()
     assert [config.group_at(e) for e in (0, 100, 101, 200, 201, 400)] == ["se2", "se2", "affine", "affine", "homography", "homography"]
     quick = SpaceJAMConfig.for_mode("quick")
-    assert quick.curriculum_epochs == (15, 30) and quick.lr_step == 7  # scaled with the epochs (60 / 401)
+    f = quick.epochs / config.epochs  # every epoch-based schedule is scaled with the epochs (90 / 401)
+    assert quick.curriculum_epochs == tuple(round(e * f) for e in config.curriculum_epochs) == (23, 45)
+    assert quick.lr_step == round(config.lr_step * f)
     stn = RecurrentLieSTN(config)
     torch.nn.init.normal_(stn.head[-1].weight, std=0.1)
     torch.nn.init.normal_(stn.head[-1].bias, std=0.1)
