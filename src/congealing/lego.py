@@ -211,6 +211,16 @@ def pck_by_rotation(transfer, keypoint_set, c2w: torch.Tensor, bins=(0, 45, 90, 
     return out
 
 
+def _setup(request: "LegoRequest", dataset: str, note: str = ""):
+    """``(mode, config, device, backbone, progress)`` of a lego benchmark run; ``UsageError`` for a
+    method other than congeal3d."""
+    if request.method != "congeal3d":
+        raise UsageError(f"congeal eval --dataset {dataset}: method {request.method!r} is not available here; use congeal3d{note}")
+    mode = runtime.get_mode(request.mode)
+    device = runtime.get_device(request.device)
+    return mode, Congeal3DConfig.for_mode(mode, seed=request.seed), device, load_backbone(request.backbone, device), progress_bars(request.progress)
+
+
 def evaluate_lego(request: LegoRequest) -> dict:
     """``congeal eval --dataset lego --method congeal3d``: the Chapter 6 benchmark.
 
@@ -226,13 +236,7 @@ def evaluate_lego(request: LegoRequest) -> dict:
     run reads the table above only, and ``congeal eval --dataset lego-capture`` runs the row on
     its own, with true and co-segmented masks.
     """
-    if request.method != "congeal3d":
-        raise UsageError(f"congeal eval --dataset lego: method {request.method!r} is not available here; use congeal3d (its table includes the nearest-neighbour baseline)")
-    mode = runtime.get_mode(request.mode)
-    config = Congeal3DConfig.for_mode(mode, seed=request.seed)
-    device = runtime.get_device(request.device)
-    backbone = load_backbone(request.backbone, device)
-    progress = progress_bars(request.progress)
+    mode, config, device, backbone, progress = _setup(request, "lego", " (its table includes the nearest-neighbour baseline)")
     bench = load_lego_benchmark(config, inputs=runtime.pick({"quick": 16, "full": None}, mode), root=request.data, seed=request.seed)
     start = time.perf_counter()
     field = fit_shape(bench.anchor_images, bench.anchor_masks, bench.anchor_c2w, bench.fov, config, progress, device)
@@ -484,13 +488,7 @@ def evaluate_lego_capture(request: LegoRequest) -> dict:
     (:func:`evaluate_capture`), posed with the true masks and with the co-segmentation masks a
     user without masks gets; 16 posed views in quick mode, all in full mode. ``--dataset lego``
     adds the true-mask row to its table in full mode only (the quick lego run stays short)."""
-    if request.method != "congeal3d":
-        raise UsageError(f"congeal eval --dataset lego-capture: method {request.method!r} is not available here; use congeal3d")
-    mode = runtime.get_mode(request.mode)
-    config = Congeal3DConfig.for_mode(mode, seed=request.seed)
-    device = runtime.get_device(request.device)
-    backbone = load_backbone(request.backbone, device)
-    progress = progress_bars(request.progress)
+    mode, config, device, backbone, progress = _setup(request, "lego-capture")
     bench = make_capture_benchmark(config.image_size, request.data, seed=request.seed)
     inputs = runtime.pick({"quick": 16, "full": None}, mode)
     out = {"dataset": "lego-capture", "method": "congeal3d", "backbone": backbone.name, "backbone_title": backbone.title, "mode": mode,

@@ -8,6 +8,7 @@ import torch.nn.functional as F
 
 from .. import warps
 from ..errors import CheckpointError, InputError
+from ..losses import check_finite
 from .cameras import camera_rays, project_points
 from .config import Congeal3DConfig, SHAPE_FORMAT_VERSION
 
@@ -243,8 +244,7 @@ def fit_shape(images: torch.Tensor, masks: torch.Tensor, c2w: torch.Tensor, fov,
         out = render_rays(field, origins[batch], directions[batch], config.samples_per_ray, jitter=True)
         loss = F.mse_loss(out["rgb"], colours[batch]) + config.mask_weight * F.mse_loss(out["opacity"], opacities[batch])
         loss = loss + config.tv_weight * (_total_variation(field.density) + _total_variation(field.colour))
-        if not torch.isfinite(loss):
-            raise FloatingPointError(f"shape fitting diverged at step {step}: loss {loss.item()}")
+        check_finite(loss, f"shape fitting diverged at step {step}", {"loss": loss})
         optimiser.zero_grad(set_to_none=True)
         loss.backward()
         optimiser.step()

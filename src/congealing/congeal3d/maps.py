@@ -10,7 +10,7 @@ import torch.nn.functional as F
 
 from .. import warps
 from ..features import extract_descriptors, load_backbone
-from ..losses import masked_mean, rigidity_loss
+from ..losses import check_finite, masked_mean, rigidity_loss
 from .cameras import camera_angles
 from .config import Congeal3DConfig
 from .field import render, VoxelField
@@ -95,8 +95,7 @@ def fit_coordinate_maps(field: VoxelField, images: torch.Tensor, masks: torch.Te
             + config.lambda_tv * huber_tv(offsets, config.huber_delta)
         )
         loss = semantic + config.lambda_l2 * closeness + smooth
-        if not torch.isfinite(loss):
-            raise FloatingPointError(f"coordinate-map fitting diverged at step {step}: semantic {semantic.item()}, smooth {smooth.item()}")
+        check_finite(loss, f"coordinate-map fitting diverged at step {step}", {"semantic": semantic, "smooth": smooth})
         optimiser.zero_grad(set_to_none=True)
         loss.backward()
         optimiser.step()

@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from .. import warps
 from ..errors import InputError
 from ..features import extract_descriptors, load_backbone
+from ..losses import check_finite
 from ..metrics import mask_to_box
 from .cameras import camera_rays, focal_length, rotation_angle_deg, se3_exp, spherical_cameras
 from .config import Congeal3DConfig
@@ -207,8 +208,7 @@ def refine_poses(field: VoxelField, masks: torch.Tensor, c2w: torch.Tensor, fov:
                 opacity, target = opacity * weight, target * weight
             iou = soft_iou(opacity, target)
             loss = (1.0 - iou).mean()
-            if not torch.isfinite(loss):
-                raise FloatingPointError(f"pose refinement diverged at step {step}: 1 - IoU = {loss.item()}")
+            check_finite(loss, f"pose refinement diverged at step {step}", {"1 - IoU": loss})
             optimiser.zero_grad(set_to_none=True)
             loss.backward()
             optimiser.step()
