@@ -821,7 +821,7 @@ def load_nerf_synthetic(scene: str = "lego", split: str = "train", size: int = 2
     Each RGBA view is resized with Lanczos and composited on a grey level ``background``; the alpha
     becomes the mask. No example here: it needs the NeRF-synthetic files. Used for Chapter 6 through
     :func:`congealing.congeal3d.load_lego_benchmark` (its setup cell) and by
-    :mod:`congealing.captures`.
+    :mod:`congealing.congeal3d.captures`.
 
     Args:
         scene: the scene folder, e.g. ``"lego"``.

@@ -53,7 +53,6 @@ import torch
 import torch.nn.functional as F
 
 from . import classical, metrics, neural, runtime, spacejam, warps
-from .alignment import transfer_via_grids, transfer_via_transforms
 from .data import cub_box_masks, load_cub_class, load_mnist
 from .errors import UsageError
 from .features import Backbone, cosegment, extract_descriptors, load_backbone, pca_project
@@ -387,7 +386,7 @@ def classical_transfer(cub, backbone=None, mode: str | None = None, seed: int = 
     descriptor maps (Chapter 3: the top 3 principal components of the whole set, fitted on the
     co-segmented foreground, background set to 0), so the 2008 algorithms see what the learned
     methods see. Keypoints transfer through the transforms
-    (:func:`transfer_via_transforms`). On CUB, both shrink or stretch some birds
+    (:func:`congealing.alignment.transfer_via_transforms`). On CUB, both shrink or stretch some birds
     (the atlas-style objective has no guard against it); the inverse-compositional variant, which
     ignores pixels read from outside an image, suffers less.
     """

@@ -868,7 +868,7 @@ def saliency_masks(images: torch.Tensor, backbone: "Backbone", given: torch.Tens
     """Object masks of a photo set for the methods that need one, and where they came from.
 
     No chapter section is about it; Chapter 4, "A set of your choice", uses it, and so do ``congeal
-    align`` (:func:`congealing.align.align`), Neural Congealing's ``fit`` and :mod:`congealing.captures`.
+    align`` (:func:`congealing.align.align`), Neural Congealing's ``fit`` and :mod:`congealing.congeal3d.captures`.
 
     Args:
         images: ``(N, 3, H, W)`` in ``[0, 1]``.
