@@ -163,7 +163,8 @@ class CongealResult:
     """What :func:`congeal_entropy`, :func:`congeal_lsq` and :func:`congeal_ic_lsq` return.
 
     :func:`fit` wraps it in a :class:`congealing.alignment.Alignment` (``state["result"]``). Its
-    history drives Chapter 2's "Watching it happen" and "The comparison table".
+    history draws Chapter 2's curves and frames ("The algorithm", "Watching it happen", "Inverse
+    compositional").
 
     Attributes:
         method: ``"entropy"``, ``"lsq"`` or ``"ic-lsq"``.
@@ -803,7 +804,8 @@ def _least_squares(images: torch.Tensor, config: LSQConfig, inverse_compositiona
 def congeal(images, method: str = "entropy", config=None, progress=None) -> CongealResult:
     """Run one classical method by name.
 
-    Chapter 2, "The comparison table" runs all three through it.
+    :func:`congealing.evaluation.evaluate_on_digits` runs it for every row of Chapter 2, "The
+    comparison table".
 
     Args:
         images: ``(N, C, H, W)`` (or a sequence, see :func:`as_image_stack`); greyscale for
@@ -857,8 +859,8 @@ def method_of(config) -> str:
 def fit(images, config, *, masks=None, backbone=None, device=None, callback=None) -> Alignment:
     """Classical congealing behind the common fit protocol (:mod:`congealing.alignment`).
 
-    Runs :func:`congeal` with the method ``config`` selects. Taught in Chapter 7, "One protocol,
-    every method"; Chapter 2, "Did it undo the perturbations?" scores its transforms.
+    Runs :func:`congeal` with the method ``config`` selects; :mod:`congealing.registry` lists it for
+    all three methods. Taught in Chapter 7, "One protocol, every method".
 
     Args:
         images: ``(N, C, H, W)`` (or a sequence of ``(C, H, W)``), see :func:`as_image_stack`.

@@ -32,7 +32,8 @@ __all__ = [
 def density_from_raw(raw: torch.Tensor) -> torch.Tensor:
     """The field's density from its raw grid values: ``softplus(raw - 4)``.
 
-    So an untrained field (raw 0) is almost empty (density 0.018). Chapter 6, "Cameras and rendering".
+    So an untrained field (raw 0) is almost empty (density 0.018). :class:`VoxelField`'s density;
+    Chapter 6, "Cameras and rendering" introduces the field.
 
     Args:
         raw: raw density values, any shape.
