@@ -239,6 +239,8 @@ def add_placeholder_token(prior: DiffusionPrior, token: str = "<congealed>", ini
     """Add ``token`` to the vocabulary, its embedding row a copy of ``init_token``'s.
 
     The new word ``y*`` of textual inversion (:func:`learn_placeholder`).
+    Chapter 6, "The canonical shape, two routes" describes textual inversion; no cell runs it (it
+    needs real model weights to mean anything).
 
     Args:
         prior: the :class:`DiffusionPrior`; its tokenizer and text encoder grow by one row.
@@ -276,7 +278,8 @@ def to_model_space(prior: DiffusionPrior, images: torch.Tensor, generator=None) 
     """Images in ``[0, 1]`` to the model's input ``z``, differentiably.
 
     Images are resized to the model's resolution ``R`` first, since a UNet's score is only
-    meaningful at the size it was trained on.
+    meaningful at the size it was trained on. :func:`sds_loss` calls it (Chapter 6, "The canonical
+    shape, two routes").
 
     Args:
         prior: the :class:`DiffusionPrior`.
@@ -314,6 +317,8 @@ def textual_inversion_loss(prior: DiffusionPrior, images: torch.Tensor, prompt_i
     velocity for v-prediction models), as in the diffusers textual-inversion example. Gradients reach
     the text encoder's embeddings; the image encoding is not differentiated. Draws ``t``, then the
     noise, from ``generator``.
+    Chapter 6, "The canonical shape, two routes" describes textual inversion; no cell runs it (it
+    needs real model weights to mean anything).
 
     Args:
         prior: the :class:`DiffusionPrior`.
@@ -341,6 +346,8 @@ def textual_inversion_optimizer(prior: DiffusionPrior, lr: float = 5e-4) -> torc
 
     Only the table gets gradients; :func:`textual_inversion_step` keeps every row but the
     placeholder's unchanged.
+    Chapter 6, "The canonical shape, two routes" describes textual inversion; no cell runs it (it
+    needs real model weights to mean anything).
 
     Args:
         prior: the :class:`DiffusionPrior`.
@@ -362,6 +369,8 @@ def textual_inversion_step(prior: DiffusionPrior, optimizer: torch.optim.Optimiz
     The gradient of the other rows is zeroed and, since an optimiser may still move them (weight
     decay, momentum from earlier steps), their values are restored after the step, as the diffusers
     example does.
+    Chapter 6, "The canonical shape, two routes" describes textual inversion; no cell runs it (it
+    needs real model weights to mean anything).
 
     Args:
         prior: the :class:`DiffusionPrior`.
@@ -491,6 +500,8 @@ def learn_placeholder(prior: DiffusionPrior, images: torch.Tensor, config: Diffu
     Each step draws ``min(ti_batch_size, N)`` of the images and takes one
     :func:`textual_inversion_step` on the prompt ``config.prompt.format(config.placeholder)``; the
     table is frozen again at the end.
+    Chapter 6, "The canonical shape, two routes" describes textual inversion; no cell runs it (it
+    needs real model weights to mean anything).
 
     Args:
         prior: the :class:`DiffusionPrior` (its vocabulary grows by the placeholder).
@@ -524,7 +535,8 @@ def distil_shape(prior: DiffusionPrior, render_fn: Callable[[int], torch.Tensor]
 
     ``render_fn`` owns the 3-D representation and its cameras (draw a random pose per call, seeded by
     ``step`` for reproducibility); this loop only needs the renders to depend differentiably on
-    ``params``.
+    ``params``. Chapter 6, "The canonical shape, two routes" takes one such step by hand with
+    :func:`sds_loss`; the full loop needs real model weights.
 
     Args:
         prior: the :class:`DiffusionPrior`.

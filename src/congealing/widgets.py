@@ -31,7 +31,7 @@ __all__ = [
 def to_png(picture, size: int | None = None) -> bytes:
     """PNG bytes of a picture: a tensor, an array, a PIL image or a matplotlib figure.
 
-    The frames of :func:`frame_slider` are made with it.
+    The frames of :func:`frame_slider` are made with it; no chapter section is about it.
 
     Args:
         picture: a ``(3|1, H, W)`` tensor or ``(H, W[, 3|4])`` array in ``[0, 1]`` (clipped) or

@@ -435,10 +435,10 @@ def check_shape(field: VoxelField, level: float, carved: float | None = None) ->
         InputError: the shape is empty or collapsed.
 
     Example:
-        >>> check_shape(VoxelField(resolution=8, bound=1.0), 5.0)      # an untrained field is empty
+        >>> check_shape(VoxelField(resolution=8, bound=1.0), 5.0)  # doctest: +ELLIPSIS
         Traceback (most recent call last):
         ...
-        congealing.errors.InputError: the shape fitted to the anchor views is empty: the anchor views' cameras, field of view and masks do not agree on one object (cameras of other photos, a wrong focal length, a frame where the object is not near the origin, or masks that cut the object off)
+        congealing.errors.InputError: the shape fitted to the anchor views is empty: the anchor views' cameras, ...
     """
     voxel = 2 * field.bound / (field.resolution - 1)
     why = (
@@ -560,6 +560,9 @@ def load_shape(path) -> VoxelField:
     Raises:
         CheckpointError: the file is unreadable, not a saved shape, or of another shape format
             version (:data:`congealing.congeal3d.config.SHAPE_FORMAT_VERSION`).
+
+    Example:
+        See :func:`save_shape` (a save and load round trip).
     """
     try:
         blob = torch.load(path, map_location="cpu", weights_only=True)

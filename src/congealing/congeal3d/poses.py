@@ -45,10 +45,10 @@ def check_masks(masks: torch.Tensor, names=None) -> None:
 
     Example:
         >>> check_masks(torch.ones(2, 1, 4, 4))
-        >>> check_masks(torch.zeros(1, 1, 4, 4), names=["empty.png"])
+        >>> check_masks(torch.zeros(1, 1, 4, 4), names=["empty.png"])  # doctest: +ELLIPSIS
         Traceback (most recent call last):
         ...
-        congealing.errors.InputError: no usable foreground mask for image(s) empty.png: 3-D congealing needs the object's silhouette (give RGBA images whose alpha marks the object)
+        congealing.errors.InputError: no usable foreground mask for image(s) empty.png: ...
     """
     empty = [i for i in range(masks.shape[0]) if float((masks[i] > 0.5).sum()) < 4]
     if empty:
