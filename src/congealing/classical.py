@@ -1,5 +1,8 @@
 """Classical congealing: joint alignment of a set of images with no network and no labels.
 
+Taught in Chapter 2, "Classical congealing"; run through the common fit protocol in Chapter 7,
+"One protocol, every method".
+
 Three methods, one call signature (a stack ``(N, C, H, W)`` in, a :class:`CongealResult` out):
 
 * :func:`congeal_entropy`: Learned-Miller's entropy congealing ("Data driven image models through
@@ -13,6 +16,8 @@ Three methods, one call signature (a stack ``(N, C, H, W)`` in, a :class:`Congea
 
 The sequence of pixel-stack distributions learned by entropy congealing is an *image funnel*
 (:class:`Funnel`, :func:`funnel_align`) that aligns new images one at a time, with no set around.
+:func:`congeal` runs any of the three by name; :func:`fit` returns a
+:class:`congealing.alignment.Alignment` like every other method.
 
 Conventions follow :mod:`congealing.warps`: transforms ``(N, 3, 3)`` map each input image to the
 common (aligned) frame, normalised coordinates, ``aligned = warp_image(images, transforms)``. The
@@ -52,6 +57,7 @@ __all__ = [
 
 #: Number of affine parameters (the first six generators of :func:`congealing.warps.lie_basis`).
 AFFINE_DIM = warps.GROUP_DIMS["affine"]
+#: The three methods, as :func:`congeal` and :data:`CONFIGS` name them.
 METHOD_NAMES = ("entropy", "lsq", "ic-lsq")
 
 
@@ -60,21 +66,32 @@ METHOD_NAMES = ("entropy", "lsq", "ic-lsq")
 
 @dataclass(frozen=True)
 class EntropyConfig(runtime.ModeConfig):
-    """Entropy congealing settings (Learned-Miller 2006).
+    """Settings of entropy congealing (:func:`congeal_entropy`, Learned-Miller 2006).
 
-    ``steps`` are the coordinate-descent step sizes of the six affine parameters: translation in
-    *pixels* (converted to normalised units per image size), rotation in radians, log-scale,
-    log-aspect and shear as plain numbers. Each iteration tries ``+step`` and ``-step`` for every
-    parameter of every image and keeps the best of the three, as in the paper. The step values are
-    ours (about one pixel of motion at the digit's edge), not the paper's. ``shrink`` multiplies
-    all steps whenever an iteration lowers the total entropy by less than ``stall`` (relative),
-    down to ``min_step_fraction`` of the start, so the last iterations refine instead of
-    oscillating between two neighbours.
-    ``bins`` is the number of grey levels of the pixel stack: 2 is the paper's binary setting
-    (a grey value ``v`` counts as ``v`` ones and ``1 - v`` zeros); natural greyscale images want
-    more. ``prior`` is the pseudo-count added to every bin so no probability is zero.
+    A frozen :class:`congealing.runtime.ModeConfig`: ``EntropyConfig.for_mode()`` gives the settings of
+    the current mode. Each iteration tries ``+step`` and ``-step`` for every parameter of every image
+    and keeps the best of the three, as in the paper. Taught in Chapter 2, "The algorithm"; grey
+    levels for natural images in "Not just digits: faces".
 
-    Quick mode: 40 iterations instead of 100; the set converges in about that many on MNIST.
+    Attributes:
+        iterations: coordinate-descent sweeps (quick mode: 40 instead of 100; the set converges in
+            about that many on MNIST).
+        steps: step sizes of the six affine parameters: translation in *pixels* (converted to
+            normalised units per image size), rotation in radians, log-scale, log-aspect and shear as
+            plain numbers. The values are ours (about one pixel of motion at the digit's edge), not
+            the paper's.
+        shrink: factor applied to all steps whenever an iteration lowers the total entropy by less
+            than ``stall`` (relative), so the last iterations refine instead of oscillating between
+            two neighbours.
+        stall: the relative entropy decrease below which the steps shrink.
+        min_step_fraction: the steps never shrink below this fraction of their start.
+        bins: grey levels of the pixel stack (:func:`soft_bins`); 2 is the paper's binary setting,
+            natural greyscale images want more.
+        prior: pseudo-count added to every bin, so no probability is zero.
+
+    Example:
+        >>> EntropyConfig.for_mode("quick").iterations, EntropyConfig().bins
+        (40, 2)
     """
 
     QUICK: ClassVar[dict] = {"iterations": 40}
@@ -89,16 +106,23 @@ class EntropyConfig(runtime.ModeConfig):
 
 @dataclass(frozen=True)
 class LSQConfig(runtime.ModeConfig):
-    """Least-squares congealing settings (Cox et al. 2008).
+    """Settings of least-squares congealing (:func:`congeal_lsq`, Cox et al. 2008).
 
-    ``damping`` is the Levenberg term added to each image's Gauss-Newton Hessian, relative to its
-    trace, so blank images (zero Hessian) stay where they are instead of producing NaN.
-    ``max_step`` bounds each update's parameter norm: one Gauss-Newton step far outside its basin
-    would otherwise throw a digit out of the frame. ``blur`` (pixels, Gaussian sigma) smooths the
-    images that are fitted (residuals and Jacobians; the returned aligned set is not blurred); 0 is
-    the paper's setting.
+    A frozen :class:`congealing.runtime.ModeConfig`. Taught in Chapter 2, "Least-squares congealing";
+    ``blur`` in its Exercises.
 
-    Quick mode: 30 iterations instead of 60.
+    Attributes:
+        iterations: Gauss-Newton iterations (quick mode: 30 instead of 60).
+        damping: the Levenberg term added to each image's Gauss-Newton Hessian, relative to its trace,
+            so blank images (zero Hessian) stay where they are instead of producing NaN.
+        max_step: bound on each update's parameter norm: one Gauss-Newton step far outside its basin
+            would otherwise throw a digit out of the frame.
+        blur: Gaussian sigma in pixels applied to the images that are fitted (residuals and
+            Jacobians; the returned aligned set is not blurred); 0 is the paper's setting.
+
+    Example:
+        >>> LSQConfig.for_mode("quick").iterations, LSQConfig().iterations
+        (30, 60)
     """
 
     QUICK: ClassVar[dict] = {"iterations": 30}
@@ -110,16 +134,24 @@ class LSQConfig(runtime.ModeConfig):
 
 @dataclass(frozen=True)
 class ICLSQConfig(LSQConfig):
-    """Inverse-compositional least-squares congealing settings (Cox et al. 2009).
+    """Settings of inverse-compositional least-squares congealing (:func:`congeal_ic_lsq`, Cox et al. 2009).
 
-    As :class:`LSQConfig`; additionally pixels that an image's warp reads from *outside* that image
-    are left out of its residual (``mask_outside``), which is what keeps a digit pushed half out of
-    the frame from dragging the fit toward the empty border.
+    Those of :class:`LSQConfig`, plus one. Taught in Chapter 2, "Inverse compositional".
+
+    Attributes:
+        mask_outside: leave out of an image's residual (and Hessian) the pixels its warp reads from
+            *outside* that image, so a digit pushed half out of the frame is not dragged toward the
+            empty border.
+
+    Example:
+        >>> ICLSQConfig().mask_outside, ICLSQConfig().damping == LSQConfig().damping
+        (True, True)
     """
 
     mask_outside: bool = True
 
 
+#: Each method's config type (:func:`method_of` reads a config's method from it).
 CONFIGS = {"entropy": EntropyConfig, "lsq": LSQConfig, "ic-lsq": ICLSQConfig}
 
 
@@ -128,14 +160,30 @@ CONFIGS = {"entropy": EntropyConfig, "lsq": LSQConfig, "ic-lsq": ICLSQConfig}
 
 @dataclass
 class CongealResult:
-    """What every method returns.
+    """What :func:`congeal_entropy`, :func:`congeal_lsq` and :func:`congeal_ic_lsq` return.
 
-    ``transforms`` ``(N, 3, 3)`` input -> aligned frame; ``aligned`` ``(N, C, H, W)``; ``atlas``
-    ``(C, H, W)`` the mean aligned image. ``history`` holds one entry per iteration *plus the
-    start*: ``objective`` (the method's loss: total pixel-stack entropy in bits, or mean squared
-    difference to the others), ``seconds`` (wall time of that iteration, 0 for the start),
-    ``atlas`` (list of ``(C, H, W)`` means) and ``transforms`` (list of ``(N, 3, 3)``), so any
-    iteration's aligned stack can be rebuilt. ``funnel`` is set by entropy congealing.
+    :func:`fit` wraps it in a :class:`congealing.alignment.Alignment` (``state["result"]``). Its
+    history draws Chapter 2's curves and frames ("The algorithm", "Watching it happen", "Inverse
+    compositional").
+
+    Attributes:
+        method: ``"entropy"``, ``"lsq"`` or ``"ic-lsq"``.
+        transforms: ``(N, 3, 3)`` input -> aligned frame.
+        aligned: the aligned images ``(N, C, H, W)``.
+        atlas: the mean aligned image ``(C, H, W)``.
+        history: one entry per iteration *plus the start*: ``objective`` (the method's loss: total
+            pixel-stack entropy in bits, or mean squared difference to the others), ``seconds``
+            (wall time of that iteration, 0 for the start), ``atlas`` (list of ``(C, H, W)`` means)
+            and ``transforms`` (list of ``(N, 3, 3)``), so any iteration's aligned stack can be
+            rebuilt.
+        config: the config the run used.
+        funnel: the :class:`Funnel` of an entropy run, None for the least-squares methods.
+
+    Example:
+        >>> digits = torch.zeros(3, 1, 8, 8); digits[:, :, 2:6, 3:5] = 1.0
+        >>> result = congeal_lsq(digits, LSQConfig(iterations=2))
+        >>> result.iterations, len(result.history["transforms"]), result.funnel is None
+        (2, 3, True)
     """
 
     method: str
@@ -148,10 +196,12 @@ class CongealResult:
 
     @property
     def iterations(self) -> int:
+        """The number of iterations run (the history's length less the start)."""
         return len(self.history["objective"]) - 1
 
     @property
     def seconds_per_iteration(self) -> float:
+        """Mean wall time of one iteration in seconds (the start excluded)."""
         return sum(self.history["seconds"]) / max(self.iterations, 1)
 
 
@@ -159,9 +209,19 @@ class CongealResult:
 class Funnel:
     """The sequence of pixel-stack distributions of an entropy congealing run (the "image funnel").
 
-    ``log_probs`` ``(T, K, H, W)``: log-probability of each of the ``K`` grey-level bins at every
-    pixel, as the stack stood at the start of each iteration; ``steps`` ``(T, 6)`` the parameter
-    steps used in that iteration (normalised units). :func:`funnel_align` replays them on new images.
+    :func:`funnel_align` replays it on new images. Taught in Chapter 2, "The image funnel".
+
+    Attributes:
+        log_probs: ``(T, K, H, W)`` log-probability of each of the ``K`` grey-level bins at every
+            pixel, as the stack stood at the start of each of the ``T`` iterations.
+        steps: ``(T, 6)`` the parameter steps used in that iteration (normalised units).
+        bins: ``K``.
+
+    Example:
+        >>> digits = torch.zeros(4, 1, 8, 8); digits[:, :, 2:6, 3:5] = 1.0
+        >>> funnel = congeal_entropy(digits, EntropyConfig(iterations=1)).funnel
+        >>> funnel.log_probs.shape, funnel.steps.shape, funnel.bins
+        (torch.Size([1, 2, 8, 8]), torch.Size([1, 6]), 2)
     """
 
     log_probs: torch.Tensor
@@ -173,15 +233,27 @@ class Funnel:
 
 
 def as_image_stack(images) -> torch.Tensor:
-    """Check and stack a set of images: a ``(N, C, H, W)`` tensor or a sequence of ``(C, H, W)``.
+    """Check and stack a set of images into one ``(N, C, H, W)`` float tensor.
 
-    Raises ``ValueError`` for fewer than two images, images of different sizes or channel counts,
-    NaN/inf pixels, and a set in which every image is constant (all black, say), saying what to do.
-    A single blank image among others is accepted: it gives no gradient and no entropy change, so
-    it simply follows the set's re-centring. ``uint8`` images are scaled to ``[0, 1]``.
+    A single blank image among others is accepted: it gives no gradient and no entropy change, so it
+    simply follows the set's re-centring. Every method of this module (and :func:`fit`) calls it
+    first; no chapter section is about it.
 
-    >>> as_image_stack([torch.rand(1, 8, 8), torch.rand(1, 8, 8)]).shape
-    torch.Size([2, 1, 8, 8])
+    Args:
+        images: a ``(N, C, H, W)`` tensor or a sequence of ``(C, H, W)`` tensors; ``uint8`` pixels
+            are scaled to ``[0, 1]``.
+
+    Returns:
+        the stack ``(N, C, H, W)``, floating point.
+
+    Raises:
+        ValueError: fewer than two images, images of different sizes or channel counts, a tensor
+            that is not 4-D, NaN/inf pixels, or a set in which every image is constant (all black,
+            say); the message says what to do.
+
+    Example:
+        >>> as_image_stack([torch.zeros(1, 8, 8), torch.eye(8)[None]]).shape
+        torch.Size([2, 1, 8, 8])
     """
     if isinstance(images, torch.Tensor):
         stack = images
@@ -216,37 +288,86 @@ def as_image_stack(images) -> torch.Tensor:
 
 
 def affine_generators(dtype=torch.float32, device=None) -> torch.Tensor:
-    """The six affine generators ``(6, 3, 3)`` of :func:`congealing.warps.lie_basis`."""
+    """The six affine generators ``(6, 3, 3)`` of :func:`congealing.warps.lie_basis`.
+
+    The parameters of every classical method; Chapter 2, "The algorithm" names them.
+
+    Args:
+        dtype: dtype of the result.
+        device: device of the result (default: the CPU).
+
+    Returns:
+        the generators ``(6, 3, 3)``: x/y translation, rotation, log-scale, log-aspect, shear.
+
+    Example:
+        >>> affine_generators()[3]                          # isotropic scale
+        tensor([[1., 0., 0.],
+                [0., 1., 0.],
+                [0., 0., 0.]])
+    """
     return warps.lie_basis(dtype, device)[:AFFINE_DIM]
 
 
 def recentre(transforms: torch.Tensor) -> torch.Tensor:
-    """Remove the set's mean transform: ``T_i <- mean(T)^-1 T_i`` so the new mean is the identity.
+    """Remove the set's mean transform: ``T_i <- mean(T)^-1 T_i``, so the new mean is the identity.
 
     For affine matrices the mean is linear, so this is exact: the set can neither drift nor shrink
     as a whole (the degenerate solution of every congealing objective is to shrink all images to a
-    point, where they agree trivially).
+    point, where they agree trivially). Taught in Chapter 2, "The algorithm" (step 3) and
+    "Least-squares congealing".
 
-    >>> T = warps.exp(torch.tensor([[0.3, 0.0, 0.0, 0.2, 0.0, 0.0], [0.1, 0.0, 0.0, 0.2, 0.0, 0.0]]), "affine")
-    >>> torch.allclose(recentre(T).mean(0), torch.eye(3), atol=1e-6)
-    True
+    Args:
+        transforms: affine transforms ``(N, 3, 3)``.
+
+    Returns:
+        the re-centred transforms ``(N, 3, 3)``.
+
+    Example:
+        >>> T = warps.exp(torch.tensor([[0.3, 0.0, 0.0, 0.2, 0.0, 0.0], [0.1, 0.0, 0.0, 0.2, 0.0, 0.0]]), "affine")
+        >>> torch.allclose(recentre(T).mean(0), torch.eye(3), atol=1e-6)
+        True
     """
     return warps.compose(warps.invert(transforms.mean(0, keepdim=True)).expand_as(transforms), transforms)
 
 
 def generator_fields(size: tuple[int, int], dtype=torch.float32, device=None) -> torch.Tensor:
-    """Velocity of every pixel under each affine generator ``(6, H, W, 2)`` (normalised units)."""
+    """Velocity of every pixel under each affine generator, in normalised units.
+
+    The ``dW/dxi`` of Chapter 2, "Least-squares congealing": multiplied by an image's gradient it
+    gives the Jacobian (:func:`steepest_descent_images`).
+
+    Args:
+        size: ``(H, W)`` of the images.
+        dtype: dtype of the result.
+        device: device of the result (default: the CPU).
+
+    Returns:
+        the fields ``(6, H, W, 2)``: ``(dx, dy)`` of every pixel centre under each generator.
+
+    Example:
+        >>> generator_fields((2, 2))[0, 0, 0].tolist()     # translate x moves every pixel along x
+        [1.0, 0.0]
+    """
     grid = warps.identity_grid(size, 1, dtype, device)[0]
     homogeneous = torch.cat([grid, torch.ones_like(grid[..., :1])], dim=-1)
     return torch.einsum("kij,hwj->khwi", affine_generators(dtype, device), homogeneous)[..., :2]
 
 
 def image_gradient(images: torch.Tensor) -> torch.Tensor:
-    """Central-difference gradient ``(N, C, H, W, 2)`` (d/dx, d/dy) per *normalised* unit.
+    """Central-difference gradient of images per *normalised* unit (replicate padding at the border).
 
-    >>> ramp = torch.arange(4.0).repeat(4, 1)[None, None]     # +1 per pixel along x
-    >>> image_gradient(ramp)[0, 0, 1, 1].tolist()             # 1 pixel = 2/W = 0.5 normalised units
-    [2.0, 0.0]
+    Used by the least-squares methods (Chapter 2, "Least-squares congealing").
+
+    Args:
+        images: ``(N, C, H, W)``.
+
+    Returns:
+        the gradient ``(N, C, H, W, 2)``: ``(d/dx, d/dy)``.
+
+    Example:
+        >>> ramp = torch.arange(4.0).repeat(4, 1)[None, None]     # +1 per pixel along x
+        >>> image_gradient(ramp)[0, 0, 1, 1].tolist()             # 1 pixel = 2/W = 0.5 normalised units
+        [2.0, 0.0]
     """
     H, W = images.shape[-2:]
     padded = F.pad(images, (1, 1, 1, 1), mode="replicate")
@@ -256,7 +377,22 @@ def image_gradient(images: torch.Tensor) -> torch.Tensor:
 
 
 def gaussian_blur(images: torch.Tensor, sigma: float) -> torch.Tensor:
-    """Separable Gaussian blur of ``(N, C, H, W)`` with ``sigma`` in pixels (identity for 0)."""
+    """Separable Gaussian blur (replicate padding), the identity for ``sigma <= 0``.
+
+    What :attr:`LSQConfig.blur` applies; Chapter 2's Exercises try it.
+
+    Args:
+        images: ``(N, C, H, W)``.
+        sigma: standard deviation in pixels; the kernel reaches ``ceil(3 sigma)`` pixels each way.
+
+    Returns:
+        the blurred images ``(N, C, H, W)``.
+
+    Example:
+        >>> dot = torch.zeros(1, 1, 9, 9); dot[0, 0, 4, 4] = 1.0    # the kernel fits inside: no mass lost
+        >>> round(gaussian_blur(dot, 1.0).sum().item(), 4), gaussian_blur(dot, 0.0) is dot
+        (1.0, True)
+    """
     if sigma <= 0:
         return images
     radius = max(1, int(math.ceil(3 * sigma)))
@@ -269,7 +405,24 @@ def gaussian_blur(images: torch.Tensor, sigma: float) -> torch.Tensor:
 
 
 def steepest_descent_images(images: torch.Tensor, fields: torch.Tensor) -> torch.Tensor:
-    """Jacobians ``(N, C*H*W, 6)`` of images w.r.t. the six generators: ``grad I . v_k``."""
+    """Jacobians of images w.r.t. the six affine generators: ``grad I . v_k`` at every pixel.
+
+    The ``J_i`` of Chapter 2, "Least-squares congealing" (and the shared ``J`` of "Inverse
+    compositional").
+
+    Args:
+        images: ``(N, C, H, W)``.
+        fields: the generators' velocity fields ``(6, H, W, 2)`` (:func:`generator_fields`).
+
+    Returns:
+        the Jacobians ``(N, C*H*W, 6)``.
+
+    Example:
+        >>> ramp = torch.arange(4.0).repeat(4, 1)[None, None]
+        >>> J = steepest_descent_images(ramp, generator_fields((4, 4)))
+        >>> J.shape, J[0, 5].tolist()[:2]                   # pixel (1, 1): only translate x changes it
+        (torch.Size([1, 16, 6]), [2.0, 0.0])
+    """
     gradient = image_gradient(images)  # (N, C, H, W, 2)
     J = torch.einsum("nchwd,khwd->nchwk", gradient, fields)
     return J.reshape(images.shape[0], -1, AFFINE_DIM)
@@ -299,13 +452,24 @@ def _record(history: dict, objective: float, seconds: float, transforms: torch.T
 
 
 def soft_bins(images: torch.Tensor, bins: int) -> torch.Tensor:
-    """Linear soft binning of grey values in ``[0, 1]``: ``(N, 1, H, W)`` -> ``(N, K, H, W)`` weights.
+    """Linear soft binning of grey values in ``[0, 1]`` into ``K`` bins.
 
     Each value splits between its two nearest bin centres ``0, 1/(K-1), ..., 1``; with ``K = 2`` a
-    grey value ``v`` is ``v`` parts "on" and ``1 - v`` parts "off".
+    grey value ``v`` is ``v`` parts "on" and ``1 - v`` parts "off" (values outside ``[0, 1]`` are
+    clamped). Taught in Chapter 2, "The pixel-stack entropy".
 
-    >>> soft_bins(torch.tensor([[[[0.25]]]]), 2).flatten().tolist()
-    [0.75, 0.25]
+    Args:
+        images: greyscale ``(N, 1, H, W)``.
+        bins: ``K >= 2``.
+
+    Returns:
+        the bin weights ``(N, K, H, W)``, summing to 1 over ``K``.
+
+    Example:
+        >>> soft_bins(torch.tensor([[[[0.25]]]]), 2).flatten().tolist()
+        [0.75, 0.25]
+        >>> soft_bins(torch.tensor([[[[0.25]]]]), 3).flatten().tolist()
+        [0.5, 0.5, 0.0]
     """
     if bins == 2:  # the common binary case, without the scatter
         value = images.clamp(0.0, 1.0)
@@ -320,18 +484,48 @@ def soft_bins(images: torch.Tensor, bins: int) -> torch.Tensor:
 
 
 def pixel_stack_entropy(images: torch.Tensor, bins: int = 2) -> torch.Tensor:
-    """Entropy in bits of every pixel stack ``(H, W)`` of a greyscale set ``(N, 1, H, W)``.
+    """Entropy in bits of every pixel stack of a greyscale set.
 
-    >>> stack = torch.tensor([0.0, 1.0, 0.0, 1.0]).view(4, 1, 1, 1)   # a fair coin at this pixel
-    >>> pixel_stack_entropy(stack).item()
-    1.0
+    A pixel stack is the ``N`` values one pixel takes across the set; its distribution over
+    :func:`soft_bins` is the mean of the images' bin weights. Taught in Chapter 2, "The pixel-stack
+    entropy"; its sum is entropy congealing's objective.
+
+    Args:
+        images: greyscale ``(N, 1, H, W)`` in ``[0, 1]``.
+        bins: grey levels ``K``.
+
+    Returns:
+        the entropy of every pixel stack ``(H, W)``, in bits.
+
+    Example:
+        >>> stack = torch.tensor([0.0, 1.0, 0.0, 1.0]).view(4, 1, 1, 1)   # a fair coin at this pixel
+        >>> pixel_stack_entropy(stack).item()
+        1.0
     """
     p = soft_bins(images, bins).mean(0)
     return -(p * torch.log2(p.clamp_min(1e-12))).sum(0)
 
 
 def warp_affine(images: torch.Tensor, params: torch.Tensor) -> torch.Tensor:
-    """Warp ``(N, C, H, W)`` images by the affine transforms of ``(N, 6)`` algebra parameters."""
+    """Warp images by the affine transforms of their Lie-algebra parameters.
+
+    ``warp_image(images, exp(params))`` (:mod:`congealing.warps`); Chapter 2, "The algorithm".
+
+    Args:
+        images: ``(N, C, H, W)``.
+        params: affine algebra parameters ``(N, 6)``.
+
+    Returns:
+        the warped images ``(N, C, H, W)``.
+
+    Raises:
+        FloatingPointError: ``params`` holds NaN or inf.
+
+    Example:
+        >>> image = torch.rand(1, 1, 4, 4, generator=torch.Generator().manual_seed(0))
+        >>> torch.allclose(warp_affine(image, torch.zeros(1, 6)), image, atol=1e-6)
+        True
+    """
     return warps.warp_image(images, warps.exp(params, "affine").to(images.dtype))
 
 
@@ -370,23 +564,38 @@ def _coordinate_descent(images, params, log_probs, steps, bins):
 
 
 def congeal_entropy(images, config: EntropyConfig | None = None, progress=None) -> CongealResult:
-    """Entropy congealing of a greyscale set ``(N, 1, H, W)`` in ``[0, 1]`` (Learned-Miller 2006).
+    """Entropy congealing of a greyscale set (Learned-Miller 2006).
 
     Each iteration: (1) build every pixel stack's grey-level distribution from the current aligned
     set; (2) for every image, coordinate descent over its six affine parameters against that
     distribution *with the image itself left out* (so an image is not attracted to its own
     imprint, which matters for small sets); (3) subtract the mean parameter vector, the paper's
-    re-centring that keeps the set from drifting or shrinking.
+    re-centring that keeps the set from drifting or shrinking. All images take their step against
+    the same stack (a Jacobi sweep), so a new image replays exactly the training images' updates
+    (:func:`funnel_align`). Steps shrink when the entropy stalls (:class:`EntropyConfig`). Taught in
+    Chapter 2, "The algorithm".
 
-    The paper updates images one after another, each against the stack as the previous updates left
-    it. Here all images take their step against the same stack (a Jacobi sweep instead of a
-    Gauss-Seidel one): with steps of about a pixel each image's move changes any pixel-stack
-    distribution by at most ``1/N``, so the two agree up to that, and the batched form is one
-    ``grid_sample`` per candidate for the whole set. It also makes the funnel exact: a new image
-    replays precisely the updates the training images made (:func:`funnel_align`).
+    Args:
+        images: greyscale ``(N, 1, H, W)`` in ``[0, 1]`` (or a sequence, see :func:`as_image_stack`).
+        config: an :class:`EntropyConfig` (default: ``EntropyConfig.for_mode()``).
+        progress: ``progress(done, total)`` after every iteration, or None.
 
-    Returns a :class:`CongealResult` whose ``objective`` history is the total pixel-stack entropy
-    in bits (sum over pixels of :func:`pixel_stack_entropy`).
+    Returns:
+        a :class:`CongealResult` whose ``objective`` history is the total pixel-stack entropy in bits
+        (the sum over pixels of :func:`pixel_stack_entropy`) and whose ``funnel`` is set.
+
+    Raises:
+        ValueError: ``images`` has more than one channel, ``config.steps`` is not six finite,
+            non-negative numbers, or :func:`as_image_stack` refuses the set.
+
+    Example:
+        >>> digits = torch.zeros(4, 1, 16, 16); digits[:, :, 4:12, 6:10] = 1.0
+        >>> digits[1] = torch.roll(digits[1], 1, dims=-1)         # one bar a pixel to the right
+        >>> result = congeal_entropy(digits, EntropyConfig(iterations=1))
+        >>> round(result.history["objective"][0], 2)             # 16 pixels where 1 of 4 differs: 16 H(1/4)
+        12.98
+        >>> result.aligned.shape, result.funnel.log_probs.shape
+        (torch.Size([4, 1, 16, 16]), torch.Size([1, 2, 16, 16]))
     """
     config = config or EntropyConfig.for_mode()
     images = as_image_stack(images)
@@ -410,6 +619,10 @@ def congeal_entropy(images, config: EntropyConfig | None = None, progress=None) 
         leave_one_out = torch.log((totals - weights + config.prior) / (N - 1 + K * config.prior))
         funnel_log_probs.append(torch.log((totals[0] + config.prior) / (N + K * config.prior)))
         funnel_steps.append(steps.clone())
+        # A Jacobi sweep: every image steps against the same stack, where the paper updates one image
+        # after another (Gauss-Seidel). With steps of about a pixel an image's move changes any stack
+        # distribution by at most 1/N, so the two agree up to that; the batched form is one grid_sample
+        # per candidate for the whole set, and the funnel replays it exactly.
         params, _ = _coordinate_descent(images, params, leave_one_out, steps, K)
         params = params - params.mean(0, keepdim=True)
         transforms = warps.exp(params, "affine")
@@ -426,12 +639,29 @@ def congeal_entropy(images, config: EntropyConfig | None = None, progress=None) 
 
 
 def funnel_align(funnel: Funnel, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Align new greyscale images ``(M, 1, H, W)`` with a learned funnel, each on its own.
+    """Align new greyscale images with a learned funnel, each on its own.
 
     Every image walks down the funnel: at iteration ``t`` it does the same coordinate-descent sweep
     the training images did, against the stored distribution of iteration ``t``. The images do not
-    interact, so aligning them together or one at a time gives the same result. Returns
-    ``(transforms (M, 3, 3), aligned (M, 1, H, W))``.
+    interact, so aligning them together or one at a time gives the same result. Taught in Chapter 2,
+    "The image funnel".
+
+    Args:
+        funnel: the :class:`Funnel` of a :func:`congeal_entropy` run.
+        images: greyscale ``(M, 1, H, W)`` at the funnel's ``(H, W)``.
+
+    Returns:
+        ``(transforms (M, 3, 3), aligned (M, 1, H, W))``.
+
+    Raises:
+        ValueError: ``images`` is not ``(M, 1, H, W)`` or not the size the funnel was learned on.
+
+    Example:
+        >>> digits = torch.zeros(4, 1, 8, 8); digits[:, :, 2:6, 3:5] = 1.0
+        >>> funnel = congeal_entropy(digits, EntropyConfig(iterations=1)).funnel
+        >>> transforms, aligned = funnel_align(funnel, digits[:1])
+        >>> transforms.shape, aligned.shape
+        (torch.Size([1, 3, 3]), torch.Size([1, 1, 8, 8]))
     """
     if images.ndim != 4 or images.shape[1] != 1:
         raise ValueError(f"funnel_align expects greyscale images (M, 1, H, W), got {tuple(images.shape)}")
@@ -454,7 +684,7 @@ def _leave_one_out_sq_error(aligned: torch.Tensor) -> float:
 
 
 def congeal_lsq(images, config: LSQConfig | None = None, progress=None) -> CongealResult:
-    """Least-squares congealing of ``(N, C, H, W)`` images (Cox et al. 2008), any channel count.
+    """Least-squares congealing (Cox et al. 2008), any channel count.
 
     The objective is the sum of squared differences between every pair of aligned images; for
     image ``i`` with the others fixed it is (up to a constant) ``|A_i - M_{-i}|^2``, the distance to
@@ -462,14 +692,33 @@ def congeal_lsq(images, config: LSQConfig | None = None, progress=None) -> Conge
     ``J_i`` is the gradient of the *warped* image ``A_i`` times the generators' velocity fields,
     ``delta_i = (J_i^T J_i)^-1 J_i^T (M_{-i} - A_i)``, composed as ``T_i <- exp(-delta_i) T_i``
     (the forward update: ``J_i`` and the ``6 x 6`` Hessian are recomputed for every image at every
-    iteration). Then the set is re-centred (:func:`recentre`).
+    iteration). Then the set is re-centred (:func:`recentre`). Taught in Chapter 2, "Least-squares
+    congealing".
+
+    Args:
+        images: ``(N, C, H, W)`` in ``[0, 1]`` (or a sequence, see :func:`as_image_stack`).
+        config: an :class:`LSQConfig` (default: ``LSQConfig.for_mode()``).
+        progress: ``progress(done, total)`` after every iteration, or None.
+
+    Returns:
+        a :class:`CongealResult` whose ``objective`` history is the mean squared difference of every
+        aligned image to the mean of the others.
+
+    Raises:
+        ValueError: :func:`as_image_stack` refuses the set.
+        FloatingPointError: a Gauss-Newton update is not finite.
+
+    Example:
+        >>> digits = torch.zeros(4, 1, 16, 16); digits[:, :, 4:12, 6:10] = 1.0
+        >>> congeal_lsq(digits, LSQConfig(iterations=2)).transforms.shape
+        torch.Size([4, 3, 3])
     """
     config = config or LSQConfig.for_mode()
     return _least_squares(as_image_stack(images), config, inverse_compositional=False, progress=progress)
 
 
 def congeal_ic_lsq(images, config: ICLSQConfig | None = None, progress=None) -> CongealResult:
-    """Inverse-compositional least-squares congealing of ``(N, C, H, W)`` images (Cox et al. 2009).
+    """Inverse-compositional least-squares congealing (Cox et al. 2009), any channel count.
 
     The roles flip: instead of warping image ``i`` toward the mean, the *mean* ``M`` is warped by a
     small ``exp(delta)`` toward image ``i``: ``M(exp(delta) x) ~ A_i(x)``, so the Jacobian ``J`` is
@@ -477,7 +726,25 @@ def congeal_ic_lsq(images, config: ICLSQConfig | None = None, progress=None) -> 
     and the Hessian is a sum of precomputed per-pixel ``6 x 6`` outer products ``J J^T``, masked per
     image by the pixels it actually covers. The inverse of the template warp then updates the
     image: ``T_i <- exp(delta_i) T_i``. The residual to the mean of the *others* is
-    ``A_i - M_{-i} = N/(N-1) (A_i - M)``, so the full mean serves as the shared template.
+    ``A_i - M_{-i} = N/(N-1) (A_i - M)``, so the full mean serves as the shared template. Taught in
+    Chapter 2, "Inverse compositional".
+
+    Args:
+        images: ``(N, C, H, W)`` in ``[0, 1]`` (or a sequence, see :func:`as_image_stack`).
+        config: an :class:`ICLSQConfig` (default: ``ICLSQConfig.for_mode()``).
+        progress: ``progress(done, total)`` after every iteration, or None.
+
+    Returns:
+        a :class:`CongealResult`, ``objective`` as for :func:`congeal_lsq`.
+
+    Raises:
+        ValueError: :func:`as_image_stack` refuses the set.
+        FloatingPointError: a Gauss-Newton update is not finite.
+
+    Example:
+        >>> digits = torch.zeros(4, 1, 16, 16); digits[:, :, 4:12, 6:10] = 1.0
+        >>> congeal_ic_lsq(digits, ICLSQConfig(iterations=2)).method
+        'ic-lsq'
     """
     config = config or ICLSQConfig.for_mode()
     return _least_squares(as_image_stack(images), config, inverse_compositional=True, progress=progress)
@@ -535,8 +802,29 @@ def _least_squares(images: torch.Tensor, config: LSQConfig, inverse_compositiona
 
 
 def congeal(images, method: str = "entropy", config=None, progress=None) -> CongealResult:
-    """Run ``method`` (``"entropy"``, ``"lsq"`` or ``"ic-lsq"``) with ``config`` (default: its ``for_mode()``);
-    ``progress(done, total)`` is called after every iteration."""
+    """Run one classical method by name.
+
+    :func:`congealing.evaluation.evaluate_on_digits` runs it for every row of Chapter 2, "The
+    comparison table".
+
+    Args:
+        images: ``(N, C, H, W)`` (or a sequence, see :func:`as_image_stack`); greyscale for
+            ``"entropy"``.
+        method: ``"entropy"``, ``"lsq"`` or ``"ic-lsq"`` (:data:`METHOD_NAMES`).
+        config: the method's config (default: its ``for_mode()``).
+        progress: ``progress(done, total)`` after every iteration, or None.
+
+    Returns:
+        the method's :class:`CongealResult`.
+
+    Raises:
+        ValueError: ``method`` is unknown, or the method refuses the images or config.
+
+    Example:
+        >>> digits = torch.zeros(4, 1, 16, 16); digits[:, :, 4:12, 6:10] = 1.0
+        >>> congeal(digits, "lsq", LSQConfig(iterations=1)).iterations
+        1
+    """
     if method not in CONFIGS:
         raise ValueError(f"unknown method {method!r}; choose one of {METHOD_NAMES}")
     run = {"entropy": congeal_entropy, "lsq": congeal_lsq, "ic-lsq": congeal_ic_lsq}[method]
@@ -546,8 +834,21 @@ def congeal(images, method: str = "entropy", config=None, progress=None) -> Cong
 def method_of(config) -> str:
     """The method a config belongs to: ``"entropy"``, ``"lsq"`` or ``"ic-lsq"``.
 
-    >>> method_of(ICLSQConfig()), method_of(LSQConfig())
-    ('ic-lsq', 'lsq')
+    The exact type decides (an :class:`ICLSQConfig` is not an :class:`LSQConfig` here). :func:`fit`
+    uses it; Chapter 7, "One protocol, every method".
+
+    Args:
+        config: an :class:`EntropyConfig`, :class:`LSQConfig` or :class:`ICLSQConfig`.
+
+    Returns:
+        the method's name, a key of :data:`CONFIGS`.
+
+    Raises:
+        ValueError: ``config`` is of any other type.
+
+    Example:
+        >>> method_of(ICLSQConfig()), method_of(LSQConfig())
+        ('ic-lsq', 'lsq')
     """
     for name, config_type in CONFIGS.items():
         if type(config) is config_type:
@@ -556,7 +857,10 @@ def method_of(config) -> str:
 
 
 def fit(images, config, *, masks=None, backbone=None, device=None, callback=None) -> Alignment:
-    """Classical congealing behind the common protocol (:mod:`congealing.alignment`; Chapter 7, "One protocol, every method").
+    """Classical congealing behind the common fit protocol (:mod:`congealing.alignment`).
+
+    Runs :func:`congeal` with the method ``config`` selects; :mod:`congealing.registry` lists it for
+    all three methods. Taught in Chapter 7, "One protocol, every method".
 
     Args:
         images: ``(N, C, H, W)`` (or a sequence of ``(C, H, W)``), see :func:`as_image_stack`.
@@ -572,10 +876,14 @@ def fit(images, config, *, masks=None, backbone=None, device=None, callback=None
         aligned), ``atlas["mean"]``, one history entry per iteration (``objective``, ``seconds``;
         the start first) and ``state["result"]``, the full :class:`CongealResult`.
 
-    >>> digits = torch.zeros(4, 1, 16, 16); digits[:, :, 4:12, 6:10] = 1.0
-    >>> alignment = fit(digits, LSQConfig(iterations=2))
-    >>> alignment.method, alignment.transforms.shape, len(alignment.history)
-    ('lsq', torch.Size([4, 3, 3]), 3)
+    Raises:
+        ValueError: ``config`` is not a classical config, or the method refuses the images.
+
+    Example:
+        >>> digits = torch.zeros(4, 1, 16, 16); digits[:, :, 4:12, 6:10] = 1.0
+        >>> alignment = fit(digits, LSQConfig(iterations=2))
+        >>> alignment.method, alignment.transforms.shape, len(alignment.history)
+        ('lsq', torch.Size([4, 3, 3]), 3)
     """
     method = method_of(config)
     stack = as_image_stack(images)

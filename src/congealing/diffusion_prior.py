@@ -1,8 +1,9 @@
 """A text-to-image diffusion model as a shape prior: textual inversion and score distillation (Chapter 6).
 
-3D Congealing (Zhang et al. 2024) gets its canonical shape from a pre-trained diffusion model in two
-steps. **Textual inversion** learns one new token embedding ``y*`` so that the frozen model
-reconstructs the input photos::
+Taught in Chapter 6, "The canonical shape, two routes" (the paper's route; the chapter runs one
+SDS step through :meth:`DiffusionPrior.tiny`). 3D Congealing (Zhang et al. 2024) gets its
+canonical shape from a pre-trained diffusion model in two steps. **Textual inversion** learns one
+new token embedding ``y*`` so that the frozen model reconstructs the input photos::
 
     L_TI = E_{x, t, eps} || eps - eps_phi(x_t, t, c(y*)) ||^2        (only y*'s embedding row trains)
 
@@ -18,7 +19,9 @@ model, its VAE latent for Stable Diffusion. No gradient flows through the UNet.
 Model hubs are out of reach in CI, so :meth:`DiffusionPrior.tiny` builds a randomly initialised
 model from small configs (no download) on which the mechanics are tested; the same functions run
 on Stable Diffusion given :meth:`DiffusionPrior.from_pretrained` and a GPU. ``import congealing``
-does not import diffusers or transformers: they load on first use here.
+does not import diffusers or transformers: they load on first use here. The functions that need
+a model have no doctest besides :meth:`DiffusionPrior.tiny`'s (building even the tiny model
+takes longer than a doctest may); ``tests/test_diffusion_prior.py`` checks them.
 
 >>> DiffusionShapeConfig.for_mode("quick").sds_iterations
 50
@@ -66,7 +69,19 @@ def _backends():
 
 @dataclass
 class DiffusionPrior:
-    """A frozen text-conditioned diffusion model. ``vae=None`` means the UNet works on pixels."""
+    """A frozen text-conditioned diffusion model: UNet, text encoder, tokenizer, noise schedule, VAE.
+
+    Every module is frozen (``requires_grad_(False)``, eval mode) on construction; textual inversion
+    unfreezes only the token-embedding table (:func:`textual_inversion_optimizer`). Build one with
+    :meth:`from_pretrained` or :meth:`tiny`. Chapter 6, "The canonical shape, two routes".
+
+    Attributes:
+        unet: a diffusers ``UNet2DConditionModel``.
+        text_encoder: a transformers ``CLIPTextModel``.
+        tokenizer: its tokenizer.
+        scheduler: a diffusers noise schedule (``DDPMScheduler``).
+        vae: a diffusers ``AutoencoderKL``, or None: the UNet then works on pixels.
+    """
 
     unet: torch.nn.Module
     text_encoder: torch.nn.Module
@@ -81,20 +96,36 @@ class DiffusionPrior:
 
     @property
     def device(self) -> torch.device:
+        """The device of the UNet's parameters."""
         return next(self.unet.parameters()).device
 
     @property
     def resolution(self) -> int:
-        """Image size the model was trained at: the UNet's size times the VAE's downsampling."""
+        """Image size the model was trained at: the UNet's sample size times the VAE's downsampling."""
         factor = 2 ** (len(self.vae.config.block_out_channels) - 1) if self.vae is not None else 1
         return self.unet.config.sample_size * factor
 
     @classmethod
     def from_pretrained(cls, name: str = "stabilityai/stable-diffusion-2-1-base", device="cpu",
                         dtype=torch.float32) -> "DiffusionPrior":
-        """Load a Stable-Diffusion-layout model (hub name or local folder) with subfolders unet/, vae/, ...
+        """Load a Stable-Diffusion-layout model (hub name or local folder with unet/, vae/, ...).
 
-        It needs the Hugging Face hub, or the model already in the local HF cache.
+        It needs the Hugging Face hub, or the model already in the local HF cache. Chapter 6, "The
+        canonical shape, two routes" names it for readers with a GPU.
+
+        Args:
+            name: a hub name or a local folder holding ``unet/``, ``vae/``, ``text_encoder/``,
+                ``tokenizer/`` and ``scheduler/``.
+            device: where the networks go.
+            dtype: their dtype (e.g. ``torch.float16`` on a GPU).
+
+        Returns:
+            the :class:`DiffusionPrior`, latent (with its VAE).
+
+        Raises:
+            ImportError: diffusers or transformers is missing (the message gives :data:`PIP_INSTALL`).
+            OSError: the model could not be loaded (no network and not cached); the message says how
+                to get it.
         """
         diffusers, transformers = _backends()
         try:
@@ -120,11 +151,23 @@ class DiffusionPrior:
     def tiny(cls, seed: int = 0, latent: bool = False) -> "DiffusionPrior":
         """A randomly initialised model at 32 x 32 from small configs, built offline in well under a second.
 
-        ``latent=True`` adds a tiny VAE (8-channel, downsampling 2), as Stable Diffusion has.
+        Its scores are random: it exercises the mechanics only (Chapter 6, "The canonical shape, two
+        routes"). The global random state is left untouched.
 
-        >>> prior = DiffusionPrior.tiny()
-        >>> prior.resolution, prior.vae is None
-        (32, True)
+        Args:
+            seed: seed of the random initialisation.
+            latent: add a tiny VAE (4 latent channels, downsampling 2), as Stable Diffusion has one.
+
+        Returns:
+            the :class:`DiffusionPrior`, with a word-level tokenizer over :data:`TINY_VOCAB`.
+
+        Raises:
+            ImportError: diffusers or transformers is missing.
+
+        Example:
+            >>> prior = DiffusionPrior.tiny()
+            >>> prior.resolution, prior.vae is None
+            (32, True)
         """
         diffusers, transformers = _backends()
         with torch.random.fork_rng(devices=[]):  # the constructors draw from the global RNG: keep it untouched
@@ -161,19 +204,55 @@ class DiffusionPrior:
 
 
 def tokenize(prior: DiffusionPrior, prompts: list[str]) -> torch.Tensor:
-    """Token ids ``(N, L)`` of ``N`` prompts, padded to the text encoder's length ``L``."""
+    """Token ids of prompts, padded (or truncated) to the text encoder's length ``L``.
+
+    Chapter 6, "The canonical shape, two routes".
+
+    Args:
+        prior: the :class:`DiffusionPrior`.
+        prompts: ``N`` strings.
+
+    Returns:
+        the ids ``(N, L)`` on the prior's device.
+    """
     tok = prior.tokenizer
     return tok(prompts, padding="max_length", max_length=tok.model_max_length, truncation=True,
                return_tensors="pt").input_ids.to(prior.device)
 
 
 def embed_prompts(prior: DiffusionPrior, prompt_ids: torch.Tensor) -> torch.Tensor:
-    """Text embeddings ``(N, L, D)`` (the text encoder's last hidden states) of token ids ``(N, L)``."""
+    """Text embeddings (the text encoder's last hidden states) of token ids.
+
+    Chapter 6, "The canonical shape, two routes".
+
+    Args:
+        prior: the :class:`DiffusionPrior`.
+        prompt_ids: ``(N, L)`` from :func:`tokenize`.
+
+    Returns:
+        the embeddings ``(N, L, D)``.
+    """
     return prior.text_encoder(prompt_ids.to(prior.device))[0]
 
 
 def add_placeholder_token(prior: DiffusionPrior, token: str = "<congealed>", init_token: str = "object") -> int:
-    """Add ``token`` to the vocabulary, its embedding row a copy of ``init_token``'s; return its id."""
+    """Add ``token`` to the vocabulary, its embedding row a copy of ``init_token``'s.
+
+    The new word ``y*`` of textual inversion (:func:`learn_placeholder`).
+    Chapter 6, "The canonical shape, two routes" describes textual inversion; no cell runs it (it
+    needs real model weights to mean anything).
+
+    Args:
+        prior: the :class:`DiffusionPrior`; its tokenizer and text encoder grow by one row.
+        token: the new word.
+        init_token: a single known token whose embedding starts the new one.
+
+    Returns:
+        the new token's id.
+
+    Raises:
+        ValueError: ``init_token`` is not one known token, or ``token`` is already in the vocabulary.
+    """
     tok, encoder = prior.tokenizer, prior.text_encoder
     init_ids = tok.encode(init_token, add_special_tokens=False)
     if len(init_ids) != 1 or init_ids[0] == tok.unk_token_id:
@@ -196,11 +275,23 @@ def _draw(generator, shape, device, high=None, low=0):
 
 
 def to_model_space(prior: DiffusionPrior, images: torch.Tensor, generator=None) -> torch.Tensor:
-    """Images ``(B, 3, H, W)`` in ``[0, 1]`` to the model's input ``z``, differentiably.
+    """Images in ``[0, 1]`` to the model's input ``z``, differentiably.
 
-    Pixel space: ``2 x - 1`` ``(B, 3, R, R)``. Latent space: the VAE latent (a sample of its posterior,
-    times ``scaling_factor``) ``(B, 4, R/8, R/8)`` for SD. Images are resized to the model's resolution
-    ``R`` first, since a UNet's score is only meaningful at the size it was trained on.
+    Images are resized to the model's resolution ``R`` first, since a UNet's score is only
+    meaningful at the size it was trained on. :func:`sds_loss` calls it (Chapter 6, "The canonical
+    shape, two routes").
+
+    Args:
+        prior: the :class:`DiffusionPrior`.
+        images: ``(B, 3, H, W)`` in ``[0, 1]``.
+        generator: draws the VAE posterior's sample (latent models only), or None.
+
+    Returns:
+        pixel space: ``2 x - 1``, ``(B, 3, R, R)``; latent space: a sample of the VAE posterior
+        times ``scaling_factor``, ``(B, 4, R/8, R/8)`` for Stable Diffusion.
+
+    Raises:
+        ValueError: ``images`` is not ``(B, 3, H, W)``.
     """
     if images.ndim != 4 or images.shape[1] != 3:
         raise ValueError(f"expected images of shape (B, 3, H, W) in [0, 1], got {tuple(images.shape)}")
@@ -220,11 +311,23 @@ def _batch(embeddings: torch.Tensor, batch: int) -> torch.Tensor:
 
 def textual_inversion_loss(prior: DiffusionPrior, images: torch.Tensor, prompt_ids: torch.Tensor,
                            generator: torch.Generator | None = None) -> torch.Tensor:
-    """The denoising loss (a scalar) of images ``(B, 3, H, W)`` in ``[0, 1]`` under prompt ids ``(1 or B, L)``.
+    """The denoising loss of images under a prompt: textual inversion's objective ``L_TI``.
 
     ``t`` is uniform over all training steps and the target is the scheduler's own (``eps``, or the
     velocity for v-prediction models), as in the diffusers textual-inversion example. Gradients reach
-    the text encoder's embeddings; the image encoding is not differentiated.
+    the text encoder's embeddings; the image encoding is not differentiated. Draws ``t``, then the
+    noise, from ``generator``.
+    Chapter 6, "The canonical shape, two routes" describes textual inversion; no cell runs it (it
+    needs real model weights to mean anything).
+
+    Args:
+        prior: the :class:`DiffusionPrior`.
+        images: ``(B, 3, H, W)`` in ``[0, 1]``.
+        prompt_ids: ``(1 or B, L)`` from :func:`tokenize`.
+        generator: the random draws' generator, or None (the global one).
+
+    Returns:
+        the mean squared error, a scalar tensor.
     """
     with torch.no_grad():
         z0 = to_model_space(prior, images, generator)
@@ -239,7 +342,20 @@ def textual_inversion_loss(prior: DiffusionPrior, images: torch.Tensor, prompt_i
 
 
 def textual_inversion_optimizer(prior: DiffusionPrior, lr: float = 5e-4) -> torch.optim.Optimizer:
-    """AdamW over the token-embedding table (only it gets gradients); :func:`textual_inversion_step` masks the rows."""
+    """AdamW over the token-embedding table, which it unfreezes.
+
+    Only the table gets gradients; :func:`textual_inversion_step` keeps every row but the
+    placeholder's unchanged.
+    Chapter 6, "The canonical shape, two routes" describes textual inversion; no cell runs it (it
+    needs real model weights to mean anything).
+
+    Args:
+        prior: the :class:`DiffusionPrior`.
+        lr: the learning rate (weight decay 0).
+
+    Returns:
+        the optimiser.
+    """
     table = prior.text_encoder.get_input_embeddings().weight
     table.requires_grad_(True)
     return torch.optim.AdamW([table], lr=lr, weight_decay=0.0)
@@ -252,7 +368,25 @@ def textual_inversion_step(prior: DiffusionPrior, optimizer: torch.optim.Optimiz
 
     The gradient of the other rows is zeroed and, since an optimiser may still move them (weight
     decay, momentum from earlier steps), their values are restored after the step, as the diffusers
-    example does. Returns the loss; a non-finite loss raises :class:`FloatingPointError`.
+    example does.
+    Chapter 6, "The canonical shape, two routes" describes textual inversion; no cell runs it (it
+    needs real model weights to mean anything).
+
+    Args:
+        prior: the :class:`DiffusionPrior`.
+        optimizer: from :func:`textual_inversion_optimizer`.
+        images: ``(B, 3, H, W)`` in ``[0, 1]``.
+        prompt_ids: ``(1 or B, L)`` of a prompt holding the placeholder.
+        token_ids: the rows that train.
+        generator: the random draws' generator, or None.
+
+    Returns:
+        the loss before the step.
+
+    Raises:
+        ValueError: the table is frozen (the optimiser was not built by
+            :func:`textual_inversion_optimizer`).
+        FloatingPointError: the loss is not finite.
     """
     table = prior.text_encoder.get_input_embeddings().weight
     if not table.requires_grad:
@@ -274,13 +408,24 @@ def textual_inversion_step(prior: DiffusionPrior, optimizer: torch.optim.Optimiz
 def sds_loss(prior: DiffusionPrior, rendered: torch.Tensor, text_embeddings: tuple[torch.Tensor, torch.Tensor],
              guidance_scale: float = 100.0, t_range: tuple[float, float] = (0.02, 0.98),
              generator: torch.Generator | None = None) -> torch.Tensor:
-    """Score-distillation loss (a scalar) of renders ``(B, 3, H, W)`` in ``[0, 1]``.
+    """Score-distillation loss of renders: its gradient is SDS's.
 
-    ``text_embeddings`` is ``(cond, uncond)``, each ``(1 or B, L, D)``. The loss is
-    ``0.5 ||z - sg(z - w(t)(eps_hat - eps))||^2 / B``, so ``dL/dz = w(t)(eps_hat - eps) / B`` with
-    ``w(t) = 1 - alpha_bar_t``, ``t`` uniform in ``t_range`` times the training steps, and ``z`` the
-    render in model space (:func:`to_model_space`; ``dz/drendered = 2`` in pixel space). Its value is
-    not a quantity to minimise, only its gradient matters. Draws ``t``, then ``eps`` from ``generator``.
+    The loss is ``0.5 ||z - sg(z - w(t)(eps_hat - eps))||^2 / B``, so ``dL/dz = w(t)(eps_hat - eps) / B``
+    with ``w(t) = 1 - alpha_bar_t``, ``t`` uniform in ``t_range`` times the training steps, and ``z``
+    the render in model space (:func:`to_model_space`; ``dz/drendered = 2`` in pixel space). Its value
+    is not a quantity to minimise, only its gradient matters. Draws ``t``, then ``eps``, from
+    ``generator``. Taught in Chapter 6, "The canonical shape, two routes".
+
+    Args:
+        prior: the :class:`DiffusionPrior`.
+        rendered: renders ``(B, 3, H, W)`` in ``[0, 1]``, differentiable in the 3-D field.
+        text_embeddings: ``(cond, uncond)``, each ``(1 or B, L, D)`` (:func:`embed_prompts`).
+        guidance_scale: the classifier-free guidance scale ``s``.
+        t_range: the fractions of the training steps ``t`` is drawn between.
+        generator: the random draws' generator, or None.
+
+    Returns:
+        the loss, a scalar tensor.
     """
     cond, uncond = text_embeddings
     z = to_model_space(prior, rendered, generator)
@@ -307,14 +452,29 @@ def sds_loss(prior: DiffusionPrior, rendered: torch.Tensor, text_embeddings: tup
 class DiffusionShapeConfig(ModeConfig):
     """Defaults for the diffusion-prior route to the canonical shape (``full``: the reference setups).
 
-    Step counts are 3D Congealing's (1000 textual-inversion steps, 10 000 SDS iterations, as a summary
-    of the paper reports them; the book could not check the paper's appendix). The rest follows the
-    diffusers textual-inversion example (AdamW 5e-4, batch 4) on SD 2.1-base, where the paper uses
-    MVDream, and DreamFusion / threestudio for SDS: ``t ~ U(0.02, 0.98) T``, guidance 100
-    (score distillation needs far stronger guidance than sampling's 7.5; MVDream uses 50), Adam 1e-2
-    on the field, 64 x 64 renders resized to the model's 512. Quick mode, run on
-    :meth:`DiffusionPrior.tiny` whose scores are random, only shows the mechanics: 50 steps of each
-    and 32 x 32 renders.
+    A frozen :class:`congealing.runtime.ModeConfig`. Step counts are 3D Congealing's (1000
+    textual-inversion steps, 10 000 SDS iterations, as a summary of the paper reports them; not
+    checked against the paper's appendix). The rest follows the diffusers textual-inversion example
+    (AdamW 5e-4, batch 4) on SD 2.1-base, where the paper uses MVDream, and DreamFusion / threestudio
+    for SDS: ``t ~ U(0.02, 0.98) T``, guidance 100 (score distillation needs far stronger guidance
+    than sampling's 7.5; MVDream uses 50), Adam 1e-2 on the field, 64 x 64 renders resized to the
+    model's 512. Quick mode, run on :meth:`DiffusionPrior.tiny` whose scores are random, only shows
+    the mechanics: 50 steps of each and 32 x 32 renders. Chapter 6, "The canonical shape, two
+    routes" quotes ``sds_iterations``.
+
+    Attributes:
+        model: the model :meth:`DiffusionPrior.from_pretrained` loads.
+        placeholder, init_token, prompt: the new word, the token it starts from, and the prompt
+            around it (``prompt.format(placeholder)``).
+        ti_steps, ti_lr, ti_batch_size: textual inversion's steps, rate and images per step.
+        sds_iterations, sds_lr: score distillation's steps and Adam's rate on the field.
+        guidance_scale, t_range: see :func:`sds_loss`.
+        render_size: side of the renders fed to the model.
+
+    Example:
+        >>> quick = DiffusionShapeConfig.for_mode("quick")
+        >>> quick.ti_steps, quick.render_size, DiffusionShapeConfig().sds_iterations
+        (50, 32, 10000)
     """
 
     model: str = "stabilityai/stable-diffusion-2-1-base"
@@ -335,7 +495,28 @@ class DiffusionShapeConfig(ModeConfig):
 
 def learn_placeholder(prior: DiffusionPrior, images: torch.Tensor, config: DiffusionShapeConfig,
                       generator: torch.Generator | None = None) -> tuple[int, list[float]]:
-    """Textual inversion on images ``(N, 3, H, W)``: add ``config.placeholder``, train it; return ``(id, losses)``."""
+    """Textual inversion: add ``config.placeholder`` to the vocabulary and train its embedding.
+
+    Each step draws ``min(ti_batch_size, N)`` of the images and takes one
+    :func:`textual_inversion_step` on the prompt ``config.prompt.format(config.placeholder)``; the
+    table is frozen again at the end.
+    Chapter 6, "The canonical shape, two routes" describes textual inversion; no cell runs it (it
+    needs real model weights to mean anything).
+
+    Args:
+        prior: the :class:`DiffusionPrior` (its vocabulary grows by the placeholder).
+        images: the input photos ``(N, 3, H, W)`` in ``[0, 1]``.
+        config: a :class:`DiffusionShapeConfig` (``placeholder``, ``init_token``, ``prompt``,
+            ``ti_steps``, ``ti_lr``, ``ti_batch_size``).
+        generator: the random draws' generator, or None.
+
+    Returns:
+        ``(token_id, losses)``: the placeholder's id and the loss of every step.
+
+    Raises:
+        ValueError: see :func:`add_placeholder_token`.
+        FloatingPointError: a loss is not finite.
+    """
     token_id = add_placeholder_token(prior, config.placeholder, config.init_token)
     prompt_ids = tokenize(prior, [config.prompt.format(config.placeholder)])
     optimizer = textual_inversion_optimizer(prior, config.ti_lr)
@@ -350,11 +531,28 @@ def learn_placeholder(prior: DiffusionPrior, images: torch.Tensor, config: Diffu
 def distil_shape(prior: DiffusionPrior, render_fn: Callable[[int], torch.Tensor], params: Iterable[torch.Tensor],
                  config: DiffusionShapeConfig, prompt: str | None = None, negative_prompt: str = "",
                  generator: torch.Generator | None = None) -> list[float]:
-    """Optimise ``params`` by SDS; ``render_fn(step)`` returns renders ``(B, 3, H, W)`` in ``[0, 1]``.
+    """Optimise a 3-D representation's ``params`` by score distillation (Adam at ``config.sds_lr``).
 
     ``render_fn`` owns the 3-D representation and its cameras (draw a random pose per call, seeded by
     ``step`` for reproducibility); this loop only needs the renders to depend differentiably on
-    ``params``. The prompt defaults to ``config.prompt`` around the placeholder. Returns the losses.
+    ``params``. Chapter 6, "The canonical shape, two routes" takes one such step by hand with
+    :func:`sds_loss`; the full loop needs real model weights.
+
+    Args:
+        prior: the :class:`DiffusionPrior`.
+        render_fn: ``render_fn(step)`` returns renders ``(B, 3, H, W)`` in ``[0, 1]``.
+        params: the tensors to optimise.
+        config: a :class:`DiffusionShapeConfig` (``sds_iterations``, ``sds_lr``, ``guidance_scale``,
+            ``t_range``).
+        prompt: the conditioning prompt (default: ``config.prompt`` around the placeholder).
+        negative_prompt: the unconditional prompt of classifier-free guidance.
+        generator: the random draws' generator, or None.
+
+    Returns:
+        the loss of every step.
+
+    Raises:
+        FloatingPointError: a loss is not finite (the message names the step).
     """
     prompt = config.prompt.format(config.placeholder) if prompt is None else prompt
     with torch.no_grad():

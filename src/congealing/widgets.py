@@ -1,5 +1,9 @@
 """Widgets that work twice: live in a Jupyter kernel, and still in the rendered HTML book.
 
+No chapter teaches this module; every chapter uses it, first Chapter 1, "1.6 A tiny spatial
+transformer" (:func:`frame_slider`) and "1.7 Explore: every generator, swept" (:func:`tabbed`),
+and the introduction's "How to read and run this book" says what a reader of the page gets.
+
 The rendered book has no kernel, so no Python callback can run there. Every widget here is
 therefore built from *precomputed* frames: an ``ipywidgets.Stack`` of ``Image`` widgets whose
 ``selected_index`` is ``jslink``-ed to a slider (or to tab/toggle buttons). The link runs in the
@@ -25,8 +29,25 @@ __all__ = [
 
 
 def to_png(picture, size: int | None = None) -> bytes:
-    """PNG bytes of a picture: a ``(3|1, H, W)`` tensor or ``(H, W[, 3|4])`` array in ``[0, 1]``
-    (or uint8), a PIL image, or a matplotlib figure. ``size`` rescales the longer side."""
+    """PNG bytes of a picture: a tensor, an array, a PIL image or a matplotlib figure.
+
+    The frames of :func:`frame_slider` are made with it; no chapter section is about it.
+
+    Args:
+        picture: a ``(3|1, H, W)`` tensor or ``(H, W[, 3|4])`` array in ``[0, 1]`` (clipped) or
+            ``uint8``, a PIL image, or a matplotlib figure (saved at its dpi, tight bounding box).
+        size: the longer side of the result in pixels (nearest-neighbour when enlarging, Lanczos
+            when shrinking); None keeps the picture's size.
+
+    Returns:
+        the PNG file's bytes.
+
+    Example:
+        >>> import io
+        >>> png = to_png(torch.ones(1, 4, 8), size=16)
+        >>> PILImage.open(io.BytesIO(png)).size                # (width, height)
+        (16, 8)
+    """
     if hasattr(picture, "savefig"):
         buffer = io.BytesIO()
         picture.savefig(buffer, format="png", bbox_inches="tight", dpi=picture.dpi)
@@ -51,13 +72,22 @@ def to_png(picture, size: int | None = None) -> bytes:
 
 
 def figure_png(figure) -> bytes:
-    """PNG bytes of a matplotlib figure, which is then closed: the frame of a precomputed widget,
-    drawn once and kept out of the page (and out of memory).
+    """PNG bytes of a matplotlib figure, which is then closed.
 
-    >>> import matplotlib.pyplot as plt
-    >>> fig = plt.figure(figsize=(1, 1))
-    >>> figure_png(fig)[:4] == b"\\x89PNG", plt.fignum_exists(fig.number)
-    (True, False)
+    The frame of a precomputed widget, drawn once and kept out of the page (and out of memory);
+    Chapter 2, "Watching it happen" draws its frames so.
+
+    Args:
+        figure: a matplotlib figure; closed even if saving fails.
+
+    Returns:
+        the PNG file's bytes.
+
+    Example:
+        >>> import matplotlib.pyplot as plt
+        >>> fig = plt.figure(figsize=(1, 1))
+        >>> figure_png(fig)[:4] == b"\\x89PNG", plt.fignum_exists(fig.number)
+        (True, False)
     """
     import matplotlib.pyplot as plt
 
@@ -68,13 +98,20 @@ def figure_png(figure) -> bytes:
 
 
 def glue(name: str, value) -> None:
-    """Record ``value`` under ``name`` for the page's prose, which quotes it as
-    ``{glue:text}`name:.1f```: MyST-NB's ``glue``, hidden from the page, so every number in the text
-    comes from the run that built it. Where MyST-NB is not installed (Colab, a bare Jupyter) the
-    notebook still runs and nothing is recorded. A one-element tensor or NumPy scalar is stored as
-    the Python number it holds, so that the text can be formatted (``:.1f``).
+    """Record ``value`` under ``name`` for the page's prose.
 
-    >>> glue("answer", torch.tensor(42.0))  # in a plain Python session: recorded nowhere, no error
+    The prose quotes it as ``{glue:text}`name:.1f```: MyST-NB's ``glue``, hidden from the page, so
+    every number in the text comes from the run that built it. Where MyST-NB is not installed
+    (Colab, a bare Jupyter) the notebook still runs and nothing is recorded. A one-element tensor or
+    NumPy scalar is stored as the Python number it holds, so that the text can be formatted
+    (``:.1f``). Chapters 3 to 7 quote their measured numbers through it.
+
+    Args:
+        name: the key the prose names.
+        value: a number, a one-element tensor or NumPy scalar, or anything MyST-NB can glue.
+
+    Example:
+        >>> glue("answer", torch.tensor(42.0))  # in a plain Python session: recorded nowhere, no error
     """
     if hasattr(value, "item"):
         value = value.item()
@@ -88,8 +125,26 @@ def glue(name: str, value) -> None:
 def frame_slider(frames: Sequence, labels: Sequence[str] | None = None, description: str = "step", size: int | None = None, width: str | None = None):
     """A slider over precomputed frames (pictures or figures), with a caption per frame.
 
-    Returns an ``ipywidgets.VBox``; moving the slider shows the matching frame, in a kernel and in
-    the static HTML alike.
+    Moving the slider shows the matching frame, in a kernel and in the static HTML alike. First used
+    in Chapter 1, "1.6 A tiny spatial transformer".
+
+    Args:
+        frames: PNG bytes, or anything :func:`to_png` takes.
+        labels: one caption per frame (None: no captions).
+        description: the slider's label.
+        size: the longer side of every frame in pixels (see :func:`to_png`).
+        width: a CSS width for the images (e.g. ``"300px"``), or None.
+
+    Returns:
+        an ``ipywidgets.VBox``: the slider, the captions (if any) and the frames.
+
+    Raises:
+        ValueError: no frames, or a number of labels other than the number of frames.
+
+    Example:
+        >>> box = frame_slider([torch.zeros(1, 4, 4), torch.ones(1, 4, 4)], labels=["dark", "light"])
+        >>> len(box.children), box.children[0].max                # slider, captions, frames; 2 frames
+        (3, 1)
     """
     import ipywidgets as widgets
 
@@ -111,7 +166,21 @@ def frame_slider(frames: Sequence, labels: Sequence[str] | None = None, descript
 
 
 def tabbed(panels: dict):
-    """Put several widgets in tabs (tab switching also works without a kernel)."""
+    """Put several widgets in tabs (tab switching also works without a kernel).
+
+    First used in Chapter 1, "1.7 Explore: every generator, swept".
+
+    Args:
+        panels: ``{title: widget}``, in tab order.
+
+    Returns:
+        an ``ipywidgets.Tab``.
+
+    Example:
+        >>> import ipywidgets
+        >>> tabbed({"first": ipywidgets.HTML("1"), "second": ipywidgets.HTML("2")}).titles
+        ('first', 'second')
+    """
     import ipywidgets as widgets
 
     tab = widgets.Tab(children=list(panels.values()))

@@ -1,4 +1,11 @@
-"""The settings of 3-D congealing (:class:`Congeal3DConfig`) and the pose search's field-of-view grid for photos."""
+"""The settings of 3-D congealing (:class:`Congeal3DConfig`) and the pose search's field-of-view grid for photos.
+
+Taught in Chapter 6, "3D congealing" (its note on quick and full mode prints the config) and
+"From lego to a hand-held capture" (:data:`PHOTO_SEARCH_FOVS_DEG`).
+
+>>> Congeal3DConfig.for_mode("quick").image_size, Congeal3DConfig().image_size
+(96, 200)
+"""
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
@@ -18,16 +25,17 @@ SHAPE_FORMAT_VERSION = 1
 
 @dataclass(frozen=True)
 class Congeal3DConfig(ModeConfig):
-    """Every setting of the pipeline. Defaults are the full-mode (paper-like) settings.
+    """Every setting of the 3-D congealing pipeline; the defaults are the full-mode (paper-like) settings.
 
-    ``for_mode("quick")`` (2 CPU cores, a few minutes for the lego chapter) changes only sizes
-    and iteration counts, never the objectives:
+    A frozen :class:`congealing.runtime.ModeConfig`. Chapter 6's opening note on quick and full mode
+    prints it and refers here for why each quick setting is what it is. ``for_mode("quick")``
+    (2 CPU cores, a few minutes for the lego chapter) changes only sizes and iteration counts, never
+    the objectives:
 
     * ``image_size`` 200 -> 96, ``grid_resolution`` 128 -> 64, ``samples_per_ray`` 128 -> 64:
       a 96-px view still shows the lego's pose; rendering cost scales with pixels x samples.
-    * ``shape_steps`` 3000 -> 400, ``rays_per_step`` 8192 -> 1024 (the shape is fitted three
-      times in Chapter 6's quick run; with 1024 rays instead of 2048 each fit takes half the time
-      and the held-out mask IoU drops by about 0.02).
+    * ``shape_steps`` 3000 -> 400, ``rays_per_step`` 8192 -> 1024: Chapter 6's quick run fits the
+      shape three times, and the cost of a fit is steps x rays.
     * ``search_render_size`` 128 -> 64, ``search_samples`` 128 -> 32, ``crop_size`` 224 -> 128,
       ``descriptor_grid`` 28 -> 16 (the 768 candidate renders dominate the search; a silhouette
       and coarse appearance need few samples per ray).
@@ -35,6 +43,34 @@ class Congeal3DConfig(ModeConfig):
       pixels each step; an unbiased estimate of the same loss, noisier with fewer pixels).
     * ``mapping_steps`` 4000 -> 300, ``mapping_size`` 64 -> 32 and ``global_delta`` 10 -> 5 (the
       same fraction of the smaller map).
+
+    Attributes:
+        image_size: side in pixels of the inputs and the anchor views.
+        anchor_views: anchor views with known cameras the offline shape is fitted to.
+        grid_resolution: voxels per side of the canonical field (:class:`VoxelField`).
+        bound: the field lives in ``[-bound, bound]^3``.
+        samples_per_ray: volume-rendering samples per ray.
+        shape_steps, rays_per_step, shape_lr: the shape fit's Adam steps, rays per step and rate.
+        mask_weight, tv_weight: weights of the opacity-vs-mask and total-variation terms of the fit.
+        density_threshold: marching-cubes level of the shape's bounding box (:func:`set_shape_box`).
+        search_fovs_deg, search_azimuths, search_elevations, camera_radius: the pose search's
+            candidate grid (Alg. 1, lines 4-7; :func:`candidate_cameras`).
+        search_render_size, search_samples: size and samples per ray of the candidate renders.
+        crop_size, crop_margin, descriptor_grid: the crops compared by the search and their
+            descriptor grid.
+        refine_steps, refine_lr, rays_per_image, refine_fov: pose refinement (Alg. 1, line 8; Eq. 8
+            with lambda_zeta = 0, lambda_IoU = 1); ``refine_fov`` also refines the field of view.
+        mapping_steps, mapping_lr, mapping_size: the coordinate maps' fit (Alg. 1, line 9; Eq. 10 and
+            Appendix B) and the side of its offset grid.
+        lambda_l2, lambda_rigid_global, lambda_rigid_local, lambda_tv: weights of the maps' closeness,
+            rigidity at ``global_delta`` pixels, rigidity at 1 pixel and Huber total variation.
+        global_delta, huber_delta: the global rigidity's pixel distance and the Huber threshold.
+        seed: seed of every random draw of the pipeline (rays, pixels).
+
+    Example:
+        >>> quick = Congeal3DConfig.for_mode("quick")
+        >>> quick.shape_steps, quick.rays_per_step, quick.mask_weight == Congeal3DConfig().mask_weight
+        (400, 1024, True)
     """
 
     # data
@@ -76,6 +112,8 @@ class Congeal3DConfig(ModeConfig):
     global_delta: int = 10
     huber_delta: float = 0.01
     seed: int = 0
+    # rays_per_step 1024 rather than 2048 halved each quick shape fit and lowered the held-out mask IoU
+    # by about 0.02 when it was chosen (commit 6d9d0f0); refine's 256 pixels per image replaced 512 then.
     QUICK: ClassVar[dict] = dict(
         image_size=96, grid_resolution=64, samples_per_ray=64, shape_steps=400, rays_per_step=1024,
         search_render_size=64, search_samples=32, crop_size=128, descriptor_grid=16, refine_steps=100, rays_per_image=256,
@@ -92,10 +130,19 @@ PHOTO_SEARCH_FOVS_DEG = (15.0, 37.5, 60.0, 75.0)
 
 
 def photo_search_config(config: Congeal3DConfig) -> Congeal3DConfig:
-    """The settings for a user's photos of unknown field of view: the search tries
-    :data:`PHOTO_SEARCH_FOVS_DEG` (a third more candidate renders than the benchmark's grid).
+    """The settings for a user's photos of unknown field of view.
 
-    >>> max(photo_search_config(Congeal3DConfig()).search_fovs_deg) >= 70
-    True
+    The pose search tries :data:`PHOTO_SEARCH_FOVS_DEG` (a third more candidate renders than the
+    benchmark's grid); everything else is ``config``'s. Chapter 6, "From lego to a hand-held capture".
+
+    Args:
+        config: the settings to start from.
+
+    Returns:
+        a new :class:`Congeal3DConfig` with ``search_fovs_deg = PHOTO_SEARCH_FOVS_DEG``.
+
+    Example:
+        >>> max(photo_search_config(Congeal3DConfig()).search_fovs_deg) >= 70
+        True
     """
     return replace(config, search_fovs_deg=PHOTO_SEARCH_FOVS_DEG)

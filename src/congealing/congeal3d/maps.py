@@ -1,5 +1,12 @@
 """Canonical coordinate maps (Algorithm 1, line 9): every pixel to a point of the canonical frame,
-and correspondence and edits through it."""
+and correspondence and edits through it.
+
+Taught in Chapter 6: the maps and the transfer in "Canonical coordinates and correspondence", the
+edits and the filtering in "Edits and pose-aware filtering".
+
+>>> huber_tv(torch.zeros(1, 2, 4, 4), 0.01).item()     # a constant field is perfectly smooth
+0.0
+"""
 from __future__ import annotations
 
 import time
@@ -26,11 +33,23 @@ __all__ = [
 class CoordinateMaps:
     """Per-image maps into the canonical frame, at the images' resolution ``S``.
 
-    ``nocs`` ``(N, 3, S, S)``: ``Phi_fwd``, every input pixel's canonical coordinate; ``mask``
-    ``(N, 1, S, S)``: the pixels that have one (the input's foreground); ``warp`` ``(N, S, S, 2)``:
-    the fitted 2-D warp ``u -> u~`` into each image's render (normalised coordinates);
-    ``renders``: ``rgb``/``nocs``/``mask`` of the canonical shape at each image's camera;
-    ``loss``: the objective's history.
+    What :func:`fit_coordinate_maps` returns; :func:`transfer_points` and
+    :func:`propagate_nocs_edit` read it. Chapter 6, "Canonical coordinates and correspondence".
+
+    Attributes:
+        nocs: ``(N, 3, S, S)``: ``Phi_fwd``, every input pixel's canonical coordinate in ``[0, 1]^3``
+            (0 outside ``mask``).
+        mask: ``(N, 1, S, S)``: the pixels that have one (the input's foreground).
+        warp: ``(N, S, S, 2)``: the fitted 2-D warp ``u -> u~`` into each image's render
+            (normalised coordinates).
+        renders: ``rgb``/``nocs``/``mask`` of the canonical shape at each image's camera.
+        loss: the objective at every step.
+        seconds: wall time of the fit.
+
+    Example:
+        >>> maps = CoordinateMaps(torch.zeros(2, 3, 4, 4), torch.ones(2, 1, 4, 4), torch.zeros(2, 4, 4, 2), {}, [])
+        >>> maps.nocs.shape, maps.seconds
+        (torch.Size([2, 3, 4, 4]), 0.0)
     """
 
     nocs: torch.Tensor
@@ -42,10 +61,24 @@ class CoordinateMaps:
 
 
 def huber_tv(offsets: torch.Tensor, delta: float) -> torch.Tensor:
-    """Huber total variation of a field ``(B, 2, h, w)``: robust smoothness that still allows edges.
+    """Huber total variation of a 2-channel field: robust smoothness that still allows edges.
 
-    >>> huber_tv(torch.zeros(1, 2, 4, 4), 0.01).item()
-    0.0
+    The sum of the mean Huber losses of the horizontal and vertical differences. One of the maps'
+    smoothness terms (Appendix B; Chapter 6, "Canonical coordinates and correspondence").
+
+    Args:
+        offsets: the field ``(B, 2, h, w)``.
+        delta: the Huber threshold: quadratic below, linear above.
+
+    Returns:
+        the loss, a scalar tensor.
+
+    Example:
+        >>> huber_tv(torch.zeros(1, 2, 4, 4), 0.01).item()
+        0.0
+        >>> ramp = torch.arange(4.0).expand(1, 2, 4, 4)                # steps of 1 along x, far above delta
+        >>> round(huber_tv(ramp, 0.01).item(), 6)                       # mean of delta (|d| - delta / 2) over dx
+        0.00995
     """
     dx = offsets[..., :, 1:] - offsets[..., :, :-1]
     dy = offsets[..., 1:, :] - offsets[..., :-1, :]
@@ -61,7 +94,26 @@ def fit_coordinate_maps(field: VoxelField, images: torch.Tensor, masks: torch.Te
     input's descriptor at ``u`` and the render's at ``u~`` (the semantic term), plus
     ``lambda_l2 |u~ - u|^2`` in ``[0, 1]`` coordinates (stay close to the pose's answer), plus the
     smoothness of Appendix B: rigidity (:func:`congealing.losses.rigidity_loss`) at ``global_delta``
-    and at 1 pixel, and Huber total variation. ``Phi_fwd(u)`` is the render's NOCS value at ``u~``.
+    and at 1 pixel, and Huber total variation (:func:`huber_tv`). ``Phi_fwd(u)`` is the render's
+    NOCS value at ``u~``; foreground pixels the render misses take the nearest covered pixel's
+    value. Taught in Chapter 6, "Canonical coordinates and correspondence".
+
+    Args:
+        field: the canonical :class:`VoxelField` (its box set).
+        images: the inputs ``(N, 3, S, S)``.
+        masks: their masks ``(N, 1, S, S)``.
+        c2w: their refined cameras ``(N, 4, 4)``.
+        fov: their field of view in radians ``(N,)``.
+        config: a :class:`Congeal3DConfig` (the ``mapping_*`` and ``lambda_*`` settings).
+        backbone: a :class:`congealing.features.Backbone`, a backbone name, or None (the default one).
+        progress: ``progress(iterable, desc=...)`` wrapping the steps (e.g. tqdm), or None.
+
+    Returns:
+        the :class:`CoordinateMaps` (on the CPU).
+
+    Raises:
+        InputError: an input has no usable mask.
+        FloatingPointError: the loss is not finite (the message names the step).
     """
     check_masks(masks)
     start = time.perf_counter()
@@ -129,9 +181,26 @@ def _fill_from_nearest(values: torch.Tensor, known: torch.Tensor) -> torch.Tenso
 def transfer_points(maps: CoordinateMaps, source: int, target: int, points: torch.Tensor) -> torch.Tensor:
     """Image-to-image correspondence through the canonical frame: ``Phi_rev_target(Phi_fwd_source(x))``.
 
-    ``points`` ``(K, 2)`` pixel ``(x, y)`` in image ``source``. ``Phi_fwd`` is read from the source's
-    NOCS map at the nearest pixel (interpolating would blend coordinates across depth edges); ``Phi_rev`` (Eqs. 12-13) is the target pixel whose canonical coordinate
-    is nearest. Returns ``(K, 2)`` pixels in image ``target``.
+    ``Phi_fwd`` is read from the source's NOCS map at the nearest pixel (interpolating would blend
+    coordinates across depth edges); ``Phi_rev`` (Eqs. 12-13) is the target's foreground pixel whose
+    canonical coordinate is nearest. Taught in Chapter 6, "Canonical coordinates and
+    correspondence".
+
+    Args:
+        maps: the :class:`CoordinateMaps`.
+        source: index of the image the points are in.
+        target: index of the image to transfer them to.
+        points: pixel ``(x, y)`` ``(K, 2)`` in image ``source``.
+
+    Returns:
+        pixel ``(x, y)`` ``(K, 2)`` in image ``target`` (integer pixel centres), dtype of ``points``.
+
+    Example:
+        >>> u = torch.linspace(0, 1, 4)
+        >>> nocs = torch.stack([u.expand(4, 4), u[:, None].expand(4, 4), torch.zeros(4, 4)])  # x, y, 0
+        >>> maps = CoordinateMaps(torch.stack([nocs, nocs.flip(-1)]), torch.ones(2, 1, 4, 4), None, {}, [])
+        >>> transfer_points(maps, 0, 1, torch.tensor([[0.0, 2.0]]))    # image 1 is image 0 mirrored
+        tensor([[3., 2.]])
     """
     size = maps.nocs.shape[-1]
     if points.shape[0] == 0:
@@ -147,10 +216,26 @@ def transfer_points(maps: CoordinateMaps, source: int, target: int, points: torc
 
 
 def propagate_nocs_edit(maps: CoordinateMaps, images: torch.Tensor, paint) -> torch.Tensor:
-    """Paint every image through its canonical coordinates: ``paint(nocs (M, 3)) -> rgba (M, 4)``.
+    """Paint every image through its canonical coordinates.
 
     The edit is defined once, in the canonical frame (e.g. "stripes along the shape's x axis"),
-    and lands on the same part of the object in every image. Returns edited ``(N, 3, S, S)``.
+    and lands on the same part of the object in every image; it is alpha-composited over the
+    foreground only. Taught in Chapter 6, "Edits and pose-aware filtering".
+
+    Args:
+        maps: the :class:`CoordinateMaps`.
+        images: the inputs ``(N, 3, S, S)``.
+        paint: ``paint(nocs (M, 3)) -> rgba (M, 4)`` in ``[0, 1]``, e.g. :func:`stripes_edit`.
+
+    Returns:
+        the edited images ``(N, 3, S, S)``.
+
+    Example:
+        >>> maps = CoordinateMaps(torch.zeros(1, 3, 2, 2), torch.tensor([[[[1.0, 0.0], [0.0, 0.0]]]]), None, {}, [])
+        >>> red = lambda nocs: torch.tensor([1.0, 0.0, 0.0, 1.0]).expand(nocs.shape[0], 4)
+        >>> propagate_nocs_edit(maps, torch.zeros(1, 3, 2, 2), red)[0, 0]     # only the foreground pixel
+        tensor([[1., 0.],
+                [0., 0.]])
     """
     N, _, S, _ = images.shape
     flat = maps.nocs.permute(0, 2, 3, 1).reshape(-1, 3)
@@ -160,7 +245,23 @@ def propagate_nocs_edit(maps: CoordinateMaps, images: torch.Tensor, paint) -> to
 
 
 def stripes_edit(axis: int = 0, stripes: int = 5, colour=(0.9, 0.1, 0.6)):
-    """A canonical-frame texture for :func:`propagate_nocs_edit`: coloured stripes across one NOCS axis."""
+    """A canonical-frame texture for :func:`propagate_nocs_edit`: coloured stripes across one NOCS axis.
+
+    Chapter 6, "Edits and pose-aware filtering".
+
+    Args:
+        axis: the NOCS axis (0, 1 or 2) the stripes cross.
+        stripes: the number of painted stripes along the axis (as many gaps between them).
+        colour: the stripes' RGB in ``[0, 1]``.
+
+    Returns:
+        ``paint(nocs (M, 3)) -> rgba (M, 4)``: ``colour`` with alpha 0.8 on a stripe, 0 between.
+
+    Example:
+        >>> paint = stripes_edit(axis=0, stripes=1)
+        >>> paint(torch.tensor([[0.25, 0.5, 0.5], [0.75, 0.5, 0.5]]))[:, 3]   # first half painted
+        tensor([0.8000, 0.0000])
+    """
     colour = torch.tensor(colour)
 
     def paint(nocs: torch.Tensor) -> torch.Tensor:
@@ -171,7 +272,25 @@ def stripes_edit(axis: int = 0, stripes: int = 5, colour=(0.9, 0.1, 0.6)):
 
 
 def filter_by_pose(c2w: torch.Tensor, azimuth_range=(-90.0, 90.0), elevation_range=(-90.0, 90.0)) -> torch.Tensor:
-    """Pose-aware filtering: indices of the cameras whose azimuth and elevation (degrees) fall in the ranges."""
+    """Pose-aware filtering: the cameras whose azimuth and elevation fall in the given ranges.
+
+    Taught in Chapter 6, "Edits and pose-aware filtering".
+
+    Args:
+        c2w: cameras ``(N, 4, 4)``.
+        azimuth_range: ``(low, high)`` degrees, inclusive (see
+            :func:`congealing.congeal3d.camera_angles`).
+        elevation_range: ``(low, high)`` degrees, inclusive.
+
+    Returns:
+        the indices ``(M,)`` of the cameras kept, ascending.
+
+    Example:
+        >>> from congealing.congeal3d import spherical_cameras
+        >>> cams = spherical_cameras(torch.tensor([0.0, 120.0, -45.0]), torch.zeros(3), 4.0)
+        >>> filter_by_pose(cams, azimuth_range=(-90.0, 90.0))
+        tensor([0, 2])
+    """
     azimuth, elevation = camera_angles(c2w)
     keep = (azimuth >= azimuth_range[0]) & (azimuth <= azimuth_range[1]) & (elevation >= elevation_range[0]) & (elevation <= elevation_range[1])
     return torch.nonzero(keep).flatten()

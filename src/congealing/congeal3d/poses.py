@@ -1,5 +1,13 @@
 """Pose search (Algorithm 1, lines 4-7), IoU pose refinement (line 8), and how far cameras are
-from the truth (Procrustes-aligned and frame-free errors)."""
+from the truth (Procrustes-aligned and frame-free errors).
+
+Taught in Chapter 6: the search in "Pose search", the refinement and the Procrustes-aligned errors
+in "Pose refinement", the frame-free errors in "From lego to a hand-held capture". Cameras follow
+:mod:`congealing.congeal3d.cameras`.
+
+>>> candidate_cameras(Congeal3DConfig.for_mode("quick"))["fov"].shape    # 3 fields of view x 16 x 16
+torch.Size([768])
+"""
 from __future__ import annotations
 
 import time
@@ -23,6 +31,25 @@ __all__ = [
 
 
 def check_masks(masks: torch.Tensor, names=None) -> None:
+    """Stop if an image has no usable foreground mask (fewer than 4 pixels above 0.5).
+
+    3-D congealing needs every object's silhouette; :func:`search_poses`, :func:`refine_poses` and
+    :func:`congealing.congeal3d.fit_coordinate_maps` call it first. No chapter section is about it.
+
+    Args:
+        masks: masks ``(N, 1, S, S)``.
+        names: the images' names for the message (default: their indices).
+
+    Raises:
+        InputError: some mask is (almost) empty; the message names the images.
+
+    Example:
+        >>> check_masks(torch.ones(2, 1, 4, 4))
+        >>> check_masks(torch.zeros(1, 1, 4, 4), names=["empty.png"])  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        ...
+        congealing.errors.InputError: no usable foreground mask for image(s) empty.png: ...
+    """
     empty = [i for i in range(masks.shape[0]) if float((masks[i] > 0.5).sum()) < 4]
     if empty:
         labels = [names[i] if names else str(i) for i in empty]
@@ -30,12 +57,21 @@ def check_masks(masks: torch.Tensor, names=None) -> None:
 
 
 def square_boxes(masks: torch.Tensor, margin: float = 0.1) -> torch.Tensor:
-    """Square boxes ``(N, 3)`` ``(centre x, centre y, side)`` in pixels around each mask's bounding
-    box ``(N, 1, H, W)``, enlarged by ``margin`` of the side on every edge.
+    """Square boxes around each mask's bounding box, enlarged by ``margin`` of the side on every edge.
 
-    >>> m = torch.zeros(1, 1, 8, 8); m[0, 0, 2:4, 1:7] = 1
-    >>> square_boxes(m, margin=0.0)
-    tensor([[3.5000, 2.5000, 6.0000]])
+    The search compares crops to these boxes (Chapter 6, "Pose search").
+
+    Args:
+        masks: masks ``(N, 1, H, W)``.
+        margin: the fraction of the side added on every edge.
+
+    Returns:
+        the boxes ``(N, 3)``: ``(centre x, centre y, side)`` in pixels.
+
+    Example:
+        >>> m = torch.zeros(1, 1, 8, 8); m[0, 0, 2:4, 1:7] = 1
+        >>> square_boxes(m, margin=0.0)
+        tensor([[3.5000, 2.5000, 6.0000]])
     """
     box = mask_to_box(masks)
     centre = 0.5 * (box[:, :2] + box[:, 2:])
@@ -44,9 +80,26 @@ def square_boxes(masks: torch.Tensor, margin: float = 0.1) -> torch.Tensor:
 
 
 def crop_to_boxes(images: torch.Tensor, masks: torch.Tensor, boxes: torch.Tensor, size: int, background: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
-    """Crop ``images`` ``(N, C, H, W)`` and ``masks`` ``(N, 1, H, W)`` to square ``boxes`` (from
-    :func:`square_boxes`), resized to ``size``; outside the mask the crop shows ``background``
-    (so an input's own background never enters the comparison, as with the paper's segmented inputs).
+    """Crop images and masks to square boxes, resized to ``size``; outside the mask, ``background``.
+
+    So an input's own background never enters the comparison, as with the paper's segmented inputs.
+    Chapter 6, "Pose search".
+
+    Args:
+        images: ``(N, C, H, W)``.
+        masks: ``(N, 1, H, W)``.
+        boxes: ``(N, 3)`` from :func:`square_boxes`.
+        size: side of the crops in pixels.
+        background: the grey level outside the mask.
+
+    Returns:
+        ``(crops (N, C, size, size), crop_masks (N, 1, size, size))``.
+
+    Example:
+        >>> images, masks = torch.zeros(1, 3, 8, 8), torch.ones(1, 1, 8, 8)
+        >>> crops, crop_masks = crop_to_boxes(images, masks, square_boxes(masks, margin=0.0), 4)
+        >>> crops.shape, float(crop_masks.min())
+        (torch.Size([1, 3, 4, 4]), 1.0)
     """
     N, _, H, W = images.shape
     scale = boxes[:, 2] / W  # a box side relative to the image width, in normalised units
@@ -66,11 +119,19 @@ def candidate_cameras(config: Congeal3DConfig) -> dict:
 
     Azimuths are the centres of ``search_azimuths`` equal bins of [-180, 180) degrees and
     elevations of ``search_elevations`` bins of [-90, 90] (bin centres avoid the poles, where the
-    camera's roll is undefined). Returns ``c2w`` ``(C, 4, 4)``, ``fov`` ``(C,)`` radians,
-    ``azimuth`` and ``elevation`` ``(C,)`` degrees.
+    camera's roll is undefined). Chapter 6, "Pose search".
 
-    >>> candidate_cameras(Congeal3DConfig())["c2w"].shape
-    torch.Size([768, 4, 4])
+    Args:
+        config: a :class:`Congeal3DConfig` (``search_fovs_deg``, ``search_azimuths``,
+            ``search_elevations``, ``camera_radius``).
+
+    Returns:
+        ``c2w`` ``(C, 4, 4)``, ``fov`` ``(C,)`` radians, ``azimuth`` and ``elevation`` ``(C,)``
+        degrees, with ``C`` = fields of view x azimuths x elevations.
+
+    Example:
+        >>> candidate_cameras(Congeal3DConfig())["c2w"].shape
+        torch.Size([768, 4, 4])
     """
     azimuths = -180.0 + (torch.arange(config.search_azimuths) + 0.5) * 360.0 / config.search_azimuths
     elevations = -90.0 + (torch.arange(config.search_elevations) + 0.5) * 180.0 / config.search_elevations
@@ -82,11 +143,19 @@ def candidate_cameras(config: Congeal3DConfig) -> dict:
 def semantic_distance(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """The paper's Eqs. 6-7: mean per-pixel cosine distance between unit descriptor maps.
 
-    ``a`` ``(N, D, h, w)`` and ``b`` ``(C, D, h, w)`` give the ``(N, C)`` matrix of distances.
+    Taught in Chapter 6, "Pose search".
 
-    >>> d = F.normalize(torch.randn(2, 4, 3, 3), dim=1)
-    >>> bool(torch.allclose(semantic_distance(d, d).diagonal(), torch.zeros(2), atol=1e-6))
-    True
+    Args:
+        a: unit descriptors ``(N, D, h, w)`` (e.g. the inputs').
+        b: unit descriptors ``(C, D, h, w)`` (e.g. the candidate renders').
+
+    Returns:
+        the distances ``(N, C)``, clamped at 0.
+
+    Example:
+        >>> d = F.normalize(torch.randn(2, 4, 3, 3, generator=torch.Generator().manual_seed(0)), dim=1)
+        >>> bool(torch.allclose(semantic_distance(d, d).diagonal(), torch.zeros(2), atol=1e-6))
+        True
     """
     N, D, h, w = a.shape
     similarity = torch.einsum("ndp,cdp->nc", a.reshape(N, D, h * w), b.reshape(b.shape[0], D, h * w)) / (h * w)
@@ -99,9 +168,25 @@ def place_camera(c2w: torch.Tensor, fov: torch.Tensor, render_boxes: torch.Tenso
     The search compares crops, so a chosen candidate says where the camera *looks from* but not
     how far away it is or where the object sits in the uncropped input. Under weak perspective,
     moving the camera back by a factor ``k`` shrinks the object by ``k``, and sliding it sideways
-    shifts the object in the image; both are solved from the two square boxes ``(B, 3)``
-    (:func:`square_boxes` of the candidate's render and of the input). Orientation and field of
-    view are kept. Returns ``(B, 4, 4)``.
+    shifts the object in the image; both are solved from the two square boxes. Orientation and field
+    of view are kept. Taught in Chapter 6, "Pose search".
+
+    Args:
+        c2w: the candidates' cameras ``(B, 4, 4)``.
+        fov: their field of view in radians ``(B,)``.
+        render_boxes: :func:`square_boxes` of the candidates' renders ``(B, 3)``.
+        render_size: side of the renders in pixels.
+        target_boxes: :func:`square_boxes` of the inputs ``(B, 3)``.
+        target_size: side of the inputs in pixels.
+
+    Returns:
+        the placed cameras ``(B, 4, 4)``.
+
+    Example:
+        >>> c2w = spherical_cameras(torch.tensor([30.0]), torch.tensor([10.0]), 4.0)
+        >>> box = torch.tensor([[31.5, 31.5, 20.0]])                  # centred, as in the render
+        >>> bool(torch.allclose(place_camera(c2w, torch.tensor([0.7]), box, 64, box, 64), c2w, atol=1e-6))
+        True
     """
     focal_r = focal_length(fov, render_size).reshape(-1, 1)
     focal_t = focal_length(fov, target_size).reshape(-1, 1)
@@ -120,9 +205,27 @@ def place_camera(c2w: torch.Tensor, fov: torch.Tensor, render_boxes: torch.Tenso
 
 @torch.no_grad()
 def render_candidates(field: VoxelField, config: Congeal3DConfig, batch: int = 32) -> dict:
-    """Render every search candidate once (shared by all inputs): ``rgb`` ``(C, 3, s, s)``,
-    ``mask`` ``(C, 1, s, s)`` at ``search_render_size``, plus the cameras (all on the CPU; the
-    renders are made on the field's device)."""
+    """Render every search candidate once (shared by all inputs).
+
+    Renders are made on the field's device and returned on the CPU. Chapter 6, "Pose search".
+
+    Args:
+        field: the canonical :class:`VoxelField`.
+        config: a :class:`Congeal3DConfig` (the candidate grid, ``search_render_size`` ``s``,
+            ``search_samples``).
+        batch: candidates rendered at once.
+
+    Returns:
+        the cameras of :func:`candidate_cameras` plus ``rgb`` ``(C, 3, s, s)`` and ``mask``
+        ``(C, 1, s, s)``.
+
+    Example:
+        >>> config = Congeal3DConfig(search_fovs_deg=(60.0,), search_azimuths=2, search_elevations=2,
+        ...                          search_render_size=4, search_samples=4)
+        >>> out = render_candidates(VoxelField(resolution=4), config)
+        >>> out["rgb"].shape, out["mask"].shape
+        (torch.Size([4, 3, 4, 4]), torch.Size([4, 1, 4, 4]))
+    """
     cameras = candidate_cameras(config)
     size, device = config.search_render_size, field.density.device
     rgb, mask = [], []
@@ -136,13 +239,27 @@ def render_candidates(field: VoxelField, config: Congeal3DConfig, batch: int = 3
 
 @torch.no_grad()
 def search_poses(field: VoxelField, images: torch.Tensor, masks: torch.Tensor, config: Congeal3DConfig, backbone=None, candidates: dict | None = None) -> dict:
-    """Pose initialisation (Alg. 1, lines 4-7): the candidate camera whose render is semantically
-    closest to each input, then placed to frame the object as the input does (:func:`place_camera`).
+    """Pose initialisation (Alg. 1, lines 4-7): the candidate camera whose render is semantically closest.
 
-    ``images`` ``(N, 3, S, S)`` and ``masks`` ``(N, 1, S, S)``. Renders and inputs are cropped to
-    their mask boxes and compared by :func:`semantic_distance` of ``backbone`` descriptors.
-    Returns ``c2w`` ``(N, 4, 4)``, ``fov`` ``(N,)``, ``index`` ``(N,)`` (the chosen candidate),
-    ``distance`` ``(N, C)`` (the landscape), ``candidates`` and ``seconds``.
+    Renders and inputs are cropped to their mask boxes (:func:`crop_to_boxes`) and compared by
+    :func:`semantic_distance` of ``backbone`` descriptors; a candidate that renders nothing is never
+    chosen. The winner is then placed to frame the object as the input does (:func:`place_camera`).
+    Taught in Chapter 6, "Pose search".
+
+    Args:
+        field: the canonical :class:`VoxelField`.
+        images: inputs ``(N, 3, S, S)``.
+        masks: their masks ``(N, 1, S, S)``.
+        config: a :class:`Congeal3DConfig`.
+        backbone: a :class:`congealing.features.Backbone`, a backbone name, or None (the default one).
+        candidates: the output of :func:`render_candidates`, to reuse (default: rendered here).
+
+    Returns:
+        ``c2w`` ``(N, 4, 4)``, ``fov`` ``(N,)``, ``index`` ``(N,)`` (the chosen candidate),
+        ``distance`` ``(N, C)`` (the landscape), ``candidates`` and ``seconds``.
+
+    Raises:
+        InputError: an input has no usable mask (:func:`check_masks`).
     """
     check_masks(masks)
     start = time.perf_counter()
@@ -172,11 +289,30 @@ def refine_poses(field: VoxelField, masks: torch.Tensor, c2w: torch.Tensor, fov:
     Each camera is ``c2w @ exp(xi)`` with ``xi`` in se(3) (:func:`se3_exp`, zero at the start) and
     its field of view ``fov * exp(phi)``; Adam minimises ``1 - IoU`` between the rendered opacity
     and the input mask over ``rays_per_image`` random pixels per image and step. The field is
-    frozen (and left as the caller had it). Returns the refined ``c2w`` ``(N, 4, 4)`` and ``fov``
-    ``(N,)``, the per-step mean ``loss``, ``trajectory`` (the cameras at the start and every
-    ``refine_steps // snapshots`` steps) and ``seconds``. A NaN stops it with the step number.
-    ``valid`` ``(N, 1, S, S)``: the pixels that lie inside each photo (:func:`congealing.congeal3d.captures.square_views`);
-    the IoU ignores the others, where the object may continue unseen.
+    frozen (and left as the caller had it). Seeded by ``config.seed``. Taught in Chapter 6, "Pose
+    refinement".
+
+    Args:
+        field: the canonical :class:`VoxelField`.
+        masks: the inputs' masks ``(N, 1, S, S)``.
+        c2w: the starting cameras ``(N, 4, 4)`` (e.g. :func:`search_poses`').
+        fov: their field of view in radians ``(N,)`` or a number.
+        config: a :class:`Congeal3DConfig` (``refine_steps``, ``refine_lr``, ``rays_per_image``,
+            ``refine_fov``, ``samples_per_ray``).
+        snapshots: how many cameras of the trajectory to keep besides the start.
+        progress: ``progress(iterable, desc=...)`` wrapping the steps (e.g. tqdm), or None.
+        valid: ``(N, 1, S, S)``, the pixels that lie inside each photo
+            (:func:`congealing.congeal3d.captures.square_views`); the IoU ignores the others, where the
+            object may continue unseen (default: every pixel counts).
+
+    Returns:
+        the refined ``c2w`` ``(N, 4, 4)`` and ``fov`` ``(N,)``, the per-step mean ``loss``,
+        ``trajectory`` (the cameras at the start and every ``refine_steps // snapshots`` steps) and
+        ``seconds``; all on the CPU.
+
+    Raises:
+        InputError: an input has no usable mask (:func:`check_masks`).
+        FloatingPointError: the loss is not finite (the message names the step).
     """
     check_masks(masks)
     start = time.perf_counter()
@@ -226,15 +362,24 @@ def refine_poses(field: VoxelField, masks: torch.Tensor, c2w: torch.Tensor, fov:
 
 
 def similarity_procrustes(source: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Least-squares similarity ``target ~ s R source + t`` between point sets ``(N, 3)`` (Umeyama).
+    """Least-squares similarity ``target ~ s R source + t`` between point sets (Umeyama).
 
-    Returns ``s`` (scalar tensor), ``R`` ``(3, 3)`` (a rotation, det +1) and ``t`` ``(3,)``.
+    :func:`pose_errors` aligns the predicted camera centres to the true ones with it (Chapter 6,
+    "Pose refinement").
 
-    >>> p = torch.randn(10, 3)
-    >>> R = se3_exp(torch.tensor([[0.1, 0.2, 0.3, 0, 0, 0]]))[0, :3, :3]
-    >>> s, R_hat, t = similarity_procrustes(p, 2 * p @ R.T + 1)
-    >>> bool(torch.allclose(R_hat, R, atol=1e-4)), round(s.item(), 4)
-    (True, 2.0)
+    Args:
+        source: points ``(N, 3)``.
+        target: points ``(N, 3)``.
+
+    Returns:
+        ``(s, R, t)``: the scale (a scalar tensor), a rotation ``(3, 3)`` (det +1) and ``t`` ``(3,)``.
+
+    Example:
+        >>> p = torch.randn(10, 3, generator=torch.Generator().manual_seed(0))
+        >>> R = se3_exp(torch.tensor([[0.1, 0.2, 0.3, 0, 0, 0]]))[0, :3, :3]
+        >>> s, R_hat, t = similarity_procrustes(p, 2 * p @ R.T + 1)
+        >>> bool(torch.allclose(R_hat, R, atol=1e-4)), round(s.item(), 4)
+        (True, 2.0)
     """
     mu_s, mu_t = source.mean(dim=0), target.mean(dim=0)
     xs, xt = source - mu_s, target - mu_t
@@ -248,19 +393,29 @@ def similarity_procrustes(source: torch.Tensor, target: torch.Tensor) -> tuple[t
 
 
 def relative_pose_errors(predicted: torch.Tensor, truth: torch.Tensor) -> dict:
-    """Frame-free camera errors of cameras ``(N, 4, 4)`` (camera-to-world), over all pairs ``i < j``.
+    """Frame-free camera errors over all pairs of cameras ``i < j``.
 
     No alignment between the two frames is fitted, so the numbers cannot be flattered or spoiled
     by a degenerate fit (cameras on a short arc make the centre Procrustes of :func:`pose_errors`
     ill-posed). Relative rotation error: the angle between the predicted and the true rotation
     from camera ``j`` to camera ``i`` (``R_i^T R_j``). View-angle error: how far the predicted
-    angle between the two viewing directions is from the true one. Both in degrees.
+    angle between the two viewing directions is from the true one. Taught in Chapter 6, "From lego
+    to a hand-held capture".
 
-    >>> from congealing.congeal3d import look_at
-    >>> cams = look_at(torch.tensor([[4.0, 0, 0], [0, 4.0, 0], [0, 0, 4.0]]))
-    >>> turned = se3_exp(torch.tensor([[0.3, -0.2, 0.7, 1.0, 0.0, 0.0]])) @ cams  # the whole scene moved
-    >>> round(relative_pose_errors(turned, cams)["relative_rotation_max"], 3)  # is no error
-    0.0
+    Args:
+        predicted: camera-to-world matrices ``(N, 4, 4)``, ``N >= 2``.
+        truth: the true ones ``(N, 4, 4)``.
+
+    Returns:
+        ``relative_rotation_mean``, ``_median`` and ``_max``, ``view_angle_mean`` and ``_median``,
+        all in degrees.
+
+    Example:
+        >>> from congealing.congeal3d import look_at
+        >>> cams = look_at(torch.tensor([[4.0, 0, 0], [0, 4.0, 0], [0, 0, 4.0]]))
+        >>> turned = se3_exp(torch.tensor([[0.3, -0.2, 0.7, 1.0, 0.0, 0.0]])) @ cams  # the whole scene moved
+        >>> round(relative_pose_errors(turned, cams)["relative_rotation_max"], 3)  # is no error
+        0.0
     """
     N = predicted.shape[0]
     i, j = torch.triu_indices(N, N, offset=1)
@@ -277,14 +432,29 @@ def relative_pose_errors(predicted: torch.Tensor, truth: torch.Tensor) -> dict:
 
 
 def pose_errors(predicted: torch.Tensor, truth: torch.Tensor) -> dict:
-    """Rotation and translation errors of cameras ``(N, 4, 4)`` after a similarity Procrustes
-    alignment of the predicted camera centres to the true ones (the paper's Table 1 protocol),
-    with the frame-free errors of :func:`relative_pose_errors` beside them.
+    """Rotation and translation errors of cameras after a similarity Procrustes alignment of their centres.
 
-    Rotation error: the angle between the aligned predicted and the true camera rotation, in
-    degrees. Translation error: the distance between the aligned predicted and the true camera
-    centre, in the scene's units. Returns per-view lists and their mean and median, and
-    ``procrustes_scale``: a scale far from 1 warns that the alignment degenerated.
+    The paper's Table 1 protocol: the predicted camera centres are aligned to the true ones
+    (:func:`similarity_procrustes`); the rotation error is the angle between the aligned predicted
+    and the true rotation, the translation error the distance between the aligned and the true
+    centre. The frame-free errors of :func:`relative_pose_errors` come beside them. Taught in
+    Chapter 6, "Pose search" and "Pose refinement".
+
+    Args:
+        predicted: camera-to-world matrices ``(N, 4, 4)``; the alignment is well posed only for at
+            least 3 centres that are not collinear.
+        truth: the true ones ``(N, 4, 4)``.
+
+    Returns:
+        ``rotation_deg`` and ``translation`` (per-view lists, degrees and scene units), their
+        ``_mean`` and ``_median``, ``procrustes_scale`` (far from 1 warns that the alignment
+        degenerated) and the entries of :func:`relative_pose_errors`.
+
+    Example:
+        >>> cams = spherical_cameras(torch.tensor([0.0, 90.0, 200.0]), torch.tensor([0.0, 30.0, -20.0]), 4.0)
+        >>> errors = pose_errors(cams, cams)
+        >>> round(errors["rotation_mean"], 2), round(errors["translation_mean"], 4), round(errors["procrustes_scale"], 4)
+        (0.0, 0.0, 1.0)
     """
     s, R, t = similarity_procrustes(predicted[:, :3, 3].double(), truth[:, :3, 3].double())
     aligned_rotations = R.float() @ predicted[:, :3, :3]
