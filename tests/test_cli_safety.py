@@ -442,7 +442,7 @@ def test_a_bad_dino_weights_file_is_blamed_on_the_file(tmp_path, monkeypatch):
     bad = tmp_path / "dino.pth"
     bad.write_bytes(b"not weights")
     monkeypatch.setenv("CONGEAL_DINO_WEIGHTS", str(bad))
-    features._LOADED.pop("dino_vits8", None)
+    features.backbones._LOADED.pop("dino_vits8", None)
     with pytest.raises(features.WeightsNotAvailableError, match=r"CONGEAL_DINO_WEIGHTS=.*dino.pth") as info:
         features.load_backbone("dino_vits8")
     assert "hub" not in str(info.value)
