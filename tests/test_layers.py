@@ -41,7 +41,7 @@ RANK = {module: rank for rank, modules in enumerate(reversed(LAYERS.values())) f
 METHODS = set(LAYERS["methods"])
 
 def _modules() -> dict[str, ast.Module]:
-    """Every module of the package by name: ``warps`` for ``warps.py``, ``congeal3d/poses`` for a
+    """Every module of the package by name: ``metrics`` for ``metrics.py``, ``congeal3d/poses`` for a
     subpackage's module (its ``__init__.py`` is ``congeal3d/__init__``)."""
     paths = [path for path in sorted(PACKAGE.glob("*.py")) if path.stem != "__init__"] + sorted(PACKAGE.glob("*/*.py"))
     return {path.relative_to(PACKAGE).with_suffix("").as_posix(): ast.parse(path.read_text(), filename=str(path)) for path in paths}
