@@ -1,4 +1,4 @@
-"""A user's multi-view capture for 3-D congealing: camera files, frame normalisation, and the exact
+"""A user's multi-view capture for 3-D congealing: its cameras loaded and normalised, and the exact
 mapping of any pinhole photo to the square, centred camera model of :mod:`congealing.congeal3d`.
 
 Chapter 6's model assumes lego's world: square images, a centred principal point, the object at
@@ -8,11 +8,13 @@ module brings such a capture into the model's world without approximations:
 
 * :func:`load_cameras` reads ``transforms.json`` (instant-ngp / nerfstudio: ``fl_x``, ``fl_y``,
   ``cx``, ``cy``, ``w``, ``h`` or ``camera_angle_x``, globally or per frame) or COLMAP's text model
-  (``cameras.txt`` + ``images.txt``), and says what it ignores (lens distortion, instant-ngp's
-  ``scale``/``offset``);
+  (``cameras.txt`` + ``images.txt``) with the importers of :mod:`congealing.congeal3d.camera_files`,
+  which say what they ignore (lens distortion, instant-ngp's ``scale``/``offset``);
 * :func:`normalise_frame` moves and scales the cameras so the object sits at the origin and fits
   the field's cube: the centre and size of a coarse visual hull of the masks (or, without masks,
-  the point the optical axes pass closest to), with the cameras' mean up direction as ``+z``;
+  the point the optical axes pass closest to), with the world's up as ``+z`` (the direction
+  orthogonal to every camera's x axis, as people hold cameras upright; the cameras' mean up
+  direction if they are rolled);
 * :func:`square_views` resamples every photo into a square image of a shared field of view with
   the principal point at the centre and square pixels. A pinhole camera's intrinsics can be changed
   by resampling its image alone (same centre, same rotation), so this is exact; pixels that fall
@@ -21,9 +23,7 @@ module brings such a capture into the model's world without approximations:
 Conventions: cameras are OpenGL camera-to-world ``(N, 4, 4)`` as in :mod:`congealing.congeal3d`.
 Intrinsics ``fx, fy, cx, cy`` ``(N,)`` are in pixels with pixel *centres* at integers (the
 convention of :mod:`congealing.warps`); files use pixel edges (COLMAP and nerfstudio put the
-centre of the first pixel at 0.5), and :func:`load_cameras` converts.
-
-The camera files themselves are parsed in :mod:`congealing.congeal3d.camera_files`.
+centre of the first pixel at 0.5), and the importers convert.
 """
 from __future__ import annotations
 

@@ -7,9 +7,7 @@ from __future__ import annotations
 
 import torch
 
-__all__ = [
-    "consensus_flips",
-]
+__all__ = ["consensus_flips"]
 
 
 def consensus_flips(keys: torch.Tensor, sweeps: int = 20) -> torch.Tensor:
