@@ -50,7 +50,7 @@ def offline_data(data_root, monkeypatch) -> Path:
         pytest.fail(f"the test tried to download {source.name}: it must read CONGEAL_DATA={data_root}")
 
     monkeypatch.setenv("CONGEAL_DATA", str(data_root))
-    monkeypatch.setattr(data, "_download", refuse)
+    monkeypatch.setattr(data.sources, "_download", refuse)  # where find_dataset looks it up
     return data_root
 
 

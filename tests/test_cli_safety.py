@@ -386,7 +386,7 @@ def test_every_unreadable_file_is_named_and_can_be_skipped(tmp_path, capsys, mon
     (photos / "truncated.jpg").write_bytes(jpeg[: len(jpeg) // 3])
     Image.fromarray(np.zeros((30, 30, 3), dtype=np.uint8)).save(photos / "huge.png")
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 200)  # 900 pixels is a 'decompression bomb' now ...
-    monkeypatch.setattr(data, "read_image", _read_small_ok(data.read_image))  # ... for huge.png only
+    monkeypatch.setattr(data.images, "read_image", _read_small_ok(data.read_image))  # ... for huge.png only (where the loader looks it up)
     code, err = _align(photos, tmp_path / "out", capsys)
     _one_line_error(code, err, "truncated.jpg", "huge.png", "--skip-unreadable")
     assert "._a.jpg" not in err
@@ -442,7 +442,7 @@ def test_a_bad_dino_weights_file_is_blamed_on_the_file(tmp_path, monkeypatch):
     bad = tmp_path / "dino.pth"
     bad.write_bytes(b"not weights")
     monkeypatch.setenv("CONGEAL_DINO_WEIGHTS", str(bad))
-    features._LOADED.pop("dino_vits8", None)
+    features.backbones._LOADED.pop("dino_vits8", None)
     with pytest.raises(features.WeightsNotAvailableError, match=r"CONGEAL_DINO_WEIGHTS=.*dino.pth") as info:
         features.load_backbone("dino_vits8")
     assert "hub" not in str(info.value)

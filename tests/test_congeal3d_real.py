@@ -13,6 +13,7 @@ from scipy.spatial.transform import Rotation
 
 from congealing import congeal3d as c3
 from congealing import lego, warps
+from congealing.congeal3d import camera_files as cf
 from congealing.congeal3d import captures as cp
 from congealing.errors import InputError
 
@@ -70,8 +71,8 @@ def test_normalised_frame_forgets_the_files_frame():
     n = len(c2w)
     intr = [torch.full((n,), 100.0), torch.full((n,), 100.0), torch.full((n,), 63.5), torch.full((n,), 63.5)]
     size = [torch.full((n,), 128), torch.full((n,), 128)]
-    a = cp.normalise_frame(cp.Cameras(c2w, *intr, *size, [str(i) for i in range(n)]))
-    b = cp.normalise_frame(cp.Cameras(moved(c2w), *intr, *size, [str(i) for i in range(n)]))
+    a = cp.normalise_frame(cf.Cameras(c2w, *intr, *size, [str(i) for i in range(n)]))
+    b = cp.normalise_frame(cf.Cameras(moved(c2w), *intr, *size, [str(i) for i in range(n)]))
     same_up_to_turn_about_z(a.c2w, b.c2w, 1e-3)
     same_up_to_turn_about_z(b.c2w, c2w, 1e-3)  # the true up, though the arc is one-sided and looks down
     assert torch.allclose(a.c2w[:, :3, 3].norm(dim=-1), torch.full((n,), 4.0), atol=1e-3)
@@ -133,7 +134,7 @@ def test_square_views_are_an_exact_change_of_intrinsics():
     ys, xs = torch.meshgrid(torch.arange(h, dtype=torch.float32), torch.arange(w, dtype=torch.float32), indexing="ij")
     photo = torch.stack([xs, ys, torch.zeros_like(xs)])
     c2w = c3.look_at(torch.tensor([[0.0, -4.0, 1.0]]))
-    cams = cp.Cameras(c2w, torch.tensor([fx]), torch.tensor([fy]), torch.tensor([cx]), torch.tensor([cy]), torch.tensor([w]), torch.tensor([h]), ["p"])
+    cams = cf.Cameras(c2w, torch.tensor([fx]), torch.tensor([fy]), torch.tensor([cx]), torch.tensor([cy]), torch.tensor([w]), torch.tensor([h]), ["p"])
     views = cp.square_views([photo], cams, 64)
     points = torch.randn(50, 3) * 0.4
     local = (points - c2w[0, :3, 3]) @ c2w[0, :3, :3]
@@ -193,7 +194,7 @@ def test_capture_benchmark_cameras_and_masks_agree():
     bench = lego.make_capture_benchmark(32, views=10, close_up_every=3)
     assert len(bench) == 10 and int(bench.close_up.sum()) == 3
     assert all(p.shape[-2:] == (43, 32) for p in bench.photos)  # portrait 3:4
-    cams = cp.cameras_from_transforms(bench.meta)
+    cams = cf.cameras_from_transforms(bench.meta)
     assert not torch.allclose(cams.cx, cams.cx[:1].expand_as(cams.cx))  # principal points differ and are off-centre
     assert c3.relative_pose_errors(cams.c2w, bench.c2w)["relative_rotation_max"] < 0.1
     normalised = cp.normalise_frame(cams, bench.masks)

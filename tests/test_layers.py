@@ -6,15 +6,16 @@ The layers, top to bottom (CONTRIBUTING.md, "How the library is layered"):
 applications          cli, align, report, report_folder, widgets
 evaluation            evaluation, registry, lego
 methods               classical, neural, spacejam, congeal3d (a package), diffusion_prior
-foundations           warps, data, features, metrics, losses, runtime, checkpoints, files,
-                      errors, alignment, _compat
+foundations           warps, data, features (three packages), metrics, losses, runtime,
+                      checkpoints, files, errors, alignment, _compat
 ====================  =====================================================================
 
 Rules:
 
 (a) a module imports only from its own layer or the layers below it;
 (b) a method never imports another method (shared pieces go to a foundation, e.g. ``losses``); a
-    package's modules (``congeal3d/*.py``) count as their package, so they may import each other;
+    package's modules (``congeal3d/*.py``, ``features/*.py``) count as their package, so they may
+    import each other;
 (c) no in-package import inside a function (hiding an import there is how cycles were dodged);
 (d) ``argparse`` and ``SystemExit`` belong to ``cli`` alone: the library raises
     :class:`congealing.errors.CongealError` and the command turns it into one line and exit 2.
@@ -40,7 +41,7 @@ RANK = {module: rank for rank, modules in enumerate(reversed(LAYERS.values())) f
 METHODS = set(LAYERS["methods"])
 
 def _modules() -> dict[str, ast.Module]:
-    """Every module of the package by name: ``warps`` for ``warps.py``, ``congeal3d/poses`` for a
+    """Every module of the package by name: ``metrics`` for ``metrics.py``, ``congeal3d/poses`` for a
     subpackage's module (its ``__init__.py`` is ``congeal3d/__init__``)."""
     paths = [path for path in sorted(PACKAGE.glob("*.py")) if path.stem != "__init__"] + sorted(PACKAGE.glob("*/*.py"))
     return {path.relative_to(PACKAGE).with_suffix("").as_posix(): ast.parse(path.read_text(), filename=str(path)) for path in paths}
@@ -147,7 +148,33 @@ def test_every_module_has_a_layer(trees):
 
 def test_the_congeal3d_package_is_read_module_by_module(trees):
     assert {"congeal3d/__init__", "congeal3d/config", "congeal3d/cameras", "congeal3d/field", "congeal3d/poses", "congeal3d/maps",
-            "congeal3d/pipeline", "congeal3d/captures"} <= set(trees)
+            "congeal3d/pipeline", "congeal3d/camera_files", "congeal3d/captures"} <= set(trees)
+
+
+def test_the_foundation_packages_are_read_module_by_module(trees):
+    assert {"warps/__init__", "warps/transforms", "warps/grids",
+            "data/__init__", "data/sources", "data/images", "data/datasets",
+            "features/__init__", "features/backbones", "features/pca", "features/cosegmentation", "features/flips"} <= set(trees)
+    assert all(_owner(module) in LAYERS["foundations"] for module in trees if module.split("/")[0] in ("warps", "data", "features"))
+
+
+def test_a_package_re_exports_exactly_its_modules_public_names():
+    """A package's ``__init__.py`` is its public API: its ``__all__`` is the union of its modules'
+    ``__all__`` (so ``from congealing.features import cosegment`` works for every public name), and
+    every name it lists is the object its module defines."""
+    import importlib
+
+    packages = sorted(path.parent.name for path in PACKAGE.glob("*/__init__.py"))
+    assert {"warps", "data", "features", "congeal3d"} <= set(packages)
+    for package in packages:
+        init = importlib.import_module(f"congealing.{package}")
+        parts = [path.stem for path in sorted((PACKAGE / package).glob("*.py")) if not path.stem.startswith("_")]
+        modules = [importlib.import_module(f"congealing.{package}.{part}") for part in parts]
+        listed = [name for module in modules for name in module.__all__]
+        assert len(listed) == len(set(listed)), f"{package}: two modules export the same name"
+        assert sorted(init.__all__) == sorted(listed), f"{package}/__init__.py: {sorted(set(init.__all__) ^ set(listed))}"
+        for module in modules:
+            assert all(getattr(init, name) is getattr(module, name) for name in module.__all__), module.__name__
 
 
 def test_no_module_imports_a_layer_above_it_and_methods_stay_apart(trees):
@@ -171,10 +198,13 @@ def test_the_rules_catch_what_they_forbid():
         "neural": ast.parse("from . import warps\n"), "runtime": ast.parse(""), "cli": ast.parse("import argparse\n"),
         # a subpackage's module: its siblings are in-method, the package's modules are two dots up
         "congeal3d/poses": ast.parse("from . import field\nfrom .field import render\nfrom ..features import load_backbone\nfrom ..neural import train\nfrom .. import report\n"),
+        # a foundation package's module: its siblings are its own package, the methods are above it
+        "features/pca": ast.parse("from .backbones import extract_descriptors\nfrom ..runtime import cache_dir\nfrom ..spacejam import fit\n"),
     }
     assert layer_violations(planted) == [
         "warps.py:1 imports report, a layer above it", "classical.py:1 imports neural: methods do not import each other",
         "congeal3d/poses.py:4 imports neural: methods do not import each other", "congeal3d/poses.py:5 imports report, a layer above it",
+        "features/pca.py:3 imports spacejam, a layer above it",
     ]
     assert function_import_violations(planted) == ["data.py:2 imports runtime inside a function"]
     assert command_line_violations(planted) == ["report.py:1 imports argparse", "report.py:2 uses SystemExit"]

@@ -5,9 +5,12 @@ The library under the book *Congealing, step by step*. One module per concept, i
 
 Foundations
 
-* :mod:`congealing.warps`      Lie-group warps, sampling grids, flips (Chapter 1)
-* :mod:`congealing.data`       image folders, MNIST, CUB-200-2011, NeRF-synthetic
-* :mod:`congealing.features`   dense descriptors from DINO / DINOv2 / EfficientNet-Lite0, co-segmentation
+* :mod:`congealing.warps`      Lie-group warps, sampling grids, flips (Chapter 1); a package
+  (``transforms``, ``grids``)
+* :mod:`congealing.data`       image folders, MNIST, CUB-200-2011, NeRF-synthetic; a package
+  (``sources``, ``images``, ``datasets``)
+* :mod:`congealing.features`   dense descriptors from DINO / DINOv2 / EfficientNet-Lite0, co-segmentation;
+  a package (``backbones``, ``pca``, ``cosegmentation``, ``flips``)
 * :mod:`congealing.metrics`    PCK, bootstrap intervals, box IoU (Chapter 3)
 * :mod:`congealing.losses`     loss terms more than one method uses
 * :mod:`congealing.runtime`    the quick/full switch, seeding, device choice, the cache folder
@@ -18,8 +21,8 @@ Methods (never import each other)
 * :mod:`congealing.classical`  entropy, least-squares and inverse-compositional congealing (Chapter 2)
 * :mod:`congealing.neural`     Neural Congealing (Chapter 4)
 * :mod:`congealing.spacejam`   SpaceJAM (Chapter 5)
-* :mod:`congealing.congeal3d`  3-D congealing (Chapter 6), a package (its ``captures`` submodule:
-  a user's calibrated capture), with :mod:`congealing.diffusion_prior`
+* :mod:`congealing.congeal3d`  3-D congealing (Chapter 6), a package (its ``camera_files`` and
+  ``captures`` submodules: a user's calibrated capture), with :mod:`congealing.diffusion_prior`
 
 Evaluation
 

@@ -33,8 +33,9 @@ The package holds the algorithm only, one concept per module: :mod:`~congealing.
 :mod:`~congealing.congeal3d.field` (the voxel field, its renderer and the offline shape fit),
 :mod:`~congealing.congeal3d.poses` (pose search, refinement, pose errors),
 :mod:`~congealing.congeal3d.maps` (coordinate maps, transfer, edits),
-:mod:`~congealing.congeal3d.pipeline` (:func:`congeal`) and :mod:`~congealing.congeal3d.captures`
-(a user's calibrated capture). Every public name is re-exported here. The lego benchmarks live in
+:mod:`~congealing.congeal3d.pipeline` (:func:`congeal`), :mod:`~congealing.congeal3d.camera_files`
+(a capture's camera files) and :mod:`~congealing.congeal3d.captures` (a user's calibrated capture).
+Every public name is re-exported here. The lego benchmarks live in
 :mod:`congealing.lego` (evaluation), ``congeal align --method congeal3d`` in
 :mod:`congealing.align` (application).
 """
@@ -59,10 +60,10 @@ from .maps import (
     filter_by_pose,
 )
 from .pipeline import Congealed3D, congeal, progress_bars
+from .camera_files import Cameras, cameras_from_transforms, cameras_from_colmap, check_intrinsics, match_photos
 from .captures import (
-    Cameras, load_cameras, cameras_from_transforms, cameras_from_colmap, normalise_frame, SquareViews, square_views,
-    object_is_whole, known_fov_config, check_intrinsics, match_photos, check_capture, congeal_capture,
-    pad_to_squares, photos_from_squares, cosegment_photos,
+    load_cameras, normalise_frame, SquareViews, square_views, object_is_whole, known_fov_config, check_capture,
+    congeal_capture, pad_to_squares, photos_from_squares, cosegment_photos,
 )
 
 __all__ = [
