@@ -70,7 +70,6 @@ def read_image(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray | None]:
     with Image.open(path) as opened:
         opened.load()
         img = ImageOps.exif_transpose(opened)  # phone photos: store the pixels as the camera held them
-        alpha = None
         if img.mode in ("I;16", "I;16B", "I;16L", "I"):
             data = np.asarray(img, dtype=np.float64)
             peak = 65535.0 if data.max() > 255 else 255.0

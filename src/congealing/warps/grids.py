@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .transforms import exp, identity, invert, normalized_to_pixel, transform_points  # exp, identity: in the examples
+from .transforms import invert, normalized_to_pixel, transform_points
 
 __all__ = [
     "identity_grid", "sampling_grid", "warp_image", "warp_by_grid", "flow_to_grid", "grid_points",
@@ -67,6 +67,7 @@ def sampling_grid(T: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
         the backward map ``(B, H, W, 2)``: for every output pixel, the normalised input ``(x, y)``.
 
     Example:
+        >>> from congealing.warps import exp
         >>> sampling_grid(exp(torch.tensor([[0.5, 0.0]]), "translation"), (2, 2))
         tensor([[[[-1.0000, -0.5000],
                   [ 0.0000, -0.5000]],
@@ -113,6 +114,7 @@ def warp_image(
 
     Example:
         >>> img = torch.zeros(1, 1, 5, 5); img[0, 0, 2, 2] = 1.0
+        >>> from congealing.warps import exp
         >>> shifted = warp_image(img, exp(torch.tensor([[0.4, 0.0]]), "translation"))  # 0.4 = one pixel
         >>> shifted[0, 0, 2].tolist()
         [0.0, 0.0, 0.0, 1.0, 0.0]
@@ -259,6 +261,7 @@ def propagate_edit(images: torch.Tensor, T: torch.Tensor, edit: torch.Tensor) ->
 
     Example:
         >>> edit = torch.zeros(4, 4, 4); edit[:, 1, 1] = 1.0          # one opaque white pixel
+        >>> from congealing.warps import identity
         >>> out = propagate_edit(torch.zeros(1, 3, 4, 4), identity(1), edit)
         >>> out[0, :, 1, 1].tolist(), float(out.sum())
         ([1.0, 1.0, 1.0], 3.0)
