@@ -6,7 +6,7 @@ string constant), and compare ``ast.dump`` of the two trees. Comments never reac
 dumps mean the code is the same statement for statement; ``__all__`` is code and is compared too.
 Prints one line per file and exits 1 if any file's code changed.
 
-    python benchmarks/issue14_docstring_only.py --base abab039 src/congealing/classical.py ...
+    python benchmarks/issue14_docstring_only.py --base abab039 src/congealing/classical/entropy.py ...
 """
 from __future__ import annotations
 

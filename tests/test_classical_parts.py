@@ -88,20 +88,20 @@ def test_solve_damped_against_numpy():
     g = torch.Generator().manual_seed(0)
     A = torch.randn(3, 10, 6, generator=g, dtype=torch.float64)
     hessian, rhs = A.transpose(1, 2) @ A, torch.randn(3, 6, generator=g, dtype=torch.float64)
-    undamped = classical._solve_damped(hessian, rhs, 0.0, 1e9)
+    undamped = classical.common._solve_damped(hessian, rhs, 0.0, 1e9)
     assert np.allclose(undamped.numpy(), np.linalg.solve(hessian.numpy(), rhs.numpy()[..., None])[..., 0], rtol=1e-9)
     damping = 0.3
     scale = np.trace(hessian.numpy(), axis1=1, axis2=2) / 6  # relative to each Hessian's mean diagonal
-    damped = classical._solve_damped(hessian, rhs, damping, 1e9).numpy()
+    damped = classical.common._solve_damped(hessian, rhs, damping, 1e9).numpy()
     expected = np.stack([np.linalg.solve(h + damping * s * np.eye(6), r) for h, s, r in zip(hessian.numpy(), scale, rhs.numpy())])
     assert np.allclose(damped, expected, rtol=1e-9)
     # steps longer than max_step are shortened to exactly max_step, in the same direction; shorter ones are kept
     max_step = 0.5 * float(np.linalg.norm(expected, axis=1).min())
-    clipped = classical._solve_damped(hessian, rhs, damping, max_step).numpy()
+    clipped = classical.common._solve_damped(hessian, rhs, damping, max_step).numpy()
     assert np.allclose(np.linalg.norm(clipped, axis=1), max_step)
     assert np.allclose(clipped / max_step, expected / np.linalg.norm(expected, axis=1, keepdims=True))
     # an image with nothing to align (zero Hessian, zero gradient) gets no step, not NaN
-    assert torch.equal(classical._solve_damped(torch.zeros(1, 6, 6), torch.zeros(1, 6), 0.1, 1.0), torch.zeros(1, 6))
+    assert torch.equal(classical.common._solve_damped(torch.zeros(1, 6, 6), torch.zeros(1, 6), 0.1, 1.0), torch.zeros(1, 6))
 
 
 @pytest.mark.parametrize("method", ["lsq", "ic-lsq", "entropy"])

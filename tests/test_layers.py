@@ -5,7 +5,7 @@ The layers, top to bottom (CONTRIBUTING.md, "How the library is layered"):
 ====================  =====================================================================
 applications          cli, align, report, report_folder, widgets
 evaluation            evaluation, registry, lego
-methods               classical, neural, spacejam, congeal3d (a package), diffusion_prior
+methods               classical (a package), neural, spacejam, congeal3d (a package), diffusion_prior
 foundations           warps, data, features (three packages), metrics, losses, runtime,
                       checkpoints, files, errors, alignment, _compat
 ====================  =====================================================================
