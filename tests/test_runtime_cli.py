@@ -59,12 +59,14 @@ def test_cli_routes_reach_the_application_and_evaluation_layers():
 
     from congealing import evaluation, registry
 
-    assert set(cli.METHODS) == set(registry.METHODS) | {"congeal3d"}
+    assert set(cli.METHODS) == set(registry.METHODS) and "congeal3d" in cli.METHODS
+    assert cli.SHAPE_METHODS == ("congeal3d",) == cli.DATASET_METHODS["lego"] == cli.DATASET_METHODS["lego-capture"]
     for name, method in registry.METHODS.items():
         parameters = inspect.signature(method.fit).parameters
         assert list(parameters)[:2] == ["images", "config"], name
         assert {"masks", "backbone", "device", "callback"} <= {p for p, v in parameters.items() if v.kind is inspect.Parameter.KEYWORD_ONLY}, name
-        assert method.fit.__module__ == f"congealing.{'classical' if not method.features else name}", name
+        assert method.fit.__module__.startswith(f"congealing.{'classical' if not method.features else name}"), name
+        assert ("shape" in parameters) == method.needs_shape, name
     for name, fit in evaluation.CUB_METHODS.items():
         required = [p for p in inspect.signature(fit).parameters.values() if p.default is inspect.Parameter.empty]
         assert fit.__module__ == "congealing.evaluation" and len(required) <= 5, name

@@ -36,17 +36,19 @@ from .features import load_backbone
 from .files import write_atomically
 
 __all__ = [
-    "METHODS", "DATASETS_EVALUATED", "DATASET_METHODS", "PIXEL_METHODS", "RESUMABLE",
+    "METHODS", "SHAPE_METHODS", "DATASETS_EVALUATED", "DATASET_METHODS", "PIXEL_METHODS", "RESUMABLE",
     "BACKBONE_NAMES", "SIZE_RANGE", "validate", "main",
 ]
 
-#: ``congeal align --method NAME``: the registry's 2-D methods (:mod:`congealing.registry`), and
-#: 3-D congealing (:func:`congealing.align.align_congeal3d`).
-METHODS: tuple[str, ...] = (*registry.METHODS, "congeal3d")
+#: ``congeal align --method NAME``: the registry's methods (:mod:`congealing.registry`); those that
+#: need a canonical shape (3-D congealing) also take ``--shape`` or ``--cameras``.
+METHODS: tuple[str, ...] = registry.names()
+#: Methods that need ``--shape`` or ``--cameras`` (``needs_shape`` in the registry).
+SHAPE_METHODS: tuple[str, ...] = registry.names(needs_shape=True)
 #: ``congeal eval --dataset NAME``.
 DATASETS_EVALUATED = ("mnist", "cub", "lego", "lego-capture")
 #: The methods each benchmark can evaluate (``congeal eval --dataset D --method M``).
-DATASET_METHODS: dict[str, tuple[str, ...]] = {"mnist": evaluation.MNIST_METHODS, "cub": tuple(evaluation.CUB_METHODS), "lego": ("congeal3d",), "lego-capture": ("congeal3d",)}
+DATASET_METHODS: dict[str, tuple[str, ...]] = {"mnist": evaluation.MNIST_METHODS, "cub": tuple(evaluation.CUB_METHODS), "lego": SHAPE_METHODS, "lego-capture": SHAPE_METHODS}
 #: Methods that work on pixels and load no feature backbone.
 PIXEL_METHODS = align.PIXEL_METHODS
 #: Methods that train with a checkpoint that ``--resume`` continues.
@@ -186,17 +188,18 @@ def validate(args) -> None:
             raise UsageError(f"--method {args.method} aligns whole images and uses no masks; leave out --masks (or use neural, spacejam or congeal3d)")
         if args.masks is not None and not args.masks.is_dir():
             raise UsageError(f"--masks {args.masks} is not a folder; give the folder that holds one mask image per photo")
-        if args.shape is not None and args.method != "congeal3d":
-            raise UsageError("--shape is for --method congeal3d only; leave it out")
-        if args.cameras is not None and args.method != "congeal3d":
-            raise UsageError("--cameras is for --method congeal3d only; leave it out")
-        if args.method == "congeal3d" and args.cameras is not None:
+        needs_shape = args.method in SHAPE_METHODS
+        if args.shape is not None and not needs_shape:
+            raise UsageError(f"--shape is for --method {' or '.join(SHAPE_METHODS)} only; leave it out")
+        if args.cameras is not None and not needs_shape:
+            raise UsageError(f"--cameras is for --method {' or '.join(SHAPE_METHODS)} only; leave it out")
+        if needs_shape and args.cameras is not None:
             if args.shape is not None:
                 raise UsageError("--cameras fits the shape from the photos; leave out --shape (or --cameras, to pose the photos on a saved shape)")
             args.capture_cameras = congeal3d.check_capture(args.folder, args.cameras)
-        elif args.method == "congeal3d":
+        elif needs_shape:
             if args.shape is None:
-                raise UsageError("--method congeal3d needs --shape SHAPE (a canonical shape saved by congealing.congeal3d.save_shape, Chapter 6) or --cameras PATH (the capture's transforms.json or COLMAP folder)")
+                raise UsageError(f"--method {args.method} needs --shape SHAPE (a canonical shape saved by congealing.congeal3d.save_shape, Chapter 6) or --cameras PATH (the capture's transforms.json or COLMAP folder)")
             if not args.shape.is_file():
                 raise UsageError(f"--shape {args.shape} is not a file; give a shape saved by congealing.congeal3d.save_shape")
         args.out = report_folder.check_output_folder(args.out, args.folder)
@@ -228,10 +231,7 @@ def _align_request(args) -> align.AlignRequest:
 
 def _run_alignment(images, args) -> None:
     """Align ``images`` with ``args.method`` and write the report to ``args.out``."""
-    if args.method == "congeal3d":
-        align.align_congeal3d(images, _align_request(args))
-    else:
-        align.align(images, _align_request(args))
+    align.align(images, _align_request(args))
 
 
 def _align(args) -> int:

@@ -24,11 +24,11 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from . import metrics, neural, runtime, spacejam, warps
+from . import congeal3d, metrics, neural, runtime, spacejam, warps
 from .congeal3d import (
-    Congeal3DConfig, VoxelField, camera_angles, cameras_from_transforms, choose_anchor_views, congeal, congeal_capture, cosegment_photos,
+    Congeal3DConfig, VoxelField, camera_angles, cameras_from_transforms, choose_anchor_views, congeal_capture, cosegment_photos,
     farthest_points, fit_shape, object_is_whole, pose_errors, progress_bars, project_points, random_cameras, relative_pose_errors,
-    relative_rotations, render, render_candidates, se3_exp, surface_points, transfer_points,
+    relative_rotations, render, render_candidates, se3_exp, surface_points,
 )
 from .data import load_nerf_synthetic
 from .errors import UsageError
@@ -255,13 +255,13 @@ def evaluate_lego(request: LegoRequest) -> dict:
     }
     for appearance in ("rendered", "varied"):
         images = bench.varied if appearance == "varied" else bench.images
-        full = congeal(field, images, bench.masks, config, backbone, progress=progress, candidates=candidates)
-        no_init = congeal(field, images, bench.masks, config, backbone, search=False, maps=False, progress=progress, candidates=candidates)
+        full = congeal3d.fit(images, config, masks=bench.masks, backbone=backbone, shape=field, candidates=candidates, progress=progress)
+        no_init = congeal3d.find_poses(field, images, bench.masks, config, backbone, search=False, candidates=candidates, progress=progress)
         poses = {
             "random poses": pose_errors(random_cameras(len(bench), config.camera_radius, request.seed), bench.c2w),
-            "no pose initialisation": pose_errors(no_init.refined["c2w"], bench.c2w),
-            "no IoU refinement": pose_errors(full.search["c2w"], bench.c2w),
-            "3D congealing": pose_errors(full.refined["c2w"], bench.c2w),
+            "no pose initialisation": pose_errors(no_init["refined"]["c2w"], bench.c2w),
+            "no IoU refinement": pose_errors(full.state["search"]["c2w"], bench.c2w),
+            "3D congealing": pose_errors(full.state["c2w"], bench.c2w),
         }
         keypoints = bench.keypoint_set(appearance == "varied")
         nn = descriptor_transfer(extract_descriptors(keypoints.images, backbone, grid=64), keypoints.images.shape[-1])
@@ -269,8 +269,8 @@ def evaluate_lego(request: LegoRequest) -> dict:
         if appearance == "varied" and request.planar:
             for name, (transfer, seconds) in planar_transfers(keypoints, bench.masks, backbone, mode, request.seed, device).items():
                 pck[name] = {**pck_by_rotation(transfer, keypoints, bench.c2w), "seconds": round(seconds, 1)}
-        pck["3D congealing"] = pck_by_rotation(lambda a, b, p: transfer_points(full.maps, a, b, p), keypoints, bench.c2w)
-        out["appearances"][appearance] = {"poses": poses, "pck": pck, "seconds": full.seconds}
+        pck["3D congealing"] = pck_by_rotation(full.transfer(), keypoints, bench.c2w)
+        out["appearances"][appearance] = {"poses": poses, "pck": pck, "seconds": full.state["seconds"]}
     with_capture = mode == "full" if request.capture is None else request.capture
     if with_capture:
         out["capture"] = evaluate_capture(config, backbone, device, progress, request.seed, request.data, inputs=runtime.pick({"quick": 16, "full": None}, mode))
@@ -448,18 +448,18 @@ def evaluate_capture(config, backbone, device=None, progress=None, seed: int = 0
         true = [F.interpolate(m[None], size=c.shape[-2:], mode="area")[0] > 0.5 for m, c in zip(bench.masks, photo_masks)]
         mask_iou = sum(float((t & (c > 0.5)).sum() / (t | (c > 0.5)).sum().clamp_min(1)) for t, c in zip(true, photo_masks)) / len(true)
     out = congeal_capture(bench.photos, photo_masks, cameras, config, backbone, device=device, progress=progress, inputs=inputs)
-    truth, result = bench.c2w[out["inputs"]], out["result"]
+    truth, found = bench.c2w[out["inputs"]], out["poses"]
     poses = {
         "random poses": pose_errors(random_cameras(len(truth), config.camera_radius, seed), truth),
-        "no IoU refinement": pose_errors(result.search["c2w"], truth),
-        "3D congealing": pose_errors(result.refined["c2w"], truth),
+        "no IoU refinement": pose_errors(found["search"]["c2w"], truth),
+        "3D congealing": pose_errors(found["refined"]["c2w"], truth),
     }
     whole = object_is_whole(out["views"].masks, out["views"].valid)
     by_view = {}
     for label, keep in (("whole views", whole[out["inputs"]]), ("cut views", ~whole[out["inputs"]])):
         index = torch.nonzero(keep).flatten()
         if len(index) >= 2:
-            by_view[label] = {"count": len(index), **relative_pose_errors(result.refined["c2w"][index], truth[index])}
+            by_view[label] = {"count": len(index), **relative_pose_errors(found["refined"]["c2w"][index], truth[index])}
     return {
         "masks": masks, "mask_iou": mask_iou,
         "views": len(bench), "close_ups": int(bench.close_up.sum()), "whole_views": int(whole.sum()), "by_view": by_view,
