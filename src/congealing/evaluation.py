@@ -8,7 +8,8 @@ Two benchmarks, each a function that takes an :class:`EvalRequest` and returns a
   the transforms they need to be undone are compared with the ones the method found
   (:func:`alignment_errors`).
 * :func:`evaluate_cub`: keypoint transfer on CUB-200-2011 (Chapters 3-5, 7), the PCK protocol below.
-  The methods it can evaluate are :data:`CUB_METHODS`, the registry the ``congeal`` command reads.
+  The methods it can evaluate are :data:`CUB_METHODS`: the two baselines and every method whose
+  :mod:`congealing.registry` entry says how to prepare a class for it (:func:`fit_on_cub`).
 
 One protocol for every method
 -----------------------------
@@ -45,14 +46,14 @@ import math
 import resource
 import sys
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Callable
 
 import torch
 import torch.nn.functional as F
 
-from . import classical, metrics, neural, runtime, spacejam, warps
+from . import classical, metrics, registry, runtime, warps
 from .data import cub_box_masks, load_cub_class, load_mnist
 from .errors import UsageError
 from .features import Backbone, cosegment, extract_descriptors, load_backbone, pca_project
@@ -62,7 +63,7 @@ __all__ = [
     "identity_transfer", "nn_transfer", "descriptor_similarity",
     "descriptor_transfer", "masked_descriptor_transfer", "windowed_descriptor_transfer",
     "threshold_lengths", "transfer_all_pairs", "evaluate_transfer", "evaluate_cub", "peak_memory_mb", "format_cub_table",
-    "classical_transfer", "classical_lsq_transfer", "neural_transfer", "spacejam_transfer", "CUB_METHODS",
+    "fit_on_cub", "CUB_METHODS",
     "Perturbation", "perturb", "residual_alignment_error", "mean_image_sharpness", "alignment_errors",
     "evaluate_on_digits", "format_mnist_table", "EVAL_DIGITS", "evaluate_mnist", "MNIST_METHODS",
     "sweep_rows", "format_sweep", "shipped_row",
@@ -379,69 +380,72 @@ def format_cub_table(results: dict) -> str:
 # ----------------------------------------------------------------------------- the methods on CUB
 
 
-def classical_transfer(cub, backbone=None, mode: str | None = None, seed: int = 0, device=None, method: str = "ic-lsq") -> TransferFn:
-    """``congeal eval --dataset cub --method ic-lsq`` (or ``lsq``): classical congealing on semantic inputs.
+def fit_on_cub(method: str, cub, backbone=None, mode: str | None = None, seed: int = 0, device=None) -> TransferFn:
+    """``congeal eval --dataset cub --method NAME``: fit a registered method on one CUB class the way
+    its registry entry says (:class:`congealing.registry.CubSetup`), and return its keypoint transfer.
 
-    Least-squares congealing (affine; ``method`` ``"lsq"`` or ``"ic-lsq"``) of the set's PCA-RGB
-    descriptor maps (Chapter 3: the top 3 principal components of the whole set, fitted on the
-    co-segmented foreground, background set to 0), so the 2008 algorithms see what the learned
-    methods see. Keypoints transfer through the transforms
-    (:func:`congealing.alignment.transfer_via_transforms`). On CUB, both shrink or stretch some birds
-    (the atlas-style objective has no guard against it); the inverse-compositional variant, which
-    ignores pixels read from outside an image, suffers less.
+    ``"pca-maps"`` inputs: the class's descriptors on a 64 x 64 grid, co-segmented
+    (:func:`congealing.features.cosegment`), projected on their top 3 principal components fitted on
+    the foreground (:func:`congealing.features.pca_project`), background set to 0; the transforms
+    fitted on them act on normalised coordinates, so they move the class's images. ``"images"``
+    inputs: the 256-px crops, with the masks the entry names. The config is
+    ``for_mode(mode, seed=seed, **overrides)`` (no seed for a config without one).
+
+    Args:
+        method: a registry name whose entry has a ``cub`` setup.
+        cub: a :class:`congealing.data.CUBSet` (one class).
+        backbone: a :class:`congealing.features.Backbone` or a name (None: the default one).
+        mode: ``"quick"`` or ``"full"`` (None: :func:`congealing.runtime.get_mode`).
+        seed: the config's seed (and the co-segmentation's).
+        device: where to fit (None: the best available).
+
+    Returns:
+        ``transfer(src, tgt, points (K, 2)) -> (K, 2)`` in the class's 256-px frame, with ``flipped``
+        and ``parameters`` (:meth:`congealing.alignment.Alignment.transfer`).
+
+    Raises:
+        UsageError: ``method`` is not registered or not benchmarked on CUB.
     """
-    runtime.seed_everything(seed)
+    entry = registry.get(method)
+    setup = entry.cub
+    if setup is None:
+        raise UsageError(f"congeal eval: {method} is not benchmarked on cub; choose one of {', '.join(CUB_METHODS)}")
+    if setup.inputs == "pca-maps":
+        runtime.seed_everything(seed)  # the randomised PCA below draws from the global generator
     if not isinstance(backbone, Backbone):
         backbone = load_backbone(backbone, device)
-    descriptors = extract_descriptors(cub.images, backbone, grid=64)
-    masks = cosegment(descriptors, seed=seed)
-    maps, _, _ = pca_project(descriptors, 3, masks)
-    alignment = classical.fit(maps * masks, classical.CONFIGS[method].for_mode(mode))
-    # The transforms act on normalised coordinates: fitted on 64 x 64 maps, they move the class's images.
-    return replace(alignment, size=tuple(cub.images.shape[-2:])).transfer()
+    seeded = {"seed": seed} if "seed" in {f.name for f in fields(entry.config)} else {}
+    config = entry.config.for_mode(mode, **seeded, **setup.overrides)
+    if setup.inputs == "pca-maps":
+        descriptors = extract_descriptors(cub.images, backbone, grid=64)
+        masks = cosegment(descriptors, seed=seed)
+        maps, _, _ = pca_project(descriptors, 3, masks)
+        alignment = entry.fit(maps * masks, config, backbone=backbone, device=device)
+        return replace(alignment, size=tuple(cub.images.shape[-2:])).transfer()
+    masks = {"boxes": lambda: cub_box_masks(cub), "cosegment": lambda: cosegment(extract_descriptors(cub.images, backbone, grid=64), seed=seed),
+             None: lambda: None}[setup.masks]()
+    return entry.fit(cub.images, config, masks=masks, backbone=backbone, device=device).transfer()
 
 
-def classical_lsq_transfer(cub, backbone=None, mode: str | None = None, seed: int = 0, device=None) -> TransferFn:
-    """:func:`classical_transfer` with plain (forward-additive) least-squares congealing."""
-    return classical_transfer(cub, backbone, mode, seed, device, method="lsq")
+def _registered_on_cub(name: str) -> Callable[..., TransferFn]:
+    """:func:`fit_on_cub` for the method ``name``, with the baselines' signature."""
 
+    def fit(cub, backbone=None, mode: str | None = None, seed: int = 0, device=None) -> TransferFn:
+        return fit_on_cub(name, cub, backbone, mode, seed, device)
 
-def neural_transfer(cub, backbone, mode: str, seed: int = 0, device=None) -> TransferFn:
-    """``congeal eval --method neural``: train on a CUB class, return its keypoint transfer
-    ``(src, tgt, points (K, 2)) -> (K, 2)`` in the class's pixel frame.
-
-    The saliency input is the ground-truth box (``features.cosegment`` with EfficientNet-Lite0
-    agrees poorly with the birds: IoU 0.32 with the box on class 1). The settings are the
-    supplementary's evaluation ones (the official ``config_eval_sets``): horizontal flips (CUB
-    birds face both ways, which no similarity can undo; the transfer's ``flipped`` lets the
-    evaluator swap left/right parts), the gradual atlas and relaxed rigidity. In quick mode the
-    gradual atlas matters most: a mean-key atlas is a fixed point of short training (every image
-    already agrees best with the blur it is part of), one image's keys are not (measured without
-    it: 14.7 / 12.2 / 11.3 PCK@0.1 on classes 1 / 2 / 3, with it 12.4 / 16.3 / 18.9).
-    """
-    cfg = neural.NeuralCongealingConfig.for_mode(mode, seed=seed, flips=True, gradual_atlas=True, relaxed_rigidity=True)
-    return neural.fit(cub.images, cfg, masks=cub_box_masks(cub), backbone=backbone, device=device).transfer()
-
-
-def spacejam_transfer(cub, backbone, mode: str | None = None, seed: int = 0, device=None) -> TransferFn:
-    """``congeal eval --method spacejam``: train on one CUB class and return its transfer function.
-
-    Masks: Chapter 3's co-segmentation.
-    """
-    config = spacejam.SpaceJAMConfig.for_mode(mode, seed=seed)
-    return spacejam.fit(cub.images, config, backbone=backbone, device=device).transfer()
+    fit.__name__ = fit.__qualname__ = f"{name.replace('-', '_')}_on_cub"
+    fit.__doc__ = f"``congeal eval --dataset cub --method {name}``: :func:`fit_on_cub` of {name}."
+    return fit
 
 
 #: The registry of ``congeal eval --dataset cub --method NAME``: ``NAME -> fit``, where
 #: ``fit(cub, backbone, mode, seed, device) -> TransferFn`` trains on one class and returns its
-#: keypoint transfer (with an optional ``parameters`` attribute: trainable parameters).
+#: keypoint transfer (with an optional ``parameters`` attribute: trainable parameters). The two
+#: baselines, then every registered method with a CUB setup (:func:`fit_on_cub`).
 CUB_METHODS: dict[str, Callable[..., TransferFn]] = {
     "identity": identity_transfer,
     "nn": nn_transfer,
-    "lsq": classical_lsq_transfer,
-    "ic-lsq": classical_transfer,
-    "neural": neural_transfer,
-    "spacejam": spacejam_transfer,
+    **{name: _registered_on_cub(name) for name in registry.names(on_cub=True)},
 }
 
 
