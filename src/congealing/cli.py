@@ -8,7 +8,7 @@ Every subcommand takes ``--mode quick|full`` (default: ``$CONGEAL_MODE``, else q
 holds the command line only: it checks every argument before any work starts, turns the arguments
 into typed requests and routes them to the application layer (:func:`congealing.align.align`,
 :func:`congealing.align.align_congeal3d`) and the evaluation protocols
-(:data:`congealing.evaluation.CUB_METHODS`, :func:`congealing.evaluation.evaluate_mnist`,
+(:data:`congealing.evaluation.CUB_METHODS`, :func:`congealing.mnist.evaluate_mnist`,
 :func:`congealing.lego.evaluate_lego`, :func:`congealing.lego.evaluate_lego_capture`). The
 settings go down as arguments; the command does not rewrite the environment.
 
@@ -29,7 +29,7 @@ import traceback
 import warnings
 from pathlib import Path
 
-from . import align, checkpoints, congeal3d, evaluation, lego, registry, report_folder, runtime
+from . import align, checkpoints, congeal3d, evaluation, lego, mnist, registry, report_folder, runtime
 from .data import DATASETS, DatasetNotFoundError, cub_classes_on_disk, find_dataset, load_image_folder, load_masks
 from .errors import CongealError, UsageError
 from .features import load_backbone
@@ -48,7 +48,7 @@ SHAPE_METHODS: tuple[str, ...] = registry.names(needs_shape=True)
 #: ``congeal eval --dataset NAME``.
 DATASETS_EVALUATED = ("mnist", "cub", "lego", "lego-capture")
 #: The methods each benchmark can evaluate (``congeal eval --dataset D --method M``).
-DATASET_METHODS: dict[str, tuple[str, ...]] = {"mnist": evaluation.MNIST_METHODS, "cub": tuple(evaluation.CUB_METHODS), "lego": SHAPE_METHODS, "lego-capture": SHAPE_METHODS}
+DATASET_METHODS: dict[str, tuple[str, ...]] = {"mnist": mnist.MNIST_METHODS, "cub": tuple(evaluation.CUB_METHODS), "lego": SHAPE_METHODS, "lego-capture": SHAPE_METHODS}
 #: Methods that work on pixels and load no feature backbone.
 PIXEL_METHODS = align.PIXEL_METHODS
 #: Methods that train with a checkpoint that ``--resume`` continues.
@@ -272,7 +272,7 @@ def _evaluate(args, argv) -> dict:
     if args.dataset == "lego-capture":
         return lego.evaluate_lego_capture(_lego_request(args))
     if args.dataset == "mnist":
-        return evaluation.evaluate_mnist(_eval_request(args))
+        return mnist.evaluate_mnist(_eval_request(args))
     on_partial = None
     if args.json is not None:  # keep each finished class, whatever happens to the next
         on_partial = lambda partial: _write_record(args, partial, argv, complete=False)  # noqa: E731

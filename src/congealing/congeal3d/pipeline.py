@@ -20,7 +20,8 @@ def find_poses(field: VoxelField, images: torch.Tensor, masks: torch.Tensor, con
 
     ``search=False`` is the "no pose initialisation" ablation of Chapter 6 (every camera starts at
     the first candidate, azimuth -169, elevation -84 degrees, framed on the input); ``refine=False``
-    is "no IoU refinement". :func:`fit` calls it, then fits the coordinate maps.
+    is "no IoU refinement" (Chapter 6, "Pose refinement", runs both). :func:`fit` calls it, then
+    fits the coordinate maps.
 
     Args:
         field: the canonical shape (:class:`VoxelField`); the search renders it where it lives.
@@ -67,8 +68,9 @@ def fit(images: torch.Tensor, config: Congeal3DConfig, *, masks: torch.Tensor | 
     and fits its canonical coordinate map (:func:`fit_coordinate_maps`). The returned
     :class:`~congealing.alignment.Alignment` is of the point-map form: 3-D congealing has no 2-D
     warp into a common frame, and keypoints go from image to image through the canonical shape
-    (:func:`transfer_points`). Taught in Chapter 6 ("Canonical coordinate maps" for the last
-    step); Chapter 7 lists it with the other methods.
+    (:func:`transfer_points`). Taught in Chapter 6 ("Pose search", "Pose refinement",
+    "Canonical coordinates and correspondence"); Chapter 7, "One protocol, every method", lists
+    it with the other methods.
 
     Args:
         images: ``(N, 3, S, S)`` square inputs in ``[0, 1]``, ``N >= 2``.
