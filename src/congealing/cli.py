@@ -167,8 +167,21 @@ checkpoint_path = align.checkpoint_path
 
 
 def validate(args) -> None:
-    """Check every argument of a parsed command line; raise :class:`UsageError` (or
-    :class:`congealing.errors.OutputFolderError`) before any work is done."""
+    """Check every argument of a parsed command line before any work is done, and complete it:
+    ``mode``, ``seed`` (an int), ``device_obj``, ``classes`` (normalised ids), ``out`` and
+    ``checkpoint`` (align), ``capture_cameras`` (align with ``--cameras``, read and checked by
+    :func:`congealing.congeal3d.captures.check_capture`).
+
+    A method that needs a canonical shape (:data:`SHAPE_METHODS`) needs ``--shape`` or
+    ``--cameras``; the others refuse both.
+
+    Args:
+        args: the :class:`argparse.Namespace` of the ``congeal`` parser.
+
+    Raises:
+        UsageError: a bad argument; the message says what to give instead.
+        congealing.errors.OutputFolderError: ``--out`` holds files the program did not write.
+    """
     args.mode = runtime.get_mode(args.mode)
     args.seed = _whole_number(args.seed, "--seed", 0, 2**32 - 1)
     args.device_obj = runtime.get_device(args.device)
@@ -320,6 +333,20 @@ def _interrupted(args) -> int:
 
 
 def main(argv=None) -> int:
+    """The ``congeal`` command (README, "The `congeal` command"; Chapter 3, "The same from the
+    command line"): parse, :func:`validate`, seed everything, then run ``info``, ``align`` or ``eval``.
+
+    Args:
+        argv: the arguments after ``congeal`` (None: ``sys.argv[1:]``).
+
+    Returns:
+        the exit code: 0 on success, 2 for a user's mistake (one line on stderr; the traceback too
+        with ``--debug`` or ``CONGEAL_DEBUG=1``), 130 when interrupted (saying what was kept).
+
+    Example:
+        >>> main(["eval", "--dataset", "imagenet", "--method", "nn"])
+        2
+    """
     debug = os.environ.get("CONGEAL_DEBUG", "") not in ("", "0") or "--debug" in (argv if argv is not None else sys.argv[1:])
     args = None
     with warnings.catch_warnings():

@@ -80,14 +80,21 @@ DEFAULT_CLASSES = (1, 2, 3)
 @dataclass(frozen=True)
 class EvalRequest:
     """What to evaluate: the arguments of :func:`evaluate_cub` and
-    :func:`congealing.mnist.evaluate_mnist`.
+    :func:`congealing.mnist.evaluate_mnist` (``congeal eval`` builds one from its flags).
 
-    ``method``: a key of :data:`CUB_METHODS` (CUB) or of :data:`congealing.mnist.MNIST_METHODS` (MNIST);
-    ``classes``: class ids (CUB 1-200, default :data:`DEFAULT_CLASSES`; MNIST digits 0-9, default
-    all), or None; ``mode``: ``"quick"`` or ``"full"`` (None: :func:`congealing.runtime.get_mode`);
-    ``seed``; ``device``: a name or :class:`torch.device` (None: the best available);
-    ``backbone``: a :func:`congealing.features.load_backbone` name (None: its default);
-    ``data``: the data folder (None: ``$CONGEAL_DATA``, else the download cache).
+    Attributes:
+        method: a key of :data:`CUB_METHODS` (CUB) or of :data:`congealing.mnist.MNIST_METHODS` (MNIST).
+        classes: class ids (CUB 1-200, default :data:`DEFAULT_CLASSES`; MNIST digits 0-9, default
+            all), or None.
+        mode: ``"quick"`` or ``"full"`` (None: :func:`congealing.runtime.get_mode`).
+        seed: the seed of the method's config (and of the bootstrap).
+        device: a name or :class:`torch.device` (None: the best available).
+        backbone: a :func:`congealing.features.load_backbone` name (None: its default).
+        data: the data folder (None: ``$CONGEAL_DATA``, else the download cache).
+
+    Example:
+        >>> EvalRequest("nn", classes=(1,)).mode is None
+        True
     """
 
     method: str
@@ -103,18 +110,46 @@ class EvalRequest:
 
 
 def identity_transfer(cub, backbone=None, mode=None, seed=0, device=None) -> TransferFn:
-    """The do-nothing baseline: a keypoint is predicted at the same pixel in the target."""
+    """The do-nothing baseline: a keypoint is predicted at the same pixel in the target (Chapter 3,
+    "5. The yardstick: keypoint transfer and PCK").
+
+    Args:
+        cub: the class (unused; the signature of every :data:`CUB_METHODS` entry).
+        backbone: unused.
+        mode: unused.
+        seed: unused.
+        device: unused.
+
+    Returns:
+        ``transfer(src, tgt, points (K, 2)) -> (K, 2)``, a copy of ``points``.
+
+    Example:
+        >>> identity_transfer(None)(0, 1, torch.tensor([[3.0, 4.0]]))
+        tensor([[3., 4.]])
+    """
     return lambda src, tgt, points: points.clone()
 
 
 def nn_transfer(cub, backbone=None, mode=None, seed=0, device=None, grid: int = 64) -> TransferFn:
-    """The baseline every paper reports: nearest-neighbour matching of descriptors.
+    """The baseline every paper reports: nearest-neighbour matching of descriptors (Chapter 3, "The
+    baseline every paper reports: nearest neighbours").
 
     For each source keypoint, its descriptor (bilinearly read from the source's ``grid`` x ``grid``
     map) is compared by cosine similarity with every location of the target; the similarity map is
     upsampled bilinearly to the image size and its argmax is the prediction (so predictions are
-    not quantised to the descriptor grid). Descriptors come from
+    not quantised to the descriptor grid): :func:`descriptor_transfer` on
     :func:`congealing.features.extract_descriptors` (cached on disk).
+
+    Args:
+        cub: a :class:`congealing.data.CUBSet` (or any set with square ``images`` ``(N, 3, S, S)``).
+        backbone: a :class:`congealing.features.Backbone` or a name (None: the default one).
+        mode: unused (the signature of every :data:`CUB_METHODS` entry).
+        seed: unused.
+        device: where to load the backbone if it is not loaded yet.
+        grid: the side of the descriptor grid.
+
+    Returns:
+        ``transfer(src, tgt, points (K, 2)) -> (K, 2)`` in pixels of ``cub.images``.
     """
     if not isinstance(backbone, Backbone):
         backbone = load_backbone(backbone, device)
@@ -124,17 +159,27 @@ def nn_transfer(cub, backbone=None, mode=None, seed=0, device=None, grid: int = 
 
 
 def descriptor_similarity(descriptors: torch.Tensor, src: int, tgt: int, points: torch.Tensor, size: int) -> torch.Tensor:
-    """Cosine similarity ``(K, size, size)`` of the descriptors at pixel points ``(K, 2)`` of image
-    ``src`` with every pixel of image ``tgt``, for unit descriptors ``(N, D, h, w)`` of ``size`` x
-    ``size`` images.
+    """Cosine similarity of the descriptors at source points with every pixel of the target (Chapter 3,
+    "3. Similarity inspector").
 
     Each query descriptor is read bilinearly from the source's map and renormalised; the
     similarity map is upsampled bilinearly to the image size, so its argmax is not quantised to the
     descriptor grid.
 
-    >>> d = torch.nn.functional.normalize(torch.randn(2, 8, 4, 4), dim=1)
-    >>> descriptor_similarity(d, 0, 1, torch.tensor([[1.0, 2.0], [3.0, 0.0]]), 4).shape
-    torch.Size([2, 4, 4])
+    Args:
+        descriptors: unit descriptors ``(N, D, h, w)`` of ``size`` x ``size`` images.
+        src: index of the image the points are in.
+        tgt: index of the image to compare with.
+        points: ``(K, 2)`` pixel ``(x, y)`` in image ``src``.
+        size: the images' side in pixels.
+
+    Returns:
+        ``(K, size, size)`` cosine similarities.
+
+    Example:
+        >>> d = torch.nn.functional.normalize(torch.randn(2, 8, 4, 4, generator=torch.Generator().manual_seed(0)), dim=1)
+        >>> descriptor_similarity(d, 0, 1, torch.tensor([[1.0, 2.0], [3.0, 0.0]]), 4).shape
+        torch.Size([2, 4, 4])
     """
     N, D, h, w = descriptors.shape
     normalised = warps.pixel_to_normalized(points.float()[None], (size, size))  # (1, K, 2)
@@ -158,12 +203,20 @@ def _argmax_points(similarity: torch.Tensor, allowed: torch.Tensor | None = None
 
 
 def descriptor_transfer(descriptors: torch.Tensor, size: int) -> TransferFn:
-    """Nearest-neighbour transfer on unit descriptors ``(N, D, h, w)`` of ``size`` x ``size`` images:
-    the argmax of :func:`descriptor_similarity` over the whole target.
+    """Nearest-neighbour transfer on unit descriptors: the argmax of :func:`descriptor_similarity` over
+    the whole target (Chapter 3, "The baseline every paper reports: nearest neighbours").
 
-    >>> d = torch.nn.functional.normalize(torch.randn(2, 8, 4, 4), dim=1)
-    >>> descriptor_transfer(torch.cat([d[:1], d[:1]]), 4)(0, 1, torch.tensor([[1.0, 2.0]]))
-    tensor([[1., 2.]])
+    Args:
+        descriptors: unit descriptors ``(N, D, h, w)`` of ``size`` x ``size`` images.
+        size: the images' side in pixels.
+
+    Returns:
+        ``transfer(src, tgt, points (K, 2)) -> (K, 2)`` pixel ``(x, y)`` in image ``tgt``.
+
+    Example:
+        >>> d = torch.nn.functional.normalize(torch.randn(2, 8, 4, 4, generator=torch.Generator().manual_seed(0)), dim=1)
+        >>> descriptor_transfer(torch.cat([d[:1], d[:1]]), 4)(0, 1, torch.tensor([[1.0, 2.0]]))
+        tensor([[1., 2.]])
     """
 
     def transfer(src: int, tgt: int, points: torch.Tensor) -> torch.Tensor:
@@ -175,15 +228,22 @@ def descriptor_transfer(descriptors: torch.Tensor, size: int) -> TransferFn:
 
 
 def masked_descriptor_transfer(descriptors: torch.Tensor, size: int, masks: torch.Tensor) -> TransferFn:
-    """Nearest-neighbour transfer that searches only inside the target's mask.
+    """Nearest-neighbour transfer that searches only inside the target's mask (Chapter 3, Exercises).
 
-    ``masks`` ``(N, 1, m, m)`` (e.g. co-segmentations on the descriptor grid, or boxes) are resized
-    to the image size (nearest) and thresholded at 0.5; an empty mask restricts nothing.
+    Args:
+        descriptors: unit descriptors ``(N, D, h, w)`` of ``size`` x ``size`` images.
+        size: the images' side in pixels.
+        masks: ``(N, 1, m, m)`` (e.g. co-segmentations on the descriptor grid, or boxes), resized to
+            the image size (nearest) and thresholded at 0.5; an empty mask restricts nothing.
 
-    >>> d = torch.nn.functional.normalize(torch.randn(2, 8, 4, 4), dim=1)
-    >>> masks = torch.zeros(2, 1, 4, 4); masks[1, 0, :, 2:] = 1  # target: right half only
-    >>> bool((masked_descriptor_transfer(d, 4, masks)(0, 1, torch.rand(5, 2) * 3)[:, 0] >= 2).all())
-    True
+    Returns:
+        ``transfer(src, tgt, points (K, 2)) -> (K, 2)`` pixel ``(x, y)`` inside the target's mask.
+
+    Example:
+        >>> d = torch.nn.functional.normalize(torch.randn(2, 8, 4, 4, generator=torch.Generator().manual_seed(0)), dim=1)
+        >>> masks = torch.zeros(2, 1, 4, 4); masks[1, 0, :, 2:] = 1  # target: right half only
+        >>> bool((masked_descriptor_transfer(d, 4, masks)(0, 1, torch.tensor([[0.0, 0.0], [1.0, 3.0]]))[:, 0] >= 2).all())
+        True
     """
     inside = F.interpolate(masks.float(), size=(size, size), mode="nearest")[:, 0] > 0.5  # (N, S, S)
 
@@ -198,16 +258,27 @@ def masked_descriptor_transfer(descriptors: torch.Tensor, size: int, masks: torc
 
 def windowed_descriptor_transfer(descriptors: torch.Tensor, size: int, guide: TransferFn, radius: float) -> TransferFn:
     """Nearest-neighbour transfer that searches only within ``radius`` pixels of another transfer's
-    prediction: an aligner (``guide``) gives the rough place, descriptors the exact one.
+    prediction: an aligner (``guide``) gives the rough place, descriptors the exact one (Chapter 7,
+    Exercises).
 
     The result carries the guide's ``flipped`` attribute, if any, so mirrored pairs swap parts as
     the guide's do. A keypoint whose window holds no pixel is searched over the whole target.
 
-    >>> d = torch.nn.functional.normalize(torch.randn(2, 8, 8, 8), dim=1)
-    >>> corner = lambda src, tgt, points: torch.zeros_like(points)  # guide: always the top-left pixel
-    >>> out = windowed_descriptor_transfer(d, 8, corner, radius=2)(0, 1, torch.rand(4, 2) * 7)
-    >>> bool((out.norm(dim=1) <= 2).all())
-    True
+    Args:
+        descriptors: unit descriptors ``(N, D, h, w)`` of ``size`` x ``size`` images.
+        size: the images' side in pixels.
+        guide: a :data:`TransferFn` whose predictions centre the windows.
+        radius: the window's radius in pixels.
+
+    Returns:
+        ``transfer(src, tgt, points (K, 2)) -> (K, 2)`` pixel ``(x, y)`` in image ``tgt``.
+
+    Example:
+        >>> d = torch.nn.functional.normalize(torch.randn(2, 8, 8, 8, generator=torch.Generator().manual_seed(0)), dim=1)
+        >>> corner = lambda src, tgt, points: torch.zeros_like(points)  # guide: always the top-left pixel
+        >>> out = windowed_descriptor_transfer(d, 8, corner, radius=2)(0, 1, torch.tensor([[5.0, 6.0], [1.0, 7.0]]))
+        >>> bool((out.norm(dim=1) <= 2).all())
+        True
     """
     ys, xs = torch.meshgrid(torch.arange(size, dtype=torch.float32), torch.arange(size, dtype=torch.float32), indexing="ij")
 
@@ -227,19 +298,47 @@ def windowed_descriptor_transfer(descriptors: torch.Tensor, size: int, guide: Tr
 
 
 def threshold_lengths(boxes: torch.Tensor) -> torch.Tensor:
-    """``max(h, w)`` of boxes ``(N, 4)`` ``(x0, y0, x1, y1)``: ``(N,)``, the PCK length of each target.
+    """The PCK length of each target: ``max(h, w)`` of its box (Chapter 3, "5. The yardstick:
+    keypoint transfer and PCK").
 
-    >>> threshold_lengths(torch.tensor([[10.0, 20.0, 110.0, 70.0]]))
-    tensor([100.])
+    Args:
+        boxes: ``(N, 4)`` ``(x0, y0, x1, y1)`` in pixels.
+
+    Returns:
+        ``(N,)`` lengths in pixels.
+
+    Example:
+        >>> threshold_lengths(torch.tensor([[10.0, 20.0, 110.0, 70.0]]))
+        tensor([100.])
     """
     return torch.maximum(boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1])
 
 
 def transfer_all_pairs(transfer: TransferFn, cub) -> dict:
-    """Run ``transfer`` on every ordered pair of ``cub``'s images, on keypoints visible in both.
+    """Run ``transfer`` on every ordered pair of ``cub``'s images, on keypoints visible in both (the
+    pairs of the CUB protocol above; Chapter 3, "5. The yardstick: keypoint transfer and PCK").
 
-    Returns ``pairs`` ``(P, 2)`` long, ``pred`` and ``target`` ``(P, K, 2)`` and ``visible``
-    ``(P, K)`` (after the mirror relabelling of flipped pairs); ``pred`` is 0 where not visible.
+    If ``transfer.flipped`` says exactly one image of a pair was mirrored, source part ``k`` is
+    compared with target part ``CUB_MIRROR[k]``, and visibility is taken after that swap.
+
+    Args:
+        transfer: a :data:`TransferFn` (with ``flipped`` ``(N,)`` if the aligner mirrors images).
+        cub: a set with ``keypoints`` ``(N, K, 2)`` and ``visible`` ``(N, K)`` (a
+            :class:`congealing.data.CUBSet`, or :class:`congealing.lego.KeypointSet`).
+
+    Returns:
+        ``pairs`` ``(P, 2)`` long, ``pred`` and ``target`` ``(P, K, 2)`` and ``visible`` ``(P, K)``;
+        ``pred`` is 0 where not visible.
+
+    Raises:
+        ValueError: a mirrored pair in a set whose parts are not CUB's 15.
+
+    Example:
+        >>> from types import SimpleNamespace
+        >>> birds = SimpleNamespace(keypoints=torch.tensor([[[1.0, 2.0]], [[3.0, 4.0]]]), visible=torch.ones(2, 1, dtype=torch.bool))
+        >>> out = transfer_all_pairs(identity_transfer(birds), birds)
+        >>> out["pairs"].tolist(), out["pred"][0].tolist(), out["target"][0].tolist()
+        ([[0, 1], [1, 0]], [[1.0, 2.0]], [[3.0, 4.0]])
     """
     N, K = cub.visible.shape
     flipped = getattr(transfer, "flipped", None)
@@ -267,12 +366,21 @@ def transfer_all_pairs(transfer: TransferFn, cub) -> dict:
 
 
 def evaluate_transfer(transfer: TransferFn, cub, alphas=(0.1, 0.05), n_boot: int = 1000, seed: int = 0) -> dict:
-    """PCK of ``transfer`` on all ordered pairs of a :class:`congealing.data.CUBSet` (protocol above).
+    """PCK of ``transfer`` on all ordered pairs of a :class:`congealing.data.CUBSet` (the protocol
+    above; Chapter 3, "5. The yardstick: keypoint transfer and PCK").
 
-    Returns a JSON-ready dict: for each ``alpha`` (keys ``"0.1"``, ...) under ``"pck"``:
-    ``mean`` (over pairs), ``ci95`` (bootstrap over images), ``pooled``; under ``"pck_image"``:
-    the same with the papers' image-side threshold; ``per_part`` (pooled, box threshold);
-    ``n_pairs``, ``n_keypoints`` (visible in both images, summed over pairs), ``n_images``.
+    Args:
+        transfer: a :data:`TransferFn`.
+        cub: the class (``images``, ``keypoints``, ``visible``, ``boxes``, ``part_names``).
+        alphas: the PCK thresholds, as fractions of the target box's ``max(h, w)``.
+        n_boot: bootstrap resamples of the images for the 95 % intervals.
+        seed: the bootstrap's seed.
+
+    Returns:
+        a JSON-ready dict: for each ``alpha`` (keys ``"0.1"``, ...) under ``"pck"``: ``mean`` (over
+        pairs), ``ci95`` (bootstrap over images), ``pooled``; under ``"pck_image"``: the same with
+        the papers' image-side threshold; ``per_part`` (pooled, box threshold); ``n_pairs``,
+        ``n_keypoints`` (visible in both images, summed over pairs), ``n_images``.
     """
     result = transfer_all_pairs(transfer, cub)
     pairs, visible = result["pairs"], result["visible"]
@@ -297,11 +405,21 @@ def evaluate_transfer(transfer: TransferFn, cub, alphas=(0.1, 0.05), n_boot: int
 
 
 def evaluate_cub(request: EvalRequest, on_partial: Callable[[dict], None] | None = None) -> dict:
-    """``congeal eval --dataset cub``: PCK of ``request.method`` on each class of ``request.classes``.
+    """``congeal eval --dataset cub``: PCK of ``request.method`` on each class of ``request.classes``
+    (Chapter 3, "The same from the command line"; Chapter 7, "CUB-200-2011").
 
-    Returns the JSON-ready results (per class and their mean) plus a ``"table"`` string.
-    ``on_partial(results)`` is called after each class but the last with the results so far, so
-    finished classes survive a later failure.
+    Every class is fitted on its own (:data:`CUB_METHODS`) and scored by :func:`evaluate_transfer`
+    with ``request.seed``.
+
+    Args:
+        request: what to evaluate (:class:`EvalRequest`).
+        on_partial: called after each class but the last with the record so far, so finished
+            classes survive a later failure; or None.
+
+    Returns:
+        the JSON-ready record: the settings, ``classes`` (one :func:`evaluate_transfer` result per
+        class, with ``class_id``, ``class_name``, ``seconds`` and ``trainable_parameters``), their
+        ``mean``, ``peak_rss_mb`` and a ``"table"`` string (:func:`format_cub_table`).
 
     Raises:
         UsageError: ``request.method`` is not in :data:`CUB_METHODS`.
@@ -349,8 +467,19 @@ def _cub_record(request: EvalRequest, rows: list[dict], backbone, mode: str, dev
 
 
 def peak_memory_mb(device=None) -> float:
-    """Peak memory of this process so far, in MB: resident set size on a CPU, allocated memory on
-    a CUDA device (whichever is larger). Run one method per process to measure that method.
+    """Peak memory of this process so far, in MB: resident set size on a CPU, allocated memory on a
+    CUDA device (whichever is larger). Run one method per process to measure that method; the
+    records of ``congeal eval`` carry it (Chapter 7, "Accuracy against time").
+
+    Args:
+        device: the device the method ran on (None: the CPU only).
+
+    Returns:
+        megabytes, rounded to 0.1.
+
+    Example:
+        >>> peak_memory_mb() > 0
+        True
     """
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / (2**20 if sys.platform == "darwin" else 2**10)
     if device is not None and torch.device(device).type == "cuda":
@@ -359,7 +488,14 @@ def peak_memory_mb(device=None) -> float:
 
 
 def format_cub_table(results: dict) -> str:
-    """A plain-text table of :func:`evaluate_cub`'s results (percentages)."""
+    """A plain-text table of :func:`evaluate_cub`'s record (percentages), which ``congeal eval`` prints.
+
+    Args:
+        results: the record (``method``, ``backbone``, ``mode``, ``classes``, ``mean``).
+
+    Returns:
+        the table, one line per class, then the mean and a legend.
+    """
     head = f"{'class':<32} {'PCK@0.1':>16} {'PCK@0.05':>16} {'img@0.1':>8} {'pairs':>6} {'kps':>6} {'s':>7}"
     lines = [f"CUB PCK, method {results['method']}, backbone {results['backbone']}, {results['mode']} mode", head]
     for r in results["classes"]:
@@ -488,7 +624,14 @@ def _seed_mean(row: dict, cls: int) -> float:
 
 def format_sweep(rows: list[dict]) -> str:
     """:func:`sweep_rows` as a table: each setting (its changes to the earlier quick config), then
-    PCK@0.1 on CUB classes 1-6, the mean over 1-3, nearest neighbours' mean and CPU seconds per class.
+    PCK@0.1 on CUB classes 1-6, the mean over 1-3, nearest neighbours' mean and CPU seconds per
+    class (Chapters 4 and 5, "Quick mode on whole classes").
+
+    Args:
+        rows: :func:`sweep_rows`' rows.
+
+    Returns:
+        the table (two lines per setting).
     """
     lines = [
         "each setting (its changes to the earlier quick config), then PCK@0.1 on CUB classes 1-6, the mean over 1-3, nearest neighbours' mean, CPU s per class",
@@ -505,7 +648,18 @@ def format_sweep(rows: list[dict]) -> str:
 
 def shipped_row(rows: list[dict], shipped) -> dict:
     """The row of :func:`sweep_rows` that is the ``shipped`` config: the one with the most overrides
-    that ``shipped`` all has (co-segmented masks). Raises ``ValueError`` if none is.
+    that ``shipped`` all has, with co-segmented masks (Chapters 4 and 5, "Quick mode on whole
+    classes").
+
+    Args:
+        rows: :func:`sweep_rows`' rows.
+        shipped: the config the library ships (e.g. ``SpaceJAMConfig.for_mode("quick")``).
+
+    Returns:
+        the row.
+
+    Raises:
+        ValueError: no recorded setting is the shipped config.
     """
     matches = [row for row in rows if row["masks"] == "cosegment" and row["overrides"]
                and all(getattr(shipped, k) == (tuple(v) if isinstance(v, list) else v) for k, v in row["overrides"].items())]

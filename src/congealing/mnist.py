@@ -30,11 +30,22 @@ __all__ = [
 
 @dataclass(frozen=True)
 class Perturbation:
-    """The range of the known random affine transforms applied to real digits for ground truth.
+    """The range of the known random affine transforms applied to real digits for ground truth
+    (Chapter 2, "A set that needs aligning").
 
-    Each parameter is drawn uniformly from ``[-limit, +limit]``: translation in pixels, rotation in
-    degrees, log-scale, log-aspect and shear as plain numbers. ``pad`` pixels of background are added
-    on every side first so the perturbed digit stays in the frame.
+    Each parameter is drawn uniformly from ``[-limit, +limit]`` (:meth:`sample`).
+
+    Attributes:
+        translation: pixels, along x and y.
+        rotation: degrees.
+        log_scale: the log of the scale.
+        log_aspect: the log of the aspect ratio.
+        shear: a plain number.
+        pad: pixels of background added on every side first, so the perturbed digit stays in the frame.
+
+    Example:
+        >>> Perturbation().sample(2, (36, 36), torch.Generator().manual_seed(0)).shape
+        torch.Size([2, 3, 3])
     """
 
     translation: float = 3.0
@@ -45,7 +56,16 @@ class Perturbation:
     pad: int = 4
 
     def sample(self, count: int, size: tuple[int, int], generator: torch.Generator) -> torch.Tensor:
-        """``count`` random transforms ``(count, 3, 3)`` for images of ``size`` (after padding)."""
+        """Random transforms for images of ``size`` (after padding).
+
+        Args:
+            count: how many.
+            size: ``(H, W)`` of the padded images, in pixels.
+            generator: the CPU generator they are drawn from.
+
+        Returns:
+            ``(count, 3, 3)`` affine transforms in normalised coordinates.
+        """
         pixel = 2.0 / max(size)
         limits = torch.tensor([self.translation * pixel, self.translation * pixel, math.radians(self.rotation), self.log_scale, self.log_aspect, self.shear])
         xi = (torch.rand(count, classical.AFFINE_DIM, generator=generator) * 2.0 - 1.0) * limits
@@ -53,10 +73,23 @@ class Perturbation:
 
 
 def perturb(images: torch.Tensor, perturbation: Perturbation, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
-    """Pad ``(N, C, h, w)`` images by ``perturbation.pad`` and warp each by a known random transform.
+    """Pad images by ``perturbation.pad`` and warp each by a known random transform (Chapter 2, "A set
+    that needs aligning").
 
-    Returns ``(perturbed (N, C, h + 2 pad, w + 2 pad), transforms (N, 3, 3))``; the transforms map the
-    padded, unperturbed image to the perturbed one.
+    Args:
+        images: ``(N, C, h, w)``.
+        perturbation: the ranges (:class:`Perturbation`).
+        seed: the transforms are drawn on the CPU with this seed, so the same seed gives the same
+            set on any device.
+
+    Returns:
+        ``(perturbed (N, C, h + 2 pad, w + 2 pad), transforms (N, 3, 3))``; the transforms map the
+        padded, unperturbed image to the perturbed one.
+
+    Example:
+        >>> perturbed, known = perturb(torch.zeros(3, 1, 28, 28), Perturbation(), seed=0)
+        >>> perturbed.shape, known.shape
+        (torch.Size([3, 1, 36, 36]), torch.Size([3, 3, 3]))
     """
     padded = F.pad(images, (perturbation.pad,) * 4)
     generator = torch.Generator().manual_seed(seed)
@@ -66,19 +99,28 @@ def perturb(images: torch.Tensor, perturbation: Perturbation, seed: int = 0) -> 
 
 
 def residual_alignment_error(transforms: torch.Tensor, size: tuple[int, int], box: tuple[int, int] | None = None) -> torch.Tensor:
-    """Per-image misalignment ``(N,)`` in pixels left after removing the one transform common to the set.
+    """Per-image misalignment in pixels left after removing the one transform common to the set
+    (Chapter 2, "Did it undo the perturbations?").
 
-    ``transforms`` ``(N, 3, 3)`` map each image's *original* frame to the common frame (for
-    congealed perturbed digits: the learned transform composed with the known perturbation). A
-    perfect joint alignment makes them all equal to one ``C``. The common transform is estimated as
-    their mean ``C`` (the least-squares fit of the corner positions, exact for affine matrices), and
-    the error of image ``i`` is the mean displacement of the four corners of ``box`` (``(h, w)``
-    pixels, centred; default the full frame) under ``C^-1 T_i``, in pixels of the original frame,
-    so a set that merely shrinks does not look better aligned.
+    ``transforms`` map each image's *original* frame to the common frame (for congealed perturbed
+    digits: the learned transform composed with the known perturbation). A perfect joint alignment
+    makes them all equal to one ``C``. The common transform is estimated as their mean ``C`` (the
+    least-squares fit of the corner positions, exact for affine matrices), and the error of image
+    ``i`` is the mean displacement of the four corners of ``box`` under ``C^-1 T_i``, in pixels of
+    the original frame, so a set that merely shrinks does not look better aligned.
 
-    >>> T = warps.exp(torch.tensor([[0.1, 0.0], [0.1, 0.0]]), "translation")
-    >>> residual_alignment_error(T, (28, 28)).tolist()     # a shared shift is no misalignment
-    [0.0, 0.0]
+    Args:
+        transforms: ``(N, 3, 3)`` original frame -> common frame.
+        size: ``(H, W)`` of the images, in pixels.
+        box: ``(h, w)`` of the centred box whose corners are measured (None: the full frame).
+
+    Returns:
+        ``(N,)`` pixels.
+
+    Example:
+        >>> T = warps.exp(torch.tensor([[0.1, 0.0], [0.1, 0.0]]), "translation")
+        >>> residual_alignment_error(T, (28, 28)).tolist()     # a shared shift is no misalignment
+        [0.0, 0.0]
     """
     H, W = size
     h, w = box or size
@@ -90,9 +132,19 @@ def residual_alignment_error(transforms: torch.Tensor, size: tuple[int, int], bo
 
 
 def mean_image_sharpness(images: torch.Tensor) -> float:
-    """Mean gradient magnitude of the mean image of ``(N, C, H, W)`` (grey levels per pixel).
+    """Mean gradient magnitude of the mean image (grey levels per pixel): a well-aligned set has a
+    crisp mean, a misaligned one a blurry mean with small gradients (Chapter 2, "The comparison
+    table").
 
-    A well-aligned set has a crisp mean; a misaligned one a blurry mean with small gradients.
+    Args:
+        images: ``(N, C, H, W)``.
+
+    Returns:
+        the sharpness.
+
+    Example:
+        >>> mean_image_sharpness(torch.ones(2, 1, 8, 8))
+        0.0
     """
     mean = images.mean(0, keepdim=True)
     H, W = mean.shape[-2:]
@@ -101,11 +153,8 @@ def mean_image_sharpness(images: torch.Tensor) -> float:
 
 
 def alignment_errors(learned: torch.Tensor, learned_clean: torch.Tensor, known: torch.Tensor, size, box) -> dict:
-    """The three errors (pixels, mean over the set) of a congealing run on perturbed images.
-
-    ``learned`` ``(N, 3, 3)``: the method's transforms of the perturbed images, ``known`` the
-    perturbations, ``learned_clean`` its transforms of the clean images; ``size`` the images'
-    ``(H, W)``, ``box`` the object's ``(h, w)`` (centred). All by :func:`residual_alignment_error`:
+    """The errors (pixels, mean over the set) of a congealing run on perturbed images (Chapter 2,
+    "Did it undo the perturbations?"), all by :func:`residual_alignment_error`:
 
     * ``baseline_error``: doing nothing (the perturbations themselves);
     * ``residual_error``: ``learned`` composed with the perturbation, against the original frame;
@@ -113,10 +162,21 @@ def alignment_errors(learned: torch.Tensor, learned_clean: torch.Tensor, known: 
       images, i.e. how well the known perturbations were undone;
     * ``clean_motion``: how far the method moved the clean images.
 
-    >>> known = warps.exp(torch.tensor([[0.1, 0.0], [-0.1, 0.0]]), "translation")
-    >>> e = alignment_errors(warps.invert(known), warps.identity(2), known, (36, 36), (28, 28))
-    >>> round(e["baseline_error"], 2), round(e["recovery_error"], 2), round(e["clean_motion"], 2)
-    (1.8, 0.0, 0.0)
+    Args:
+        learned: ``(N, 3, 3)`` the method's transforms of the perturbed images.
+        learned_clean: ``(N, 3, 3)`` its transforms of the clean images.
+        known: ``(N, 3, 3)`` the perturbations.
+        size: the images' ``(H, W)``.
+        box: the object's ``(h, w)`` (centred).
+
+    Returns:
+        the four errors, in pixels.
+
+    Example:
+        >>> known = warps.exp(torch.tensor([[0.1, 0.0], [-0.1, 0.0]]), "translation")
+        >>> e = alignment_errors(warps.invert(known), warps.identity(2), known, (36, 36), (28, 28))
+        >>> round(e["baseline_error"], 2), round(e["recovery_error"], 2), round(e["clean_motion"], 2)
+        (1.8, 0.0, 0.0)
     """
     composed = warps.compose(learned, known)
     recovered = warps.compose(warps.invert(classical.recentre(learned_clean)), classical.recentre(composed))
@@ -130,17 +190,29 @@ def alignment_errors(learned: torch.Tensor, learned_clean: torch.Tensor, known: 
 
 
 def evaluate_on_digits(digits: torch.Tensor, method: str, config=None, perturbation: Perturbation | None = None, seed: int = 0) -> dict:
-    """Congeal real digits ``(N, 1, 28, 28)`` twice, perturbed and clean, and measure the result.
+    """Congeal real digits twice, perturbed and clean, and measure the result (Chapter 2, "The
+    comparison table").
 
-    The digits are padded and warped by known random transforms (:func:`perturb`), then congealed.
-    The errors in pixels over the 28 x 28 digit box are :func:`alignment_errors`: ``baseline_error``
-    (doing nothing), ``residual_error`` (against the original MNIST frame; it counts as error any
-    change the method makes to the digits' *own* pose and shape, since MNIST digits are centred but
-    not deslanted, so it has a floor well above zero), ``recovery_error`` (against the method's own
-    alignment of the clean digits) and ``clean_motion`` (how far it moved the clean digits: that floor).
+    The digits are padded and warped by known random transforms (:func:`perturb`), then congealed
+    (:func:`congealing.classical.congeal`). The errors in pixels over the 28 x 28 digit box are
+    :func:`alignment_errors`: ``baseline_error`` (doing nothing), ``residual_error`` (against the
+    original MNIST frame; it counts as error any change the method makes to the digits' *own* pose
+    and shape, since MNIST digits are centred but not deslanted, so it has a floor well above zero),
+    ``recovery_error`` (against the method's own alignment of the clean digits) and ``clean_motion``
+    (how far it moved the clean digits: that floor).
 
-    Also: iterations, seconds (perturbed run) and, on the clean digits, the mean image's per-pixel
-    pixel-stack entropy (bits) and sharpness (:func:`mean_image_sharpness`) before and after.
+    Args:
+        digits: ``(N, 1, 28, 28)`` in ``[0, 1]``.
+        method: ``"entropy"``, ``"lsq"`` or ``"ic-lsq"``.
+        config: the method's config (None: ``for_mode()``).
+        perturbation: the ranges (None: :class:`Perturbation`'s defaults).
+        seed: the perturbations' seed.
+
+    Returns:
+        the images count, the four errors, iterations, seconds (perturbed run), seconds per
+        iteration, the objective before and after (perturbed run) and, on the clean digits, the
+        mean image's per-pixel pixel-stack entropy (bits) and sharpness
+        (:func:`mean_image_sharpness`) before and after.
     """
     perturbation = perturbation or Perturbation()
     config = config or classical.CONFIGS[method].for_mode()
@@ -167,7 +239,15 @@ def evaluate_on_digits(digits: torch.Tensor, method: str, config=None, perturbat
 
 
 def format_mnist_table(rows: dict, title: str) -> str:
-    """A plain-text table of :func:`evaluate_on_digits` results keyed by class."""
+    """A plain-text table of :func:`evaluate_on_digits` results keyed by class.
+
+    Args:
+        rows: ``{class: evaluate_on_digits(...)}`` (a ``"mean"`` row too, if wanted).
+        title: the first line.
+
+    Returns:
+        the table.
+    """
     columns = [("baseline_error", "do-nothing px", "{:.2f}"), ("residual_error", "residual px", "{:.2f}"), ("recovery_error", "recovery px", "{:.2f}"),
                ("clean_motion", "clean moved px", "{:.2f}"), ("mean_entropy_before", "H before", "{:.3f}"), ("mean_entropy_after", "H after", "{:.3f}"),
                ("iterations", "iters", "{}"), ("seconds_per_iteration", "s/iter", "{:.3f}")]
@@ -183,12 +263,19 @@ EVAL_DIGITS = {"quick": 100, "full": 1000}
 
 
 def evaluate_mnist(request: EvalRequest) -> dict:
-    """``congeal eval --dataset mnist --method M``: ground-truth errors on every (or each chosen) class.
+    """``congeal eval --dataset mnist --method M``: ground-truth errors on every (or each chosen)
+    class (Chapter 2, "The comparison table", measures the same on fewer digits).
 
-    ``request.method`` is one of :data:`MNIST_METHODS`; ``request.classes`` the digits (None: all
-    ten). Returns a JSON-ready dict (settings, per-class numbers, their mean) with a ``"table"``
-    string. The first ``EVAL_DIGITS[mode]`` test-set digits of each class are used; class ``d`` is
-    perturbed with seed ``request.seed + d``.
+    The first ``EVAL_DIGITS[mode]`` test-set digits of each class are used; class ``d`` is
+    perturbed with seed ``request.seed + d``; each is :func:`evaluate_on_digits` with the method's
+    ``for_mode(mode)`` config.
+
+    Args:
+        request: ``method`` one of :data:`MNIST_METHODS`, ``classes`` the digits (None: all ten),
+            ``mode``, ``seed``, ``device``, ``data`` (:class:`congealing.evaluation.EvalRequest`).
+
+    Returns:
+        a JSON-ready dict (settings, per-class numbers, their mean) with a ``"table"`` string.
 
     Raises:
         UsageError: an unknown method or a class outside 0-9.

@@ -82,7 +82,8 @@ _SPACEJAM_ON_CUB = CubSetup("images", None)
 
 @dataclass(frozen=True)
 class Method:
-    """One aligner.
+    """One aligner: what the applications and the evaluations need to know about it (Chapter 7, "One
+    protocol, every method").
 
     Attributes:
         name: what ``--method`` takes.
@@ -98,6 +99,10 @@ class Method:
             align`` needs ``--shape`` or ``--cameras``, and its alignment maps points only).
         cub: how ``congeal eval --dataset cub`` prepares a class for it (:class:`CubSetup`), or
             None if it is not benchmarked on CUB.
+
+    Example:
+        >>> METHODS["neural"].cub.masks, METHODS["congeal3d"].cub is None
+        ('boxes', True)
     """
 
     name: str
@@ -154,7 +159,22 @@ def names(features: bool | None = None, needs_shape: bool | None = None, on_cub:
 
 
 def get(name: str) -> Method:
-    """The :class:`Method` called ``name``; :class:`congealing.errors.UsageError` naming the choices otherwise."""
+    """The :class:`Method` called ``name`` (``congeal align --method`` and ``congeal eval --method``
+    look methods up here).
+
+    Args:
+        name: a registered name (:data:`METHODS`).
+
+    Returns:
+        its :class:`Method`.
+
+    Raises:
+        congealing.errors.UsageError: an unknown name; the message names the choices.
+
+    Example:
+        >>> get("congeal3d").needs_shape, get("spacejam").chapter
+        (True, 'Chapter 5')
+    """
     if name not in METHODS:
         raise UsageError(f"unknown method {name!r}; choose one of {', '.join(METHODS)}")
     return METHODS[name]
