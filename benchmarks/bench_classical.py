@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from congealing import classical, data, evaluation, runtime
+from congealing import classical, data, mnist, runtime
 
 SIZES = {"quick": [100, 300, 1000, 3000], "full": [100, 300, 1000, 3000, 10000]}
 ITERATIONS = 3
@@ -49,7 +49,7 @@ def main(argv=None) -> int:
     digits, _ = data.load_mnist(limit=max(sizes))
     if digits.shape[0] < max(sizes):
         raise SystemExit(f"only {digits.shape[0]} MNIST test digits; the largest size must not exceed that")
-    perturbed, _ = evaluation.perturb(digits, evaluation.Perturbation(), seed=0)
+    perturbed, _ = mnist.perturb(digits, mnist.Perturbation(), seed=0)
     perturbed = perturbed.to(device)
     table = {}
     for method in classical.METHOD_NAMES:

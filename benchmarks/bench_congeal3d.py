@@ -39,9 +39,9 @@ def run(mode: str, inputs: int | None, seed: int) -> dict:
     tic = time.perf_counter()
     candidates = congeal3d.render_candidates(field, config)
     seconds["candidate_renders"] = time.perf_counter() - tic
-    result = congeal3d.congeal(field, bench.varied, bench.masks, config, backbone, candidates=candidates)
-    seconds.update(result.seconds)
-    errors = congeal3d.pose_errors(result.refined["c2w"], bench.c2w)
+    alignment = congeal3d.fit(bench.varied, config, masks=bench.masks, backbone=backbone, shape=field, candidates=candidates)
+    seconds.update(alignment.state["seconds"])
+    errors = congeal3d.pose_errors(alignment.state["c2w"], bench.c2w)
     return {
         "mode": mode, "inputs": len(bench), "image_size": config.image_size, "backbone": backbone.name,
         "threads": torch.get_num_threads(), "seconds": {k: round(v, 1) for k, v in seconds.items()},

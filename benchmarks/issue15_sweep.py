@@ -31,7 +31,7 @@ def box_pck(transfer, cub) -> float:
 
 
 def run_spacejam(cub, backbone, overrides, seed):
-    """As ``evaluation.spacejam_transfer`` (co-segmented masks), with overrides of the quick config;
+    """As ``evaluation.fit_on_cub("spacejam", ...)`` (co-segmented masks), with overrides of the quick config;
     ``epochs`` (and ``ae_epochs``) rescale every epoch-based schedule, as ``SpaceJAMConfig.scaled`` does."""
     overrides = dict(overrides)
     config = spacejam.SpaceJAMConfig.for_mode("quick", seed=seed)
@@ -50,7 +50,7 @@ def run_spacejam(cub, backbone, overrides, seed):
 
 
 def run_neural(cub, backbone, overrides, seed):
-    """As ``evaluation.neural_transfer`` (flips, gradual atlas, relaxed rigidity, box masks), with overrides."""
+    """As ``evaluation.fit_on_cub("neural", ...)`` (flips, gradual atlas, relaxed rigidity, box masks: its registry entry), with overrides."""
     flags = dict(flips=True, gradual_atlas=True, relaxed_rigidity=True)
     flags.update(overrides)
     config = neural.NeuralCongealingConfig.for_mode("quick", seed=seed, **flags)

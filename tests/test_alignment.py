@@ -70,7 +70,7 @@ def test_a_method_point_map_takes_precedence():
 
 
 @pytest.mark.parametrize("kwargs, message", [
-    ({}, "exactly one"),
+    ({}, "point_map with flips"),
     ({"transforms": torch.eye(3)[None], "grids": warps.identity_grid((4, 4))}, "exactly one"),
     ({"transforms": torch.eye(2)[None]}, r"\(N, 3, 3\)"),
     ({"grids": torch.zeros(1, 4, 4, 3)}, r"\(N, h, w, 2\)"),
@@ -137,8 +137,9 @@ def test_every_registered_method_has_the_protocol_signature():
         assert method.config.for_mode("full") == method.config(), f"{name}: full mode must be the published defaults"
 
 
-@pytest.mark.parametrize("name", list(registry.METHODS))
+@pytest.mark.parametrize("name", registry.names(needs_shape=False))
 def test_every_registered_method_returns_an_alignment(name, isolated_cache):
+    """Every 2-D method (3-D congealing's point-map alignment: tests/test_congeal3d.py)."""
     method = registry.get(name)
     images = blobs()
     if not method.features:
@@ -158,5 +159,27 @@ def test_every_registered_method_returns_an_alignment(name, isolated_cache):
 
 
 def test_registry_names_its_choices():
-    with pytest.raises(Exception, match="choose one of entropy, lsq, ic-lsq, neural, spacejam"):
+    with pytest.raises(Exception, match="choose one of entropy, lsq, ic-lsq, neural, spacejam, congeal3d"):
         registry.get("nope")
+    assert registry.names(needs_shape=True) == ("congeal3d",)
+    assert registry.names(features=True, needs_shape=False) == ("neural", "spacejam")
+
+
+def test_the_point_map_form_transfers_points_and_refuses_to_warp():
+    moves = []
+
+    def point_map(src, tgt, points):
+        moves.append((src, tgt))
+        return points.flip(-1)
+
+    alignment = al.Alignment("3d", (8, 8), flips=torch.zeros(3, dtype=torch.bool), point_map=point_map, parameters=5)
+    assert len(alignment) == 3 and alignment.transforms is None and alignment.grids is None
+    assert torch.equal(alignment.transfer_points(2, 0, torch.tensor([[1.0, 6.0]])), torch.tensor([[6.0, 1.0]])) and moves == [(2, 0)]
+    transfer = alignment.transfer()
+    assert transfer.flipped.tolist() == [False] * 3 and transfer.parameters == 5
+    with pytest.raises(ValueError, match="warp needs a 2-D alignment"):
+        alignment.warp(torch.rand(3, 1, 8, 8))
+    with pytest.raises(ValueError, match="propagate_edit needs a 2-D alignment"):
+        alignment.propagate_edit(torch.rand(4, 8, 8), torch.rand(3, 3, 8, 8))
+    with pytest.raises(ValueError, match="point_map with flips"):
+        al.Alignment("3d", (8, 8), point_map=point_map)  # no flips: the number of images is unknown

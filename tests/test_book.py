@@ -70,3 +70,9 @@ def test_ci_runs_the_readme_test_command():
     readme = (ROOT / "README.md").read_text()
     assert "make test" in readme and "make book" in readme
     assert "make test" in (ROOT / ".ci" / "run").read_text()
+
+
+def test_every_literalinclude_resolves():
+    """``book/tools/check_includes.py``: every include names an existing file and pyobject."""
+    result = subprocess.run([sys.executable, str(ROOT / "book" / "tools" / "check_includes.py")], capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout

@@ -195,11 +195,11 @@ def test_photos_of_unknown_intrinsics_are_searched_up_to_a_phones_field_of_view(
     class Stop(Exception):
         pass
 
-    def record(field, images, masks, config, *args, **kwargs):
+    def record(images, config, **kwargs):
         seen["fovs"] = config.search_fovs_deg
         raise Stop
 
-    monkeypatch.setattr(c3, "congeal", record)
+    monkeypatch.setattr(c3, "fit", record)
     with pytest.raises(Stop):
         cli.main(["align", str(folder), "--method", "congeal3d", "--shape", str(shape), "--out", str(tmp_path / "out"), "--mode", "quick", "--size", "32"])
     phone = np.degrees(2 * np.arctan(18 / 26))

@@ -8,7 +8,8 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from congealing import classical, cli, data, evaluation, warps
+from congealing import classical, cli, data, warps
+from congealing import mnist as ground_truth  # the fixture below is called mnist
 
 pytestmark = pytest.mark.slow  # loads the real MNIST test set
 
@@ -22,12 +23,12 @@ def mnist(data_root):
 def copies_of_one_digit(digit: torch.Tensor, count: int, seed: int, translation=2.0, rotation=10.0):
     """``count`` copies of one real digit under known random translations/rotations (exact ground truth:
     any difference left after congealing is misalignment, not shape variation)."""
-    perturbation = evaluation.Perturbation(translation=translation, rotation=rotation, log_scale=0.0, log_aspect=0.0, shear=0.0)
-    return evaluation.perturb(digit.expand(count, -1, -1, -1), perturbation, seed=seed)
+    perturbation = ground_truth.Perturbation(translation=translation, rotation=rotation, log_scale=0.0, log_aspect=0.0, shear=0.0)
+    return ground_truth.perturb(digit.expand(count, -1, -1, -1), perturbation, seed=seed)
 
 
 def error_px(learned, known, size=(36, 36)):
-    return evaluation.residual_alignment_error(warps.compose(learned, known), size, (28, 28))
+    return ground_truth.residual_alignment_error(warps.compose(learned, known), size, (28, 28))
 
 
 @pytest.mark.parametrize("method", ["lsq", "ic-lsq", "entropy"])
@@ -47,19 +48,19 @@ def test_known_transforms_are_recovered_on_a_real_digit(mnist, method):
 def test_entropy_falls_on_real_digits_and_funnel_aligns_unseen_ones(mnist):
     images, labels = mnist
     twos = images[labels == 2]
-    train, train_known = evaluation.perturb(twos[:60], evaluation.Perturbation(), seed=0)
+    train, train_known = ground_truth.perturb(twos[:60], ground_truth.Perturbation(), seed=0)
     result = classical.congeal_entropy(train, classical.EntropyConfig(iterations=20))
     entropy = result.history["objective"]
     assert entropy[-1] < 0.8 * entropy[0]
     assert all(b <= a * 1.01 for a, b in zip(entropy, entropy[1:])), "entropy should (almost) never rise"
-    new, _ = evaluation.perturb(twos[60:80], evaluation.Perturbation(), seed=1)
+    new, _ = ground_truth.perturb(twos[60:80], ground_truth.Perturbation(), seed=1)
     transforms, aligned = classical.funnel_align(result.funnel, new)
     assert classical.pixel_stack_entropy(aligned).sum() < 0.85 * classical.pixel_stack_entropy(new).sum()
     # Exact ground truth for the funnel: each of three unseen digits, in 8 known poses, must come
     # out in (nearly) one pose.
     errors = []
     for index in (80, 81, 82):
-        poses, known = evaluation.perturb(twos[index : index + 1].expand(8, -1, -1, -1), evaluation.Perturbation(), seed=2)
+        poses, known = ground_truth.perturb(twos[index : index + 1].expand(8, -1, -1, -1), ground_truth.Perturbation(), seed=2)
         transforms, _ = classical.funnel_align(result.funnel, poses)
         errors.append((error_px(warps.identity(8), known).mean(), error_px(transforms, known).mean()))
     before, after = torch.tensor(errors).mean(0)

@@ -9,7 +9,7 @@ import pytest
 import torch
 from scipy import ndimage
 
-from congealing import classical, evaluation, warps
+from congealing import classical, mnist, warps
 
 
 @pytest.mark.parametrize("bins", [2, 3, 5, 16])
@@ -115,5 +115,5 @@ def test_congealing_recovers_known_shifts_on_every_device(method, device):
     images = warps.warp_image(blob.expand(6, -1, -1, -1), known).to(device)
     result = classical.congeal(images, method, classical.CONFIGS[method](iterations=25))
     assert result.transforms.device.type == device.type
-    error = lambda T: evaluation.residual_alignment_error(warps.compose(T.cpu(), known), (24, 24)).mean()  # noqa: E731
+    error = lambda T: mnist.residual_alignment_error(warps.compose(T.cpu(), known), (24, 24)).mean()  # noqa: E731
     assert error(result.transforms) < 0.5 * error(warps.identity(6)), (float(error(result.transforms)), float(error(warps.identity(6))))

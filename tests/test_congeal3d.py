@@ -535,15 +535,49 @@ def test_filter_by_pose():
 # ----------------------------------------------------------------------------- the pipeline's errors, appearance
 
 
-def test_congeal_rejects_a_set_of_one_and_an_empty_mask():
+def test_fit_rejects_a_set_of_one_an_empty_mask_and_no_masks():
     field = red_ball(0.5, resolution=8)
     config = tiny_config()
     images, masks = torch.ones(2, 3, 16, 16), torch.zeros(2, 1, 16, 16)
     masks[0, :, 4:12, 4:12] = 1.0
     with pytest.raises(ValueError, match="at least 2"):
-        c3.congeal(field, images[:1], masks[:1], config, backbone=ColourBackbone())
+        c3.fit(images[:1], config, masks=masks[:1], backbone=ColourBackbone(), shape=field)
     with pytest.raises(ValueError, match=r"image\(s\) 1\b.*silhouette"):
-        c3.congeal(field, images, masks, config, backbone=ColourBackbone())
+        c3.fit(images, config, masks=masks, backbone=ColourBackbone(), shape=field)
+    with pytest.raises(ValueError, match=r"image\(s\) 1\b.*silhouette"):
+        c3.find_poses(field, images, masks, config, backbone=ColourBackbone(), search=False)
+    with pytest.raises(ValueError, match="give masks"):
+        c3.fit(images, config, backbone=ColourBackbone(), shape=field)
+
+
+def test_fit_returns_a_point_map_alignment_of_the_steps_it_runs():
+    """``fit`` is find_poses then fit_coordinate_maps, run by hand here: the same cameras, the same
+    maps and the maps' own transfer, in the point-map form of an Alignment."""
+    from congealing.alignment import Alignment
+
+    field = asymmetric_field(24)
+    c3.set_shape_box(field)
+    config = tiny_config()
+    views = c3.render(field, c3.spherical_cameras(torch.tensor([-60.0, 20.0, 100.0]), torch.tensor([20.0, 30.0, 10.0]), 3.0),
+                      torch.full((3,), FOV), 32, samples=32)
+    images, masks = views["rgb"], (views["mask"] > 0.5).float()
+    steps = []
+    alignment = c3.fit(images, config, masks=masks, backbone=ColourBackbone(), shape=field, callback=lambda done, total: steps.append((done, total)))
+    assert isinstance(alignment, Alignment) and alignment.method == "congeal3d" and len(alignment) == 3 and alignment.size == (32, 32)
+    assert alignment.transforms is None and alignment.grids is None and not alignment.flips.any()
+    assert [h["loss"] for h in alignment.history] == alignment.state["refined"]["loss"] and len(alignment.history) == config.refine_steps
+    assert steps[-1] == (config.refine_steps + config.mapping_steps,) * 2 and len(steps) == steps[-1][0]
+    assert alignment.parameters == 3 * 7 + 3 * 2 * 16 * 16 and alignment.seconds > 0
+    assert set(alignment.state["seconds"]) == {"pose_search", "refinement", "mappings"}
+    by_hand = c3.find_poses(field, images, masks, config, backbone=ColourBackbone())
+    assert torch.equal(by_hand["search"]["index"], alignment.state["search"]["index"])
+    assert torch.allclose(by_hand["refined"]["c2w"], alignment.state["c2w"]) and torch.allclose(by_hand["refined"]["fov"], alignment.state["fov"])
+    maps = c3.fit_coordinate_maps(field, images, masks, by_hand["refined"]["c2w"], by_hand["refined"]["fov"], config, backbone=ColourBackbone())
+    assert torch.allclose(maps.nocs, alignment.state["maps"].nocs, atol=1e-5)
+    points = torch.nonzero(masks[0, 0] > 0.5)[::7].flip(-1).float()
+    assert torch.equal(alignment.transfer_points(0, 2, points), c3.transfer_points(alignment.state["maps"], 0, 2, points))
+    with pytest.raises(ValueError, match="maps points only"):
+        alignment.warp(images)
 
 
 def test_vary_appearance_keeps_the_silhouette_and_is_deterministic(device):

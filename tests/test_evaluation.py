@@ -4,7 +4,7 @@ import json
 import pytest
 import torch
 
-from congealing import alignment, evaluation, warps
+from congealing import alignment, evaluation, mnist, warps
 from congealing.data import CUBSet
 
 
@@ -123,7 +123,7 @@ def test_unknown_methods_are_usage_errors():
     with pytest.raises(UsageError, match="unknown method"):
         evaluation.evaluate_cub(evaluation.EvalRequest("nope"))
     with pytest.raises(UsageError, match="unknown method"):
-        evaluation.evaluate_mnist(evaluation.EvalRequest("nn"))
+        mnist.evaluate_mnist(evaluation.EvalRequest("nn"))
 
 
 def test_sweep_rows_average_seeds_and_find_the_shipped_config():

@@ -57,20 +57,22 @@ def test_run_label_names_mode_backbone_device():
 def test_cli_routes_reach_the_application_and_evaluation_layers():
     import inspect
 
-    from congealing import evaluation, registry
+    from congealing import evaluation, mnist, registry
 
-    assert set(cli.METHODS) == set(registry.METHODS) | {"congeal3d"}
+    assert set(cli.METHODS) == set(registry.METHODS) and "congeal3d" in cli.METHODS
+    assert cli.SHAPE_METHODS == ("congeal3d",) == cli.DATASET_METHODS["lego"] == cli.DATASET_METHODS["lego-capture"]
     for name, method in registry.METHODS.items():
         parameters = inspect.signature(method.fit).parameters
         assert list(parameters)[:2] == ["images", "config"], name
         assert {"masks", "backbone", "device", "callback"} <= {p for p, v in parameters.items() if v.kind is inspect.Parameter.KEYWORD_ONLY}, name
         home = f"congealing.{'classical' if not method.features else name}"  # the method's module or package
         assert method.fit.__module__ == home or method.fit.__module__.startswith(home + "."), name
+        assert ("shape" in parameters) == method.needs_shape, name
     for name, fit in evaluation.CUB_METHODS.items():
         required = [p for p in inspect.signature(fit).parameters.values() if p.default is inspect.Parameter.empty]
         assert fit.__module__ == "congealing.evaluation" and len(required) <= 5, name
     assert set(cli.DATASET_METHODS["cub"]) == set(evaluation.CUB_METHODS)
-    assert set(cli.DATASET_METHODS["mnist"]) == set(evaluation.MNIST_METHODS)
+    assert set(cli.DATASET_METHODS["mnist"]) == set(mnist.MNIST_METHODS)
 
 
 def test_cli_unknown_method_and_bad_folder(tmp_path, capsys):
@@ -129,12 +131,12 @@ def test_run_recorded_reuses_only_clean_records_and_reports_failures(tmp_path, m
 def test_cli_passes_settings_down_without_rewriting_the_environment(tmp_path, monkeypatch, capsys):
     import os
 
-    from congealing import evaluation
+    from congealing import evaluation, mnist
 
     monkeypatch.setenv("CONGEAL_MODE", "quick")
     monkeypatch.delenv("CONGEAL_DATA", raising=False)
     seen = []
-    monkeypatch.setattr(evaluation, "evaluate_mnist", lambda request: seen.append(request) or {"table": "ok"})
+    monkeypatch.setattr(mnist, "evaluate_mnist", lambda request: seen.append(request) or {"table": "ok"})
     assert cli.main(["eval", "--dataset", "mnist", "--method", "lsq", "--classes", "3,7", "--mode", "full", "--seed", "5", "--data", str(tmp_path)]) == 0
     assert seen == [evaluation.EvalRequest("lsq", classes=(3, 7), mode="full", seed=5, device=None, backbone=None, data=str(tmp_path))]
     assert os.environ["CONGEAL_MODE"] == "quick" and "CONGEAL_DATA" not in os.environ

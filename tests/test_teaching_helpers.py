@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from congealing import classical, evaluation, features, spacejam, warps, widgets
+from congealing import classical, evaluation, features, mnist, spacejam, warps, widgets
 from congealing.data import CUBSet
 
 
@@ -159,7 +159,7 @@ def test_alignment_errors_on_known_translations():
     # Perturbations shift by +-t; the method undoes them exactly and leaves clean images alone.
     t, size = 0.25, (36, 36)
     known = warps.exp(torch.tensor([[t, 0.0], [-t, 0.0], [0.0, t], [0.0, -t]]), "translation")
-    errors = evaluation.alignment_errors(warps.invert(known), warps.identity(4), known, size, (28, 28))
+    errors = mnist.alignment_errors(warps.invert(known), warps.identity(4), known, size, (28, 28))
     assert errors["baseline_error"] == pytest.approx(t * size[1] / 2, abs=1e-4)  # normalised t -> t * W / 2 px
     assert errors["recovery_error"] == pytest.approx(0.0, abs=1e-4)
     assert errors["residual_error"] == pytest.approx(0.0, abs=1e-4)

@@ -3,8 +3,9 @@
 :func:`align` takes the loaded images (:class:`congealing.data.ImageSet`) and an
 :class:`AlignRequest` (typed settings, no command line), looks the method up in
 :mod:`congealing.registry`, calls its ``fit`` (the protocol of :mod:`congealing.alignment`), and
-writes the report folder with :func:`congealing.report.write_alignment`. 3-D congealing, which is
-not a 2-D aligner, has its own routes: :func:`align_congeal3d` (photos posed on a saved shape) and
+writes the report folder with :func:`congealing.report.write_alignment`. A method that needs a
+canonical shape (3-D congealing, ``needs_shape`` in the registry) has its own routes, which
+:func:`align` takes: :func:`align_congeal3d` (photos posed on a saved shape) and
 :func:`align_capture` (a calibrated capture). The command checks every argument (and the output
 folder) before calling in here; this module trusts what it is given.
 """
@@ -111,6 +112,8 @@ def align(image_set: ImageSet, request: AlignRequest) -> Alignment:
         the :class:`congealing.alignment.Alignment` the report shows.
     """
     method = registry.get(request.method)
+    if method.needs_shape:
+        return align_congeal3d(image_set, request)
     progress = AlignProgress(method.name)
     device = runtime.get_device(request.device)
     mode = runtime.get_mode(request.mode)
@@ -212,7 +215,7 @@ def _neural_scores(alignment: Alignment) -> dict:
 # ----------------------------------------------------------------------------- 3-D congealing
 
 
-def align_congeal3d(image_set: ImageSet, request: AlignRequest) -> None:
+def align_congeal3d(image_set: ImageSet, request: AlignRequest) -> Alignment:
     """``congeal align DIR --method congeal3d --shape SHAPE --out OUT``: per-image camera (JSON in
     ``summary.json``, matrices in ``mappings.pt``), NOCS map as RGB, mask, and the canonical render
     beside each input, plus an edit painted in the canonical frame onto every image.
@@ -220,7 +223,7 @@ def align_congeal3d(image_set: ImageSet, request: AlignRequest) -> None:
     Masks come from the images' alpha channel if they have one, else from co-segmentation
     (Chapter 3). Nothing is written unless every stage succeeds. With ``request.cameras`` (a
     capture's camera file) the shape is fitted from the photos themselves instead
-    (:func:`align_capture`).
+    (:func:`align_capture`). Returns the :func:`congealing.congeal3d.fit` alignment the report shows.
     """
     if request.cameras is not None:
         return align_capture(image_set, request)
@@ -245,10 +248,10 @@ def align_congeal3d(image_set: ImageSet, request: AlignRequest) -> None:
     masks = (F.interpolate(masks, size=(size, size), mode="nearest") > 0.5).float()
     congeal3d.check_masks(masks, image_set.names)
     progress.stage("pose search, pose refinement, coordinate maps (bars below)")
-    result = congeal3d.congeal(field, images, masks, config, backbone, progress=congeal3d.progress_bars(True))
+    alignment = congeal3d.fit(images, config, masks=masks, backbone=backbone, shape=field, progress=congeal3d.progress_bars(True))
     progress.stage("writing the report")
-    maps = result.maps
-    cams, fovs = result.refined["c2w"], result.refined["fov"]
+    maps, refined = alignment.state["maps"], alignment.state["refined"]
+    cams, fovs = refined["c2w"], refined["fov"]
     azimuth, elevation = congeal3d.camera_angles(cams)
     with torch.no_grad():
         views = congeal3d.spherical_cameras(torch.tensor([-90.0, 0.0, 90.0]), torch.tensor([30.0, 30.0, 30.0]), config.camera_radius).to(device)
@@ -261,18 +264,19 @@ def align_congeal3d(image_set: ImageSet, request: AlignRequest) -> None:
         request.out, method="congeal3d", names=image_set.names, inputs=images, aligned=maps.renders["rgb"],
         atlas={f"canonical shape, azimuth {a}": view for a, view in zip((-90, 0, 90), front["rgb"])},
         mode=mode, transforms=cams,
-        summary={"backbone": backbone.name, "masks": mask_source, "shape": str(shape_path), "seconds": result.seconds, "poses": poses},
+        summary={"backbone": backbone.name, "masks": mask_source, "shape": str(shape_path), "seconds": alignment.state["seconds"], "poses": poses},
         extra_images={"NOCS map": maps.nocs, "edit (canonical stripes)": congeal3d.propagate_nocs_edit(maps, images, congeal3d.stripes_edit())},
         masks=masks.cpu(), coordinate_maps=(maps.nocs.cpu(), maps.mask.cpu()), poses=poses,
-        objective={"name": "1 - soft IoU of the rendered silhouette and the mask", "before": result.refined["loss"][0], "after": result.refined["loss"][-1], "better": "lower"}
-        if result.refined["loss"] else None,
+        objective={"name": "1 - soft IoU of the rendered silhouette and the mask", "before": refined["loss"][0], "after": refined["loss"][-1], "better": "lower"}
+        if refined["loss"] else None,
         method_scores={"name": "silhouette IoU", "values": congeal3d.silhouette_iou(maps.renders["mask"].cpu(), masks.cpu()), "better": "higher",
                        "doc": "intersection over union of the shape rendered at the image's camera and the image's object mask, in [0, 1]; higher is better"},
     )
     progress.close()
+    return alignment
 
 
-def align_capture(image_set: ImageSet, request: AlignRequest) -> None:
+def align_capture(image_set: ImageSet, request: AlignRequest) -> Alignment:
     """``congeal align DIR --method congeal3d --cameras PATH --out OUT``: 3-D congealing of a
     calibrated capture (:func:`congealing.congeal3d.captures.congeal_capture`), written as a report.
 
@@ -284,7 +288,8 @@ def align_capture(image_set: ImageSet, request: AlignRequest) -> None:
     photo in the model's square camera, the canonical shape rendered from the camera found, its
     NOCS map and an edit; ``summary.json`` adds each camera from the file (in the normalised
     frame), the angle between it and the camera found, the anchors, and what the importer
-    ignored. Nothing is written unless every stage succeeds.
+    ignored. Nothing is written unless every stage succeeds. Returns the posed photos'
+    :func:`congealing.congeal3d.fit` alignment.
     """
     progress = AlignProgress("congeal3d")
     progress.stage("loading the backbone and making the masks")
@@ -302,9 +307,9 @@ def align_capture(image_set: ImageSet, request: AlignRequest) -> None:
     progress.stage("frame, shape, pose search, refinement, coordinate maps (bars below)")
     out = congeal3d.congeal_capture(photos, photo_masks, cameras, config, backbone, device=device, progress=congeal3d.progress_bars(True), maps=True)
     progress.stage("writing the report")
-    result, views, posed = out["result"], out["views"], out["inputs"]
-    field, maps = out["field"], out["result"].maps
-    found, fovs = result.refined["c2w"].cpu(), result.refined["fov"].cpu()
+    alignment, views, posed = out["alignment"], out["views"], out["inputs"]
+    field, maps, refined = out["field"], alignment.state["maps"], alignment.state["refined"]
+    found, fovs = refined["c2w"].cpu(), refined["fov"].cpu()
     given_c2w = out["cameras"].c2w[posed]
     disagreement = congeal3d.rotation_angle_deg(found[:, :3, :3].double(), given_c2w[:, :3, :3].double())
     azimuth, elevation = congeal3d.camera_angles(found)
@@ -340,10 +345,11 @@ def align_capture(image_set: ImageSet, request: AlignRequest) -> None:
             mode=mode, transforms=found, summary=summary, field_docs=field_docs,
             extra_images={"NOCS map": maps.nocs, "edit (canonical stripes)": congeal3d.propagate_nocs_edit(maps, views.images[posed], congeal3d.stripes_edit())},
             masks=views.masks[posed].cpu(), valid=views.valid[posed].cpu(), coordinate_maps=(maps.nocs.cpu(), maps.mask.cpu()), poses=poses,
-            objective={"name": "1 - soft IoU of the rendered silhouette and the mask", "before": result.refined["loss"][0], "after": result.refined["loss"][-1], "better": "lower"}
-            if result.refined["loss"] else None,
+            objective={"name": "1 - soft IoU of the rendered silhouette and the mask", "before": refined["loss"][0], "after": refined["loss"][-1], "better": "lower"}
+            if refined["loss"] else None,
             method_scores={"name": "silhouette IoU", "values": congeal3d.silhouette_iou(maps.renders["mask"].cpu() * views.valid[posed], (views.masks[posed] > 0.5).float() * views.valid[posed]),
                            "better": "higher", "doc": "intersection over union of the shape rendered at the camera found and the photo's object mask, over the photo's pixels, in [0, 1]; higher is better"},
             extra_files={"shape.pt": shape_path},
         )
     progress.close()
+    return alignment

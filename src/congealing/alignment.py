@@ -10,7 +10,7 @@ Every method module exposes the same entry point::
 the method finds them, or needs none); ``backbone`` a :class:`congealing.features.Backbone` (None:
 the default one, for methods that use features); ``callback(done, total)`` after every
 iteration or epoch. The returned :class:`Alignment` says where every image goes in the common frame
-(the *atlas*), in one of two forms:
+(the *atlas*), in one of three forms:
 
 * ``transforms`` ``(N, 3, 3)``: image -> atlas in normalised coordinates (the :mod:`congealing.warps`
   convention), a mirror included as a negative determinant. Classical congealing and SpaceJAM.
@@ -18,11 +18,16 @@ iteration or epoch. The returned :class:`Alignment` says where every image goes 
   Neural Congealing. Going from an image to the atlas then needs an inverse: by nearest
   neighbours over the atlas pixels (:func:`congealing.warps.invert_grid_points`), unless the
   method supplies an exact ``point_map``.
+* ``point_map`` only (with ``flips`` ``(N,)``, which gives the number of images): the common frame
+  is not a plane, so there is no 2-D warp, only image-to-image correspondence. 3-D congealing
+  (:func:`congealing.congeal3d.fit`), whose common frame is a canonical 3-D shape; its ``state``
+  holds the cameras and the coordinate maps.
 
-The same three uses work on either form: :meth:`Alignment.warp` (images into the atlas frame),
-:meth:`Alignment.transfer_points` (a keypoint of one image to another, through the atlas: how PCK
-is measured) and :meth:`Alignment.propagate_edit` (an edit drawn once on the atlas, pasted onto
-every image).
+The same three uses work on the first two forms: :meth:`Alignment.warp` (images into the atlas
+frame), :meth:`Alignment.transfer_points` (a keypoint of one image to another, through the atlas:
+how PCK is measured) and :meth:`Alignment.propagate_edit` (an edit drawn once on the atlas, pasted
+onto every image). The point-map form answers :meth:`Alignment.transfer_points` only; ``warp`` and
+``propagate_edit`` raise ``ValueError``.
 
 >>> T = warps.exp(torch.tensor([[0.0, 0.0], [0.25, 0.0]]), "translation")  # image 1 is shifted by 1/8 of its width
 >>> alignment = Alignment("demo", (16, 16), transforms=T)
@@ -50,8 +55,9 @@ PointMap = Callable[[int, int, torch.Tensor], torch.Tensor]
 class Alignment:
     """What every method's ``fit`` returns: where every image goes in the common frame (the atlas).
 
-    Holds exactly one of ``transforms`` (image -> atlas) or ``grids`` (atlas -> image); the methods
-    below work on either. No chapter section is about the class itself: Chapter 4, "A set of your
+    Holds exactly one of ``transforms`` (image -> atlas) or ``grids`` (atlas -> image), or neither
+    and a ``point_map`` with ``flips`` (the point-map form of 3-D congealing); the methods below
+    work on the first two, :meth:`transfer_points` on all three. No chapter section is about the class itself: Chapter 4, "A set of your
     choice", fits one with ``neural.fit`` and warps with :meth:`warp`; Chapter 7's table and the
     ``congeal align`` command (:mod:`congealing.align`) are built from them.
 
@@ -61,7 +67,7 @@ class Alignment:
         transforms: ``(N, 3, 3)`` image -> atlas (normalised coordinates), or None.
         grids: ``(N, h, w, 2)`` atlas -> image sampling grids into the original images, or None.
         flips: ``(N,)`` bool, the images the method mirrored (None: read from ``transforms``'
-            determinants, or all False).
+            determinants, or all False); required in the point-map form, where it also gives ``N``.
         atlas: named atlas pictures ``(C, h, w)`` (e.g. ``"mean"``, ``"saliency"``).
         masks: ``(N, 1, h, w)`` the foreground masks the method used, or None.
         history: one dict per iteration or epoch (at least the method's loss).
@@ -71,14 +77,17 @@ class Alignment:
         point_map: an exact image-to-image map to use instead of the generic one, or None.
 
     Raises:
-        ValueError: both or neither of ``transforms`` and ``grids`` are given, or one has the wrong
-            shape.
+        ValueError: both ``transforms`` and ``grids`` are given; neither, without a ``point_map``
+            and ``flips``; or one has the wrong shape.
 
     Example:
         >>> T = warps.exp(torch.tensor([[0.0, 0.0], [0.5, 0.0]]), "translation")  # image 1: one pixel right
         >>> alignment = Alignment("demo", (4, 4), transforms=T)
         >>> len(alignment), alignment.flips.tolist()
         (2, [False, False])
+        >>> points_only = Alignment("demo", (4, 4), flips=torch.zeros(3, dtype=torch.bool), point_map=lambda s, t, p: p + 1)
+        >>> len(points_only), points_only.transfer_points(0, 2, torch.tensor([[1.0, 1.0]]))
+        (3, tensor([[2., 2.]]))
     """
 
     method: str
@@ -95,8 +104,10 @@ class Alignment:
     point_map: PointMap | None = field(default=None, repr=False)
 
     def __post_init__(self):
-        if (self.transforms is None) == (self.grids is None):
+        if self.transforms is not None and self.grids is not None:
             raise ValueError("an Alignment holds exactly one of transforms (N, 3, 3) or grids (N, h, w, 2)")
+        if self.transforms is None and self.grids is None and (self.point_map is None or self.flips is None):
+            raise ValueError("an Alignment holds transforms (N, 3, 3), grids (N, h, w, 2), or a point_map with flips (N,)")
         if self.transforms is not None and (self.transforms.ndim != 3 or self.transforms.shape[1:] != (3, 3)):
             raise ValueError(f"transforms must be (N, 3, 3), got {tuple(self.transforms.shape)}")
         if self.grids is not None and (self.grids.ndim != 4 or self.grids.shape[-1] != 2):
@@ -108,7 +119,12 @@ class Alignment:
         self.flips = self.flips.bool().cpu()
 
     def __len__(self) -> int:
-        return len(self.transforms if self.transforms is not None else self.grids)
+        return len(self.transforms if self.transforms is not None else self.grids if self.grids is not None else self.flips)
+
+    def _check_planar(self, use: str) -> None:
+        if self.transforms is None and self.grids is None:
+            raise ValueError(f"{use} needs a 2-D alignment (transforms or grids); this {self.method} alignment maps points only "
+                             "(3-D congealing: see state['maps'], e.g. congealing.congeal3d.propagate_nocs_edit)")
 
     def warp(self, images: torch.Tensor, size: int | None = None, padding_mode: str = "zeros") -> torch.Tensor:
         """Images, maps or masks ``(N, C, H, W)`` warped into the atlas frame.
@@ -127,7 +143,8 @@ class Alignment:
             ``(N, C, size, size)`` (or the input's ``(H, W)``).
 
         Raises:
-            ValueError: ``images`` does not hold one image per aligned image.
+            ValueError: ``images`` does not hold one image per aligned image, or the alignment
+                has the point-map form (no 2-D warp).
 
         Example:
             >>> T = warps.exp(torch.tensor([[0.0, 0.0], [0.5, 0.0]]), "translation")
@@ -136,6 +153,7 @@ class Alignment:
             tensor([[0., 1., 0., 0.],
                     [0., 0., 1., 0.]])
         """
+        self._check_planar("warp")
         if len(images) != len(self):
             raise ValueError(f"{len(images)} images but the alignment has {len(self)}")
         if self.transforms is not None:
@@ -208,12 +226,16 @@ class Alignment:
         Returns:
             the edited images ``(N, 3, H, W)``.
 
+        Raises:
+            ValueError: the alignment has the point-map form (no atlas plane to draw on).
+
         Example:
             >>> edit = torch.zeros(4, 4, 4); edit[:, 1, 1] = 1.0                 # one opaque white pixel
             >>> alignment = Alignment("demo", (4, 4), transforms=warps.identity(1))
             >>> alignment.propagate_edit(edit, torch.zeros(1, 3, 4, 4))[0, 0, 1].tolist()
             [0.0, 1.0, 0.0, 0.0]
         """
+        self._check_planar("propagate_edit")
         if self.transforms is not None:
             return warps.propagate_edit(images, self.transforms.to(images.device), edit)
         return warps.splat_edit(images, self.grids.to(images.device), edit)

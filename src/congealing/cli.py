@@ -8,7 +8,7 @@ Every subcommand takes ``--mode quick|full`` (default: ``$CONGEAL_MODE``, else q
 holds the command line only: it checks every argument before any work starts, turns the arguments
 into typed requests and routes them to the application layer (:func:`congealing.align.align`,
 :func:`congealing.align.align_congeal3d`) and the evaluation protocols
-(:data:`congealing.evaluation.CUB_METHODS`, :func:`congealing.evaluation.evaluate_mnist`,
+(:data:`congealing.evaluation.CUB_METHODS`, :func:`congealing.mnist.evaluate_mnist`,
 :func:`congealing.lego.evaluate_lego`, :func:`congealing.lego.evaluate_lego_capture`). The
 settings go down as arguments; the command does not rewrite the environment.
 
@@ -29,24 +29,26 @@ import traceback
 import warnings
 from pathlib import Path
 
-from . import align, checkpoints, congeal3d, evaluation, lego, registry, report_folder, runtime
+from . import align, checkpoints, congeal3d, evaluation, lego, mnist, registry, report_folder, runtime
 from .data import DATASETS, DatasetNotFoundError, cub_classes_on_disk, find_dataset, load_image_folder, load_masks
 from .errors import CongealError, UsageError
 from .features import load_backbone
 from .files import write_atomically
 
 __all__ = [
-    "METHODS", "DATASETS_EVALUATED", "DATASET_METHODS", "PIXEL_METHODS", "RESUMABLE",
+    "METHODS", "SHAPE_METHODS", "DATASETS_EVALUATED", "DATASET_METHODS", "PIXEL_METHODS", "RESUMABLE",
     "BACKBONE_NAMES", "SIZE_RANGE", "validate", "main",
 ]
 
-#: ``congeal align --method NAME``: the registry's 2-D methods (:mod:`congealing.registry`), and
-#: 3-D congealing (:func:`congealing.align.align_congeal3d`).
-METHODS: tuple[str, ...] = (*registry.METHODS, "congeal3d")
+#: ``congeal align --method NAME``: the registry's methods (:mod:`congealing.registry`); those that
+#: need a canonical shape (3-D congealing) also take ``--shape`` or ``--cameras``.
+METHODS: tuple[str, ...] = registry.names()
+#: Methods that need ``--shape`` or ``--cameras`` (``needs_shape`` in the registry).
+SHAPE_METHODS: tuple[str, ...] = registry.names(needs_shape=True)
 #: ``congeal eval --dataset NAME``.
 DATASETS_EVALUATED = ("mnist", "cub", "lego", "lego-capture")
 #: The methods each benchmark can evaluate (``congeal eval --dataset D --method M``).
-DATASET_METHODS: dict[str, tuple[str, ...]] = {"mnist": evaluation.MNIST_METHODS, "cub": tuple(evaluation.CUB_METHODS), "lego": ("congeal3d",), "lego-capture": ("congeal3d",)}
+DATASET_METHODS: dict[str, tuple[str, ...]] = {"mnist": mnist.MNIST_METHODS, "cub": tuple(evaluation.CUB_METHODS), "lego": SHAPE_METHODS, "lego-capture": SHAPE_METHODS}
 #: Methods that work on pixels and load no feature backbone.
 PIXEL_METHODS = align.PIXEL_METHODS
 #: Methods that train with a checkpoint that ``--resume`` continues.
@@ -165,8 +167,21 @@ checkpoint_path = align.checkpoint_path
 
 
 def validate(args) -> None:
-    """Check every argument of a parsed command line; raise :class:`UsageError` (or
-    :class:`congealing.errors.OutputFolderError`) before any work is done."""
+    """Check every argument of a parsed command line before any work is done, and complete it:
+    ``mode``, ``seed`` (an int), ``device_obj``, ``classes`` (normalised ids), ``out`` and
+    ``checkpoint`` (align), ``capture_cameras`` (align with ``--cameras``, read and checked by
+    :func:`congealing.congeal3d.captures.check_capture`).
+
+    A method that needs a canonical shape (:data:`SHAPE_METHODS`) needs ``--shape`` or
+    ``--cameras``; the others refuse both.
+
+    Args:
+        args: the :class:`argparse.Namespace` of the ``congeal`` parser.
+
+    Raises:
+        UsageError: a bad argument; the message says what to give instead.
+        congealing.errors.OutputFolderError: ``--out`` holds files the program did not write.
+    """
     args.mode = runtime.get_mode(args.mode)
     args.seed = _whole_number(args.seed, "--seed", 0, 2**32 - 1)
     args.device_obj = runtime.get_device(args.device)
@@ -186,17 +201,18 @@ def validate(args) -> None:
             raise UsageError(f"--method {args.method} aligns whole images and uses no masks; leave out --masks (or use neural, spacejam or congeal3d)")
         if args.masks is not None and not args.masks.is_dir():
             raise UsageError(f"--masks {args.masks} is not a folder; give the folder that holds one mask image per photo")
-        if args.shape is not None and args.method != "congeal3d":
-            raise UsageError("--shape is for --method congeal3d only; leave it out")
-        if args.cameras is not None and args.method != "congeal3d":
-            raise UsageError("--cameras is for --method congeal3d only; leave it out")
-        if args.method == "congeal3d" and args.cameras is not None:
+        needs_shape = args.method in SHAPE_METHODS
+        if args.shape is not None and not needs_shape:
+            raise UsageError(f"--shape is for --method {' or '.join(SHAPE_METHODS)} only; leave it out")
+        if args.cameras is not None and not needs_shape:
+            raise UsageError(f"--cameras is for --method {' or '.join(SHAPE_METHODS)} only; leave it out")
+        if needs_shape and args.cameras is not None:
             if args.shape is not None:
                 raise UsageError("--cameras fits the shape from the photos; leave out --shape (or --cameras, to pose the photos on a saved shape)")
             args.capture_cameras = congeal3d.check_capture(args.folder, args.cameras)
-        elif args.method == "congeal3d":
+        elif needs_shape:
             if args.shape is None:
-                raise UsageError("--method congeal3d needs --shape SHAPE (a canonical shape saved by congealing.congeal3d.save_shape, Chapter 6) or --cameras PATH (the capture's transforms.json or COLMAP folder)")
+                raise UsageError(f"--method {args.method} needs --shape SHAPE (a canonical shape saved by congealing.congeal3d.save_shape, Chapter 6) or --cameras PATH (the capture's transforms.json or COLMAP folder)")
             if not args.shape.is_file():
                 raise UsageError(f"--shape {args.shape} is not a file; give a shape saved by congealing.congeal3d.save_shape")
         args.out = report_folder.check_output_folder(args.out, args.folder)
@@ -228,10 +244,7 @@ def _align_request(args) -> align.AlignRequest:
 
 def _run_alignment(images, args) -> None:
     """Align ``images`` with ``args.method`` and write the report to ``args.out``."""
-    if args.method == "congeal3d":
-        align.align_congeal3d(images, _align_request(args))
-    else:
-        align.align(images, _align_request(args))
+    align.align(images, _align_request(args))
 
 
 def _align(args) -> int:
@@ -272,7 +285,7 @@ def _evaluate(args, argv) -> dict:
     if args.dataset == "lego-capture":
         return lego.evaluate_lego_capture(_lego_request(args))
     if args.dataset == "mnist":
-        return evaluation.evaluate_mnist(_eval_request(args))
+        return mnist.evaluate_mnist(_eval_request(args))
     on_partial = None
     if args.json is not None:  # keep each finished class, whatever happens to the next
         on_partial = lambda partial: _write_record(args, partial, argv, complete=False)  # noqa: E731
@@ -320,6 +333,20 @@ def _interrupted(args) -> int:
 
 
 def main(argv=None) -> int:
+    """The ``congeal`` command (README, "The `congeal` command"; Chapter 3, "The same from the
+    command line"): parse, :func:`validate`, seed everything, then run ``info``, ``align`` or ``eval``.
+
+    Args:
+        argv: the arguments after ``congeal`` (None: ``sys.argv[1:]``).
+
+    Returns:
+        the exit code: 0 on success, 2 for a user's mistake (one line on stderr; the traceback too
+        with ``--debug`` or ``CONGEAL_DEBUG=1``), 130 when interrupted (saying what was kept).
+
+    Example:
+        >>> main(["eval", "--dataset", "imagenet", "--method", "nn"])
+        2
+    """
     debug = os.environ.get("CONGEAL_DEBUG", "") not in ("", "0") or "--debug" in (argv if argv is not None else sys.argv[1:])
     args = None
     with warnings.catch_warnings():

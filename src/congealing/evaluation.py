@@ -1,14 +1,13 @@
-"""Evaluation protocols: how every chapter measures an alignment, as functions of typed arguments.
+"""The CUB keypoint-transfer protocol (Chapters 3-5, 7) and the readers of recorded sweeps, as
+functions of typed arguments.
 
-Two benchmarks, each a function that takes an :class:`EvalRequest` and returns a JSON-ready record
-(``congeal eval`` prints its ``"table"`` and writes the rest with ``--json``):
-
-* :func:`evaluate_mnist`: ground truth for the classical methods (Chapter 2). Real MNIST digits
-  are padded and warped by known random affine transforms (:class:`Perturbation`), congealed, and
-  the transforms they need to be undone are compared with the ones the method found
-  (:func:`alignment_errors`).
-* :func:`evaluate_cub`: keypoint transfer on CUB-200-2011 (Chapters 3-5, 7), the PCK protocol below.
-  The methods it can evaluate are :data:`CUB_METHODS`, the registry the ``congeal`` command reads.
+:func:`evaluate_cub` (``congeal eval --dataset cub``) takes an :class:`EvalRequest` and returns a
+JSON-ready record (``congeal eval`` prints its ``"table"`` and writes the rest with ``--json``). The
+methods it can evaluate are :data:`CUB_METHODS`: the two baselines and every method whose
+:mod:`congealing.registry` entry says how to prepare a class for it (:func:`fit_on_cub`). The
+MNIST ground-truth protocol of Chapter 2 is :mod:`congealing.mnist`; the lego benchmarks of
+Chapters 6 and 7 are :mod:`congealing.lego`. :func:`sweep_rows`, :func:`format_sweep` and
+:func:`shipped_row` read the quick-mode sweeps Chapters 4 and 5 show.
 
 One protocol for every method
 -----------------------------
@@ -45,15 +44,15 @@ import math
 import resource
 import sys
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Callable
 
 import torch
 import torch.nn.functional as F
 
-from . import classical, metrics, neural, runtime, spacejam, warps
-from .data import cub_box_masks, load_cub_class, load_mnist
+from . import metrics, registry, runtime, warps
+from .data import cub_box_masks, load_cub_class
 from .errors import UsageError
 from .features import Backbone, cosegment, extract_descriptors, load_backbone, pca_project
 
@@ -62,9 +61,7 @@ __all__ = [
     "identity_transfer", "nn_transfer", "descriptor_similarity",
     "descriptor_transfer", "masked_descriptor_transfer", "windowed_descriptor_transfer",
     "threshold_lengths", "transfer_all_pairs", "evaluate_transfer", "evaluate_cub", "peak_memory_mb", "format_cub_table",
-    "classical_transfer", "classical_lsq_transfer", "neural_transfer", "spacejam_transfer", "CUB_METHODS",
-    "Perturbation", "perturb", "residual_alignment_error", "mean_image_sharpness", "alignment_errors",
-    "evaluate_on_digits", "format_mnist_table", "EVAL_DIGITS", "evaluate_mnist", "MNIST_METHODS",
+    "fit_on_cub", "CUB_METHODS",
     "sweep_rows", "format_sweep", "shipped_row",
 ]
 
@@ -82,14 +79,22 @@ DEFAULT_CLASSES = (1, 2, 3)
 
 @dataclass(frozen=True)
 class EvalRequest:
-    """What to evaluate: the arguments of :func:`evaluate_cub` and :func:`evaluate_mnist`.
+    """What to evaluate: the arguments of :func:`evaluate_cub` and
+    :func:`congealing.mnist.evaluate_mnist` (``congeal eval`` builds one from its flags).
 
-    ``method``: a key of :data:`CUB_METHODS` (CUB) or of :data:`MNIST_METHODS` (MNIST);
-    ``classes``: class ids (CUB 1-200, default :data:`DEFAULT_CLASSES`; MNIST digits 0-9, default
-    all), or None; ``mode``: ``"quick"`` or ``"full"`` (None: :func:`congealing.runtime.get_mode`);
-    ``seed``; ``device``: a name or :class:`torch.device` (None: the best available);
-    ``backbone``: a :func:`congealing.features.load_backbone` name (None: its default);
-    ``data``: the data folder (None: ``$CONGEAL_DATA``, else the download cache).
+    Attributes:
+        method: a key of :data:`CUB_METHODS` (CUB) or of :data:`congealing.mnist.MNIST_METHODS` (MNIST).
+        classes: class ids (CUB 1-200, default :data:`DEFAULT_CLASSES`; MNIST digits 0-9, default
+            all), or None.
+        mode: ``"quick"`` or ``"full"`` (None: :func:`congealing.runtime.get_mode`).
+        seed: the seed of the method's config (and of the bootstrap).
+        device: a name or :class:`torch.device` (None: the best available).
+        backbone: a :func:`congealing.features.load_backbone` name (None: its default).
+        data: the data folder (None: ``$CONGEAL_DATA``, else the download cache).
+
+    Example:
+        >>> EvalRequest("nn", classes=(1,)).mode is None
+        True
     """
 
     method: str
@@ -105,18 +110,46 @@ class EvalRequest:
 
 
 def identity_transfer(cub, backbone=None, mode=None, seed=0, device=None) -> TransferFn:
-    """The do-nothing baseline: a keypoint is predicted at the same pixel in the target."""
+    """The do-nothing baseline: a keypoint is predicted at the same pixel in the target (Chapter 3,
+    "5. The yardstick: keypoint transfer and PCK").
+
+    Args:
+        cub: the class (unused; the signature of every :data:`CUB_METHODS` entry).
+        backbone: unused.
+        mode: unused.
+        seed: unused.
+        device: unused.
+
+    Returns:
+        ``transfer(src, tgt, points (K, 2)) -> (K, 2)``, a copy of ``points``.
+
+    Example:
+        >>> identity_transfer(None)(0, 1, torch.tensor([[3.0, 4.0]]))
+        tensor([[3., 4.]])
+    """
     return lambda src, tgt, points: points.clone()
 
 
 def nn_transfer(cub, backbone=None, mode=None, seed=0, device=None, grid: int = 64) -> TransferFn:
-    """The baseline every paper reports: nearest-neighbour matching of descriptors.
+    """The baseline every paper reports: nearest-neighbour matching of descriptors (Chapter 3, "The
+    baseline every paper reports: nearest neighbours").
 
     For each source keypoint, its descriptor (bilinearly read from the source's ``grid`` x ``grid``
     map) is compared by cosine similarity with every location of the target; the similarity map is
     upsampled bilinearly to the image size and its argmax is the prediction (so predictions are
-    not quantised to the descriptor grid). Descriptors come from
+    not quantised to the descriptor grid): :func:`descriptor_transfer` on
     :func:`congealing.features.extract_descriptors` (cached on disk).
+
+    Args:
+        cub: a :class:`congealing.data.CUBSet` (or any set with square ``images`` ``(N, 3, S, S)``).
+        backbone: a :class:`congealing.features.Backbone` or a name (None: the default one).
+        mode: unused (the signature of every :data:`CUB_METHODS` entry).
+        seed: unused.
+        device: where to load the backbone if it is not loaded yet.
+        grid: the side of the descriptor grid.
+
+    Returns:
+        ``transfer(src, tgt, points (K, 2)) -> (K, 2)`` in pixels of ``cub.images``.
     """
     if not isinstance(backbone, Backbone):
         backbone = load_backbone(backbone, device)
@@ -126,17 +159,27 @@ def nn_transfer(cub, backbone=None, mode=None, seed=0, device=None, grid: int = 
 
 
 def descriptor_similarity(descriptors: torch.Tensor, src: int, tgt: int, points: torch.Tensor, size: int) -> torch.Tensor:
-    """Cosine similarity ``(K, size, size)`` of the descriptors at pixel points ``(K, 2)`` of image
-    ``src`` with every pixel of image ``tgt``, for unit descriptors ``(N, D, h, w)`` of ``size`` x
-    ``size`` images.
+    """Cosine similarity of the descriptors at source points with every pixel of the target (Chapter 3,
+    "3. Similarity inspector").
 
     Each query descriptor is read bilinearly from the source's map and renormalised; the
     similarity map is upsampled bilinearly to the image size, so its argmax is not quantised to the
     descriptor grid.
 
-    >>> d = torch.nn.functional.normalize(torch.randn(2, 8, 4, 4), dim=1)
-    >>> descriptor_similarity(d, 0, 1, torch.tensor([[1.0, 2.0], [3.0, 0.0]]), 4).shape
-    torch.Size([2, 4, 4])
+    Args:
+        descriptors: unit descriptors ``(N, D, h, w)`` of ``size`` x ``size`` images.
+        src: index of the image the points are in.
+        tgt: index of the image to compare with.
+        points: ``(K, 2)`` pixel ``(x, y)`` in image ``src``.
+        size: the images' side in pixels.
+
+    Returns:
+        ``(K, size, size)`` cosine similarities.
+
+    Example:
+        >>> d = torch.nn.functional.normalize(torch.randn(2, 8, 4, 4, generator=torch.Generator().manual_seed(0)), dim=1)
+        >>> descriptor_similarity(d, 0, 1, torch.tensor([[1.0, 2.0], [3.0, 0.0]]), 4).shape
+        torch.Size([2, 4, 4])
     """
     N, D, h, w = descriptors.shape
     normalised = warps.pixel_to_normalized(points.float()[None], (size, size))  # (1, K, 2)
@@ -160,12 +203,20 @@ def _argmax_points(similarity: torch.Tensor, allowed: torch.Tensor | None = None
 
 
 def descriptor_transfer(descriptors: torch.Tensor, size: int) -> TransferFn:
-    """Nearest-neighbour transfer on unit descriptors ``(N, D, h, w)`` of ``size`` x ``size`` images:
-    the argmax of :func:`descriptor_similarity` over the whole target.
+    """Nearest-neighbour transfer on unit descriptors: the argmax of :func:`descriptor_similarity` over
+    the whole target (Chapter 3, "The baseline every paper reports: nearest neighbours").
 
-    >>> d = torch.nn.functional.normalize(torch.randn(2, 8, 4, 4), dim=1)
-    >>> descriptor_transfer(torch.cat([d[:1], d[:1]]), 4)(0, 1, torch.tensor([[1.0, 2.0]]))
-    tensor([[1., 2.]])
+    Args:
+        descriptors: unit descriptors ``(N, D, h, w)`` of ``size`` x ``size`` images.
+        size: the images' side in pixels.
+
+    Returns:
+        ``transfer(src, tgt, points (K, 2)) -> (K, 2)`` pixel ``(x, y)`` in image ``tgt``.
+
+    Example:
+        >>> d = torch.nn.functional.normalize(torch.randn(2, 8, 4, 4, generator=torch.Generator().manual_seed(0)), dim=1)
+        >>> descriptor_transfer(torch.cat([d[:1], d[:1]]), 4)(0, 1, torch.tensor([[1.0, 2.0]]))
+        tensor([[1., 2.]])
     """
 
     def transfer(src: int, tgt: int, points: torch.Tensor) -> torch.Tensor:
@@ -177,15 +228,22 @@ def descriptor_transfer(descriptors: torch.Tensor, size: int) -> TransferFn:
 
 
 def masked_descriptor_transfer(descriptors: torch.Tensor, size: int, masks: torch.Tensor) -> TransferFn:
-    """Nearest-neighbour transfer that searches only inside the target's mask.
+    """Nearest-neighbour transfer that searches only inside the target's mask (Chapter 3, Exercises).
 
-    ``masks`` ``(N, 1, m, m)`` (e.g. co-segmentations on the descriptor grid, or boxes) are resized
-    to the image size (nearest) and thresholded at 0.5; an empty mask restricts nothing.
+    Args:
+        descriptors: unit descriptors ``(N, D, h, w)`` of ``size`` x ``size`` images.
+        size: the images' side in pixels.
+        masks: ``(N, 1, m, m)`` (e.g. co-segmentations on the descriptor grid, or boxes), resized to
+            the image size (nearest) and thresholded at 0.5; an empty mask restricts nothing.
 
-    >>> d = torch.nn.functional.normalize(torch.randn(2, 8, 4, 4), dim=1)
-    >>> masks = torch.zeros(2, 1, 4, 4); masks[1, 0, :, 2:] = 1  # target: right half only
-    >>> bool((masked_descriptor_transfer(d, 4, masks)(0, 1, torch.rand(5, 2) * 3)[:, 0] >= 2).all())
-    True
+    Returns:
+        ``transfer(src, tgt, points (K, 2)) -> (K, 2)`` pixel ``(x, y)`` inside the target's mask.
+
+    Example:
+        >>> d = torch.nn.functional.normalize(torch.randn(2, 8, 4, 4, generator=torch.Generator().manual_seed(0)), dim=1)
+        >>> masks = torch.zeros(2, 1, 4, 4); masks[1, 0, :, 2:] = 1  # target: right half only
+        >>> bool((masked_descriptor_transfer(d, 4, masks)(0, 1, torch.tensor([[0.0, 0.0], [1.0, 3.0]]))[:, 0] >= 2).all())
+        True
     """
     inside = F.interpolate(masks.float(), size=(size, size), mode="nearest")[:, 0] > 0.5  # (N, S, S)
 
@@ -200,16 +258,27 @@ def masked_descriptor_transfer(descriptors: torch.Tensor, size: int, masks: torc
 
 def windowed_descriptor_transfer(descriptors: torch.Tensor, size: int, guide: TransferFn, radius: float) -> TransferFn:
     """Nearest-neighbour transfer that searches only within ``radius`` pixels of another transfer's
-    prediction: an aligner (``guide``) gives the rough place, descriptors the exact one.
+    prediction: an aligner (``guide``) gives the rough place, descriptors the exact one (Chapter 7,
+    Exercises).
 
     The result carries the guide's ``flipped`` attribute, if any, so mirrored pairs swap parts as
     the guide's do. A keypoint whose window holds no pixel is searched over the whole target.
 
-    >>> d = torch.nn.functional.normalize(torch.randn(2, 8, 8, 8), dim=1)
-    >>> corner = lambda src, tgt, points: torch.zeros_like(points)  # guide: always the top-left pixel
-    >>> out = windowed_descriptor_transfer(d, 8, corner, radius=2)(0, 1, torch.rand(4, 2) * 7)
-    >>> bool((out.norm(dim=1) <= 2).all())
-    True
+    Args:
+        descriptors: unit descriptors ``(N, D, h, w)`` of ``size`` x ``size`` images.
+        size: the images' side in pixels.
+        guide: a :data:`TransferFn` whose predictions centre the windows.
+        radius: the window's radius in pixels.
+
+    Returns:
+        ``transfer(src, tgt, points (K, 2)) -> (K, 2)`` pixel ``(x, y)`` in image ``tgt``.
+
+    Example:
+        >>> d = torch.nn.functional.normalize(torch.randn(2, 8, 8, 8, generator=torch.Generator().manual_seed(0)), dim=1)
+        >>> corner = lambda src, tgt, points: torch.zeros_like(points)  # guide: always the top-left pixel
+        >>> out = windowed_descriptor_transfer(d, 8, corner, radius=2)(0, 1, torch.tensor([[5.0, 6.0], [1.0, 7.0]]))
+        >>> bool((out.norm(dim=1) <= 2).all())
+        True
     """
     ys, xs = torch.meshgrid(torch.arange(size, dtype=torch.float32), torch.arange(size, dtype=torch.float32), indexing="ij")
 
@@ -229,19 +298,47 @@ def windowed_descriptor_transfer(descriptors: torch.Tensor, size: int, guide: Tr
 
 
 def threshold_lengths(boxes: torch.Tensor) -> torch.Tensor:
-    """``max(h, w)`` of boxes ``(N, 4)`` ``(x0, y0, x1, y1)``: ``(N,)``, the PCK length of each target.
+    """The PCK length of each target: ``max(h, w)`` of its box (Chapter 3, "5. The yardstick:
+    keypoint transfer and PCK").
 
-    >>> threshold_lengths(torch.tensor([[10.0, 20.0, 110.0, 70.0]]))
-    tensor([100.])
+    Args:
+        boxes: ``(N, 4)`` ``(x0, y0, x1, y1)`` in pixels.
+
+    Returns:
+        ``(N,)`` lengths in pixels.
+
+    Example:
+        >>> threshold_lengths(torch.tensor([[10.0, 20.0, 110.0, 70.0]]))
+        tensor([100.])
     """
     return torch.maximum(boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1])
 
 
 def transfer_all_pairs(transfer: TransferFn, cub) -> dict:
-    """Run ``transfer`` on every ordered pair of ``cub``'s images, on keypoints visible in both.
+    """Run ``transfer`` on every ordered pair of ``cub``'s images, on keypoints visible in both (the
+    pairs of the CUB protocol above; Chapter 3, "5. The yardstick: keypoint transfer and PCK").
 
-    Returns ``pairs`` ``(P, 2)`` long, ``pred`` and ``target`` ``(P, K, 2)`` and ``visible``
-    ``(P, K)`` (after the mirror relabelling of flipped pairs); ``pred`` is 0 where not visible.
+    If ``transfer.flipped`` says exactly one image of a pair was mirrored, source part ``k`` is
+    compared with target part ``CUB_MIRROR[k]``, and visibility is taken after that swap.
+
+    Args:
+        transfer: a :data:`TransferFn` (with ``flipped`` ``(N,)`` if the aligner mirrors images).
+        cub: a set with ``keypoints`` ``(N, K, 2)`` and ``visible`` ``(N, K)`` (a
+            :class:`congealing.data.CUBSet`, or :class:`congealing.lego.KeypointSet`).
+
+    Returns:
+        ``pairs`` ``(P, 2)`` long, ``pred`` and ``target`` ``(P, K, 2)`` and ``visible`` ``(P, K)``;
+        ``pred`` is 0 where not visible.
+
+    Raises:
+        ValueError: a mirrored pair in a set whose parts are not CUB's 15.
+
+    Example:
+        >>> from types import SimpleNamespace
+        >>> birds = SimpleNamespace(keypoints=torch.tensor([[[1.0, 2.0]], [[3.0, 4.0]]]), visible=torch.ones(2, 1, dtype=torch.bool))
+        >>> out = transfer_all_pairs(identity_transfer(birds), birds)
+        >>> out["pairs"].tolist(), out["pred"][0].tolist(), out["target"][0].tolist()
+        ([[0, 1], [1, 0]], [[1.0, 2.0]], [[3.0, 4.0]])
     """
     N, K = cub.visible.shape
     flipped = getattr(transfer, "flipped", None)
@@ -269,12 +366,21 @@ def transfer_all_pairs(transfer: TransferFn, cub) -> dict:
 
 
 def evaluate_transfer(transfer: TransferFn, cub, alphas=(0.1, 0.05), n_boot: int = 1000, seed: int = 0) -> dict:
-    """PCK of ``transfer`` on all ordered pairs of a :class:`congealing.data.CUBSet` (protocol above).
+    """PCK of ``transfer`` on all ordered pairs of a :class:`congealing.data.CUBSet` (the protocol
+    above; Chapter 3, "5. The yardstick: keypoint transfer and PCK").
 
-    Returns a JSON-ready dict: for each ``alpha`` (keys ``"0.1"``, ...) under ``"pck"``:
-    ``mean`` (over pairs), ``ci95`` (bootstrap over images), ``pooled``; under ``"pck_image"``:
-    the same with the papers' image-side threshold; ``per_part`` (pooled, box threshold);
-    ``n_pairs``, ``n_keypoints`` (visible in both images, summed over pairs), ``n_images``.
+    Args:
+        transfer: a :data:`TransferFn`.
+        cub: the class (``images``, ``keypoints``, ``visible``, ``boxes``, ``part_names``).
+        alphas: the PCK thresholds, as fractions of the target box's ``max(h, w)``.
+        n_boot: bootstrap resamples of the images for the 95 % intervals.
+        seed: the bootstrap's seed.
+
+    Returns:
+        a JSON-ready dict: for each ``alpha`` (keys ``"0.1"``, ...) under ``"pck"``: ``mean`` (over
+        pairs), ``ci95`` (bootstrap over images), ``pooled``; under ``"pck_image"``: the same with
+        the papers' image-side threshold; ``per_part`` (pooled, box threshold); ``n_pairs``,
+        ``n_keypoints`` (visible in both images, summed over pairs), ``n_images``.
     """
     result = transfer_all_pairs(transfer, cub)
     pairs, visible = result["pairs"], result["visible"]
@@ -299,11 +405,21 @@ def evaluate_transfer(transfer: TransferFn, cub, alphas=(0.1, 0.05), n_boot: int
 
 
 def evaluate_cub(request: EvalRequest, on_partial: Callable[[dict], None] | None = None) -> dict:
-    """``congeal eval --dataset cub``: PCK of ``request.method`` on each class of ``request.classes``.
+    """``congeal eval --dataset cub``: PCK of ``request.method`` on each class of ``request.classes``
+    (Chapter 3, "The same from the command line"; Chapter 7, "CUB-200-2011").
 
-    Returns the JSON-ready results (per class and their mean) plus a ``"table"`` string.
-    ``on_partial(results)`` is called after each class but the last with the results so far, so
-    finished classes survive a later failure.
+    Every class is fitted on its own (:data:`CUB_METHODS`) and scored by :func:`evaluate_transfer`
+    with ``request.seed``.
+
+    Args:
+        request: what to evaluate (:class:`EvalRequest`).
+        on_partial: called after each class but the last with the record so far, so finished
+            classes survive a later failure; or None.
+
+    Returns:
+        the JSON-ready record: the settings, ``classes`` (one :func:`evaluate_transfer` result per
+        class, with ``class_id``, ``class_name``, ``seconds`` and ``trainable_parameters``), their
+        ``mean``, ``peak_rss_mb`` and a ``"table"`` string (:func:`format_cub_table`).
 
     Raises:
         UsageError: ``request.method`` is not in :data:`CUB_METHODS`.
@@ -351,8 +467,20 @@ def _cub_record(request: EvalRequest, rows: list[dict], backbone, mode: str, dev
 
 
 def peak_memory_mb(device=None) -> float:
-    """Peak memory of this process so far, in MB: resident set size on a CPU, allocated memory on
-    a CUDA device (whichever is larger). Run one method per process to measure that method."""
+    """Peak memory of this process so far, in MB: resident set size on a CPU, allocated memory on a
+    CUDA device (whichever is larger). Run one method per process to measure that method; the
+    records of ``congeal eval`` carry it (Chapter 7, "Accuracy against time").
+
+    Args:
+        device: the device the method ran on (None: the CPU only).
+
+    Returns:
+        megabytes, rounded to 0.1.
+
+    Example:
+        >>> peak_memory_mb() > 0
+        True
+    """
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / (2**20 if sys.platform == "darwin" else 2**10)
     if device is not None and torch.device(device).type == "cuda":
         rss = max(rss, torch.cuda.max_memory_allocated() / 2**20)
@@ -360,7 +488,14 @@ def peak_memory_mb(device=None) -> float:
 
 
 def format_cub_table(results: dict) -> str:
-    """A plain-text table of :func:`evaluate_cub`'s results (percentages)."""
+    """A plain-text table of :func:`evaluate_cub`'s record (percentages), which ``congeal eval`` prints.
+
+    Args:
+        results: the record (``method``, ``backbone``, ``mode``, ``classes``, ``mean``).
+
+    Returns:
+        the table, one line per class, then the mean and a legend.
+    """
     head = f"{'class':<32} {'PCK@0.1':>16} {'PCK@0.05':>16} {'img@0.1':>8} {'pairs':>6} {'kps':>6} {'s':>7}"
     lines = [f"CUB PCK, method {results['method']}, backbone {results['backbone']}, {results['mode']} mode", head]
     for r in results["classes"]:
@@ -379,271 +514,76 @@ def format_cub_table(results: dict) -> str:
 # ----------------------------------------------------------------------------- the methods on CUB
 
 
-def classical_transfer(cub, backbone=None, mode: str | None = None, seed: int = 0, device=None, method: str = "ic-lsq") -> TransferFn:
-    """``congeal eval --dataset cub --method ic-lsq`` (or ``lsq``): classical congealing on semantic inputs.
+def fit_on_cub(method: str, cub, backbone=None, mode: str | None = None, seed: int = 0, device=None) -> TransferFn:
+    """``congeal eval --dataset cub --method NAME``: fit a registered method on one CUB class the way
+    its registry entry says (:class:`congealing.registry.CubSetup`), and return its keypoint transfer.
 
-    Least-squares congealing (affine; ``method`` ``"lsq"`` or ``"ic-lsq"``) of the set's PCA-RGB
-    descriptor maps (Chapter 3: the top 3 principal components of the whole set, fitted on the
-    co-segmented foreground, background set to 0), so the 2008 algorithms see what the learned
-    methods see. Keypoints transfer through the transforms
-    (:func:`congealing.alignment.transfer_via_transforms`). On CUB, both shrink or stretch some birds
-    (the atlas-style objective has no guard against it); the inverse-compositional variant, which
-    ignores pixels read from outside an image, suffers less.
+    ``"pca-maps"`` inputs: the class's descriptors on a 64 x 64 grid, co-segmented
+    (:func:`congealing.features.cosegment`), projected on their top 3 principal components fitted on
+    the foreground (:func:`congealing.features.pca_project`), background set to 0; the transforms
+    fitted on them act on normalised coordinates, so they move the class's images. ``"images"``
+    inputs: the 256-px crops, with the masks the entry names. The config is
+    ``for_mode(mode, seed=seed, **overrides)`` (no seed for a config without one).
+
+    Args:
+        method: a registry name whose entry has a ``cub`` setup.
+        cub: a :class:`congealing.data.CUBSet` (one class).
+        backbone: a :class:`congealing.features.Backbone` or a name (None: the default one).
+        mode: ``"quick"`` or ``"full"`` (None: :func:`congealing.runtime.get_mode`).
+        seed: the config's seed (and the co-segmentation's).
+        device: where to fit (None: the best available).
+
+    Returns:
+        ``transfer(src, tgt, points (K, 2)) -> (K, 2)`` in the class's 256-px frame, with ``flipped``
+        and ``parameters`` (:meth:`congealing.alignment.Alignment.transfer`).
+
+    Raises:
+        UsageError: ``method`` is not registered or not benchmarked on CUB.
     """
-    runtime.seed_everything(seed)
+    entry = registry.get(method)
+    setup = entry.cub
+    if setup is None:
+        raise UsageError(f"congeal eval: {method} is not benchmarked on cub; choose one of {', '.join(CUB_METHODS)}")
+    if setup.inputs == "pca-maps":
+        runtime.seed_everything(seed)  # the randomised PCA below draws from the global generator
     if not isinstance(backbone, Backbone):
         backbone = load_backbone(backbone, device)
-    descriptors = extract_descriptors(cub.images, backbone, grid=64)
-    masks = cosegment(descriptors, seed=seed)
-    maps, _, _ = pca_project(descriptors, 3, masks)
-    alignment = classical.fit(maps * masks, classical.CONFIGS[method].for_mode(mode))
-    # The transforms act on normalised coordinates: fitted on 64 x 64 maps, they move the class's images.
-    return replace(alignment, size=tuple(cub.images.shape[-2:])).transfer()
+    seeded = {"seed": seed} if "seed" in {f.name for f in fields(entry.config)} else {}
+    config = entry.config.for_mode(mode, **seeded, **setup.overrides)
+    if setup.inputs == "pca-maps":
+        descriptors = extract_descriptors(cub.images, backbone, grid=64)
+        masks = cosegment(descriptors, seed=seed)
+        maps, _, _ = pca_project(descriptors, 3, masks)
+        alignment = entry.fit(maps * masks, config, backbone=backbone, device=device)
+        return replace(alignment, size=tuple(cub.images.shape[-2:])).transfer()
+    masks = {"boxes": lambda: cub_box_masks(cub), "cosegment": lambda: cosegment(extract_descriptors(cub.images, backbone, grid=64), seed=seed),
+             None: lambda: None}[setup.masks]()
+    return entry.fit(cub.images, config, masks=masks, backbone=backbone, device=device).transfer()
 
 
-def classical_lsq_transfer(cub, backbone=None, mode: str | None = None, seed: int = 0, device=None) -> TransferFn:
-    """:func:`classical_transfer` with plain (forward-additive) least-squares congealing."""
-    return classical_transfer(cub, backbone, mode, seed, device, method="lsq")
+def _registered_on_cub(name: str) -> Callable[..., TransferFn]:
+    """:func:`fit_on_cub` for the method ``name``, with the baselines' signature."""
 
+    def fit(cub, backbone=None, mode: str | None = None, seed: int = 0, device=None) -> TransferFn:
+        return fit_on_cub(name, cub, backbone, mode, seed, device)
 
-def neural_transfer(cub, backbone, mode: str, seed: int = 0, device=None) -> TransferFn:
-    """``congeal eval --method neural``: train on a CUB class, return its keypoint transfer
-    ``(src, tgt, points (K, 2)) -> (K, 2)`` in the class's pixel frame.
-
-    The saliency input is the ground-truth box (``features.cosegment`` with EfficientNet-Lite0
-    agrees poorly with the birds: IoU 0.32 with the box on class 1). The settings are the
-    supplementary's evaluation ones (the official ``config_eval_sets``): horizontal flips (CUB
-    birds face both ways, which no similarity can undo; the transfer's ``flipped`` lets the
-    evaluator swap left/right parts), the gradual atlas and relaxed rigidity. In quick mode the
-    gradual atlas matters most: a mean-key atlas is a fixed point of short training (every image
-    already agrees best with the blur it is part of), one image's keys are not (measured without
-    it: 14.7 / 12.2 / 11.3 PCK@0.1 on classes 1 / 2 / 3, with it 12.4 / 16.3 / 18.9).
-    """
-    cfg = neural.NeuralCongealingConfig.for_mode(mode, seed=seed, flips=True, gradual_atlas=True, relaxed_rigidity=True)
-    return neural.fit(cub.images, cfg, masks=cub_box_masks(cub), backbone=backbone, device=device).transfer()
-
-
-def spacejam_transfer(cub, backbone, mode: str | None = None, seed: int = 0, device=None) -> TransferFn:
-    """``congeal eval --method spacejam``: train on one CUB class and return its transfer function.
-
-    Masks: Chapter 3's co-segmentation.
-    """
-    config = spacejam.SpaceJAMConfig.for_mode(mode, seed=seed)
-    return spacejam.fit(cub.images, config, backbone=backbone, device=device).transfer()
+    fit.__name__ = fit.__qualname__ = f"{name.replace('-', '_')}_on_cub"
+    fit.__doc__ = f"``congeal eval --dataset cub --method {name}``: :func:`fit_on_cub` of {name}."
+    return fit
 
 
 #: The registry of ``congeal eval --dataset cub --method NAME``: ``NAME -> fit``, where
 #: ``fit(cub, backbone, mode, seed, device) -> TransferFn`` trains on one class and returns its
-#: keypoint transfer (with an optional ``parameters`` attribute: trainable parameters).
+#: keypoint transfer (with an optional ``parameters`` attribute: trainable parameters). The two
+#: baselines, then every registered method with a CUB setup (:func:`fit_on_cub`).
 CUB_METHODS: dict[str, Callable[..., TransferFn]] = {
     "identity": identity_transfer,
     "nn": nn_transfer,
-    "lsq": classical_lsq_transfer,
-    "ic-lsq": classical_transfer,
-    "neural": neural_transfer,
-    "spacejam": spacejam_transfer,
+    **{name: _registered_on_cub(name) for name in registry.names(on_cub=True)},
 }
 
 
-# ----------------------------------------------------------------------------- MNIST ground truth
-
-
-@dataclass(frozen=True)
-class Perturbation:
-    """The range of the known random affine transforms applied to real digits for ground truth.
-
-    Each parameter is drawn uniformly from ``[-limit, +limit]``: translation in pixels, rotation in
-    degrees, log-scale, log-aspect and shear as plain numbers. ``pad`` pixels of background are added
-    on every side first so the perturbed digit stays in the frame.
-    """
-
-    translation: float = 3.0
-    rotation: float = 20.0
-    log_scale: float = 0.15
-    log_aspect: float = 0.1
-    shear: float = 0.1
-    pad: int = 4
-
-    def sample(self, count: int, size: tuple[int, int], generator: torch.Generator) -> torch.Tensor:
-        """``count`` random transforms ``(count, 3, 3)`` for images of ``size`` (after padding)."""
-        pixel = 2.0 / max(size)
-        limits = torch.tensor([self.translation * pixel, self.translation * pixel, math.radians(self.rotation), self.log_scale, self.log_aspect, self.shear])
-        xi = (torch.rand(count, classical.AFFINE_DIM, generator=generator) * 2.0 - 1.0) * limits
-        return warps.exp(xi, "affine")
-
-
-def perturb(images: torch.Tensor, perturbation: Perturbation, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
-    """Pad ``(N, C, h, w)`` images by ``perturbation.pad`` and warp each by a known random transform.
-
-    Returns ``(perturbed (N, C, h + 2 pad, w + 2 pad), transforms (N, 3, 3))``; the transforms map the
-    padded, unperturbed image to the perturbed one.
-    """
-    padded = F.pad(images, (perturbation.pad,) * 4)
-    generator = torch.Generator().manual_seed(seed)
-    # Drawn on the CPU with a seeded generator, so the same seed gives the same set on any device.
-    transforms = perturbation.sample(images.shape[0], tuple(padded.shape[-2:]), generator).to(images.device, images.dtype)
-    return warps.warp_image(padded, transforms), transforms
-
-
-def residual_alignment_error(transforms: torch.Tensor, size: tuple[int, int], box: tuple[int, int] | None = None) -> torch.Tensor:
-    """Per-image misalignment ``(N,)`` in pixels left after removing the one transform common to the set.
-
-    ``transforms`` ``(N, 3, 3)`` map each image's *original* frame to the common frame (for
-    congealed perturbed digits: the learned transform composed with the known perturbation). A
-    perfect joint alignment makes them all equal to one ``C``. The common transform is estimated as
-    their mean ``C`` (the least-squares fit of the corner positions, exact for affine matrices), and
-    the error of image ``i`` is the mean displacement of the four corners of ``box`` (``(h, w)``
-    pixels, centred; default the full frame) under ``C^-1 T_i``, in pixels of the original frame,
-    so a set that merely shrinks does not look better aligned.
-
-    >>> T = warps.exp(torch.tensor([[0.1, 0.0], [0.1, 0.0]]), "translation")
-    >>> residual_alignment_error(T, (28, 28)).tolist()     # a shared shift is no misalignment
-    [0.0, 0.0]
-    """
-    H, W = size
-    h, w = box or size
-    corners = torch.tensor([[-w / W, -h / H], [w / W, -h / H], [w / W, h / H], [-w / W, h / H]], dtype=transforms.dtype, device=transforms.device)
-    relative = warps.compose(warps.invert(transforms.mean(0, keepdim=True)).expand_as(transforms), transforms)
-    moved = warps.transform_points(relative, corners.expand(transforms.shape[0], 4, 2))
-    scale = corners.new_tensor([W / 2.0, H / 2.0])
-    return ((moved - corners) * scale).norm(dim=-1).mean(-1)
-
-
-def mean_image_sharpness(images: torch.Tensor) -> float:
-    """Mean gradient magnitude of the mean image of ``(N, C, H, W)`` (grey levels per pixel).
-
-    A well-aligned set has a crisp mean; a misaligned one a blurry mean with small gradients.
-    """
-    mean = images.mean(0, keepdim=True)
-    H, W = mean.shape[-2:]
-    gradient = classical.image_gradient(mean) / mean.new_tensor([W / 2.0, H / 2.0])
-    return float(gradient.norm(dim=-1).mean())
-
-
-def alignment_errors(learned: torch.Tensor, learned_clean: torch.Tensor, known: torch.Tensor, size, box) -> dict:
-    """The three errors (pixels, mean over the set) of a congealing run on perturbed images.
-
-    ``learned`` ``(N, 3, 3)``: the method's transforms of the perturbed images, ``known`` the
-    perturbations, ``learned_clean`` its transforms of the clean images; ``size`` the images'
-    ``(H, W)``, ``box`` the object's ``(h, w)`` (centred). All by :func:`residual_alignment_error`:
-
-    * ``baseline_error``: doing nothing (the perturbations themselves);
-    * ``residual_error``: ``learned`` composed with the perturbation, against the original frame;
-    * ``recovery_error``: the same composition against the method's own alignment of the clean
-      images, i.e. how well the known perturbations were undone;
-    * ``clean_motion``: how far the method moved the clean images.
-
-    >>> known = warps.exp(torch.tensor([[0.1, 0.0], [-0.1, 0.0]]), "translation")
-    >>> e = alignment_errors(warps.invert(known), warps.identity(2), known, (36, 36), (28, 28))
-    >>> round(e["baseline_error"], 2), round(e["recovery_error"], 2), round(e["clean_motion"], 2)
-    (1.8, 0.0, 0.0)
-    """
-    composed = warps.compose(learned, known)
-    recovered = warps.compose(warps.invert(classical.recentre(learned_clean)), classical.recentre(composed))
-    error = lambda T: float(residual_alignment_error(T, size, box).mean())  # noqa: E731
-    return {
-        "baseline_error": error(known),
-        "residual_error": error(composed),
-        "recovery_error": error(recovered),
-        "clean_motion": error(learned_clean),
-    }
-
-
-def evaluate_on_digits(digits: torch.Tensor, method: str, config=None, perturbation: Perturbation | None = None, seed: int = 0) -> dict:
-    """Congeal real digits ``(N, 1, 28, 28)`` twice, perturbed and clean, and measure the result.
-
-    The digits are padded and warped by known random transforms (:func:`perturb`), then congealed.
-    The errors in pixels over the 28 x 28 digit box are :func:`alignment_errors`: ``baseline_error``
-    (doing nothing), ``residual_error`` (against the original MNIST frame; it counts as error any
-    change the method makes to the digits' *own* pose and shape, since MNIST digits are centred but
-    not deslanted, so it has a floor well above zero), ``recovery_error`` (against the method's own
-    alignment of the clean digits) and ``clean_motion`` (how far it moved the clean digits: that floor).
-
-    Also: iterations, seconds (perturbed run) and, on the clean digits, the mean image's per-pixel
-    pixel-stack entropy (bits) and sharpness (:func:`mean_image_sharpness`) before and after.
-    """
-    perturbation = perturbation or Perturbation()
-    config = config or classical.CONFIGS[method].for_mode()
-    perturbed, known = perturb(digits, perturbation, seed)
-    clean = F.pad(digits, (perturbation.pad,) * 4)
-    size, box = tuple(clean.shape[-2:]), tuple(digits.shape[-2:])
-    start = time.perf_counter()
-    result = classical.congeal(perturbed, method, config)
-    seconds = time.perf_counter() - start
-    on_clean = classical.congeal(clean, method, config)
-    return {
-        "images": int(digits.shape[0]),
-        **alignment_errors(result.transforms, on_clean.transforms, known, size, box),
-        "iterations": result.iterations,
-        "seconds": seconds,
-        "seconds_per_iteration": result.seconds_per_iteration,
-        "objective_before": result.history["objective"][0],
-        "objective_after": result.history["objective"][-1],
-        "mean_entropy_before": float(classical.pixel_stack_entropy(clean).mean()),
-        "mean_entropy_after": float(classical.pixel_stack_entropy(on_clean.aligned).mean()),
-        "sharpness_before": mean_image_sharpness(clean),
-        "sharpness_after": mean_image_sharpness(on_clean.aligned),
-    }
-
-
-def format_mnist_table(rows: dict, title: str) -> str:
-    """A plain-text table of :func:`evaluate_on_digits` results keyed by class."""
-    columns = [("baseline_error", "do-nothing px", "{:.2f}"), ("residual_error", "residual px", "{:.2f}"), ("recovery_error", "recovery px", "{:.2f}"),
-               ("clean_motion", "clean moved px", "{:.2f}"), ("mean_entropy_before", "H before", "{:.3f}"), ("mean_entropy_after", "H after", "{:.3f}"),
-               ("iterations", "iters", "{}"), ("seconds_per_iteration", "s/iter", "{:.3f}")]
-    header = f"{'class':>6} " + " ".join(f"{name:>14}" for _, name, _ in columns)
-    lines = [title, header, "-" * len(header)]
-    for key, row in rows.items():
-        lines.append(f"{key:>6} " + " ".join(f"{fmt.format(row[field]):>14}" for field, _, fmt in columns))
-    return "\n".join(lines)
-
-
-#: Digits per class in ``congeal eval --dataset mnist``: quick mode keeps the CLI to about a minute.
-EVAL_DIGITS = {"quick": 100, "full": 1000}
-
-
-def evaluate_mnist(request: EvalRequest) -> dict:
-    """``congeal eval --dataset mnist --method M``: ground-truth errors on every (or each chosen) class.
-
-    ``request.method`` is one of :data:`MNIST_METHODS`; ``request.classes`` the digits (None: all
-    ten). Returns a JSON-ready dict (settings, per-class numbers, their mean) with a ``"table"``
-    string. The first ``EVAL_DIGITS[mode]`` test-set digits of each class are used; class ``d`` is
-    perturbed with seed ``request.seed + d``.
-
-    Raises:
-        UsageError: an unknown method or a class outside 0-9.
-    """
-    if request.method not in MNIST_METHODS:
-        raise UsageError(f"congeal eval: unknown method {request.method!r} for mnist; available: {', '.join(MNIST_METHODS)}")
-    mode = runtime.get_mode(request.mode)
-    classes = list(request.classes) if request.classes else list(range(10))
-    if any(c not in range(10) for c in classes):
-        raise UsageError(f"MNIST classes are 0-9, got {classes}")
-    device = runtime.get_device(request.device)
-    config, perturbation = classical.CONFIGS[request.method].for_mode(mode), Perturbation()
-    count = EVAL_DIGITS[mode]
-    per_class = {}
-    for digit in classes:
-        digits, _ = load_mnist(request.data, digits=[digit], limit=count)
-        per_class[str(digit)] = evaluate_on_digits(digits.to(device), request.method, config, perturbation, seed=request.seed + digit)
-    mean = {field: sum(row[field] for row in per_class.values()) / len(per_class) for field in next(iter(per_class.values()))}
-    title = f"MNIST test set, {request.method}, {mode} mode, {count} digits per class, perturbation {perturbation}"
-    return {
-        "dataset": "mnist",
-        "method": request.method,
-        "mode": mode,
-        "seed": request.seed,
-        "digits_per_class": count,
-        "perturbation": perturbation.__dict__,
-        "config": {k: list(v) if isinstance(v, tuple) else v for k, v in config.__dict__.items()},
-        "per_class": per_class,
-        "mean": mean,
-        "table": format_mnist_table({**per_class, "mean": mean}, title),
-    }
-
-
-#: The methods ``congeal eval --dataset mnist`` evaluates: the classical ones (they work on pixels).
-MNIST_METHODS = classical.METHOD_NAMES
+# ----------------------------------------------------------------------------- recorded sweeps
 
 
 def sweep_rows(record: dict, method: str) -> list[dict]:
@@ -684,7 +624,15 @@ def _seed_mean(row: dict, cls: int) -> float:
 
 def format_sweep(rows: list[dict]) -> str:
     """:func:`sweep_rows` as a table: each setting (its changes to the earlier quick config), then
-    PCK@0.1 on CUB classes 1-6, the mean over 1-3, nearest neighbours' mean and CPU seconds per class."""
+    PCK@0.1 on CUB classes 1-6, the mean over 1-3, nearest neighbours' mean and CPU seconds per
+    class (Chapters 4 and 5, "Quick mode on whole classes").
+
+    Args:
+        rows: :func:`sweep_rows`' rows.
+
+    Returns:
+        the table (two lines per setting).
+    """
     lines = [
         "each setting (its changes to the earlier quick config), then PCK@0.1 on CUB classes 1-6, the mean over 1-3, nearest neighbours' mean, CPU s per class",
         f"{'':<4}" + "".join(f"{'c' + str(c):>7}" for c in range(1, 7)) + f"{'mean 1-3':>10}{'NN 1-3':>8}{'CPU s':>7}",
@@ -700,7 +648,19 @@ def format_sweep(rows: list[dict]) -> str:
 
 def shipped_row(rows: list[dict], shipped) -> dict:
     """The row of :func:`sweep_rows` that is the ``shipped`` config: the one with the most overrides
-    that ``shipped`` all has (co-segmented masks). Raises ``ValueError`` if none is."""
+    that ``shipped`` all has, with co-segmented masks (Chapters 4 and 5, "Quick mode on whole
+    classes").
+
+    Args:
+        rows: :func:`sweep_rows`' rows.
+        shipped: the config the library ships (e.g. ``SpaceJAMConfig.for_mode("quick")``).
+
+    Returns:
+        the row.
+
+    Raises:
+        ValueError: no recorded setting is the shipped config.
+    """
     matches = [row for row in rows if row["masks"] == "cosegment" and row["overrides"]
                and all(getattr(shipped, k) == (tuple(v) if isinstance(v, list) else v) for k, v in row["overrides"].items())]
     if not matches:

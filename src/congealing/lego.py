@@ -24,11 +24,11 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from . import metrics, neural, runtime, spacejam, warps
+from . import congeal3d, metrics, neural, runtime, spacejam, warps
 from .congeal3d import (
-    Congeal3DConfig, VoxelField, camera_angles, cameras_from_transforms, choose_anchor_views, congeal, congeal_capture, cosegment_photos,
+    Congeal3DConfig, VoxelField, camera_angles, cameras_from_transforms, choose_anchor_views, congeal_capture, cosegment_photos,
     farthest_points, fit_shape, object_is_whole, pose_errors, progress_bars, project_points, random_cameras, relative_pose_errors,
-    relative_rotations, render, render_candidates, se3_exp, surface_points, transfer_points,
+    relative_rotations, render, render_candidates, se3_exp, surface_points,
 )
 from .data import load_nerf_synthetic
 from .errors import UsageError
@@ -45,15 +45,23 @@ __all__ = [
 
 @dataclass(frozen=True)
 class LegoRequest:
-    """What to evaluate on lego: the arguments of :func:`evaluate_lego` and :func:`evaluate_lego_capture`.
+    """What to evaluate on lego: the arguments of :func:`evaluate_lego` and :func:`evaluate_lego_capture`
+    (``congeal eval`` builds one from its flags).
 
-    ``method``: ``"congeal3d"`` (the only method these benchmarks run); ``mode``: ``"quick"`` or
-    ``"full"`` (None: :func:`congealing.runtime.get_mode`); ``seed``; ``device``: a name or
-    :class:`torch.device` (None: the best available); ``backbone``: a
-    :func:`congealing.features.load_backbone` name (None: its default); ``data``: the data folder
-    (None: ``$CONGEAL_DATA``, else the download cache); ``planar``: also run SpaceJAM and Neural
-    Congealing on the varied inputs (:func:`evaluate_lego`); ``capture``: add the capture-like row
-    to the lego table (None: in full mode only); ``progress``: show progress bars.
+    Attributes:
+        method: ``"congeal3d"`` (the only method these benchmarks run).
+        mode: ``"quick"`` or ``"full"`` (None: :func:`congealing.runtime.get_mode`).
+        seed: the seed of the config, the appearance changes and the random-camera baseline.
+        device: a name or :class:`torch.device` (None: the best available).
+        backbone: a :func:`congealing.features.load_backbone` name (None: its default).
+        data: the data folder (None: ``$CONGEAL_DATA``, else the download cache).
+        planar: also run SpaceJAM and Neural Congealing on the varied inputs (:func:`evaluate_lego`).
+        capture: add the capture-like row to the lego table (None: in full mode only).
+        progress: show progress bars.
+
+    Example:
+        >>> LegoRequest(mode="quick").method
+        'congeal3d'
     """
 
     method: str = "congeal3d"
@@ -75,7 +83,22 @@ def vary_appearance(images: torch.Tensor, masks: torch.Tensor, seed: int = 0) ->
     the object, and a new background (a random colour or a smooth random texture).
 
     The offline stand-in for the paper's in-the-wild captures (NAVI's changing illumination and
-    backgrounds). The object's silhouette, and so its mask, is unchanged. Deterministic in ``seed``.
+    backgrounds), shown in Chapter 6, "From 2-D to 3-D". The object's silhouette, and so its mask,
+    is unchanged. The random numbers are drawn on the CPU: the same looks on any device.
+
+    Args:
+        images: ``(N, 3, S, S)`` in ``[0, 1]``.
+        masks: ``(N, 1, S, S)`` the objects.
+        seed: the looks' seed.
+
+    Returns:
+        ``(N, 3, S, S)`` in ``[0, 1]``.
+
+    Example:
+        >>> masks = torch.zeros(2, 1, 8, 8); masks[:, :, 2:6, 2:6] = 1
+        >>> varied = vary_appearance(torch.full((2, 3, 8, 8), 0.5), masks, seed=0)
+        >>> varied.shape, torch.equal(varied, vary_appearance(torch.full((2, 3, 8, 8), 0.5), masks, seed=0))
+        (torch.Size([2, 3, 8, 8]), True)
     """
     generator = torch.Generator().manual_seed(seed)
     N, _, S, _ = images.shape
@@ -95,13 +118,26 @@ def vary_appearance(images: torch.Tensor, masks: torch.Tensor, seed: int = 0) ->
 
 @dataclass
 class LegoBenchmark:
-    """The Chapter 6 benchmark on NeRF-synthetic *lego*.
+    """The Chapter 6 benchmark on NeRF-synthetic *lego* (:func:`load_lego_benchmark`; "From 2-D to 3-D").
 
-    ``anchors``: views (with their true cameras) that stand in for the generative shape prior;
-    ``images`` / ``masks`` / ``c2w`` / ``fov``: the inputs and their true cameras (used only to
-    score); ``varied``: the inputs with per-image appearance changes; ``keypoints`` ``(N, K, 2)``,
-    ``visible`` ``(N, K)`` and ``boxes`` ``(N, 4)``: fixed 3-D points on the object projected into
-    each input (for PCK, like a keypoint dataset); ``points3d`` ``(K, 3)``.
+    Attributes:
+        anchor_index: the views that stand in for the generative shape prior.
+        anchor_images: ``(A, 3, S, S)`` those views.
+        anchor_masks: ``(A, 1, S, S)``.
+        anchor_c2w: ``(A, 4, 4)`` their true cameras.
+        input_index: the views to pose.
+        images: ``(N, 3, S, S)`` the inputs as rendered.
+        masks: ``(N, 1, S, S)``.
+        c2w: ``(N, 4, 4)`` their true cameras (used only to score).
+        fov: the true field of view (radians).
+        varied: ``(N, 3, S, S)`` the inputs with per-image appearance changes (:func:`vary_appearance`).
+        names: the inputs' file names.
+        keypoints: ``(N, K, 2)`` fixed 3-D points on the object projected into each input
+            (:func:`add_surface_keypoints`), or None before.
+        visible: ``(N, K)`` bool.
+        boxes: ``(N, 4)`` the PCK boxes (the masks' boxes).
+        points3d: ``(K, 3)`` the points.
+        part_names: ``p00``, ``p01``, ...
     """
 
     anchor_index: list
@@ -125,16 +161,30 @@ class LegoBenchmark:
         return self.images.shape[0]
 
     def keypoint_set(self, varied: bool = False) -> "KeypointSet":
-        """The inputs (over a white background) and their keypoints, for the harness of
-        :mod:`congealing.evaluation` (``transfer_all_pairs``, ``evaluate_transfer``)."""
+        """The inputs over a white background and their keypoints, for the harness of
+        :mod:`congealing.evaluation` (:func:`~congealing.evaluation.transfer_all_pairs`).
+
+        Args:
+            varied: the inputs with appearance changes instead of as rendered.
+
+        Returns:
+            a :class:`KeypointSet`.
+        """
         images = self.varied if varied else self.images
         return KeypointSet(images * self.masks + (1 - self.masks), self.keypoints, self.visible, self.boxes, self.part_names)
 
 
 @dataclass
 class KeypointSet:
-    """Images ``(N, 3, S, S)`` with keypoints ``(N, K, 2)``, ``visible`` ``(N, K)`` and PCK boxes
-    ``(N, 4)``: the fields :mod:`congealing.evaluation` reads from a CUB class."""
+    """Images with keypoints: the fields :mod:`congealing.evaluation` reads from a CUB class.
+
+    Attributes:
+        images: ``(N, 3, S, S)``.
+        keypoints: ``(N, K, 2)`` pixel ``(x, y)``.
+        visible: ``(N, K)`` bool.
+        boxes: ``(N, 4)`` PCK boxes ``(x0, y0, x1, y1)``.
+        part_names: ``K`` names.
+    """
 
     images: torch.Tensor
     keypoints: torch.Tensor
@@ -147,8 +197,21 @@ class KeypointSet:
 
 
 def load_lego_benchmark(config: Congeal3DConfig, inputs: int | None = None, root=None, seed: int = 0) -> LegoBenchmark:
-    """Split lego's 100 views into ``config.anchor_views`` anchors (spread over the sphere) and
-    inputs (all others, or ``inputs`` of them, evenly spaced), at ``config.image_size`` pixels."""
+    """Split lego's 100 views into ``config.anchor_views`` anchors (spread over the sphere,
+    :func:`congealing.congeal3d.choose_anchor_views`) and inputs (Chapter 6, "From 2-D to 3-D").
+
+    Args:
+        config: ``anchor_views`` and ``image_size`` are read.
+        inputs: keep that many of the other views, evenly spaced (None: all).
+        root: the data folder (None: ``$CONGEAL_DATA``, else the download cache).
+        seed: the seed of :func:`vary_appearance`.
+
+    Returns:
+        a :class:`LegoBenchmark` without keypoints (:func:`add_surface_keypoints` adds them).
+
+    Raises:
+        congealing.data.DatasetNotFoundError: lego is not on disk and cannot be downloaded.
+    """
     scene = load_nerf_synthetic("lego", size=config.image_size, root=root)
     anchors = choose_anchor_views(scene.c2w, config.anchor_views)
     rest = [i for i in range(len(scene.names)) if i not in anchors]
@@ -163,9 +226,23 @@ def load_lego_benchmark(config: Congeal3DConfig, inputs: int | None = None, root
 
 @torch.no_grad()
 def visible_points(field: VoxelField, points: torch.Tensor, c2w: torch.Tensor, fov, size: int, masks: torch.Tensor, tolerance: float, samples: int = 128) -> tuple[torch.Tensor, torch.Tensor]:
-    """Pixels ``(B, P, 2)`` of world points ``(P, 3)`` in each view and whether each is visible
-    ``(B, P)``: inside the frame and the mask, with the rendered depth at its pixel within
-    ``tolerance`` (scene units) of its distance to the camera (nothing in front of it)."""
+    """Where world points fall in each view, and whether each is visible there: inside the frame and
+    the mask, with the rendered depth at its pixel within ``tolerance`` of its distance to the camera
+    (nothing in front of it).
+
+    Args:
+        field: the shape whose depth decides occlusion.
+        points: ``(P, 3)`` world points.
+        c2w: ``(B, 4, 4)`` cameras.
+        fov: the field of view (radians), a number or ``(B,)``.
+        size: the views' side in pixels.
+        masks: ``(B, 1, size, size)``.
+        tolerance: scene units.
+        samples: samples per ray of the depth render.
+
+    Returns:
+        ``(pixels (B, P, 2), visible (B, P))``.
+    """
     xy, _ = project_points(points, c2w, fov, size)
     depth = torch.cat([render(field, c2w[i : i + 8], fov if not torch.is_tensor(fov) or fov.ndim == 0 else fov[i : i + 8], size, samples)["depth"] for i in range(0, c2w.shape[0], 8)])
     normalised = warps.pixel_to_normalized(xy, (size, size))
@@ -179,11 +256,19 @@ def visible_points(field: VoxelField, points: torch.Tensor, c2w: torch.Tensor, f
 @torch.no_grad()
 def add_surface_keypoints(bench: LegoBenchmark, field: VoxelField, count: int = 24, level: float = 5.0, tolerance: float = 0.08) -> None:
     """Fix ``count`` 3-D points on the object and project them into every input with the *true*
-    camera (the ground truth of the keypoint-transfer benchmark).
+    camera: the ground truth of the keypoint-transfer benchmark (Chapter 6, "From 2-D to 3-D").
 
     The points are farthest-point samples of the shape's marching-cubes vertices among those that
     at least two anchor views see (so they lie on the visible surface, not inside thin slabs or at
-    silhouettes only). Visibility in each input follows :func:`visible_points`.
+    silhouettes only). Visibility in each input follows :func:`visible_points`. Sets ``keypoints``,
+    ``visible``, ``points3d``, ``boxes`` and ``part_names`` of ``bench`` in place.
+
+    Args:
+        bench: the benchmark.
+        field: the shape fitted to its anchors.
+        count: the number of points.
+        level: the density of the surface (marching cubes).
+        tolerance: the depth tolerance of :func:`visible_points`, scene units.
     """
     vertices = surface_points(field, level)
     size = bench.anchor_images.shape[-1]
@@ -199,7 +284,20 @@ def add_surface_keypoints(bench: LegoBenchmark, field: VoxelField, count: int = 
 
 def pck_by_rotation(transfer, keypoint_set, c2w: torch.Tensor, bins=(0, 45, 90, 180), alpha: float = 0.1) -> dict:
     """PCK@``alpha`` (box threshold of the target, Chapter 3's harness) of ``transfer`` over all
-    ordered pairs, overall and binned by the relative rotation between the two true cameras."""
+    ordered pairs, overall and binned by the relative rotation between the two true cameras
+    (Chapter 6, "Canonical coordinates and correspondence").
+
+    Args:
+        transfer: ``transfer(src, tgt, points (K, 2)) -> (K, 2)``, e.g. an
+            :class:`~congealing.alignment.Alignment`'s ``transfer()``.
+        keypoint_set: a :class:`KeypointSet`.
+        c2w: ``(N, 4, 4)`` the true cameras.
+        bins: edges of the rotation bins, degrees.
+        alpha: the PCK threshold.
+
+    Returns:
+        ``{"all": pck, "n_keypoints": ..., "bins": {"0-45": {"pck": ... or None, "n_keypoints": ...}, ...}}``.
+    """
     result = transfer_all_pairs(transfer, keypoint_set)
     pairs, visible = result["pairs"], result["visible"]
     correct = metrics.correct_keypoints(result["pred"], result["target"], threshold_lengths(keypoint_set.boxes)[pairs[:, 1]], alpha)
@@ -222,19 +320,28 @@ def _setup(request: "LegoRequest", dataset: str, note: str = ""):
 
 
 def evaluate_lego(request: LegoRequest) -> dict:
-    """``congeal eval --dataset lego --method congeal3d``: the Chapter 6 benchmark.
+    """``congeal eval --dataset lego --method congeal3d``: the Chapter 6 benchmark, and the lego table of
+    Chapter 7 ("lego: when the viewpoint changes").
 
     Fits the shape to the anchor views, then, for the inputs as rendered and with per-image
-    appearance changes: pose errors (Procrustes-aligned, mean and median) for random cameras,
-    "no pose initialisation", "no IoU refinement" and the full method; PCK@0.1 of keypoint
+    appearance changes: pose errors (Procrustes-aligned, mean and median) for random cameras, "no
+    pose initialisation" (:func:`congealing.congeal3d.find_poses` without the search), "no IoU
+    refinement" and the full method (:func:`congealing.congeal3d.fit`); PCK@0.1 of keypoint
     transfer through 3-D against nearest-neighbour matching with the same backbone, binned by the
     relative rotation of the two views (and, on the varied inputs, SpaceJAM and Neural Congealing:
-    :func:`planar_transfers`; ``request.planar = False`` skips them); seconds per stage. Quick mode
-    uses 16 of the 92 inputs. In full mode, then the real-like row (``request.capture``: True or False
-    to force it on or off): lego as a hand-held capture, posed from its ``transforms.json``
-    (:func:`evaluate_capture`). Quick mode leaves it out: Chapter 7's quick
-    run reads the table above only, and ``congeal eval --dataset lego-capture`` runs the row on
-    its own, with true and co-segmented masks.
+    :func:`planar_transfers`); seconds per stage. Quick mode uses 16 of the 92 inputs. In full mode
+    (or with ``request.capture``), also the real-like row (:func:`evaluate_capture`); quick mode
+    leaves it out, and ``congeal eval --dataset lego-capture`` runs it on its own.
+
+    Args:
+        request: what to evaluate (:class:`LegoRequest`).
+
+    Returns:
+        the JSON-ready record (settings, ``appearances`` with ``poses``, ``pck`` and ``seconds``,
+        ``capture`` if run, ``peak_rss_mb``) with a ``"table"`` string (:func:`format_lego_table`).
+
+    Raises:
+        UsageError: ``request.method`` is not ``"congeal3d"``.
     """
     mode, config, device, backbone, progress = _setup(request, "lego", " (its table includes the nearest-neighbour baseline)")
     bench = load_lego_benchmark(config, inputs=runtime.pick({"quick": 16, "full": None}, mode), root=request.data, seed=request.seed)
@@ -255,13 +362,13 @@ def evaluate_lego(request: LegoRequest) -> dict:
     }
     for appearance in ("rendered", "varied"):
         images = bench.varied if appearance == "varied" else bench.images
-        full = congeal(field, images, bench.masks, config, backbone, progress=progress, candidates=candidates)
-        no_init = congeal(field, images, bench.masks, config, backbone, search=False, maps=False, progress=progress, candidates=candidates)
+        full = congeal3d.fit(images, config, masks=bench.masks, backbone=backbone, shape=field, candidates=candidates, progress=progress)
+        no_init = congeal3d.find_poses(field, images, bench.masks, config, backbone, search=False, candidates=candidates, progress=progress)
         poses = {
             "random poses": pose_errors(random_cameras(len(bench), config.camera_radius, request.seed), bench.c2w),
-            "no pose initialisation": pose_errors(no_init.refined["c2w"], bench.c2w),
-            "no IoU refinement": pose_errors(full.search["c2w"], bench.c2w),
-            "3D congealing": pose_errors(full.refined["c2w"], bench.c2w),
+            "no pose initialisation": pose_errors(no_init["refined"]["c2w"], bench.c2w),
+            "no IoU refinement": pose_errors(full.state["search"]["c2w"], bench.c2w),
+            "3D congealing": pose_errors(full.state["c2w"], bench.c2w),
         }
         keypoints = bench.keypoint_set(appearance == "varied")
         nn = descriptor_transfer(extract_descriptors(keypoints.images, backbone, grid=64), keypoints.images.shape[-1])
@@ -269,8 +376,8 @@ def evaluate_lego(request: LegoRequest) -> dict:
         if appearance == "varied" and request.planar:
             for name, (transfer, seconds) in planar_transfers(keypoints, bench.masks, backbone, mode, request.seed, device).items():
                 pck[name] = {**pck_by_rotation(transfer, keypoints, bench.c2w), "seconds": round(seconds, 1)}
-        pck["3D congealing"] = pck_by_rotation(lambda a, b, p: transfer_points(full.maps, a, b, p), keypoints, bench.c2w)
-        out["appearances"][appearance] = {"poses": poses, "pck": pck, "seconds": full.seconds}
+        pck["3D congealing"] = pck_by_rotation(full.transfer(), keypoints, bench.c2w)
+        out["appearances"][appearance] = {"poses": poses, "pck": pck, "seconds": full.state["seconds"]}
     with_capture = mode == "full" if request.capture is None else request.capture
     if with_capture:
         out["capture"] = evaluate_capture(config, backbone, device, progress, request.seed, request.data, inputs=runtime.pick({"quick": 16, "full": None}, mode))
@@ -286,7 +393,19 @@ def _percent(value) -> str:
 def planar_transfers(keypoints: "KeypointSet", masks: torch.Tensor, backbone, mode: str, seed: int = 0, device=None) -> dict:
     """The planar methods of Chapters 4 and 5 on the same inputs, for the comparison: SpaceJAM and
     Neural Congealing, each with the input masks and with reflections off (3-D points have no
-    left/right twins to swap). Returns ``{name: (transfer, seconds)}``."""
+    left/right twins to swap).
+
+    Args:
+        keypoints: the inputs (:class:`KeypointSet`).
+        masks: ``(N, 1, S, S)`` the objects.
+        backbone: a :class:`congealing.features.Backbone`.
+        mode: ``"quick"`` or ``"full"``.
+        seed: the configs' seed.
+        device: where to train.
+
+    Returns:
+        ``{name: (transfer, seconds)}``.
+    """
     out = {}
     tic = time.perf_counter()
     sj_config = spacejam.SpaceJAMConfig.for_mode(mode, seed=seed, flips=False)
@@ -298,7 +417,15 @@ def planar_transfers(keypoints: "KeypointSet", masks: torch.Tensor, backbone, mo
 
 
 def format_lego_table(results: dict) -> str:
-    """Plain-text tables of :func:`evaluate_lego`'s results."""
+    """Plain-text tables of :func:`evaluate_lego`'s record, which ``congeal eval`` prints.
+
+    Args:
+        results: the record.
+
+    Returns:
+        the tables: camera errors and PCK by relative rotation per appearance, seconds, and the
+        capture row if there is one.
+    """
     lines = [f"lego, 3-D congealing, backbone {results['backbone']}, {results['mode']} mode"]
     for appearance, block in results["appearances"].items():
         lines.append(f"\ninputs {appearance}: camera errors (Procrustes-aligned | frame-free, over pairs)")
@@ -326,11 +453,18 @@ def format_lego_table(results: dict) -> str:
 
 @dataclass
 class CaptureBenchmark:
-    """Lego made to look like a hand-held capture (:func:`make_capture_benchmark`): ``photos`` and
-    ``masks`` (lists of ``(3, H, W)`` / ``(1, H, W)``, portrait), ``meta`` (the transforms.json a
-    user would have: poses in an arbitrary frame and scale, ``fl_x``/``fl_y``/``cx``/``cy`` per
-    frame), ``c2w`` ``(N, 4, 4)`` the true cameras in lego's frame, ``close_up`` ``(N,)`` the views
-    cropped to cut the object, and ``names``."""
+    """Lego made to look like a hand-held capture (:func:`make_capture_benchmark`; Chapter 6, "From
+    lego to a hand-held capture").
+
+    Attributes:
+        photos: ``(3, H, W)`` portrait photos, one per view.
+        masks: ``(1, H, W)`` their objects.
+        meta: the transforms.json a user would have: poses in an arbitrary frame and scale,
+            ``fl_x``/``fl_y``/``cx``/``cy`` per frame.
+        c2w: ``(N, 4, 4)`` the true cameras in lego's frame.
+        close_up: ``(N,)`` bool, the views cropped to cut the object.
+        names: the views' names.
+    """
 
     photos: list
     masks: list
@@ -344,8 +478,19 @@ class CaptureBenchmark:
 
 
 def brick_wall(size: int) -> torch.Tensor:
-    """A real photograph as the shared background ``(3, size, size)``: scikit-image's brick wall
-    (``skimage.data.brick``, a public-domain photo bundled with scikit-image), tinted brick-red."""
+    """A real photograph as the shared background: scikit-image's brick wall (``skimage.data.brick``,
+    a public-domain photo bundled with scikit-image), tinted brick-red.
+
+    Args:
+        size: the side in pixels.
+
+    Returns:
+        ``(3, size, size)`` in ``[0, 1]``.
+
+    Example:
+        >>> brick_wall(16).shape
+        torch.Size([3, 16, 16])
+    """
     from skimage import data
 
 
@@ -355,7 +500,8 @@ def brick_wall(size: int) -> torch.Tensor:
 
 
 def make_capture_benchmark(image_size: int, root=None, seed: int = 0, arc_deg: float = 150.0, close_up_every: int = 4, views: int | None = None) -> CaptureBenchmark:
-    """NeRF-synthetic lego as a phone capture, for the failure modes of a real one.
+    """NeRF-synthetic lego as a phone capture, for the failure modes of a real one (Chapter 6, "From
+    lego to a hand-held capture").
 
     * a front-only arc: the training views whose azimuth is within ``arc_deg / 2`` of -90 degrees;
     * one real textured background shared by every view (:func:`brick_wall`);
@@ -366,7 +512,17 @@ def make_capture_benchmark(image_size: int, root=None, seed: int = 0, arc_deg: f
       true poses moved by a random rotation, scale and translation.
 
     The crop and resize is an exact change of pinhole intrinsics, so the file's cameras are exact.
-    Deterministic in ``seed``.
+
+    Args:
+        image_size: the model's square side; the photos are ``4/3`` of it high.
+        root: the data folder (None: ``$CONGEAL_DATA``, else the download cache).
+        seed: the crops' and the frame's seed (deterministic in it).
+        arc_deg: the width of the arc of views kept, degrees.
+        close_up_every: every that many views is a close-up (0: none).
+        views: keep the first that many views of the arc (None: all).
+
+    Returns:
+        a :class:`CaptureBenchmark`.
     """
     generator = torch.Generator().manual_seed(seed)
     uniform = lambda low, high: low + (high - low) * float(torch.rand((), generator=generator))  # noqa: E731
@@ -427,14 +583,34 @@ def make_capture_benchmark(image_size: int, root=None, seed: int = 0, arc_deg: f
 
 
 def evaluate_capture(config, backbone, device=None, progress=None, seed: int = 0, root=None, inputs: int | None = None, masks: str = "true", bench=None) -> dict:
-    """The real-like row of the lego table: :func:`congeal_capture` on :func:`make_capture_benchmark`
-    (or ``bench``), from its ``transforms.json`` as a user would give it, with the ``"true"`` masks
-    (the renders' alpha) or the ``"cosegment"`` ones a user without masks gets
-    (:func:`cosegment_photos`; ``mask_iou``: their mean IoU with the true masks). Camera errors of the posed inputs
-    (``inputs`` of them, evenly spaced, or all) against the true cameras, Procrustes-aligned and
-    frame-free (:func:`congealing.congeal3d.pose_errors`), for random cameras, the search alone
-    and the full method; ``by_view``: the full method's frame-free errors among the posed views
-    that show the whole object and among those that cut it off."""
+    """The real-like row of the lego table (Chapter 6, "From lego to a hand-held capture"):
+    :func:`congealing.congeal3d.captures.congeal_capture` on :func:`make_capture_benchmark` (or
+    ``bench``), from its ``transforms.json`` as a user would give it.
+
+    Camera errors of the posed inputs against the true cameras, Procrustes-aligned and frame-free
+    (:func:`congealing.congeal3d.pose_errors`), for random cameras, the search alone and the full
+    method; ``by_view``: the full method's frame-free errors among the posed views that show the
+    whole object and among those that cut it off.
+
+    Args:
+        config: the 3-D congealing settings.
+        backbone: a :class:`congealing.features.Backbone` or a name.
+        device: where to fit.
+        progress: ``progress(iterable, desc)`` (:func:`congealing.congeal3d.progress_bars`) or None.
+        seed: the benchmark's and the random cameras' seed.
+        root: the data folder.
+        inputs: pose that many views, evenly spaced (None: all but the anchors).
+        masks: ``"true"`` (the renders' alpha) or ``"cosegment"`` (the co-segmentation a user without
+            masks gets, :func:`congealing.congeal3d.cosegment_photos`; ``mask_iou``: their mean IoU
+            with the true masks).
+        bench: a :class:`CaptureBenchmark` to reuse (None: made here).
+
+    Returns:
+        the JSON-ready row (masks, counts, anchors, field of view, ``poses``, ``by_view``, ``seconds``).
+
+    Raises:
+        ValueError: ``masks`` is neither ``"true"`` nor ``"cosegment"``.
+    """
     if masks not in ("true", "cosegment"):
         raise ValueError(f"masks must be 'true' or 'cosegment', got {masks!r}")
     bench = make_capture_benchmark(config.image_size, root, seed) if bench is None else bench
@@ -448,18 +624,18 @@ def evaluate_capture(config, backbone, device=None, progress=None, seed: int = 0
         true = [F.interpolate(m[None], size=c.shape[-2:], mode="area")[0] > 0.5 for m, c in zip(bench.masks, photo_masks)]
         mask_iou = sum(float((t & (c > 0.5)).sum() / (t | (c > 0.5)).sum().clamp_min(1)) for t, c in zip(true, photo_masks)) / len(true)
     out = congeal_capture(bench.photos, photo_masks, cameras, config, backbone, device=device, progress=progress, inputs=inputs)
-    truth, result = bench.c2w[out["inputs"]], out["result"]
+    truth, found = bench.c2w[out["inputs"]], out["poses"]
     poses = {
         "random poses": pose_errors(random_cameras(len(truth), config.camera_radius, seed), truth),
-        "no IoU refinement": pose_errors(result.search["c2w"], truth),
-        "3D congealing": pose_errors(result.refined["c2w"], truth),
+        "no IoU refinement": pose_errors(found["search"]["c2w"], truth),
+        "3D congealing": pose_errors(found["refined"]["c2w"], truth),
     }
     whole = object_is_whole(out["views"].masks, out["views"].valid)
     by_view = {}
     for label, keep in (("whole views", whole[out["inputs"]]), ("cut views", ~whole[out["inputs"]])):
         index = torch.nonzero(keep).flatten()
         if len(index) >= 2:
-            by_view[label] = {"count": len(index), **relative_pose_errors(result.refined["c2w"][index], truth[index])}
+            by_view[label] = {"count": len(index), **relative_pose_errors(found["refined"]["c2w"][index], truth[index])}
     return {
         "masks": masks, "mask_iou": mask_iou,
         "views": len(bench), "close_ups": int(bench.close_up.sum()), "whole_views": int(whole.sum()), "by_view": by_view,
@@ -469,7 +645,14 @@ def evaluate_capture(config, backbone, device=None, progress=None, seed: int = 0
 
 
 def format_capture_rows(c: dict) -> list:
-    """Plain-text lines of one :func:`evaluate_capture` result (the lego table's capture row)."""
+    """Plain-text lines of one :func:`evaluate_capture` row (the lego table's capture row).
+
+    Args:
+        c: the row.
+
+    Returns:
+        the lines.
+    """
     masks = "true masks" if c.get("masks", "true") == "true" else f"co-segmentation masks (IoU {c['mask_iou']:.2f} with the true ones)"
     lines = [f"capture-like lego with {masks} (brick wall, portrait crops, off-centre principal points, {c['close_ups']} close-ups, front arc; "
              f"{c['views']} views, {len(c['anchors'])} whole-view anchors, {c['posed']} posed, FoV {c['fov_deg']} deg known from transforms.json)",
@@ -487,7 +670,18 @@ def evaluate_lego_capture(request: LegoRequest) -> dict:
     """``congeal eval --dataset lego-capture --method congeal3d``: the capture-like lego
     (:func:`evaluate_capture`), posed with the true masks and with the co-segmentation masks a
     user without masks gets; 16 posed views in quick mode, all in full mode. ``--dataset lego``
-    adds the true-mask row to its table in full mode only (the quick lego run stays short)."""
+    adds the true-mask row to its table in full mode only (the quick lego run stays short).
+
+    Args:
+        request: what to evaluate (:class:`LegoRequest`).
+
+    Returns:
+        the JSON-ready record (settings, ``capture`` with a ``"true"`` and a ``"cosegment"`` row,
+        ``peak_rss_mb``) with a ``"table"`` string.
+
+    Raises:
+        UsageError: ``request.method`` is not ``"congeal3d"``.
+    """
     mode, config, device, backbone, progress = _setup(request, "lego-capture")
     bench = make_capture_benchmark(config.image_size, request.data, seed=request.seed)
     inputs = runtime.pick({"quick": 16, "full": None}, mode)

@@ -16,6 +16,11 @@ Algorithm 1, in plain PyTorch:
    map of another image by nearest neighbours gives image-to-image correspondence
    (:func:`transfer_points`).
 
+:func:`fit` runs steps 2-4 behind the common protocol of every method (:mod:`congealing.alignment`):
+``fit(images, config, *, masks, backbone, device, callback, shape)`` returns an
+:class:`~congealing.alignment.Alignment` of the point-map form, with the cameras and the
+coordinate maps in its ``state``.
+
 Conventions
 -----------
 * Cameras follow NeRF-synthetic (OpenGL): a ``(B, 4, 4)`` camera-to-world matrix ``c2w`` whose
@@ -33,7 +38,7 @@ The package holds the algorithm only, one concept per module: :mod:`~congealing.
 :mod:`~congealing.congeal3d.field` (the voxel field, its renderer and the offline shape fit),
 :mod:`~congealing.congeal3d.poses` (pose search, refinement, pose errors),
 :mod:`~congealing.congeal3d.maps` (coordinate maps, transfer, edits),
-:mod:`~congealing.congeal3d.pipeline` (:func:`congeal`), :mod:`~congealing.congeal3d.camera_files`
+:mod:`~congealing.congeal3d.pipeline` (:func:`find_poses`, :func:`fit`), :mod:`~congealing.congeal3d.camera_files`
 (a capture's camera files) and :mod:`~congealing.congeal3d.captures` (a user's calibrated capture).
 Every public name is re-exported here. The lego benchmarks live in
 :mod:`congealing.lego` (evaluation), ``congeal align --method congeal3d`` in
@@ -59,7 +64,7 @@ from .maps import (
     CoordinateMaps, huber_tv, fit_coordinate_maps, transfer_points, propagate_nocs_edit, stripes_edit,
     filter_by_pose,
 )
-from .pipeline import Congealed3D, congeal, progress_bars
+from .pipeline import find_poses, fit, progress_bars
 from .camera_files import Cameras, cameras_from_transforms, cameras_from_colmap, check_intrinsics, match_photos
 from .captures import (
     load_cameras, normalise_frame, SquareViews, square_views, object_is_whole, known_fov_config, check_capture,
@@ -77,7 +82,7 @@ __all__ = [
     "semantic_distance", "place_camera", "render_candidates", "search_poses", "refine_poses",
     "similarity_procrustes", "relative_pose_errors", "pose_errors", "CoordinateMaps", "huber_tv",
     "fit_coordinate_maps", "transfer_points", "propagate_nocs_edit", "stripes_edit",
-    "filter_by_pose", "Congealed3D", "congeal", "progress_bars", "Cameras", "load_cameras",
+    "filter_by_pose", "find_poses", "fit", "progress_bars", "Cameras", "load_cameras",
     "cameras_from_transforms", "cameras_from_colmap", "normalise_frame", "SquareViews",
     "square_views", "object_is_whole", "known_fov_config", "check_intrinsics", "match_photos",
     "check_capture", "congeal_capture", "pad_to_squares", "photos_from_squares", "cosegment_photos",

@@ -42,7 +42,7 @@ from ..features import saliency_masks
 from .camera_files import Cameras, cameras_from_colmap, cameras_from_transforms, check_intrinsics, match_photos
 from .config import Congeal3DConfig
 from .field import choose_anchor_views, fit_shape
-from .pipeline import congeal
+from .pipeline import find_poses, fit
 
 __all__ = [
     "load_cameras", "check_capture", "normalise_frame", "SquareViews", "square_views",
@@ -347,8 +347,9 @@ def congeal_capture(photos: list, masks: list, cameras: Cameras, config, backbon
 
     ``photos`` and ``masks``: one ``(3, h, w)`` / ``(1, h, w)`` tensor per camera. Returns a dict:
     ``cameras`` (normalised), ``views`` (:class:`SquareViews`), ``anchors`` and ``inputs`` (indices),
-    ``field``, ``result`` (:class:`congealing.congeal3d.Congealed3D` of the inputs, with coordinate
-    maps if ``maps``), ``config`` (the one used) and ``seconds``.
+    ``field``, ``poses`` (:func:`congealing.congeal3d.find_poses`' ``search`` and ``refined`` of the
+    inputs), ``alignment`` (:func:`congealing.congeal3d.fit`'s, with the coordinate maps, if
+    ``maps``; else None), ``config`` (the one used) and ``seconds``.
     """
     start = time.perf_counter()
     cameras = normalise_frame(cameras, masks)
@@ -364,9 +365,11 @@ def congeal_capture(photos: list, masks: list, cameras: Cameras, config, backbon
     field = fit_shape(on_white, m, views.c2w[anchor_index], views.fov, config, progress, device)
     seconds = {"frame_and_shape": round(time.perf_counter() - start, 2)}
     known = known_fov_config(config, views.fov)
-    result = congeal(field, views.images[inputs], views.masks[inputs], known, backbone, maps=maps, progress=progress, valid=views.valid[inputs])
-    return {"cameras": cameras, "views": views, "anchors": anchor_index, "inputs": inputs, "field": field, "result": result,
-            "config": known, "seconds": {**seconds, **result.seconds}}
+    images, input_masks, valid = views.images[inputs], views.masks[inputs], views.valid[inputs]
+    alignment = fit(images, known, masks=input_masks, backbone=backbone, shape=field, valid=valid, progress=progress) if maps else None
+    poses = alignment.state if maps else find_poses(field, images, input_masks, known, backbone, valid=valid, progress=progress)
+    return {"cameras": cameras, "views": views, "anchors": anchor_index, "inputs": inputs, "field": field, "poses": poses,
+            "alignment": alignment, "config": known, "seconds": {**seconds, **poses["seconds"]}}
 
 
 def photos_from_squares(squares: torch.Tensor, valid: torch.Tensor) -> list:
