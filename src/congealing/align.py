@@ -13,7 +13,7 @@ from __future__ import annotations
 import math
 import shutil
 import tempfile
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 
 import torch
@@ -90,11 +90,6 @@ def config_for(request: AlignRequest):
     return config_type.for_mode(runtime.get_mode(request.mode), **seeded)
 
 
-def _plain(config) -> dict:
-    """A config as plain numbers, strings and lists (JSON- and checkpoint-safe)."""
-    return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(config).items()}
-
-
 def align(image_set: ImageSet, request: AlignRequest) -> Alignment:
     """``congeal align DIR --method NAME --out OUT``: align a user's images and write the report.
 
@@ -130,7 +125,7 @@ def align(image_set: ImageSet, request: AlignRequest) -> Alignment:
         sidecar = _checkpoint_path(request)
         if request.resume and not sidecar.exists() and (Path(request.out) / "checkpoint.pt").exists():
             shutil.copyfile(Path(request.out) / "checkpoint.pt", sidecar)
-        fingerprint = dict(image_set.fingerprint, backbone=backbone.name, config=_plain(config))
+        fingerprint = dict(image_set.fingerprint, backbone=backbone.name, config=config.plain())
         options = {"checkpoint": sidecar, "resume": request.resume, "fingerprint": fingerprint}
     progress.stage("training" if method.resumable else "aligning")
     alignment = method.fit(fitted.to(device), config, masks=masks, backbone=backbone, device=device, callback=progress.step, **options)
@@ -169,7 +164,7 @@ def _write_report(alignment: Alignment, image_set: ImageSet, request: AlignReque
     objective = _objective(alignment)
     dense = alignment.grids is not None
     aligned = alignment.warp(images, GRID_REPORT_SIZE, padding_mode="border") if dense else alignment.warp(images)
-    summary = {"seconds": round(alignment.seconds, 3), "trainable_parameters": alignment.parameters, "flipped": int(alignment.flips.sum()), "config": _plain(config)}
+    summary = {"seconds": round(alignment.seconds, 3), "trainable_parameters": alignment.parameters, "flipped": int(alignment.flips.sum()), "config": config.plain()}
     if objective is not None:
         summary.update(objective_before=objective["before"], objective_after=objective["after"])
     report = dict(

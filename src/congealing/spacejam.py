@@ -59,7 +59,7 @@ from __future__ import annotations
 import os
 import time
 import warnings
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable
 
@@ -721,7 +721,7 @@ def train(
         state.update(
             flips=flips.clone(), history=history.clone(), ae_losses=torch.tensor(ae_losses), losses=torch.tensor(losses),
             ae_epoch=ae_epoch, epoch=epoch, generator=generator.get_state(),
-            seconds_ae=seconds["ae"], seconds_joint=seconds["joint"], config=_config_dict(config),
+            seconds_ae=seconds["ae"], seconds_joint=seconds["joint"], config=config.plain(),
             **{f"stage_{k}": v for k, v in stages.items()},
         )
         checkpoints.save(state, checkpoint, fingerprint)
@@ -772,11 +772,6 @@ def train(
         parameters={"autoencoder": count_parameters(ae), "stn": count_parameters(stn), "total": count_parameters(ae) + count_parameters(stn)},
         config=config, model={"ae": ae, "stn": stn},
     )
-
-
-def _config_dict(config: SpaceJAMConfig) -> dict:
-    """The config as plain numbers and strings (checkpoint-safe)."""
-    return {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(config).items()}
 
 
 # ----------------------------------------------------------------------------- after training
