@@ -19,11 +19,11 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from . import classical, congeal3d, neural, registry, runtime, spacejam, warps
-from .alignment import Alignment
+from . import classical, congeal3d, registry, runtime
+from .alignment import Alignment, ReportViews
 from .data import ImageSet
 from .errors import UsageError
-from .features import PCAColours, extract_descriptors, load_backbone, saliency_masks
+from .features import extract_descriptors, load_backbone, saliency_masks
 from .report import AlignProgress, centre_disk, demo_edit, write_alignment
 
 __all__ = ["AlignRequest", "WORK_SIZE", "PIXEL_METHODS", "RESUMABLE", "align", "config_for", "checkpoint_path", "align_congeal3d", "align_capture"]
@@ -159,49 +159,32 @@ def _objective(alignment: Alignment) -> dict | None:
 
 
 def _write_report(alignment: Alignment, image_set: ImageSet, request: AlignRequest, mode: str, config, backbone, mask_source, sidecar) -> None:
+    """Every method's report: the inputs, the aligned images and their mean, what the method's
+    ``alignment.report`` adds (:class:`congealing.alignment.ReportViews`), and the demo edit."""
     images = image_set.images.float()
     method = registry.get(alignment.method)
     objective = _objective(alignment)
     dense = alignment.grids is not None
-    aligned = alignment.warp(images, GRID_REPORT_SIZE, padding_mode="border") if dense else alignment.warp(images)
+    side = GRID_REPORT_SIZE if dense else images.shape[-1]
+    aligned = alignment.warp(images, side, padding_mode="border") if dense else alignment.warp(images)
+    views = alignment.report(images, side) if alignment.report is not None else ReportViews()
     summary = {"seconds": round(alignment.seconds, 3), "trainable_parameters": alignment.parameters, "flipped": int(alignment.flips.sum()), "config": config.plain()}
     if objective is not None:
         summary.update(objective_before=objective["before"], objective_after=objective["after"])
-    report = dict(
-        method=alignment.method, names=list(image_set.names), inputs=images.cpu(), aligned=aligned.cpu(), mode=mode,
-        atlas={"mean": aligned.mean(0).cpu()}, valid=image_set.valid, flipped=alignment.flips, objective=objective,
-        transforms=alignment.transforms, grids=alignment.grids.cpu() if dense else None, summary=summary,
-    )
     if backbone is not None:
         summary.update(backbone=backbone.name, masks=mask_source)
-        report.update(descriptors=extract_descriptors(images, backbone))  # cached by the co-segmentation
-    if sidecar is not None:
-        report.update(extra_files={"checkpoint.pt": sidecar})
     if not method.features:
         summary.update(iterations=len(alignment.history) - 1, working_size=WORK_SIZE)
-        edit_region = centre_disk(images.shape[-1])
-    elif dense:
-        saliency = alignment.atlas["saliency"]
-        keys = alignment.atlas["keys"][None]
-        report["atlas"].update({"saliency": saliency, "keys (PCA-RGB)": PCAColours.fit(keys)(keys)[0]})
-        report.update(masks=alignment.masks, method_scores=_neural_scores(alignment))
-        edit_region = warps.resize(saliency[None].float(), GRID_REPORT_SIZE)[0, 0]
-    else:
-        size = images.shape[-2:]
-        result = alignment.state["result"]
-        mask_up = F.interpolate(alignment.masks, size=size, mode="bilinear", align_corners=False)
-        report["atlas"] = dict(alignment.atlas)
-        report.update(masks=mask_up, extra_images={"low-dim keys": F.interpolate(spacejam.codes_to_rgb(result.codes), size=size, mode="nearest")})
-        edit_region = spacejam.atlas(mask_up, alignment.transforms)[0]
+    edit_region = views.edit_region if views.edit_region is not None else centre_disk(side)
     edited = alignment.propagate_edit(demo_edit(edit_region), images)
-    report["extra_images"] = {**report.get("extra_images", {}), "edit": edited.cpu()}
-    write_alignment(request.out, **report)
-
-
-def _neural_scores(alignment: Alignment) -> dict:
-    result = alignment.state["result"]
-    return {"name": "keys loss", "values": neural.per_image_keys_loss(result.model, result.data, result.flipped).cpu(), "better": "lower",
-            "doc": "Neural Congealing's weighted L2 + cosine loss between the image's warped descriptors and the atlas, inside the atlas saliency (neural.per_image_keys_loss); lower is better"}
+    write_alignment(
+        request.out, method=alignment.method, names=list(image_set.names), inputs=images.cpu(), aligned=aligned.cpu(), mode=mode,
+        atlas={"mean": aligned.mean(0).cpu(), **views.atlas}, valid=image_set.valid, flipped=alignment.flips, objective=objective,
+        transforms=alignment.transforms, grids=alignment.grids.cpu() if dense else None, summary=summary,
+        masks=views.masks, method_scores=views.scores, extra_images={**views.images, "edit": edited.cpu()},
+        descriptors=extract_descriptors(images, backbone) if backbone is not None else None,  # cached by the co-segmentation
+        extra_files={"checkpoint.pt": sidecar} if sidecar is not None else None,
+    )
 
 
 # ----------------------------------------------------------------------------- 3-D congealing

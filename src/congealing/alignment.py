@@ -40,10 +40,41 @@ import torch
 
 from . import warps
 
-__all__ = ["Alignment", "PointMap", "transfer_via_transforms", "transfer_via_grids"]
+__all__ = ["Alignment", "PointMap", "ReportViews", "transfer_via_transforms", "transfer_via_grids"]
 
 #: ``(src, tgt, points (K, 2) pixel xy in image src) -> (K, 2) pixel xy in image tgt``.
 PointMap = Callable[[int, int, torch.Tensor], torch.Tensor]
+
+
+@dataclass
+class ReportViews:
+    """What a method shows in the ``congeal align`` report besides what every method shows (the
+    inputs, the aligned images, their mean and the propagated edit).
+
+    A method's ``fit`` fills :attr:`Alignment.report` with a function ``report(images, side) ->
+    ReportViews``; the report (:func:`congealing.align.align`) calls it once, so nothing here is
+    computed when an alignment is only evaluated.
+
+    Attributes:
+        atlas: named atlas-frame pictures ``(C, h, w)``, shown after the mean of the aligned images.
+        images: named per-image columns ``(N, C, H, W)``, shown beside the aligned images.
+        masks: ``(N, 1, h, w)`` in ``[0, 1]``, what the method treated as the object, or None.
+        scores: a per-image score ``{"name", "values" (N,), "better": "lower" | "higher", "doc"}``,
+            or None.
+        edit_region: ``(side, side)`` where the demo edit is drawn in the atlas frame (> 0.5), or
+            None: a disk at the centre.
+
+    Example:
+        >>> views = ReportViews(atlas={"saliency": torch.ones(1, 4, 4)})
+        >>> list(views.atlas), views.images, views.masks, views.scores, views.edit_region
+        (['saliency'], {}, None, None, None)
+    """
+
+    atlas: dict = field(default_factory=dict)
+    images: dict = field(default_factory=dict)
+    masks: torch.Tensor | None = None
+    scores: dict | None = None
+    edit_region: torch.Tensor | None = None
 
 
 @dataclass
@@ -69,6 +100,8 @@ class Alignment:
         parameters: trainable parameters (6 per image for an affine transform each).
         state: the method's own trained objects (models, keys, configs) for the chapters.
         point_map: an exact image-to-image map to use instead of the generic one, or None.
+        report: ``report(images (N, C, H, W), side) -> ReportViews``, what the ``congeal align``
+            report shows of the method at atlas side ``side``, or None (nothing method-specific).
 
     Raises:
         ValueError: both or neither of ``transforms`` and ``grids`` are given, or one has the wrong
@@ -93,6 +126,7 @@ class Alignment:
     parameters: int = 0
     state: dict = field(default_factory=dict, repr=False)
     point_map: PointMap | None = field(default=None, repr=False)
+    report: Callable[[torch.Tensor, int], ReportViews] | None = field(default=None, repr=False, compare=False)
 
     def __post_init__(self):
         if (self.transforms is None) == (self.grids is None):

@@ -36,9 +36,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from . import checkpoints, features, warps
-from .alignment import Alignment
+from .alignment import Alignment, ReportViews
 from .errors import CheckpointError
-from .features import extract_descriptors, load_backbone, pca_project, saliency_masks
+from .features import PCAColours, extract_descriptors, load_backbone, pca_project, saliency_masks
 from .losses import check_finite, masked_mean, rigidity_loss
 from .runtime import ModeConfig, get_device
 
@@ -848,4 +848,21 @@ def fit(images: torch.Tensor, config: NeuralCongealingConfig, *, masks: torch.Te
         masks=masks.cpu(), history=result.history, seconds=result.seconds,
         parameters=sum(p.numel() for p in result.model.parameters() if p.requires_grad),
         state={"result": result, "config": config, "backbone": backbone.name}, point_map=result.transfer(size),
+        report=_report_views(result, masks.cpu()),
     )
+
+
+def _report_views(result: TrainResult, masks: torch.Tensor) -> Callable[[torch.Tensor, int], ReportViews]:
+    """What the ``congeal align`` report shows of a trained model: the atlas saliency and keys, the
+    masks, each image's keys loss, and the edit drawn over the atlas saliency."""
+
+    def views(images: torch.Tensor, side: int) -> ReportViews:
+        saliency = result.model.atlas_saliency.detach().cpu()[None]
+        keys = result.model.atlas_keys.detach().cpu()[None]
+        scores = {"name": "keys loss", "values": per_image_keys_loss(result.model, result.data, result.flipped).cpu(), "better": "lower",
+                  "doc": "Neural Congealing's weighted L2 + cosine loss between the image's warped descriptors and the atlas, inside the atlas saliency (neural.per_image_keys_loss); lower is better"}
+        return ReportViews(atlas={"saliency": saliency, "keys (PCA-RGB)": PCAColours.fit(keys)(keys)[0]}, masks=masks, scores=scores,
+                           edit_region=warps.resize(saliency[None].float(), side)[0, 0])
+
+    return views
+

@@ -68,7 +68,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from . import checkpoints, features, warps
-from .alignment import Alignment
+from .alignment import Alignment, ReportViews
 from .losses import check_finite
 from .runtime import ModeConfig, get_device
 
@@ -820,24 +820,38 @@ def fit(images: torch.Tensor, config: SpaceJAMConfig, *, masks: torch.Tensor | N
 
     Returns:
         an Alignment with ``transforms`` ``(N, 3, 3)`` (image -> atlas, flip included), ``flips``,
-        ``atlas`` (``"mean"``, ``"foreground"`` and ``"keys"`` (the low-dimensional keys as RGB),
-        each ``(3, H, W)``), the masks ``(N, 1, S, S)``, one history entry per joint epoch
-        (``epoch``, ``loss``; the autoencoder's are in the result) and ``state["result"]``, the
-        :class:`TrainResult`.
+        the masks ``(N, 1, S, S)``, one history entry per joint epoch (``epoch``, ``loss``; the
+        autoencoder's are in the result), ``state["result"]``, the :class:`TrainResult`, and
+        ``report``: the foreground atlas, the atlas of the low-dimensional keys and each image's keys
+        at the images' size, built only when a report asks (:func:`atlas`, :func:`codes_to_rgb`).
     """
     device = device if isinstance(device, torch.device) else get_device(device)
     backbone = backbone if backbone is not None else features.load_backbone(None, device)
     keys, masks = prepare_keys(images, backbone, config, masks)
     progress = None if callback is None else (lambda done, total, note="": callback(done, total))
     result = train(keys, masks, config, device=device, checkpoint=checkpoint, resume=resume, fingerprint=fingerprint, progress=progress)
-    size = tuple(images.shape[-2:])
-    mask_up = F.interpolate(result.masks, size=size, mode="bilinear", align_corners=False)
-    codes_up = F.interpolate(codes_to_rgb(result.codes), size=size, mode="bilinear", align_corners=False)
     history = [{"epoch": e, "loss": loss} for e, loss in enumerate(result.losses)]
     return Alignment(
-        method="spacejam", size=size, transforms=result.transforms, flips=result.flips,
-        atlas={"mean": atlas(images, result.transforms), "foreground": atlas(images, result.transforms, mask_up),
-               "keys": atlas(codes_up, result.transforms, mask_up)},
+        method="spacejam", size=tuple(images.shape[-2:]), transforms=result.transforms, flips=result.flips,
         masks=result.masks, history=history, seconds=float(sum(result.seconds.values())), parameters=result.parameters["total"],
-        state={"result": result, "config": config, "backbone": backbone.name},
+        state={"result": result, "config": config, "backbone": backbone.name}, report=_report_views(result),
     )
+
+
+def _report_views(result: TrainResult) -> Callable[[torch.Tensor, int], ReportViews]:
+    """What the ``congeal align`` report shows of a trained SpaceJAM, at the images' size: the
+    foreground atlas and the atlas of the low-dimensional keys (as RGB), each image's keys and its
+    mask, and the edit drawn over the atlas of the masks."""
+
+    def views(images: torch.Tensor, side: int) -> ReportViews:
+        size = images.shape[-2:]
+        mask_up = F.interpolate(result.masks, size=size, mode="bilinear", align_corners=False)
+        codes = codes_to_rgb(result.codes)
+        codes_up = F.interpolate(codes, size=size, mode="bilinear", align_corners=False)
+        return ReportViews(
+            atlas={"foreground": atlas(images, result.transforms, mask_up), "keys": atlas(codes_up, result.transforms, mask_up)},
+            images={"low-dim keys": F.interpolate(codes, size=size, mode="nearest")}, masks=mask_up,
+            edit_region=atlas(mask_up, result.transforms)[0],
+        )
+
+    return views
