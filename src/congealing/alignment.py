@@ -127,6 +127,8 @@ class Alignment:
     state: dict = field(default_factory=dict, repr=False)
     point_map: PointMap | None = field(default=None, repr=False)
     report: Callable[[torch.Tensor, int], ReportViews] | None = field(default=None, repr=False, compare=False)
+    # transfer_points' transfer, built on first use for the mapping it was built from (see _cached_transfer)
+    _transfer_cache: tuple | None = field(default=None, init=False, repr=False, compare=False)
 
     def __post_init__(self):
         if (self.transforms is None) == (self.grids is None):
@@ -196,7 +198,17 @@ class Alignment:
             >>> Alignment("demo", (4, 4), transforms=T).transfer_points(0, 1, torch.tensor([[1.0, 1.0]]))
             tensor([[0., 1.]])
         """
-        return self.transfer()(src, tgt, points)
+        return self._cached_transfer()(src, tgt, points)
+
+    def _cached_transfer(self) -> PointMap:
+        """:meth:`transfer`, built once (it inverts every transform or holds every grid) and rebuilt
+        only if ``transforms``, ``grids``, ``point_map``, ``size`` or ``flips`` is replaced by
+        another object. Editing one of those tensors in place is not seen: assign a new one."""
+        key = (self.transforms, self.grids, self.point_map, self.size, self.flips)
+        cached = self._transfer_cache
+        if cached is None or any(a is not b for a, b in zip(cached[0], key)):
+            cached = self._transfer_cache = (key, self.transfer())
+        return cached[1]
 
     def transfer(self) -> PointMap:
         """The keypoint transfer ``(src, tgt, points (K, 2)) -> (K, 2)`` in pixels of ``size``.

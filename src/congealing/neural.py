@@ -533,9 +533,10 @@ class TrainResult:
         out["delta"] = torch.cat([p["delta"] for p in parts]) if use_flow else torch.zeros_like(out["grid"])
         return out
 
-    def grids(self) -> torch.Tensor:
-        """Sampling grids ``(N, A, A, 2)`` into the **original** (unmirrored) images."""
-        grid = self.outputs()["grid"].clone()
+    def grids(self, outputs: dict | None = None) -> torch.Tensor:
+        """Sampling grids ``(N, A, A, 2)`` into the **original** (unmirrored) images, from
+        ``outputs`` (:meth:`outputs`; None: computed now)."""
+        grid = (outputs if outputs is not None else self.outputs())["grid"].clone()
         grid[..., 0] = torch.where(self.flipped.to(grid.device).view(-1, 1, 1), -grid[..., 0], grid[..., 0])
         return grid
 
@@ -551,17 +552,19 @@ class TrainResult:
         """Mean congealed RGB ``(3, size, size)``: the picture a user edits."""
         return self.congeal(images, size).mean(dim=0)
 
-    def transfer(self, size: tuple[int, int]) -> Callable[[int, int, torch.Tensor], torch.Tensor]:
+    def transfer(self, size: tuple[int, int], outputs: dict | None = None) -> Callable[[int, int, torch.Tensor], torch.Tensor]:
         """A keypoint transfer ``(src, tgt, points (K, 2) pixel xy) -> (K, 2)`` for images of ``size`` (H, W).
 
         Source -> atlas: undo the similarity in closed form, then invert the flow by nearest
         neighbours over the atlas pixels. Atlas -> target: sample the target's grid. The function
         carries ``flipped`` ``(N,)``, the images trained mirrored (see :mod:`congealing.evaluation`).
+        ``outputs``: the model's :meth:`outputs` if already computed (None: computed now, once).
         """
-        out = {k: v.cpu() for k, v in self.outputs().items()}
+        outputs = outputs if outputs is not None else self.outputs()
+        out = {k: v.cpu() for k, v in outputs.items()}
         flow_grid = warps.identity_grid(out["delta"].shape[1:3], len(self.data)) + out["delta"]
         T_inv = similarity_inverse(out["T"])
-        grids, flipped = self.grids().cpu(), self.flipped.cpu()
+        grids, flipped = self.grids(outputs).cpu(), self.flipped.cpu()
 
         def transfer(src: int, tgt: int, points: torch.Tensor) -> torch.Tensor:
             p = warps.pixel_to_normalized(points.float().cpu()[None], size)
@@ -842,12 +845,13 @@ def fit(images: torch.Tensor, config: NeuralCongealingConfig, *, masks: torch.Te
     result = train(data, config, checkpoint=checkpoint, resume=resume, callback=progress, callback_every=1 if callback else 0,
                    log=log, fingerprint=fingerprint)
     size = tuple(images.shape[-2:])
+    outputs = result.outputs()  # one pass of the model over the set serves the grids and the keypoint transfer
     return Alignment(
-        method="neural", size=size, grids=result.grids().cpu(), flips=result.flipped,
+        method="neural", size=size, grids=result.grids(outputs).cpu(), flips=result.flipped,
         atlas={"saliency": result.model.atlas_saliency.detach().cpu()[None], "keys": result.model.atlas_keys.detach().cpu()},
         masks=masks.cpu(), history=result.history, seconds=result.seconds,
         parameters=sum(p.numel() for p in result.model.parameters() if p.requires_grad),
-        state={"result": result, "config": config, "backbone": backbone.name}, point_map=result.transfer(size),
+        state={"result": result, "config": config, "backbone": backbone.name}, point_map=result.transfer(size, outputs),
         report=_report_views(result, masks.cpu()),
     )
 
@@ -865,4 +869,3 @@ def _report_views(result: TrainResult, masks: torch.Tensor) -> Callable[[torch.T
                            edit_region=warps.resize(saliency[None].float(), side)[0, 0])
 
     return views
-
