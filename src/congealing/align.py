@@ -43,6 +43,12 @@ class AlignRequest:
     (:func:`align_congeal3d`): ``shape``, the canonical shape saved by
     :func:`congealing.congeal3d.save_shape`, or ``cameras``, the capture's camera file, with
     ``capture_cameras``, its cameras as :func:`congealing.congeal3d.captures.check_capture` read them.
+    Built by the ``congeal`` command from its flags (Chapter 7, "Align your own photos", "Align").
+
+    Example:
+        >>> request = AlignRequest(method="lsq", out=Path("report"), mode="quick")
+        >>> request.seed, request.backbone, request.resume
+        (0, None, False)
     """
 
     method: str
@@ -60,7 +66,20 @@ class AlignRequest:
 
 
 def checkpoint_path(out: Path, method: str) -> Path:
-    """Where ``congeal align --method METHOD --out OUT`` keeps its training checkpoint while it runs."""
+    """Where ``congeal align --method METHOD --out OUT`` keeps its training checkpoint while it runs:
+    a hidden file beside ``OUT`` (moved into ``OUT`` with the report at the end).
+
+    Args:
+        out: the report folder.
+        method: the method's registry name.
+
+    Returns:
+        ``OUT/../.NAME.METHOD.checkpoint.pt``.
+
+    Example:
+        >>> checkpoint_path(Path("runs/birds"), "neural").as_posix()
+        'runs/.birds.neural.checkpoint.pt'
+    """
     out = Path(out)
     return out.with_name(f".{out.name}.{method}.checkpoint.pt")
 
@@ -81,8 +100,23 @@ GRID_REPORT_SIZE = 128
 
 
 def config_for(request: AlignRequest):
-    """The method's config: ``request.config``, else ``for_mode(mode)`` with ``request.seed`` where
-    the config has a seed."""
+    """The config ``congeal align`` runs the method with.
+
+    Args:
+        request: the run's settings.
+
+    Returns:
+        ``request.config`` if given, else the method's ``Config.for_mode(request.mode)`` with
+        ``request.seed`` where the config has a seed.
+
+    Raises:
+        UsageError: the mode is unknown.
+        KeyError: the method is not in :mod:`congealing.registry`.
+
+    Example:
+        >>> config_for(AlignRequest(method="lsq", out=Path("report"), mode="quick")).iterations
+        30
+    """
     if request.config is not None:
         return request.config
     config_type = registry.get(request.method).config
@@ -100,10 +134,21 @@ def align(image_set: ImageSet, request: AlignRequest) -> Alignment:
     (:func:`congealing.features.saliency_masks`). Trained methods keep a checkpoint at
     ``request.checkpoint`` (beside OUT) while training; ``request.resume`` continues it, from there
     or from ``OUT/checkpoint.pt``, if it was made from the same images and settings; it ends up
-    inside OUT.
+    inside OUT. The report shows what every method shows (inputs, aligned images, their mean, an
+    edit propagated to every image) and what the method's ``Alignment.report`` adds
+    (:class:`congealing.alignment.ReportViews`). Chapter 7, "Align your own photos", "Align".
+
+    Args:
+        image_set: the loaded images (:func:`congealing.data.load_image_folder`): ``images``
+            ``(N, 3, S, S)`` in ``[0, 1]``, ``names``, ``masks``/``valid`` ``(N, 1, S, S)`` or None.
+        request: the run's settings (the method, the report folder, mode, seed, device, ...).
 
     Returns:
         the :class:`congealing.alignment.Alignment` the report shows.
+
+    Raises:
+        CongealError: a user's mistake (e.g. a checkpoint made for other images with ``resume``).
+        FloatingPointError: the method diverged.
     """
     method = registry.get(request.method)
     progress = AlignProgress(method.name)
@@ -198,7 +243,17 @@ def align_congeal3d(image_set: ImageSet, request: AlignRequest) -> None:
     Masks come from the images' alpha channel if they have one, else from co-segmentation
     (Chapter 3). Nothing is written unless every stage succeeds. With ``request.cameras`` (a
     capture's camera file) the shape is fitted from the photos themselves instead
-    (:func:`align_capture`).
+    (:func:`align_capture`). Chapter 7, "Align your own photos"; the method is Chapter 6's.
+
+    Args:
+        image_set: the loaded photos ``(N, 3, S, S)`` with their names (and alpha masks, if any).
+        request: the run's settings; ``request.shape`` (or ``request.cameras``) is required.
+
+    Returns:
+        None; the report is written to ``request.out``.
+
+    Raises:
+        UsageError: neither ``request.shape`` nor ``request.cameras`` is given.
     """
     if request.cameras is not None:
         return align_capture(image_set, request)
@@ -262,7 +317,15 @@ def align_capture(image_set: ImageSet, request: AlignRequest) -> None:
     photo in the model's square camera, the canonical shape rendered from the camera found, its
     NOCS map and an edit; ``summary.json`` adds each camera from the file (in the normalised
     frame), the angle between it and the camera found, the anchors, and what the importer
-    ignored. Nothing is written unless every stage succeeds.
+    ignored. Nothing is written unless every stage succeeds. Chapter 6, "From lego to a hand-held capture", runs the
+    same :func:`congealing.congeal3d.captures.congeal_capture`.
+
+    Args:
+        image_set: the loaded photos ``(N, 3, S, S)`` (padded squares, ``valid`` their own pixels).
+        request: the run's settings, with ``cameras`` and ``capture_cameras``.
+
+    Returns:
+        None; the report is written to ``request.out``.
     """
     progress = AlignProgress("congeal3d")
     progress.stage("loading the backbone and making the masks")

@@ -28,53 +28,40 @@ GROUPS = ("se2", "affine", "homography")
 class SpaceJAMConfig(ModeConfig):
     """Every number of the method, with the official code's defaults (full mode).
 
-    Quick mode (:meth:`for_mode`) changes only:
+    Quick mode (:meth:`for_mode`, 2 CPU cores) changes only:
 
-    * ``map_size`` 256 -> 32. The official code bilinearly upsamples 64x64 descriptor grids to
-      256x256; upsampled maps carry no extra information but cost more per warp (the loss warps
-      ``2 B^2`` maps per batch). 32x32 is the native grid of a stride-8 backbone on 256-pixel
-      images (EfficientNet-Lite0's finest stage) and makes every warp 64x cheaper than at 256
-      (64x64 measured 4x slower than 32x32 per epoch on 2 cores). The STN's adaptive pools keep its
-      layers, and parameter count, identical at any size.
-    * ``ae_epochs`` 301 -> 30 and ``epochs`` 401 -> 90, so a 30-image class trains in about a
-      minute of one CPU core. Every epoch-based schedule (curriculum switches, StepLR period, flip
-      updates and their window) is scaled by the same factor, so the *shape* of training is kept.
-      Halving the earlier quick schedule (60 / 120) first cost nothing (class 1, seed 0: 34.5
-      against 31.2 PCK@0.1); once the loss was cheaper (``loss_size`` below), 90 joint epochs
-      instead of 60 raised the mean over classes 1-3 and seeds 0-2 from 44.9 to 48.8 (held-out
-      classes 4-6, seed 0: 55.5 either way) for about 50 s of CPU per class instead of 37.
-    * ``stn_lr`` 2e-4 -> 1e-3. With 4.5x fewer Adam steps, the published rate cannot move the
-      network as far (Adam's step is about ``lr`` per step whatever the gradient's size): on CUB
-      class 1 (EfficientNet-Lite0, the earlier 120-epoch quick schedule) it left PCK@0.1 at 12 %,
-      near the identity, against 27.5 % with 1e-3 (2e-4 x 401/90 = 8.9e-4 keeps the path length;
-      1e-3 rounds it up).
+    * ``map_size`` 256 -> 32: the official code bilinearly upsamples 64x64 descriptor grids to
+      256x256, which adds no information but costs more per warp (the loss warps ``2 B^2`` maps per
+      batch); 32x32 is the native grid of a stride-8 backbone on 256-pixel images, and every warp
+      is 64x cheaper. The STN's adaptive pools keep its layers and parameter count at any size.
+    * ``ae_epochs`` 301 -> 30 and ``epochs`` 401 -> 90 (:meth:`scaled`): every epoch-based schedule
+      (curriculum switches, StepLR period, flip updates and their window) is scaled by the same
+      factor, so the shape of training is kept.
+    * ``stn_lr`` 2e-4 -> 1e-3: with 4.5x fewer Adam steps (each about ``lr`` long), 2e-4 x 401/90 =
+      8.9e-4 keeps the path length of the published schedule; 1e-3 rounds it up.
     * ``stn_pools`` (32, 8) -> (26, 8): the first pool's official size is what 256-px maps reach
-      after the 7x7 convolution (250 -> 32). On 32-px maps that convolution leaves 26x26, which a
-      32 pool would only *enlarge* (repeating pixels for the next convolution to pay for); 26 keeps
-      it as it is. Same layers and parameter count.
+      after the 7x7 convolution (250 -> 32); on 32-px maps that convolution leaves 26x26, which a 32
+      pool would only enlarge. Same layers and parameter count.
     * ``loss_size`` 0 -> 16: the IC loss compares the maps area-averaged to 16x16 (the STN still
-      reads the 32x32 codes). The pair warps are 4x fewer samples; a joint epoch went from 1.1 s to
-      0.5 s of CPU, and PCK did not drop (classes 1/2/3, seed 0, with the flip init below:
-      34.6 / 45.6 / 43.8 against 32.7 / 48.9 / 37.5 at 32x32).
-    * ``flip_init`` "none" -> "consensus" (:func:`congealing.features.consensus_flips`): the images start in the
-      mirror configuration that makes their keys' column profiles agree, instead of all as they
-      are; the official history-based updates still run. On class 1 the updates alone left 9 of 27
-      birds facing the other way (by beak/tail keypoints); with the consensus start 4. Offline, the
-      consensus alone orients classes 1-6 consistently (100 / 95 / 100 / 100 / 100 / 100 % of the
-      birds whose beak and tail are visible). Mean PCK@0.1 over classes 1-3, seed 0: 39.2 -> 41.3.
+      reads the 32x32 codes): 4x fewer samples per pair warp.
+    * ``flip_init`` "none" -> "consensus": the images start in the mirror configuration that makes
+      their keys' column profiles agree (:func:`congealing.features.consensus_flips`) instead of
+      all as they are; the official history-based updates still run.
     * ``pca_fit`` "all" -> "foreground": the PCA is fitted (and centred) on the co-segmented
       foreground only, so its 25 components describe the object rather than what separates it from
-      the background, and the object's mean key is the background's value 0 (meant to make the
-      loss weigh the parts' layout more than the silhouette; not measured apart). Classes 1/2/3,
-      seed 0: 33.0 / 43.9 / 67.1 against 34.6 / 45.6 / 43.8.
+      the background, and the object's mean key is the background's value 0.
 
     The loss follows the official code in both modes: ``atlas_flips`` (mean over each target's two
     flip configurations, min over the atlas's mirror) and ``decoded_padding`` (a source predicts
-    ``Dec(0)`` outside its frame, as the official zero-padded code warp does).
+    ``Dec(0)`` outside its frame, as the official zero-padded code warp does). What each quick
+    change does to the PCK, measured on CUB classes 1-6, is recorded in
+    ``benchmarks/records/issue15_quick_cpu.json`` (``benchmarks/issue15_log.md``) and shown in
+    Chapter 5, "Results on CUB" ("Where this leaves SpaceJAM in quick mode").
 
-    What each quick change bought, and what was tried and not kept, is measured in
-    ``benchmarks/records/issue15_quick_cpu.json`` (explained in ``benchmarks/issue15_log.md``) and
-    shown in Chapter 5, "Where this leaves SpaceJAM in quick mode".
+    Example:
+        >>> cfg = SpaceJAMConfig.for_mode("quick")
+        >>> cfg.map_size, cfg.epochs, cfg.curriculum_epochs, cfg.stn_pools
+        (32, 90, (23, 45), (26, 8))
     """
 
     # keys
