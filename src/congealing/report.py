@@ -100,7 +100,23 @@ def write_alignment(
 
     Besides the images, the folder holds ``mappings.js`` (the mappings the page's click-to-match
     reads; format in :func:`browser_mappings`) and ``summary.json`` with a ``fields`` entry that
-    documents every field.
+    documents every field. Chapter 7, "Align your own photos", "What came out" reads one.
+
+    Args:
+        out: the report folder (new, empty, or an earlier report).
+        method, names, inputs ``(N, C, S, S)``, aligned ``(N, C, s, s)``, atlas, mode: as above.
+        transforms: ``(N, 3, 3)`` image -> atlas (2-D) or ``(N, 4, 4)`` cameras (3-D), or None.
+        grids: ``(N, h, w, 2)`` atlas -> image sampling grids, or None.
+        summary: extra ``summary.json`` fields (each documented in :data:`FIELD_DOCS` or ``field_docs``).
+        the others: optional, as listed above.
+
+    Returns:
+        the report folder's path.
+
+    Raises:
+        ValueError: ``names``, ``inputs`` and ``aligned`` do not hold the same number of images.
+        KeyError: a ``summary`` field has no documentation.
+        OutputFolderError: ``out`` holds files congeal did not write (:mod:`congealing.report_folder`).
     """
     out = report_folder.check_output_folder(out)
     count = inputs.shape[0]
@@ -248,10 +264,17 @@ def output_keys(names: list[str]) -> list[str]:
     """One unique, file-system-safe output name per input file name (extension kept in the name).
 
     Names that differ only in case (``x.JPG``, ``x.jpg``) are numbered, so the outputs stay distinct
-    on case-insensitive file systems too.
+    on case-insensitive file systems too. Chapter 7, "Align your own photos", "What came out".
 
-    >>> output_keys(["a.jpg", "a.png", "x.JPG", "x.jpg"])
-    ['a_jpg', 'a_png', 'x_jpg', 'x_jpg-2']
+    Args:
+        names: the input file names, in order.
+
+    Returns:
+        one key per name, in the same order (``summary.json``'s ``outputs`` maps names to them).
+
+    Example:
+        >>> output_keys(["a.jpg", "a.png", "x.JPG", "x.jpg"])
+        ['a_jpg', 'a_png', 'x_jpg', 'x_jpg-2']
     """
     keys, seen = [], set()
     for name in names:
@@ -269,10 +292,20 @@ def output_keys(names: list[str]) -> list[str]:
 
 def demo_edit(region: torch.Tensor) -> torch.Tensor:
     """The default edit of ``congeal align``: an RGBA image ``(4, H, W)`` of coloured stripes over
-    ``region`` ``(H, W)`` (where it is > 0.5), e.g. the atlas's foreground.
+    ``region`` ``(H, W)`` (where it is > 0.5), e.g. the atlas's foreground. :func:`congealing.align.align`
+    draws it on the atlas and propagates it to every image (Chapter 4, "Edit propagation").
 
-    >>> demo_edit(torch.ones(32, 32)).shape
-    torch.Size([4, 32, 32])
+    Args:
+        region: ``(H, W)``, where the stripes go (> 0.5); stripes are ``H // 16`` rows wide.
+
+    Returns:
+        RGBA ``(4, H, W)``: red/blue stripes, alpha 0.7 inside ``region`` and 0 outside.
+
+    Example:
+        >>> demo_edit(torch.ones(32, 32))[3].unique().tolist()
+        [0.699999988079071]
+        >>> demo_edit(torch.ones(32, 32)).shape
+        torch.Size([4, 32, 32])
     """
     H, W = region.shape
     rows = torch.arange(H, dtype=torch.float32)[:, None].expand(H, W)
@@ -283,7 +316,19 @@ def demo_edit(region: torch.Tensor) -> torch.Tensor:
 
 def centre_disk(size: int, radius: float = 0.35) -> torch.Tensor:
     """A ``(size, size)`` disk of ``radius`` (fraction of the side) at the centre: where a congealed
-    object sits when a method has no mask of it."""
+    object sits when a method has no mask of it (the demo edit's region for the pixel methods).
+
+    Args:
+        size: the side in pixels.
+        radius: the disk's radius as a fraction of the side.
+
+    Returns:
+        ``(size, size)`` float, 1 inside the disk (pixel centres within ``radius``), 0 outside.
+
+    Example:
+        >>> centre_disk(4, 0.25).int().tolist()
+        [[0, 0, 0, 0], [0, 1, 1, 0], [0, 1, 1, 0], [0, 0, 0, 0]]
+    """
     axis = (torch.arange(size, dtype=torch.float32) + 0.5) / size - 0.5
     return ((axis[:, None] ** 2 + axis[None, :] ** 2) <= radius**2).float()
 
