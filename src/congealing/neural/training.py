@@ -51,8 +51,23 @@ def keys_loss(atlas_keys: torch.Tensor, keys: torch.Tensor, mask: torch.Tensor) 
 
 
 def saliency_loss(atlas_saliency: torch.Tensor, saliency: torch.Tensor, inside: torch.Tensor, delta: float = 0.7) -> torch.Tensor:
-    """Huber distance between the atlas saliency ``(1|B, 1, A, A)`` and congealed masks ``(B, 1, A, A)``
-    over pixels that map inside the image (``inside``)."""
+    """Huber distance between the atlas saliency and the congealed masks, over the atlas pixels that
+    map inside the image (Chapter 4, "The losses, one line of reason each").
+
+    Args:
+        atlas_saliency: ``(1|B, 1, A, A)`` in ``[0, 1]``.
+        saliency: the congealed masks ``(B, 1, A, A)``.
+        inside: ``(B, 1, A, A)``, 1 where the atlas pixel samples inside the image.
+        delta: the Huber threshold.
+
+    Returns:
+        a scalar, the mean Huber distance under ``inside``.
+
+    Example:
+        >>> m = torch.ones(2, 1, 4, 4)
+        >>> saliency_loss(m[:1], m, m).item(), round(saliency_loss(0 * m[:1], m, m, delta=0.7).item(), 4)  # 0.7 * (1 - 0.35)
+        (0.0, 0.455)
+    """
     huber = F.huber_loss(atlas_saliency.expand_as(saliency), saliency, reduction="none", delta=delta)
     return masked_mean(huber, inside)
 
@@ -67,13 +82,38 @@ def l0_approx(values: torch.Tensor, steepness: float = 5.0) -> torch.Tensor:
 
 
 def saliency_sparsity(atlas_saliency: torch.Tensor, steepness: float = 5.0) -> torch.Tensor:
-    """``mean |a| + 0.5 mean L0(a)`` over the atlas saliency ``(..., A, A)``: keeps the atlas foreground small."""
+    """``mean |a| + 0.5 mean L0(a)`` over the atlas saliency: keeps the atlas foreground small
+    (Chapter 4, "The losses, one line of reason each").
+
+    Args:
+        atlas_saliency: ``(..., A, A)`` in ``[0, 1]``.
+        steepness: of :func:`l0_approx`.
+
+    Returns:
+        a scalar, 0 for an all-zero saliency.
+
+    Example:
+        >>> saliency_sparsity(torch.zeros(4, 4)).item()
+        0.0
+    """
     return atlas_saliency.abs().mean() + 0.5 * l0_approx(atlas_saliency, steepness).mean()
 
 
 def keys_sparsity(atlas_keys: torch.Tensor, atlas_saliency: torch.Tensor) -> torch.Tensor:
-    """L1 norm (summed over the D channels) of the atlas keys ``(D, A, A)``, averaged with weight
-    ``1 - saliency`` ``(A, A)`` (detached): background atlas keys go to zero."""
+    """L1 norm (summed over the D channels) of the atlas keys, averaged with weight ``1 - saliency``
+    (detached): background atlas keys go to zero (Chapter 4, "The losses, one line of reason each").
+
+    Args:
+        atlas_keys: ``(D, A, A)``.
+        atlas_saliency: ``(A, A)`` in ``[0, 1]``.
+
+    Returns:
+        a scalar.
+
+    Example:
+        >>> keys_sparsity(torch.ones(3, 2, 2), torch.tensor([[1.0, 0.0], [0.0, 0.0]])).item()
+        3.0
+    """
     weight = 1.0 - atlas_saliency.detach()
     return masked_mean(atlas_keys.abs().sum(dim=0), weight)
 
@@ -290,8 +330,19 @@ def _total(terms: dict, weights: dict) -> torch.Tensor:
 
 @torch.no_grad()
 def per_image_keys_loss(model: NeuralCongealing, data: NeuralData, orientation: torch.Tensor, batch: int = 16) -> torch.Tensor:
-    """Weighted L2 + cosine keys loss ``(N,)`` of every image in ``orientation`` ``(N,)`` bool, with
-    mask ``atlas saliency x inside`` (the criterion for flips and the gradual atlas)."""
+    """Each image's weighted L2 + cosine keys loss against the atlas, under the mask ``atlas
+    saliency x inside``: the criterion for flips and the gradual atlas (Chapter 4, "Training"), and
+    the per-image score of the ``congeal align`` report.
+
+    Args:
+        model: the trained (or training) model.
+        data: the set's training tensors (:func:`prepare`).
+        orientation: ``(N,)`` bool, the images to read mirrored.
+        batch: images per forward pass.
+
+    Returns:
+        ``(N,)``, lower is better.
+    """
     w = model.cfg.weights()
     use_flow = model.flow_active
     losses = []

@@ -154,7 +154,18 @@ class SpaceJAMConfig(ModeConfig):
 
 
 def count_parameters(module: nn.Module) -> int:
-    """Number of trainable parameters."""
+    """Number of trainable parameters (Chapter 5 counts the autoencoder's and the STN's).
+
+    Args:
+        module: any module.
+
+    Returns:
+        the number of elements of its parameters that require gradients.
+
+    Example:
+        >>> count_parameters(nn.Linear(3, 2))
+        8
+    """
     return sum(p.numel() for p in module.parameters() if p.requires_grad)
 
 

@@ -234,11 +234,29 @@ def _flip_transforms(B: int, dtype, device) -> torch.Tensor:
 
 @torch.no_grad()
 def infer(ae: KeyAutoencoder, stn: RecurrentLieSTN, keys: torch.Tensor, flips: torch.Tensor, group: str = "homography", chunk: int = 16, steps: int | None = None):
-    """Evaluation-mode transforms of all images: ``(T (N, 3, 3), steps (N, L, 3, 3), codes (N, 3, S, S))``.
+    """Evaluation-mode transforms of all images (Chapter 5, "Lie groups, the curriculum and the cascade").
 
     ``T_n = M_n R_n`` where ``R_n`` is the flip of image ``n``'s configuration and ``M_n`` the STN's
     output for the (possibly mirrored) codes after ``steps`` recurrent steps (``L``; default: all
     of them).
+
+    Args:
+        ae: the key autoencoder; stn: the alignment network.
+        keys: ``(N, K, S, S)``.
+        flips: ``(N,)`` bool, each image's flip configuration.
+        group: the transformation group the network's output is projected onto.
+        chunk: images per forward pass.
+        steps: recurrent steps to run (None: all).
+
+    Returns:
+        ``T`` ``(N, 3, 3)`` image -> common frame, ``steps`` ``(N, L, 3, 3)`` the transform after each
+        step, and the codes ``(N, 3, S, S)``.
+
+    Example:
+        >>> cfg = SpaceJAMConfig.for_mode("quick", map_size=16)
+        >>> T, steps, codes = infer(KeyAutoencoder(cfg), RecurrentLieSTN(cfg), torch.randn(2, 25, 16, 16), torch.tensor([False, True]))
+        >>> T.shape, steps.shape, codes.shape, torch.linalg.det(T[:, :2, :2]).sign().tolist()  # the zero-initialised STN: identity, mirrored for image 1
+        (torch.Size([2, 3, 3]), torch.Size([2, 5, 3, 3]), torch.Size([2, 3, 16, 16]), [1.0, -1.0])
     """
     ae.eval(), stn.eval()
     Ts, all_steps, codes = [], [], []
@@ -485,8 +503,20 @@ def atlas(maps: torch.Tensor, transforms: torch.Tensor, masks: torch.Tensor | No
 
 
 def codes_to_rgb(codes: torch.Tensor) -> torch.Tensor:
-    """Low-dimensional keys ``(N, 3, S, S)`` as RGB in ``[0, 1]``: :func:`congealing.features.minmax_rgb`
-    (one min-max over the whole set, so the same colour means the same code in every image)."""
+    """Low-dimensional keys as RGB: :func:`congealing.features.minmax_rgb` (one min-max over the
+    whole set, so the same colour means the same code in every image). Chapter 5, "The keys: masked
+    PCA maps and a 3-channel autoencoder", shows them; so does the ``congeal align`` report.
+
+    Args:
+        codes: ``(N, 3, S, S)``.
+
+    Returns:
+        ``(N, 3, S, S)`` in ``[0, 1]``.
+
+    Example:
+        >>> codes_to_rgb(torch.tensor([-1.0, 0.0, 1.0]).view(1, 3, 1, 1).expand(2, 3, 2, 2)).amin().item()
+        0.0
+    """
     return features.minmax_rgb(codes)
 
 
