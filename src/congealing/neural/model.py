@@ -51,7 +51,7 @@ class NeuralCongealingConfig(ModeConfig):
     * ``keys_pca_dim`` 0 -> 32: the keys are the set's top 32 principal components of the
       backbone's descriptors (472 channels for EfficientNet-Lite0), as SpaceJAM does with 25; every
       warp and loss of the keys is ~15x smaller, and a step (with the batch-wise orientation
-      choice, :meth:`NeuralData.view_at`) is ~1.7x cheaper, which paid for the longer schedule.
+      choice, :meth:`NeuralData.view_at`) is ~1.7x cheaper.
     * ``flip_init`` "none" -> "consensus" (with ``flips``): the orientations start from
       :func:`congealing.features.consensus_flips` of the box-masked keys (whose column profiles
       tell which way each bird faces) instead of all as they are; the official updates still run.

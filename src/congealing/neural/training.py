@@ -182,7 +182,23 @@ def prepare(images: torch.Tensor, masks: torch.Tensor, backbone, cfg: NeuralCong
 
     Keys come from ``backbone`` at ``cfg.atlas_size`` (through the disk cache of
     :func:`congealing.features.extract_descriptors`). With ``cfg.flips`` the mirrored images'
-    keys are *re-extracted*, not mirrored (features are not mirror-equivariant).
+    keys are *re-extracted*, not mirrored (features are not mirror-equivariant). With
+    ``cfg.keys_pca_dim`` the keys are projected on the set's top principal components (one basis
+    for both orientations). Chapter 4, "The set, its keys and its masks".
+
+    Args:
+        images: ``(N, 3, H, W)`` in ``[0, 1]``, ``N >= 2``.
+        masks: ``(N, 1, h, w)`` saliency masks in ``[0, 1]``.
+        backbone: the :class:`congealing.features.Backbone` the keys come from.
+        cfg: the config (sizes, ``flips``, ``keys_pca_dim``).
+        device: where the tensors go (None: where they were made).
+
+    Returns:
+        the :class:`NeuralData`: ``images`` ``(N, 3, S, S)``, ``stn_images`` ``(N, 3, s, s)``,
+        ``keys`` ``(N, D, A, A)``, ``masks`` ``(N, 1, A, A)`` (and the mirrored ones with flips).
+
+    Raises:
+        ValueError: the images are not ``(N, 3, H, W)`` with ``N >= 2``, or the masks do not match them.
     """
     if images.ndim != 4 or images.shape[1] != 3:
         raise ValueError(f"expected images of shape (N, 3, H, W), got {tuple(images.shape)}")
@@ -457,8 +473,25 @@ def train(
     ``cfg.checkpoint_every`` epochs and at the end, with ``fingerprint`` (what the inputs were);
     ``resume`` continues from it, and raises :class:`congealing.errors.CheckpointError` if the file
     is not a checkpoint or was made for another fingerprint or config. ``callback(epoch,
-    model)`` runs every ``callback_every`` epochs (and after the last). A non-finite loss raises
-    :class:`FloatingPointError` naming the epoch, step and every loss term.
+    model)`` runs every ``callback_every`` epochs (and after the last). Chapter 4, "Training".
+
+    Args:
+        data: the set's training tensors (:func:`prepare`, with the same ``cfg``).
+        cfg: the config (schedule, weights, flips, gradual atlas, seed).
+        checkpoint: the checkpoint file, or None.
+        resume: continue from ``checkpoint`` if it exists.
+        callback: ``callback(epoch, model)``; callback_every: its period in epochs (0: only after the last).
+        log: ``log(line)`` about ten times per run, or None.
+        fingerprint: JSON-ready description of the inputs, stored in and checked against the checkpoint.
+
+    Returns:
+        the :class:`TrainResult`: the model, the data, each image's orientation ``flipped`` ``(N,)``,
+        one history dict per epoch (every loss term's epoch mean and ``"total"``) and the seconds.
+
+    Raises:
+        ValueError: fewer than two images, or ``cfg.flips`` without mirrored data.
+        CheckpointError: ``resume`` with a checkpoint of other inputs or settings.
+        FloatingPointError: a non-finite loss (naming the epoch, step and every loss term).
     """
     N = len(data)
     if N < 2:

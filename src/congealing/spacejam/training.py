@@ -48,7 +48,21 @@ def prepare_keys(
     ``masks`` ``(N, 1, *, *)`` in ``[0, 1]``: the set's foreground. If ``None``, Chapter 3's
     co-segmentation (:func:`congealing.features.cosegment`) finds it, leaving out the padding
     outside ``valid`` ``(N, 1, H, W)`` (the photos' own pixels) if given. Descriptors are cached
-    on disk by :func:`congealing.features.extract_descriptors`.
+    on disk by :func:`congealing.features.extract_descriptors`; the keys are made by
+    :func:`keys_from_descriptors`. Chapter 5, "The keys: masked PCA maps and a 3-channel autoencoder".
+
+    Args:
+        images: ``(N, 3, H, W)`` in ``[0, 1]``, ``N >= 2``.
+        backbone: the :class:`congealing.features.Backbone`.
+        config: the config (``descriptor_grid``, ``pca_dim``, ``pca_fit``, ``map_size``).
+        masks: ``(N, 1, *, *)`` foreground in ``[0, 1]``, or None (co-segmentation).
+        valid: ``(N, 1, H, W)`` the photos' own pixels, or None.
+
+    Returns:
+        keys ``(N, K, S, S)`` and masks ``(N, 1, S, S)`` (``K = config.pca_dim``, ``S = config.map_size``).
+
+    Raises:
+        ValueError: the images are not ``(N, 3, H, W)`` RGB with ``N >= 2``.
     """
     if images.ndim != 4 or images.shape[1] != 3:
         raise ValueError(f"expected RGB images (N, 3, H, W), got {tuple(images.shape)}")
@@ -379,9 +393,28 @@ def train(
     numbers, and ``fingerprint``: what the inputs and config were); with ``resume`` training
     continues from it (also with more epochs), and :class:`congealing.errors.CheckpointError` is
     raised if the file is not a checkpoint or was made for another ``fingerprint``.
-    ``progress(done, total, note)`` is called after every epoch (autoencoder epochs first). Raises
-    ``ValueError`` for fewer than two
-    images and ``FloatingPointError`` (naming the phase, epoch, step and loss) on divergence.
+    ``progress(done, total, note)`` is called after every epoch (autoencoder epochs first).
+    Chapter 5: the autoencoder pretraining ("The keys: masked PCA maps and a 3-channel
+    autoencoder"), then joint training ("Lie groups, the curriculum and the cascade", "Reflections").
+
+    Args:
+        keys: ``(N, K, S, S)`` (:func:`prepare_keys`); masks: ``(N, 1, S, S)``.
+        config: the config (None: ``SpaceJAMConfig.for_mode()``).
+        device: where to train (None: the CPU).
+        checkpoint: the checkpoint file, or None; resume: continue from it if it exists.
+        checkpoint_every: epochs between checkpoints.
+        fingerprint: JSON-ready description of the inputs, stored in and checked against the checkpoint.
+        progress: ``progress(done, total, note)``, or None.
+
+    Returns:
+        the :class:`TrainResult`: ``transforms`` ``(N, 3, 3)`` (image -> common frame, flips
+        included), ``flips`` ``(N,)``, each recurrent step's transform, the transforms at the end of
+        each curriculum stage, the codes, the losses, the seconds per phase and the networks.
+
+    Raises:
+        ValueError: the keys are not ``(N, config.pca_dim, S, S)`` or there are fewer than two images.
+        CheckpointError: ``resume`` with a checkpoint made for another ``fingerprint``.
+        FloatingPointError: a non-finite loss (naming the phase, epoch, step and loss).
     """
     config = config or SpaceJAMConfig.for_mode()
     if keys.ndim != 4 or keys.shape[1] != config.pca_dim:
@@ -490,10 +523,22 @@ def atlas(maps: torch.Tensor, transforms: torch.Tensor, masks: torch.Tensor | No
     """The atlas ``(C, H, W)``: the mean of ``maps`` ``(N, C, H, W)`` warped by ``transforms`` ``(N, 3, 3)``.
 
     With ``masks`` ``(N, 1, H, W)``, the mean runs over the images whose warped mask covers each
-    pixel (so the background does not darken it).
+    pixel (so the background does not darken it). Chapter 5, "Results on CUB", shows them; so does
+    the ``congeal align`` report.
 
-    >>> atlas(torch.ones(2, 3, 4, 4), warps.identity(2)).shape
-    torch.Size([3, 4, 4])
+    Args:
+        maps: ``(N, C, H, W)`` images or maps in each image's frame.
+        transforms: ``(N, 3, 3)`` image -> common frame.
+        masks: ``(N, 1, H, W)`` in ``[0, 1]``, or None (a plain mean).
+
+    Returns:
+        ``(C, H, W)``.
+
+    Example:
+        >>> atlas(torch.ones(2, 3, 4, 4), warps.identity(2)).shape
+        torch.Size([3, 4, 4])
+        >>> atlas(torch.stack([torch.zeros(1, 2, 2), torch.ones(1, 2, 2)]), warps.identity(2), torch.tensor([0.0, 1.0]).view(2, 1, 1, 1).expand(2, 1, 2, 2))[0, 0, 0].item()
+        1.0
     """
     warped = warps.warp_image(maps.float(), transforms.float())
     if masks is None:
