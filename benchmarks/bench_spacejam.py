@@ -61,7 +61,7 @@ def run(class_id: int, mode: str, device: str | None, seed: int) -> dict:
         "parameters": result.parameters, "flipped": int(result.flips.sum()),
         "spacejam_pck": ours, "nn_pck": nn,
         "masks": "co-segmentation" if hasattr(features, "cosegment") else "whole image",
-        "config": spacejam._config_dict(config),
+        "config": config.plain(),
     }
 
 

@@ -156,6 +156,40 @@ def test_every_registered_method_returns_an_alignment(name, isolated_cache):
     moved = result.transfer_points(0, 1, torch.tensor([[16.0, 16.0]]))
     assert moved.shape == (1, 2) and torch.isfinite(moved).all()
     assert result.propagate_edit(torch.rand(4, 32, 32), images[:, :3].expand(-1, 3, -1, -1)).shape == (4, 3, 32, 32)
+    if result.report is not None:  # what the congeal align report shows of the method
+        rgb = images[:, :3].expand(-1, 3, -1, -1)
+        views = result.report(rgb, 16)
+        assert isinstance(views, al.ReportViews)
+        assert all(picture.ndim == 3 and torch.isfinite(picture).all() for picture in views.atlas.values())
+        assert all(column.shape[0] == 4 for column in views.images.values())
+        assert views.masks is None or views.masks.shape[:2] == (4, 1)
+        assert views.scores is None or (views.scores["values"].shape == (4,) and views.scores["better"] in ("lower", "higher"))
+        assert views.edit_region is None or views.edit_region.shape[-1] in (16, 32)
+
+
+def test_transfer_points_builds_the_transfer_once_and_again_for_new_transforms(monkeypatch):
+    T = warps.exp(torch.tensor([[0.0, 0.0], [0.25, 0.0]]), "translation")
+    alignment = al.Alignment("demo", (16, 16), transforms=T)
+    built = []
+    original = al.transfer_via_transforms
+    monkeypatch.setattr(al, "transfer_via_transforms", lambda *args: built.append(1) or original(*args))
+    point = torch.tensor([[8.0, 8.0]])
+    first = alignment.transfer_points(0, 1, point)
+    assert torch.equal(alignment.transfer_points(0, 1, point), first) and len(built) == 1
+    alignment.transforms = warps.identity(2)  # a new mapping is seen, and transferred through
+    assert torch.equal(alignment.transfer_points(0, 1, point), point) and len(built) == 2
+    assert "_transfer_cache" not in repr(alignment)
+    assert al.Alignment("demo", (16, 16), transforms=T).transfer_points(0, 1, point).tolist() == first.tolist()
+
+
+def test_neural_point_map_is_the_transfer_of_the_trained_model(isolated_cache):
+    images = blobs()
+    result = neural.fit(images, TINY["neural"], masks=torch.ones(4, 1, 32, 32), backbone=ColourBackbone(), device="cpu")
+    fresh = result.state["result"].transfer((32, 32))  # the model's outputs computed again
+    points = torch.tensor([[5.0, 9.0], [20.0, 16.0]])
+    for src, tgt in ((0, 1), (2, 3), (3, 0)):
+        assert torch.equal(result.transfer_points(src, tgt, points), fresh(src, tgt, points))
+    assert torch.equal(result.grids, result.state["result"].grids().cpu())
 
 
 def test_registry_names_its_choices():

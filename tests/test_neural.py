@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from congealing import neural, warps
+from congealing import losses, neural, warps
 from congealing.data import cub_box_masks
 
 TINY = dict(image_size=32, stn_input_size=16, flow_input_size=16, atlas_size=8, coarse_flow_size=4, stn_width=4, stn_max_width=8, stn_hidden=8, batch_size=3, update_every=2, checkpoint_every=2)
@@ -69,18 +69,18 @@ def test_config_rejects_inconsistent_sizes():
 def test_rigidity_is_minimal_for_rotations_and_larger_for_shear_and_stretch():
     ident = warps.identity_grid((16, 16))
     mask = torch.ones(1, 16, 16)
-    baseline = neural.rigidity_loss(ident, mask).item()
+    baseline = losses.rigidity_loss(ident, mask).item()
     assert baseline == pytest.approx(2 * math.sqrt(2), abs=2e-2)
     for delta in (1, 5):
         for angle in (0.3, 2.0):
             T = neural.similarity_matrix(torch.tensor([[math.atanh(angle / math.pi), 0.0, 0.2, -0.1]]))
             rotated = warps.transform_points(T, ident.reshape(1, -1, 2)).reshape_as(ident)
-            assert neural.rigidity_loss(rotated, mask, delta).item() == pytest.approx(baseline, abs=1e-3)
+            assert losses.rigidity_loss(rotated, mask, delta).item() == pytest.approx(baseline, abs=1e-3)
         shear = ident.clone()
         shear[..., 0] += 0.4 * ident[..., 1]
         stretch = ident * torch.tensor([1.5, 1.0])
-        assert neural.rigidity_loss(shear, mask, delta).item() > baseline + 0.1
-        assert neural.rigidity_loss(stretch, mask, delta).item() > baseline + 0.1
+        assert losses.rigidity_loss(shear, mask, delta).item() > baseline + 0.1
+        assert losses.rigidity_loss(stretch, mask, delta).item() > baseline + 0.1
 
 
 def test_rigidity_only_counts_masked_pixels():
@@ -88,8 +88,8 @@ def test_rigidity_only_counts_masked_pixels():
     grid[:, :, 8:, 0] = grid[:, :, 8:, 0] * 3  # stretch the right half
     left = torch.zeros(1, 16, 16)
     left[:, :, :7] = 1
-    assert neural.rigidity_loss(grid, left).item() == pytest.approx(2 * math.sqrt(2), abs=2e-2)
-    assert neural.rigidity_loss(grid, 1 - left).item() > 3.5
+    assert losses.rigidity_loss(grid, left).item() == pytest.approx(2 * math.sqrt(2), abs=2e-2)
+    assert losses.rigidity_loss(grid, 1 - left).item() > 3.5
 
 
 def test_l0_approximation_counts_nonzeros():

@@ -11,7 +11,7 @@ from scipy.spatial.transform import Rotation
 from skimage.transform import ProjectiveTransform
 from skimage.transform import warp as skimage_warp
 
-from congealing import congeal3d, metrics, neural, warps
+from congealing import congeal3d, losses, metrics, warps
 
 
 def _pixel_to_normalised(H, W):
@@ -95,8 +95,8 @@ def test_gradcheck_rigidity_loss():
     g = torch.Generator().manual_seed(0)
     grid = (warps.identity_grid((6, 6), 2, torch.float64) + 0.05 * torch.randn(2, 6, 6, 2, generator=g, dtype=torch.float64)).requires_grad_(True)
     mask = torch.rand(2, 6, 6, generator=g, dtype=torch.float64)
-    assert torch.autograd.gradcheck(lambda x: neural.rigidity_loss(x, mask, 1), (grid,))
-    assert torch.autograd.gradcheck(lambda x: neural.rigidity_loss(x, mask, 2), (grid,))
+    assert torch.autograd.gradcheck(lambda x: losses.rigidity_loss(x, mask, 1), (grid,))
+    assert torch.autograd.gradcheck(lambda x: losses.rigidity_loss(x, mask, 2), (grid,))
 
 
 def test_gradcheck_se3_exp():

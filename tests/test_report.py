@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from congealing import report, warps
+from congealing import report, report_page, warps
 
 
 def weighted_pearson(x: np.ndarray, y: np.ndarray, w: np.ndarray) -> float:
@@ -48,7 +48,7 @@ def test_transform_in_words_matches_the_matrix_it_came_from():
     T = torch.eye(3, dtype=torch.float64)
     T[:2, :2] = scale * rotation @ torch.diag(torch.tensor([-1.0, 1.0], dtype=torch.float64))  # mirror first, then turn and grow
     T[:2, 2] = torch.tensor([0.2, -0.1])
-    row = report.describe_transforms(T[None])[0]
+    row = report_page.describe_transforms(T[None])[0]
     assert row["mirrored"] and row["rotation_deg"] == pytest.approx(30.0, abs=1e-3)  # +x turns towards +y (down): clockwise on screen
     assert row["scale"] == pytest.approx(1.5, abs=1e-4) and row["stretch"] == pytest.approx(1.0, abs=1e-4)
     assert (row["shift_x"], row["shift_y"]) == pytest.approx((0.1, -0.05))
@@ -58,7 +58,7 @@ def test_transform_in_words_matches_the_matrix_it_came_from():
 def test_grids_are_described_by_the_transform_they_sample():
     T = warps.exp(torch.tensor([[0.1, 0.2, 0.05, 0.1, -0.05, 0.02]]), "affine")
     grid = warps.sampling_grid(T, (16, 16))  # aligned -> input, the grid of the warp by T
-    from_grid, from_matrix = report.describe_grids(grid)[0], report.describe_transforms(T)[0]
+    from_grid, from_matrix = report_page.describe_grids(grid)[0], report_page.describe_transforms(T)[0]
     for key in ("rotation_deg", "scale", "stretch", "shift_x", "shift_y"):
         assert from_grid[key] == pytest.approx(from_matrix[key], abs=2e-3), key
     assert from_grid["nonrigid"] < 1e-4
@@ -148,7 +148,8 @@ def test_verdict_says_whether_the_set_became_more_consistent(tmp_path, undo, sta
 
 
 def test_a_set_made_consistent_by_squeezing_is_not_called_good():
-    from congealing.report import _warn_if_squeezed, describe_transforms
+    from congealing.report import _warn_if_squeezed
+    from congealing.report_page import describe_transforms
 
     squeeze = torch.diag(torch.tensor([0.4, 0.4, 1.0]))  # every image shrunk to 16 % of its area
     moves = describe_transforms(torch.stack([squeeze, squeeze, torch.eye(3)]))

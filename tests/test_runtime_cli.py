@@ -22,6 +22,24 @@ def test_mode_switch(monkeypatch):
         runtime.get_mode()
 
 
+def test_mode_config_plain_is_json_ready_and_matches_every_field():
+    import json
+    from dataclasses import fields
+
+    from congealing import classical, neural, spacejam
+
+    for config_type in (classical.LSQConfig, neural.NeuralCongealingConfig, spacejam.SpaceJAMConfig):
+        config = config_type.for_mode("quick")
+        plain = config.plain()
+        assert list(plain) == [f.name for f in fields(config)]
+        assert json.loads(json.dumps(plain)) == plain  # no tuples left: JSON gives back the same dict
+        for name, value in plain.items():
+            original = getattr(config, name)
+            assert value == (list(original) if isinstance(original, tuple) else original)
+    assert spacejam.SpaceJAMConfig.for_mode("quick").plain()["stn_pools"] == [26, 8]
+    assert config_type(**{k: tuple(v) if isinstance(v, list) else v for k, v in plain.items()}) == config  # and back
+
+
 def test_seed_is_reproducible():
     runtime.seed_everything(3)
     a = torch.rand(4)

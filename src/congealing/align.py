@@ -14,17 +14,17 @@ from __future__ import annotations
 import math
 import shutil
 import tempfile
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
-from . import classical, congeal3d, neural, registry, runtime, spacejam, warps
-from .alignment import Alignment
+from . import classical, congeal3d, registry, runtime
+from .alignment import Alignment, ReportViews
 from .data import ImageSet
 from .errors import UsageError
-from .features import PCAColours, extract_descriptors, load_backbone, saliency_masks
+from .features import extract_descriptors, load_backbone, saliency_masks
 from .report import AlignProgress, centre_disk, demo_edit, write_alignment
 
 __all__ = ["AlignRequest", "WORK_SIZE", "PIXEL_METHODS", "RESUMABLE", "align", "config_for", "checkpoint_path", "align_congeal3d", "align_capture"]
@@ -44,6 +44,12 @@ class AlignRequest:
     (:func:`align_congeal3d`): ``shape``, the canonical shape saved by
     :func:`congealing.congeal3d.save_shape`, or ``cameras``, the capture's camera file, with
     ``capture_cameras``, its cameras as :func:`congealing.congeal3d.captures.check_capture` read them.
+    Built by the ``congeal`` command from its flags (Chapter 7, "Align your own photos", "Align").
+
+    Example:
+        >>> request = AlignRequest(method="lsq", out=Path("report"), mode="quick")
+        >>> request.seed, request.backbone, request.resume
+        (0, None, False)
     """
 
     method: str
@@ -61,7 +67,20 @@ class AlignRequest:
 
 
 def checkpoint_path(out: Path, method: str) -> Path:
-    """Where ``congeal align --method METHOD --out OUT`` keeps its training checkpoint while it runs."""
+    """Where ``congeal align --method METHOD --out OUT`` keeps its training checkpoint while it runs:
+    a hidden file beside ``OUT`` (moved into ``OUT`` with the report at the end).
+
+    Args:
+        out: the report folder.
+        method: the method's registry name.
+
+    Returns:
+        ``OUT/../.NAME.METHOD.checkpoint.pt``.
+
+    Example:
+        >>> checkpoint_path(Path("runs/birds"), "neural").as_posix()
+        'runs/.birds.neural.checkpoint.pt'
+    """
     out = Path(out)
     return out.with_name(f".{out.name}.{method}.checkpoint.pt")
 
@@ -82,18 +101,28 @@ GRID_REPORT_SIZE = 128
 
 
 def config_for(request: AlignRequest):
-    """The method's config: ``request.config``, else ``for_mode(mode)`` with ``request.seed`` where
-    the config has a seed."""
+    """The config ``congeal align`` runs the method with.
+
+    Args:
+        request: the run's settings.
+
+    Returns:
+        ``request.config`` if given, else the method's ``Config.for_mode(request.mode)`` with
+        ``request.seed`` where the config has a seed.
+
+    Raises:
+        UsageError: the mode is unknown.
+        KeyError: the method is not in :mod:`congealing.registry`.
+
+    Example:
+        >>> config_for(AlignRequest(method="lsq", out=Path("report"), mode="quick")).iterations
+        30
+    """
     if request.config is not None:
         return request.config
     config_type = registry.get(request.method).config
     seeded = {"seed": request.seed} if "seed" in {f.name for f in fields(config_type)} else {}
     return config_type.for_mode(runtime.get_mode(request.mode), **seeded)
-
-
-def _plain(config) -> dict:
-    """A config as plain numbers, strings and lists (JSON- and checkpoint-safe)."""
-    return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(config).items()}
 
 
 def align(image_set: ImageSet, request: AlignRequest) -> Alignment:
@@ -106,10 +135,21 @@ def align(image_set: ImageSet, request: AlignRequest) -> Alignment:
     (:func:`congealing.features.saliency_masks`). Trained methods keep a checkpoint at
     ``request.checkpoint`` (beside OUT) while training; ``request.resume`` continues it, from there
     or from ``OUT/checkpoint.pt``, if it was made from the same images and settings; it ends up
-    inside OUT.
+    inside OUT. The report shows what every method shows (inputs, aligned images, their mean, an
+    edit propagated to every image) and what the method's ``Alignment.report`` adds
+    (:class:`congealing.alignment.ReportViews`). Chapter 7, "Align your own photos", "Align".
+
+    Args:
+        image_set: the loaded images (:func:`congealing.data.load_image_folder`): ``images``
+            ``(N, 3, S, S)`` in ``[0, 1]``, ``names``, ``masks``/``valid`` ``(N, 1, S, S)`` or None.
+        request: the run's settings (the method, the report folder, mode, seed, device, ...).
 
     Returns:
         the :class:`congealing.alignment.Alignment` the report shows.
+
+    Raises:
+        CongealError: a user's mistake (e.g. a checkpoint made for other images with ``resume``).
+        FloatingPointError: the method diverged.
     """
     method = registry.get(request.method)
     if method.needs_shape:
@@ -133,7 +173,7 @@ def align(image_set: ImageSet, request: AlignRequest) -> Alignment:
         sidecar = _checkpoint_path(request)
         if request.resume and not sidecar.exists() and (Path(request.out) / "checkpoint.pt").exists():
             shutil.copyfile(Path(request.out) / "checkpoint.pt", sidecar)
-        fingerprint = dict(image_set.fingerprint, backbone=backbone.name, config=_plain(config))
+        fingerprint = dict(image_set.fingerprint, backbone=backbone.name, config=config.plain())
         options = {"checkpoint": sidecar, "resume": request.resume, "fingerprint": fingerprint}
     progress.stage("training" if method.resumable else "aligning")
     alignment = method.fit(fitted.to(device), config, masks=masks, backbone=backbone, device=device, callback=progress.step, **options)
@@ -167,49 +207,32 @@ def _objective(alignment: Alignment) -> dict | None:
 
 
 def _write_report(alignment: Alignment, image_set: ImageSet, request: AlignRequest, mode: str, config, backbone, mask_source, sidecar) -> None:
+    """Every method's report: the inputs, the aligned images and their mean, what the method's
+    ``alignment.report`` adds (:class:`congealing.alignment.ReportViews`), and the demo edit."""
     images = image_set.images.float()
     method = registry.get(alignment.method)
     objective = _objective(alignment)
     dense = alignment.grids is not None
-    aligned = alignment.warp(images, GRID_REPORT_SIZE, padding_mode="border") if dense else alignment.warp(images)
-    summary = {"seconds": round(alignment.seconds, 3), "trainable_parameters": alignment.parameters, "flipped": int(alignment.flips.sum()), "config": _plain(config)}
+    side = GRID_REPORT_SIZE if dense else images.shape[-1]
+    aligned = alignment.warp(images, side, padding_mode="border") if dense else alignment.warp(images)
+    views = alignment.report(images, side) if alignment.report is not None else ReportViews()
+    summary = {"seconds": round(alignment.seconds, 3), "trainable_parameters": alignment.parameters, "flipped": int(alignment.flips.sum()), "config": config.plain()}
     if objective is not None:
         summary.update(objective_before=objective["before"], objective_after=objective["after"])
-    report = dict(
-        method=alignment.method, names=list(image_set.names), inputs=images.cpu(), aligned=aligned.cpu(), mode=mode,
-        atlas={"mean": aligned.mean(0).cpu()}, valid=image_set.valid, flipped=alignment.flips, objective=objective,
-        transforms=alignment.transforms, grids=alignment.grids.cpu() if dense else None, summary=summary,
-    )
     if backbone is not None:
         summary.update(backbone=backbone.name, masks=mask_source)
-        report.update(descriptors=extract_descriptors(images, backbone))  # cached by the co-segmentation
-    if sidecar is not None:
-        report.update(extra_files={"checkpoint.pt": sidecar})
     if not method.features:
         summary.update(iterations=len(alignment.history) - 1, working_size=WORK_SIZE)
-        edit_region = centre_disk(images.shape[-1])
-    elif dense:
-        saliency = alignment.atlas["saliency"]
-        keys = alignment.atlas["keys"][None]
-        report["atlas"].update({"saliency": saliency, "keys (PCA-RGB)": PCAColours.fit(keys)(keys)[0]})
-        report.update(masks=alignment.masks, method_scores=_neural_scores(alignment))
-        edit_region = warps.resize(saliency[None].float(), GRID_REPORT_SIZE)[0, 0]
-    else:
-        size = images.shape[-2:]
-        result = alignment.state["result"]
-        mask_up = F.interpolate(alignment.masks, size=size, mode="bilinear", align_corners=False)
-        report["atlas"] = dict(alignment.atlas)
-        report.update(masks=mask_up, extra_images={"low-dim keys": F.interpolate(spacejam.codes_to_rgb(result.codes), size=size, mode="nearest")})
-        edit_region = spacejam.atlas(mask_up, alignment.transforms)[0]
+    edit_region = views.edit_region if views.edit_region is not None else centre_disk(side)
     edited = alignment.propagate_edit(demo_edit(edit_region), images)
-    report["extra_images"] = {**report.get("extra_images", {}), "edit": edited.cpu()}
-    write_alignment(request.out, **report)
-
-
-def _neural_scores(alignment: Alignment) -> dict:
-    result = alignment.state["result"]
-    return {"name": "keys loss", "values": neural.per_image_keys_loss(result.model, result.data, result.flipped).cpu(), "better": "lower",
-            "doc": "Neural Congealing's weighted L2 + cosine loss between the image's warped descriptors and the atlas, inside the atlas saliency (neural.per_image_keys_loss); lower is better"}
+    write_alignment(
+        request.out, method=alignment.method, names=list(image_set.names), inputs=images.cpu(), aligned=aligned.cpu(), mode=mode,
+        atlas={"mean": aligned.mean(0).cpu(), **views.atlas}, valid=image_set.valid, flipped=alignment.flips, objective=objective,
+        transforms=alignment.transforms, grids=alignment.grids.cpu() if dense else None, summary=summary,
+        masks=views.masks, method_scores=views.scores, extra_images={**views.images, "edit": edited.cpu()},
+        descriptors=extract_descriptors(images, backbone) if backbone is not None else None,  # cached by the co-segmentation
+        extra_files={"checkpoint.pt": sidecar} if sidecar is not None else None,
+    )
 
 
 # ----------------------------------------------------------------------------- 3-D congealing
@@ -223,7 +246,17 @@ def align_congeal3d(image_set: ImageSet, request: AlignRequest) -> Alignment:
     Masks come from the images' alpha channel if they have one, else from co-segmentation
     (Chapter 3). Nothing is written unless every stage succeeds. With ``request.cameras`` (a
     capture's camera file) the shape is fitted from the photos themselves instead
-    (:func:`align_capture`). Returns the :func:`congealing.congeal3d.fit` alignment the report shows.
+    (:func:`align_capture`). Chapter 7, "Align your own photos"; the method is Chapter 6's.
+
+    Args:
+        image_set: the loaded photos ``(N, 3, S, S)`` with their names (and alpha masks, if any).
+        request: the run's settings; ``request.shape`` (or ``request.cameras``) is required.
+
+    Returns:
+        the :func:`congealing.congeal3d.fit` alignment the report shows (written to ``request.out``).
+
+    Raises:
+        UsageError: neither ``request.shape`` nor ``request.cameras`` is given.
     """
     if request.cameras is not None:
         return align_capture(image_set, request)
@@ -288,8 +321,15 @@ def align_capture(image_set: ImageSet, request: AlignRequest) -> Alignment:
     photo in the model's square camera, the canonical shape rendered from the camera found, its
     NOCS map and an edit; ``summary.json`` adds each camera from the file (in the normalised
     frame), the angle between it and the camera found, the anchors, and what the importer
-    ignored. Nothing is written unless every stage succeeds. Returns the posed photos'
-    :func:`congealing.congeal3d.fit` alignment.
+    ignored. Nothing is written unless every stage succeeds. Chapter 6, "From lego to a hand-held capture", runs the
+    same :func:`congealing.congeal3d.captures.congeal_capture`.
+
+    Args:
+        image_set: the loaded photos ``(N, 3, S, S)`` (padded squares, ``valid`` their own pixels).
+        request: the run's settings, with ``cameras`` and ``capture_cameras``.
+
+    Returns:
+        the posed photos' :func:`congealing.congeal3d.fit` alignment (the report is written to ``request.out``).
     """
     progress = AlignProgress("congeal3d")
     progress.stage("loading the backbone and making the masks")

@@ -45,10 +45,41 @@ import torch
 
 from . import warps
 
-__all__ = ["Alignment", "PointMap", "transfer_via_transforms", "transfer_via_grids"]
+__all__ = ["Alignment", "PointMap", "ReportViews", "transfer_via_transforms", "transfer_via_grids"]
 
 #: ``(src, tgt, points (K, 2) pixel xy in image src) -> (K, 2) pixel xy in image tgt``.
 PointMap = Callable[[int, int, torch.Tensor], torch.Tensor]
+
+
+@dataclass
+class ReportViews:
+    """What a method shows in the ``congeal align`` report besides what every method shows (the
+    inputs, the aligned images, their mean and the propagated edit).
+
+    A method's ``fit`` fills :attr:`Alignment.report` with a function ``report(images, side) ->
+    ReportViews``; the report (:func:`congealing.align.align`) calls it once, so nothing here is
+    computed when an alignment is only evaluated.
+
+    Attributes:
+        atlas: named atlas-frame pictures ``(C, h, w)``, shown after the mean of the aligned images.
+        images: named per-image columns ``(N, C, H, W)``, shown beside the aligned images.
+        masks: ``(N, 1, h, w)`` in ``[0, 1]``, what the method treated as the object, or None.
+        scores: a per-image score ``{"name", "values" (N,), "better": "lower" | "higher", "doc"}``,
+            or None.
+        edit_region: ``(side, side)`` where the demo edit is drawn in the atlas frame (> 0.5), or
+            None: a disk at the centre.
+
+    Example:
+        >>> views = ReportViews(atlas={"saliency": torch.ones(1, 4, 4)})
+        >>> list(views.atlas), views.images, views.masks, views.scores, views.edit_region
+        (['saliency'], {}, None, None, None)
+    """
+
+    atlas: dict = field(default_factory=dict)
+    images: dict = field(default_factory=dict)
+    masks: torch.Tensor | None = None
+    scores: dict | None = None
+    edit_region: torch.Tensor | None = None
 
 
 @dataclass
@@ -75,6 +106,8 @@ class Alignment:
         parameters: trainable parameters (6 per image for an affine transform each).
         state: the method's own trained objects (models, keys, configs) for the chapters.
         point_map: an exact image-to-image map to use instead of the generic one, or None.
+        report: ``report(images (N, C, H, W), side) -> ReportViews``, what the ``congeal align``
+            report shows of the method at atlas side ``side``, or None (nothing method-specific).
 
     Raises:
         ValueError: both ``transforms`` and ``grids`` are given; neither, without a ``point_map``
@@ -102,6 +135,9 @@ class Alignment:
     parameters: int = 0
     state: dict = field(default_factory=dict, repr=False)
     point_map: PointMap | None = field(default=None, repr=False)
+    report: Callable[[torch.Tensor, int], ReportViews] | None = field(default=None, repr=False, compare=False)
+    # transfer_points' transfer, built on first use for the mapping it was built from (see _cached_transfer)
+    _transfer_cache: tuple | None = field(default=None, init=False, repr=False, compare=False)
 
     def __post_init__(self):
         if self.transforms is not None and self.grids is not None:
@@ -180,7 +216,17 @@ class Alignment:
             >>> Alignment("demo", (4, 4), transforms=T).transfer_points(0, 1, torch.tensor([[1.0, 1.0]]))
             tensor([[0., 1.]])
         """
-        return self.transfer()(src, tgt, points)
+        return self._cached_transfer()(src, tgt, points)
+
+    def _cached_transfer(self) -> PointMap:
+        """:meth:`transfer`, built once (it inverts every transform or holds every grid) and rebuilt
+        only if ``transforms``, ``grids``, ``point_map``, ``size`` or ``flips`` is replaced by
+        another object. Editing one of those tensors in place is not seen: assign a new one."""
+        key = (self.transforms, self.grids, self.point_map, self.size, self.flips)
+        cached = self._transfer_cache
+        if cached is None or any(a is not b for a, b in zip(cached[0], key)):
+            cached = self._transfer_cache = (key, self.transfer())
+        return cached[1]
 
     def transfer(self) -> PointMap:
         """The keypoint transfer ``(src, tgt, points (K, 2)) -> (K, 2)`` in pixels of ``size``.

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import os
 import random
-from dataclasses import replace
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import ClassVar
 
@@ -149,6 +149,27 @@ class ModeConfig:
         """
         base = cls.quick() if get_mode(mode) == "quick" else cls()
         return replace(base, **overrides)
+
+    def plain(self) -> dict:
+        """The config as a dict of plain numbers, strings and lists (tuples become lists).
+
+        What goes into JSON (``summary.json`` of a report) and checkpoints (the fingerprint and
+        config a resumed run is checked against); ``json.loads(json.dumps(config.plain()))`` gives
+        the same dict back.
+
+        Returns:
+            ``{field name: value}`` for every dataclass field, in field order.
+
+        Example:
+            >>> from dataclasses import dataclass
+            >>> @dataclass(frozen=True)
+            ... class Demo(ModeConfig):
+            ...     sizes: tuple = (32, 8)
+            ...     rate: float = 1e-3
+            >>> Demo().plain()
+            {'sizes': [32, 8], 'rate': 0.001}
+        """
+        return {name: list(value) if isinstance(value, tuple) else value for name, value in asdict(self).items()}
 
 
 def seed_everything(seed: int = 0) -> torch.Generator:

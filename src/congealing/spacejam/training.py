@@ -1,236 +1,36 @@
-"""SpaceJAM: fast joint alignment with a ~16K-parameter network (Barel et al., ECCV 2024).
-
-The pipeline, as in the official code (``BGU-CS-VIL/SpaceJAM``), with the changes listed below:
-
-1. **Keys** (:func:`prepare_keys`): dense descriptors of every image, PCA to ``K = 25`` components
-   fitted on all locations of the whole set, multiplied by the set's foreground masks.
-2. **Autoencoder** (:class:`KeyAutoencoder`): a per-pixel MLP of 1x1 convolutions, 25 -> 3 -> 25
-   channels, 3,036 parameters. Its 3-channel code (the "low-dimensional keys", shown as RGB) is what
-   the alignment network reads. Pretrained with a masked L2 reconstruction loss.
-3. **Alignment network** (:class:`RecurrentLieSTN`): a small CNN (13,271 parameters) that reads a
-   code map and predicts a Lie-algebra element ``xi`` in sl(3) (8 numbers). It runs 5 times with
-   the same weights; each step re-warps the *original* code with the transform so far (so the
-   network never sees an interpolation of an interpolation), and the steps compose as matrix
-   products of exponentials, ``T = exp(xi_5) ... exp(xi_1)``. The last layer starts at zero, so
-   every transform is the identity at initialisation.
-4. **Curriculum**: ``xi`` is projected onto se(2), then aff(2), then sl(3)
-   (:func:`congealing.warps.project`), using the nesting of the algebras.
-5. **Inverse-compositional loss** (:func:`ic_loss`): for every ordered pair ``(i, j)`` of a batch,
-   the keys of ``i`` carried into ``j``'s own frame by ``T_j^-1 T_i`` must reproduce ``j``'s keys.
-   Nothing is measured in the atlas frame, so shrinking every image does not lower the loss, and no
-   regulariser is needed.
-6. **Reflections**: every image is also seen mirrored, and both configurations of every target
-   are trained (the loss averages over them); each source may also be mirrored in the common frame
-   (the "atlas flip"), and each pair keeps the better of the two. Each image's flip configuration
-   ``c_n`` (used when it is the source of a pair, and in its final transform) is updated every 20
-   epochs from a 20-epoch history, between 10 % and 90 % of training.
-
-Transforms follow :mod:`congealing.warps`: ``T_n`` ``(3, 3)`` maps image ``n``'s normalised
-coordinates to the common frame (flip included), so a keypoint moves from ``a`` to ``b`` by
-``T_b^-1 T_a`` in closed form.
-
-Differences from the official code, and why
--------------------------------------------
-* Pairs are warped **once**, directly by ``T_j^-1 T_i``, instead of forward into an atlas and back
-  (two interpolations), and the *decoded* keys are warped rather than the codes (the decoder is
-  per-pixel, so it runs on ``B`` maps instead of ``4 B^2``). Outside the source image the
-  prediction is ``Dec(0)``, what the official code's zero-padded code warp decodes to there
-  (``decoded_padding``). This removes the official code's giant temporaries (22 GB on CPU, see the
-  book's anchors) and is what makes it fast.
-* The history that drives the flip update is recorded from the training losses instead of an
-  extra evaluation pass against one random image's atlas.
-* The encoder's global scalar normaliser keeps running statistics for evaluation (the official one
-  uses the statistics of whichever 2 maps it is given at test time).
-* The network predicts the 8 sl(3) coordinates of :func:`congealing.warps.lie_basis` (the official
-  one predicts 9 matrix entries), so the STN has 13,271 instead of 13,304 parameters.
-* PCA: a plain centred PCA on the unit-norm descriptors (no double standardisation), and the keys
-  are divided by one scalar (their foreground standard deviation) so losses are O(1) for any
-  backbone.
-
->>> cfg = SpaceJAMConfig.for_mode("quick")
->>> cfg.pca_dim, cfg.low_dim, cfg.recurrences, cfg.batch_size
-(25, 3, 5, 10)
->>> ae, stn = KeyAutoencoder(cfg), RecurrentLieSTN(cfg)
->>> count_parameters(ae), count_parameters(stn)
-(3036, 13271)
+"""SpaceJAM's keys, losses and training: the masked PCA keys (:func:`prepare_keys`), the
+inverse-compositional loss (:func:`ic_loss`), the two training phases (:func:`train`), the atlas
+pictures and the common protocol's :func:`fit`. Chapter 5, "The keys: masked PCA maps and a
+3-channel autoencoder", "Reflections" and "Results on CUB"; the networks are in
+:mod:`congealing.spacejam.model`.
 """
 from __future__ import annotations
 
 import os
 import time
 import warnings
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
 
-from . import checkpoints, features, warps
-from .alignment import Alignment
-from .losses import check_finite
-from .runtime import ModeConfig, get_device
+from .. import checkpoints, features, warps
+from ..alignment import Alignment, ReportViews
+from ..losses import check_finite
+from ..runtime import get_device
+from .model import KeyAutoencoder, RecurrentLieSTN, SpaceJAMConfig, count_parameters
 
 __all__ = [
-    "GROUPS", "DIVERGED_ADVICE", "SpaceJAMConfig", "count_parameters", "prepare_keys", "keys_from_descriptors",
-    "GlobalNorm", "KeyAutoencoder", "RecurrentLieSTN", "pair_predictions", "ic_loss", "atlas_loss",
-    "TrainResult", "infer", "pretrain_epoch", "joint_loss", "joint_epoch", "update_flips", "train",
-    "atlas", "codes_to_rgb", "fit",
+    "DIVERGED_ADVICE", "prepare_keys", "keys_from_descriptors", "pair_predictions", "ic_loss",
+    "atlas_loss", "TrainResult", "infer", "pretrain_epoch", "joint_loss", "joint_epoch",
+    "update_flips", "train", "atlas", "codes_to_rgb", "fit",
 ]
 
-GROUPS = ("se2", "affine", "homography")
 DIVERGED_ADVICE = "check the inputs for degenerate images (e.g. blank) and the config's learning rates"
 
 
-# ----------------------------------------------------------------------------- configuration
-
-
-@dataclass(frozen=True)
-class SpaceJAMConfig(ModeConfig):
-    """Every number of the method, with the official code's defaults (full mode).
-
-    Quick mode (:meth:`for_mode`) changes only:
-
-    * ``map_size`` 256 -> 32. The official code bilinearly upsamples 64x64 descriptor grids to
-      256x256; upsampled maps carry no extra information but cost more per warp (the loss warps
-      ``2 B^2`` maps per batch). 32x32 is the native grid of a stride-8 backbone on 256-pixel
-      images (EfficientNet-Lite0's finest stage) and makes every warp 64x cheaper than at 256
-      (64x64 measured 4x slower than 32x32 per epoch on 2 cores). The STN's adaptive pools keep its
-      layers, and parameter count, identical at any size.
-    * ``ae_epochs`` 301 -> 30 and ``epochs`` 401 -> 90, so a 30-image class trains in about a
-      minute of one CPU core. Every epoch-based schedule (curriculum switches, StepLR period, flip
-      updates and their window) is scaled by the same factor, so the *shape* of training is kept.
-      Halving the earlier quick schedule (60 / 120) first cost nothing (class 1, seed 0: 34.5
-      against 31.2 PCK@0.1); once the loss was cheaper (``loss_size`` below), 90 joint epochs
-      instead of 60 raised the mean over classes 1-3 and seeds 0-2 from 44.9 to 48.8 (held-out
-      classes 4-6, seed 0: 55.5 either way) for about 50 s of CPU per class instead of 37.
-    * ``stn_lr`` 2e-4 -> 1e-3. With 4.5x fewer Adam steps, the published rate cannot move the
-      network as far (Adam's step is about ``lr`` per step whatever the gradient's size): on CUB
-      class 1 (EfficientNet-Lite0, the earlier 120-epoch quick schedule) it left PCK@0.1 at 12 %,
-      near the identity, against 27.5 % with 1e-3 (2e-4 x 401/90 = 8.9e-4 keeps the path length;
-      1e-3 rounds it up).
-    * ``stn_pools`` (32, 8) -> (26, 8): the first pool's official size is what 256-px maps reach
-      after the 7x7 convolution (250 -> 32). On 32-px maps that convolution leaves 26x26, which a
-      32 pool would only *enlarge* (repeating pixels for the next convolution to pay for); 26 keeps
-      it as it is. Same layers and parameter count.
-    * ``loss_size`` 0 -> 16: the IC loss compares the maps area-averaged to 16x16 (the STN still
-      reads the 32x32 codes). The pair warps are 4x fewer samples; a joint epoch went from 1.1 s to
-      0.5 s of CPU, and PCK did not drop (classes 1/2/3, seed 0, with the flip init below:
-      34.6 / 45.6 / 43.8 against 32.7 / 48.9 / 37.5 at 32x32).
-    * ``flip_init`` "none" -> "consensus" (:func:`congealing.features.consensus_flips`): the images start in the
-      mirror configuration that makes their keys' column profiles agree, instead of all as they
-      are; the official history-based updates still run. On class 1 the updates alone left 9 of 27
-      birds facing the other way (by beak/tail keypoints); with the consensus start 4. Offline, the
-      consensus alone orients classes 1-6 consistently (100 / 95 / 100 / 100 / 100 / 100 % of the
-      birds whose beak and tail are visible). Mean PCK@0.1 over classes 1-3, seed 0: 39.2 -> 41.3.
-    * ``pca_fit`` "all" -> "foreground": the PCA is fitted (and centred) on the co-segmented
-      foreground only, so its 25 components describe the object rather than what separates it from
-      the background, and the object's mean key is the background's value 0 (meant to make the
-      loss weigh the parts' layout more than the silhouette; not measured apart). Classes 1/2/3,
-      seed 0: 33.0 / 43.9 / 67.1 against 34.6 / 45.6 / 43.8.
-
-    The loss follows the official code in both modes: ``atlas_flips`` (mean over each target's two
-    flip configurations, min over the atlas's mirror) and ``decoded_padding`` (a source predicts
-    ``Dec(0)`` outside its frame, as the official zero-padded code warp does).
-
-    What each quick change bought, and what was tried and not kept, is measured in
-    ``benchmarks/records/issue15_quick_cpu.json`` (explained in ``benchmarks/issue15_log.md``) and
-    shown in Chapter 5, "Where this leaves SpaceJAM in quick mode".
-    """
-
-    # keys
-    pca_dim: int = 25
-    map_size: int = 256
-    descriptor_grid: int = 64
-    pca_fit: str = "all"  # fit the PCA on "all" locations (official) or on the "foreground" only
-    # autoencoder (1x1 convs): 25 -> 32 -> 16 -> 3 and back
-    low_dim: int = 3
-    ae_hidden: tuple = (32, 16)
-    # alignment network
-    stn_channels: tuple = (10, 5)
-    stn_kernels: tuple = (7, 5)
-    stn_pools: tuple = (32, 8)
-    stn_hidden: int = 32
-    recurrences: int = 5
-    # optimisation
-    ae_epochs: int = 301
-    epochs: int = 401
-    batch_size: int = 10
-    ae_lr: float = 1e-3
-    stn_lr: float = 2e-4
-    joint_ae_lr: float = 1e-3
-    lr_step: int = 50
-    lr_gamma: float = 0.9
-    # curriculum: se(2) from epoch 0, aff(2) from 101, sl(3) from 201
-    curriculum_epochs: tuple = (101, 201)
-    # reflections
-    flips: bool = True
-    flip_every: int = 20
-    flip_window: int = 20
-    flip_range: tuple = (0.1, 0.9)
-    # initial flip configurations: "none" (official: every image as it is) or "consensus" (features.consensus_flips)
-    flip_init: str = "none"
-    # switches for the ablations (all True/"lie"/"ic" is the method)
-    pretrain_ae: bool = True
-    curriculum: bool = True
-    parameterisation: str = "lie"  # or "matrix": T = I + A per step, no exponential
-    loss: str = "ic"  # or "atlas": distance to the mean of the aligned keys, no regulariser
-    # the IC loss is a mean over each target's mask instead of all its pixels (official weight_loss_with_masks)
-    mask_weighted_loss: bool = False
-    # the IC loss compares maps area-averaged to loss_size x loss_size (0: at map_size, official)
-    loss_size: int = 0
-    # reflections in the loss: min over the atlas's mirror, mean over the target's two configurations
-    atlas_flips: bool = True
-    # out of the source's frame a prediction is Dec(0) (official: codes are warped with zero padding), not 0
-    decoded_padding: bool = True
-    seed: int = 42
-
-    @classmethod
-    def quick(cls) -> "SpaceJAMConfig":
-        """The CPU-sized quick config (see the class docstring): the published one, :meth:`scaled`
-        to 30 + 90 epochs, with the listed changes."""
-        return cls().scaled(
-            ae_epochs=30, epochs=90, map_size=32, stn_lr=1e-3, stn_pools=(26, 8), loss_size=16, flip_init="consensus",
-            pca_fit="foreground",
-        )
-
-    def scaled(self, *, ae_epochs: int, epochs: int, **changes) -> "SpaceJAMConfig":
-        """A copy trained for ``epochs`` joint epochs, with every epoch-based schedule scaled alike."""
-        f = epochs / self.epochs
-        scale = lambda v: max(1, round(v * f))  # noqa: E731
-        return replace(
-            self,
-            ae_epochs=ae_epochs,
-            epochs=epochs,
-            lr_step=scale(self.lr_step),
-            curriculum_epochs=tuple(scale(e) for e in self.curriculum_epochs),
-            flip_every=scale(self.flip_every),
-            flip_window=scale(self.flip_window),
-            **changes,
-        )
-
-    def group_at(self, epoch: int) -> str:
-        """The transformation group trained at (0-based) joint ``epoch``.
-
-        >>> cfg = SpaceJAMConfig()
-        >>> cfg.group_at(0), cfg.group_at(101), cfg.group_at(400)
-        ('se2', 'affine', 'homography')
-        """
-        if not self.curriculum:
-            return "homography"
-        return GROUPS[sum(epoch >= e for e in self.curriculum_epochs)]
-
-    def flip_update_at(self, epoch: int) -> bool:
-        """Whether the flip configurations are re-chosen after (0-based) ``epoch``
-        (official: epochs 60, 80, ..., 360 of 401)."""
-        low, high = self.flip_range
-        return self.flips and epoch > 0 and epoch % self.flip_every == 0 and low < epoch / self.epochs < high
-
-
-def count_parameters(module: nn.Module) -> int:
-    """Number of trainable parameters."""
-    return sum(p.numel() for p in module.parameters() if p.requires_grad)
 
 
 # ----------------------------------------------------------------------------- keys
@@ -248,7 +48,21 @@ def prepare_keys(
     ``masks`` ``(N, 1, *, *)`` in ``[0, 1]``: the set's foreground. If ``None``, Chapter 3's
     co-segmentation (:func:`congealing.features.cosegment`) finds it, leaving out the padding
     outside ``valid`` ``(N, 1, H, W)`` (the photos' own pixels) if given. Descriptors are cached
-    on disk by :func:`congealing.features.extract_descriptors`.
+    on disk by :func:`congealing.features.extract_descriptors`; the keys are made by
+    :func:`keys_from_descriptors`. Chapter 5, "The keys: masked PCA maps and a 3-channel autoencoder".
+
+    Args:
+        images: ``(N, 3, H, W)`` in ``[0, 1]``, ``N >= 2``.
+        backbone: the :class:`congealing.features.Backbone`.
+        config: the config (``descriptor_grid``, ``pca_dim``, ``pca_fit``, ``map_size``).
+        masks: ``(N, 1, *, *)`` foreground in ``[0, 1]``, or None (co-segmentation).
+        valid: ``(N, 1, H, W)`` the photos' own pixels, or None.
+
+    Returns:
+        keys ``(N, K, S, S)`` and masks ``(N, 1, S, S)`` (``K = config.pca_dim``, ``S = config.map_size``).
+
+    Raises:
+        ValueError: the images are not ``(N, 3, H, W)`` RGB with ``N >= 2``.
     """
     if images.ndim != 4 or images.shape[1] != 3:
         raise ValueError(f"expected RGB images (N, 3, H, W), got {tuple(images.shape)}")
@@ -290,115 +104,6 @@ def keys_from_descriptors(descriptors: torch.Tensor, masks: torch.Tensor, config
     keys = maps * masks
     scale = keys.permute(1, 0, 2, 3)[:, masks[:, 0] > 0].std()
     return (keys / scale.clamp_min(1e-12)).contiguous(), masks
-
-
-# ----------------------------------------------------------------------------- networks
-
-
-class GlobalNorm(nn.Module):
-    """``(x - mean) / (std + 1e-8)`` with one scalar mean and std over the whole batch tensor.
-
-    The official encoder's last step. In training the batch's statistics are used and a running
-    average is kept (like batch norm), which evaluation uses, so a code does not depend on which
-    other images are evaluated with it.
-    """
-
-    def __init__(self, momentum: float = 0.1):
-        super().__init__()
-        self.momentum = momentum
-        self.register_buffer("running_mean", torch.zeros(()))
-        self.register_buffer("running_std", torch.ones(()))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.training:
-            mean, std = x.mean(), x.std()
-            with torch.no_grad():
-                self.running_mean.lerp_(mean.detach(), self.momentum)
-                self.running_std.lerp_(std.detach(), self.momentum)
-        else:
-            mean, std = self.running_mean, self.running_std
-        return (x - mean) / (std + 1e-8)
-
-
-def _mlp(channels: list[int]) -> list[nn.Module]:
-    layers: list[nn.Module] = []
-    for index, (a, b) in enumerate(zip(channels[:-1], channels[1:])):
-        layers.append(nn.Conv2d(a, b, 1))
-        if index < len(channels) - 2:  # official order inside a hidden block: conv, ReLU, BN
-            layers += [nn.ReLU(), nn.BatchNorm2d(b)]
-    return layers
-
-
-class KeyAutoencoder(nn.Module):
-    """Per-pixel autoencoder: keys ``(B, 25, H, W)`` -> codes ``(B, 3, H, W)`` -> keys.
-
-    1x1 convolutions only, so it is "fully convolutional" at any resolution and commutes with
-    flips. 3,036 parameters with the defaults.
-
-    >>> ae = KeyAutoencoder(SpaceJAMConfig())
-    >>> ae.encode(torch.randn(2, 25, 8, 8)).shape
-    torch.Size([2, 3, 8, 8])
-    """
-
-    def __init__(self, config: SpaceJAMConfig):
-        super().__init__()
-        widths = [config.pca_dim, *config.ae_hidden, config.low_dim]
-        self.encoder = nn.Sequential(*_mlp(widths), GlobalNorm())
-        self.decoder = nn.Sequential(*_mlp(widths[::-1]))
-
-    def encode(self, keys: torch.Tensor) -> torch.Tensor:
-        return self.encoder(keys)
-
-    def decode(self, codes: torch.Tensor) -> torch.Tensor:
-        return self.decoder(codes)
-
-    def forward(self, keys: torch.Tensor) -> torch.Tensor:
-        return self.decode(self.encode(keys))
-
-
-class RecurrentLieSTN(nn.Module):
-    """The localisation network, applied ``recurrences`` times with shared weights.
-
-    Input codes ``(B, 3, S, S)`` (any ``S`` >= 19); output transforms ``(B, 3, 3)`` (and, with
-    ``return_steps``, the transform after every step, ``(B, steps, 3, 3)``). 13,271 parameters with
-    the defaults; the head starts at zero so the output is the identity at initialisation.
-
-    >>> stn = RecurrentLieSTN(SpaceJAMConfig())
-    >>> torch.allclose(stn(torch.randn(2, 3, 64, 64), "homography"), torch.eye(3).expand(2, 3, 3))
-    True
-    """
-
-    def __init__(self, config: SpaceJAMConfig):
-        super().__init__()
-        (c1, c2), (k1, k2), (p1, p2) = config.stn_channels, config.stn_kernels, config.stn_pools
-        self.features = nn.Sequential(
-            nn.Conv2d(config.low_dim, c1, k1), nn.AdaptiveMaxPool2d(p1), nn.ReLU(),
-            nn.Conv2d(c1, c2, k2), nn.AdaptiveMaxPool2d(p2), nn.ReLU(), nn.Flatten(),
-        )
-        self.head = nn.Sequential(nn.Linear(c2 * p2 * p2, config.stn_hidden), nn.ReLU(), nn.Linear(config.stn_hidden, 8))
-        nn.init.zeros_(self.head[-1].weight)  # identity at initialisation: exp(0) = I
-        nn.init.zeros_(self.head[-1].bias)
-        self.recurrences = config.recurrences
-        self.parameterisation = config.parameterisation
-
-    def step(self, codes: torch.Tensor, group: str) -> torch.Tensor:
-        """One increment ``(B, 3, 3)``: ``exp(project(xi))`` (or ``I + hat(xi)`` without the Lie parameterisation)."""
-        xi = warps.project(self.head(self.features(codes)), group)
-        if self.parameterisation == "matrix":
-            return torch.eye(3, dtype=xi.dtype, device=xi.device) + warps.hat(xi)
-        return warps.exp(xi)
-
-    def forward(self, codes: torch.Tensor, group: str = "homography", steps: int | None = None, return_steps: bool = False):
-        T = warps.identity(codes.shape[0], codes.dtype, codes.device)
-        history = []
-        for k in range(self.recurrences if steps is None else steps):
-            # Each step reads the *original* codes warped once by the transform so far.
-            view = codes if k == 0 else warps.warp_image(codes, T)
-            T = warps.compose(self.step(view, group), T)  # the new increment acts in the aligned frame
-            history.append(T)
-        if return_steps:
-            return T, torch.stack(history, dim=1)
-        return T
 
 
 # ----------------------------------------------------------------------------- losses
@@ -543,11 +248,29 @@ def _flip_transforms(B: int, dtype, device) -> torch.Tensor:
 
 @torch.no_grad()
 def infer(ae: KeyAutoencoder, stn: RecurrentLieSTN, keys: torch.Tensor, flips: torch.Tensor, group: str = "homography", chunk: int = 16, steps: int | None = None):
-    """Evaluation-mode transforms of all images: ``(T (N, 3, 3), steps (N, L, 3, 3), codes (N, 3, S, S))``.
+    """Evaluation-mode transforms of all images (Chapter 5, "Lie groups, the curriculum and the cascade").
 
     ``T_n = M_n R_n`` where ``R_n`` is the flip of image ``n``'s configuration and ``M_n`` the STN's
     output for the (possibly mirrored) codes after ``steps`` recurrent steps (``L``; default: all
     of them).
+
+    Args:
+        ae: the key autoencoder; stn: the alignment network.
+        keys: ``(N, K, S, S)``.
+        flips: ``(N,)`` bool, each image's flip configuration.
+        group: the transformation group the network's output is projected onto.
+        chunk: images per forward pass.
+        steps: recurrent steps to run (None: all).
+
+    Returns:
+        ``T`` ``(N, 3, 3)`` image -> common frame, ``steps`` ``(N, L, 3, 3)`` the transform after each
+        step, and the codes ``(N, 3, S, S)``.
+
+    Example:
+        >>> cfg = SpaceJAMConfig.for_mode("quick", map_size=16)
+        >>> T, steps, codes = infer(KeyAutoencoder(cfg), RecurrentLieSTN(cfg), torch.randn(2, 25, 16, 16), torch.tensor([False, True]))
+        >>> T.shape, steps.shape, codes.shape, torch.linalg.det(T[:, :2, :2]).sign().tolist()  # the zero-initialised STN: identity, mirrored for image 1
+        (torch.Size([2, 3, 3]), torch.Size([2, 5, 3, 3]), torch.Size([2, 3, 16, 16]), [1.0, -1.0])
     """
     ae.eval(), stn.eval()
     Ts, all_steps, codes = [], [], []
@@ -670,9 +393,28 @@ def train(
     numbers, and ``fingerprint``: what the inputs and config were); with ``resume`` training
     continues from it (also with more epochs), and :class:`congealing.errors.CheckpointError` is
     raised if the file is not a checkpoint or was made for another ``fingerprint``.
-    ``progress(done, total, note)`` is called after every epoch (autoencoder epochs first). Raises
-    ``ValueError`` for fewer than two
-    images and ``FloatingPointError`` (naming the phase, epoch, step and loss) on divergence.
+    ``progress(done, total, note)`` is called after every epoch (autoencoder epochs first).
+    Chapter 5: the autoencoder pretraining ("The keys: masked PCA maps and a 3-channel
+    autoencoder"), then joint training ("Lie groups, the curriculum and the cascade", "Reflections").
+
+    Args:
+        keys: ``(N, K, S, S)`` (:func:`prepare_keys`); masks: ``(N, 1, S, S)``.
+        config: the config (None: ``SpaceJAMConfig.for_mode()``).
+        device: where to train (None: the CPU).
+        checkpoint: the checkpoint file, or None; resume: continue from it if it exists.
+        checkpoint_every: epochs between checkpoints.
+        fingerprint: JSON-ready description of the inputs, stored in and checked against the checkpoint.
+        progress: ``progress(done, total, note)``, or None.
+
+    Returns:
+        the :class:`TrainResult`: ``transforms`` ``(N, 3, 3)`` (image -> common frame, flips
+        included), ``flips`` ``(N,)``, each recurrent step's transform, the transforms at the end of
+        each curriculum stage, the codes, the losses, the seconds per phase and the networks.
+
+    Raises:
+        ValueError: the keys are not ``(N, config.pca_dim, S, S)`` or there are fewer than two images.
+        CheckpointError: ``resume`` with a checkpoint made for another ``fingerprint``.
+        FloatingPointError: a non-finite loss (naming the phase, epoch, step and loss).
     """
     config = config or SpaceJAMConfig.for_mode()
     if keys.ndim != 4 or keys.shape[1] != config.pca_dim:
@@ -721,7 +463,7 @@ def train(
         state.update(
             flips=flips.clone(), history=history.clone(), ae_losses=torch.tensor(ae_losses), losses=torch.tensor(losses),
             ae_epoch=ae_epoch, epoch=epoch, generator=generator.get_state(),
-            seconds_ae=seconds["ae"], seconds_joint=seconds["joint"], config=_config_dict(config),
+            seconds_ae=seconds["ae"], seconds_joint=seconds["joint"], config=config.plain(),
             **{f"stage_{k}": v for k, v in stages.items()},
         )
         checkpoints.save(state, checkpoint, fingerprint)
@@ -774,11 +516,6 @@ def train(
     )
 
 
-def _config_dict(config: SpaceJAMConfig) -> dict:
-    """The config as plain numbers and strings (checkpoint-safe)."""
-    return {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(config).items()}
-
-
 # ----------------------------------------------------------------------------- after training
 
 
@@ -786,10 +523,22 @@ def atlas(maps: torch.Tensor, transforms: torch.Tensor, masks: torch.Tensor | No
     """The atlas ``(C, H, W)``: the mean of ``maps`` ``(N, C, H, W)`` warped by ``transforms`` ``(N, 3, 3)``.
 
     With ``masks`` ``(N, 1, H, W)``, the mean runs over the images whose warped mask covers each
-    pixel (so the background does not darken it).
+    pixel (so the background does not darken it). Chapter 5, "Results on CUB", shows them; so does
+    the ``congeal align`` report.
 
-    >>> atlas(torch.ones(2, 3, 4, 4), warps.identity(2)).shape
-    torch.Size([3, 4, 4])
+    Args:
+        maps: ``(N, C, H, W)`` images or maps in each image's frame.
+        transforms: ``(N, 3, 3)`` image -> common frame.
+        masks: ``(N, 1, H, W)`` in ``[0, 1]``, or None (a plain mean).
+
+    Returns:
+        ``(C, H, W)``.
+
+    Example:
+        >>> atlas(torch.ones(2, 3, 4, 4), warps.identity(2)).shape
+        torch.Size([3, 4, 4])
+        >>> atlas(torch.stack([torch.zeros(1, 2, 2), torch.ones(1, 2, 2)]), warps.identity(2), torch.tensor([0.0, 1.0]).view(2, 1, 1, 1).expand(2, 1, 2, 2))[0, 0, 0].item()
+        1.0
     """
     warped = warps.warp_image(maps.float(), transforms.float())
     if masks is None:
@@ -799,8 +548,20 @@ def atlas(maps: torch.Tensor, transforms: torch.Tensor, masks: torch.Tensor | No
 
 
 def codes_to_rgb(codes: torch.Tensor) -> torch.Tensor:
-    """Low-dimensional keys ``(N, 3, S, S)`` as RGB in ``[0, 1]``: :func:`congealing.features.minmax_rgb`
-    (one min-max over the whole set, so the same colour means the same code in every image)."""
+    """Low-dimensional keys as RGB: :func:`congealing.features.minmax_rgb` (one min-max over the
+    whole set, so the same colour means the same code in every image). Chapter 5, "The keys: masked
+    PCA maps and a 3-channel autoencoder", shows them; so does the ``congeal align`` report.
+
+    Args:
+        codes: ``(N, 3, S, S)``.
+
+    Returns:
+        ``(N, 3, S, S)`` in ``[0, 1]``.
+
+    Example:
+        >>> codes_to_rgb(torch.tensor([-1.0, 0.0, 1.0]).view(1, 3, 1, 1).expand(2, 3, 2, 2)).amin().item()
+        0.0
+    """
     return features.minmax_rgb(codes)
 
 
@@ -825,24 +586,38 @@ def fit(images: torch.Tensor, config: SpaceJAMConfig, *, masks: torch.Tensor | N
 
     Returns:
         an Alignment with ``transforms`` ``(N, 3, 3)`` (image -> atlas, flip included), ``flips``,
-        ``atlas`` (``"mean"``, ``"foreground"`` and ``"keys"`` (the low-dimensional keys as RGB),
-        each ``(3, H, W)``), the masks ``(N, 1, S, S)``, one history entry per joint epoch
-        (``epoch``, ``loss``; the autoencoder's are in the result) and ``state["result"]``, the
-        :class:`TrainResult`.
+        the masks ``(N, 1, S, S)``, one history entry per joint epoch (``epoch``, ``loss``; the
+        autoencoder's are in the result), ``state["result"]``, the :class:`TrainResult`, and
+        ``report``: the foreground atlas, the atlas of the low-dimensional keys and each image's keys
+        at the images' size, built only when a report asks (:func:`atlas`, :func:`codes_to_rgb`).
     """
     device = device if isinstance(device, torch.device) else get_device(device)
     backbone = backbone if backbone is not None else features.load_backbone(None, device)
     keys, masks = prepare_keys(images, backbone, config, masks)
     progress = None if callback is None else (lambda done, total, note="": callback(done, total))
     result = train(keys, masks, config, device=device, checkpoint=checkpoint, resume=resume, fingerprint=fingerprint, progress=progress)
-    size = tuple(images.shape[-2:])
-    mask_up = F.interpolate(result.masks, size=size, mode="bilinear", align_corners=False)
-    codes_up = F.interpolate(codes_to_rgb(result.codes), size=size, mode="bilinear", align_corners=False)
     history = [{"epoch": e, "loss": loss} for e, loss in enumerate(result.losses)]
     return Alignment(
-        method="spacejam", size=size, transforms=result.transforms, flips=result.flips,
-        atlas={"mean": atlas(images, result.transforms), "foreground": atlas(images, result.transforms, mask_up),
-               "keys": atlas(codes_up, result.transforms, mask_up)},
+        method="spacejam", size=tuple(images.shape[-2:]), transforms=result.transforms, flips=result.flips,
         masks=result.masks, history=history, seconds=float(sum(result.seconds.values())), parameters=result.parameters["total"],
-        state={"result": result, "config": config, "backbone": backbone.name},
+        state={"result": result, "config": config, "backbone": backbone.name}, report=_report_views(result),
     )
+
+
+def _report_views(result: TrainResult) -> Callable[[torch.Tensor, int], ReportViews]:
+    """What the ``congeal align`` report shows of a trained SpaceJAM, at the images' size: the
+    foreground atlas and the atlas of the low-dimensional keys (as RGB), each image's keys and its
+    mask, and the edit drawn over the atlas of the masks."""
+
+    def views(images: torch.Tensor, side: int) -> ReportViews:
+        size = images.shape[-2:]
+        mask_up = F.interpolate(result.masks, size=size, mode="bilinear", align_corners=False)
+        codes = codes_to_rgb(result.codes)
+        codes_up = F.interpolate(codes, size=size, mode="bilinear", align_corners=False)
+        return ReportViews(
+            atlas={"foreground": atlas(images, result.transforms, mask_up), "keys": atlas(codes_up, result.transforms, mask_up)},
+            images={"low-dim keys": F.interpolate(codes, size=size, mode="nearest")}, masks=mask_up,
+            edit_region=atlas(mask_up, result.transforms)[0],
+        )
+
+    return views

@@ -1,187 +1,32 @@
-"""Neural Congealing (Ofri-Amar, Geyer, Kasten, Dekel, CVPR 2023) in plain PyTorch, CPU or GPU.
-
-The idea: an image set is summarised by an **atlas**, a learnable grid of descriptor "keys"
-``(D, A, A)`` plus a saliency map ``(A, A)``, and every image gets a mapping into it. The mapping is
-two spatial transformer networks (STNs) that read the RGB image: a **rigid** one predicting a
-similarity ``(theta, s, t)`` and a **non-rigid** one predicting a coarse flow that is convexly
-upsampled to the atlas resolution. Their composition is one sampling grid ``G_n`` ``(A, A, 2)``
-that reads image ``n`` (its RGB, its keys, its saliency) at every atlas pixel. Atlas and mappings
-are trained jointly, so the atlas converges to the mode of the set in feature space.
-
-Coordinates follow :mod:`congealing.warps`: normalised ``[-1, 1]`` with ``align_corners=False``.
-The similarity matrix ``T`` ``(B, 3, 3)`` here maps **atlas -> image** (it builds a sampling grid),
-and ``G_n(p) = T_n [p + delta_n(p); 1]``: the flow lives in atlas space before the similarity.
-
-Everything the official code (``dolev104/neural_congealing``) does is here, written anew: the
-losses with their masks and batch-wide normalisations, the rigid bootstrap, the detached
-rigid/non-rigid objectives, optional flips, the gradual atlas, relaxed rigidity, closed-form +
-nearest-neighbour keypoint transfer and edit propagation. The CUDA-only pieces (fused activations,
-FIR filters, splatting) are replaced by plain-PyTorch equivalents, so it runs anywhere.
-
->>> cfg = NeuralCongealingConfig.for_mode("quick")
->>> cfg.atlas_size, cfg.coarse_flow_size, cfg.upsample_factor
-(32, 8, 4)
+"""Neural Congealing's objective and training: the loss terms, the training tensors of a set
+(:func:`prepare`), the schedule (:func:`train`) and the common protocol's :func:`fit`. Chapter 4,
+"The losses, one line of reason each" and "Training"; the networks are in :mod:`congealing.neural.model`.
 """
 from __future__ import annotations
 
 import math
 import os
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable, ClassVar
+from typing import Callable
 
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
 
-from . import checkpoints, features, warps
-from .alignment import Alignment
-from .errors import CheckpointError
-from .features import extract_descriptors, load_backbone, pca_project, saliency_masks
-from .losses import check_finite, masked_mean, rigidity_loss
-from .runtime import ModeConfig, get_device
+from .. import checkpoints, features, warps
+from ..alignment import Alignment, ReportViews
+from ..errors import CheckpointError
+from ..features import PCAColours, extract_descriptors, load_backbone, pca_project, saliency_masks
+from ..losses import check_finite, masked_mean, rigidity_loss
+from ..runtime import get_device
+from .model import NeuralCongealing, NeuralCongealingConfig, similarity_inverse
 
 __all__ = [
-    "NeuralCongealingConfig", "keys_loss", "saliency_loss", "l0_approx", "saliency_sparsity",
-    "keys_sparsity", "center_loss", "EqualConv", "ResBlock", "RigidSTN", "similarity_matrix",
-    "similarity_inverse", "convex_upsample", "FlowSTN", "NeuralCongealing", "NeuralData", "prepare",
-    "TrainResult", "per_image_keys_loss", "save_checkpoint", "update_flips_and_atlas", "train_epoch",
-    "train", "fit",
+    "keys_loss", "saliency_loss", "l0_approx", "saliency_sparsity", "keys_sparsity", "center_loss",
+    "NeuralData", "prepare", "TrainResult", "per_image_keys_loss", "save_checkpoint",
+    "update_flips_and_atlas", "train_epoch", "train", "fit",
 ]
-
-# ----------------------------------------------------------------------------- configuration
-
-
-@dataclass(frozen=True)
-class NeuralCongealingConfig(ModeConfig):
-    """Every setting of Neural Congealing; the defaults are the paper's full-mode settings.
-
-    Loss weights use the paper's notation; each term's absolute weight is ``loss_scale`` times the
-    product shown in :meth:`weights` (they equal the official code's coefficients: keys 3500 (L2) +
-    4000 (cosine), saliency 5000, centre 3000, saliency sparsity 450, keys sparsity 10, scale 800,
-    magnitude 8000, local rigidity 100, global rigidity 350). The paper's ``gamma = 2`` multiplies
-    the saliency sparsity ``L1 + 0.5 * L0``; that is what reconciles the paper's ``lambda_p`` with
-    the code's 450.
-
-    ``for_mode("quick")`` (2 CPU cores, a few minutes for a 30-image CUB class) changes:
-
-    * ``image_size`` 256 -> 128, ``stn_input_size`` 128 -> 64, ``flow_input_size`` 128 -> 64:
-      the STNs' cost grows with the square of their input, and 64 px still shows a bird's pose.
-    * ``atlas_size`` 128 -> 32, ``coarse_flow_size`` 16 -> 8 (so convex upsampling is x4, not x8):
-      32 is EfficientNet-Lite0's native stride-8 grid at 256 px; keys upsampled to 128 add no
-      information but 16x the cost of every warp and loss.
-    * ``stn_width`` 64 -> 16, ``stn_max_width`` 512 -> 64, ``stn_hidden`` 512 -> 64: ~100x fewer
-      STN weights; the STNs only regress a similarity and a coarse flow.
-    * ``epochs`` 8000 -> 100, ``bootstrap_epochs`` 1000 -> 40, ``update_every`` 100 -> 10:
-      minutes instead of hours (the batch stays 2: per-image cost dominates a step on a CPU, so
-      small batches give the most updates per second). The rigid bootstrap keeps 40 % of the
-      epochs (the paper: 12.5 %), because in quick mode the similarity is where the PCK comes from.
-    * ``keys_pca_dim`` 0 -> 32: the keys are the set's top 32 principal components of the
-      backbone's descriptors (472 channels for EfficientNet-Lite0), as SpaceJAM does with 25; every
-      warp and loss of the keys is ~15x smaller, and a step (with the batch-wise orientation
-      choice, :meth:`NeuralData.view_at`) is ~1.7x cheaper, which paid for the longer schedule.
-    * ``flip_init`` "none" -> "consensus" (with ``flips``): the orientations start from
-      :func:`congealing.features.consensus_flips` of the box-masked keys (whose column profiles
-      tell which way each bird faces) instead of all as they are; the official updates still run.
-    * ``lr_stn`` 1e-4 -> 3e-3, ``lr_atlas`` 8e-4 -> 4e-3: with ~100x fewer optimiser steps the
-      published rates barely leave the identity. Quick mode is a demonstration of the method, not
-      a converged run: expect far lower PCK than the paper (the chapter reports it).
-    * the global rigidity step ``global_delta`` is given at a 128-px atlas and scaled with the
-      atlas (20 -> 5 px at 32), so it always spans the same fraction of the object.
-
-    The quick config's PCK on CUB classes 1-3 against nearest neighbours, before and after these
-    changes, is recorded in ``benchmarks/records/issue15_quick_cpu.json`` and shown in Chapter 4,
-    "Quick mode on whole classes".
-
-    >>> NeuralCongealingConfig().weights()["rigidity_global"]
-    350.0
-    >>> NeuralCongealingConfig(relaxed_rigidity=True).weights()["rigidity_local"]
-    25.0
-    """
-
-    # resolutions
-    image_size: int = 256
-    stn_input_size: int = 128
-    flow_input_size: int = 128
-    atlas_size: int = 128
-    coarse_flow_size: int = 16
-    # STN widths (the official GANgealing trunk with channel multiplier 0.5)
-    stn_width: int = 64
-    stn_max_width: int = 512
-    stn_hidden: int = 512
-    # losses (paper notation; absolute weight = loss_scale x product, see weights())
-    loss_scale: float = 4000.0
-    lambda_l: float = 0.875  # keys L2 (cosine has weight 1)
-    lambda_s: float = 1.25  # saliency
-    lambda_r: float = 0.025  # mapping regularisation (local rigidity)
-    lambda_s1: float = 8.0  # scale
-    lambda_s2: float = 80.0  # flow magnitude
-    lambda_s3: float = 3.5  # global rigidity
-    lambda_a: float = 0.75  # atlas regularisation (centre)
-    lambda_p: float = 0.075  # atlas sparsity
-    lambda_k: float = 2 / 45  # keys sparsity (inside lambda_p): 0.0444.., so the weight is the official 10 (0.044 would give 9.9)
-    gamma: float = 2.0  # saliency sparsity: gamma * (L1 + 0.5 * L0)
-    l0_steepness: float = 5.0  # L0 ~ 2 sigmoid(5 a) - 1
-    huber_delta: float = 0.7
-    local_delta: int = 1
-    global_delta: float = 20.0  # pixels of a 128-px atlas; scaled with atlas_size
-    relaxed_rigidity: bool = False  # the supplementary's evaluation sets: local x0.25, global x90/350
-    # schedule
-    epochs: int = 8000
-    bootstrap_epochs: int = 1000
-    batch_size: int = 2
-    lr_stn: float = 1e-4
-    lr_atlas: float = 8e-4
-    flips: bool = False
-    gradual_atlas: bool = False
-    keys_pca_dim: int = 0  # 0: the backbone's raw keys (official); k: their top-k principal components over the set
-    flip_init: str = "none"  # with flips: start "none" mirrored (official) or from features.consensus_flips ("consensus")
-    update_every: int = 100  # epochs between flip / gradual-atlas decisions
-    checkpoint_every: int = 1000
-    seed: int = 0
-
-    QUICK: ClassVar[dict] = dict(
-        image_size=128, stn_input_size=64, flow_input_size=64, atlas_size=32, coarse_flow_size=8,
-        stn_width=16, stn_max_width=64, stn_hidden=64, epochs=100, bootstrap_epochs=40,
-        update_every=10, checkpoint_every=20, lr_stn=3e-3, lr_atlas=4e-3, keys_pca_dim=32, flip_init="consensus",
-    )
-
-    def __post_init__(self):
-        for name in ("stn_input_size", "flow_input_size", "atlas_size", "coarse_flow_size"):
-            size = getattr(self, name)
-            if size < 4 or size & (size - 1):
-                raise ValueError(f"{name} must be a power of two >= 4, got {size}")
-        if self.atlas_size % self.coarse_flow_size or self.flow_input_size < 2 * self.coarse_flow_size:
-            raise ValueError("atlas_size must be a multiple of coarse_flow_size, and flow_input_size at least twice it")
-        if not 0 <= self.bootstrap_epochs <= self.epochs:
-            raise ValueError(f"bootstrap_epochs ({self.bootstrap_epochs}) must lie in [0, epochs={self.epochs}]")
-
-    @property
-    def upsample_factor(self) -> int:
-        return self.atlas_size // self.coarse_flow_size
-
-    @property
-    def global_delta_px(self) -> int:
-        return max(1, round(self.global_delta * self.atlas_size / 128))
-
-    def weights(self) -> dict[str, float]:
-        """The absolute weight of every loss term."""
-        c = self.loss_scale
-        local, glob = (0.25, 90.0 / 350.0) if self.relaxed_rigidity else (1.0, 1.0)
-        return {
-            "keys_l2": c * self.lambda_l,
-            "keys_cos": c,
-            "saliency": c * self.lambda_s,
-            "sparsity_saliency": c * self.lambda_a * self.lambda_p * self.gamma,
-            "sparsity_keys": c * self.lambda_a * self.lambda_p * self.lambda_k,
-            "center": c * self.lambda_a,
-            "scale": c * self.lambda_r * self.lambda_s1,
-            "magnitude": c * self.lambda_r * self.lambda_s2,
-            "rigidity_local": c * self.lambda_r * local,
-            "rigidity_global": c * self.lambda_r * self.lambda_s3 * glob,
-        }
-
 
 # ----------------------------------------------------------------------------- loss terms
 
@@ -206,8 +51,23 @@ def keys_loss(atlas_keys: torch.Tensor, keys: torch.Tensor, mask: torch.Tensor) 
 
 
 def saliency_loss(atlas_saliency: torch.Tensor, saliency: torch.Tensor, inside: torch.Tensor, delta: float = 0.7) -> torch.Tensor:
-    """Huber distance between the atlas saliency ``(1|B, 1, A, A)`` and congealed masks ``(B, 1, A, A)``
-    over pixels that map inside the image (``inside``)."""
+    """Huber distance between the atlas saliency and the congealed masks, over the atlas pixels that
+    map inside the image (Chapter 4, "The losses, one line of reason each").
+
+    Args:
+        atlas_saliency: ``(1|B, 1, A, A)`` in ``[0, 1]``.
+        saliency: the congealed masks ``(B, 1, A, A)``.
+        inside: ``(B, 1, A, A)``, 1 where the atlas pixel samples inside the image.
+        delta: the Huber threshold.
+
+    Returns:
+        a scalar, the mean Huber distance under ``inside``.
+
+    Example:
+        >>> m = torch.ones(2, 1, 4, 4)
+        >>> saliency_loss(m[:1], m, m).item(), round(saliency_loss(0 * m[:1], m, m, delta=0.7).item(), 4)  # 0.7 * (1 - 0.35)
+        (0.0, 0.455)
+    """
     huber = F.huber_loss(atlas_saliency.expand_as(saliency), saliency, reduction="none", delta=delta)
     return masked_mean(huber, inside)
 
@@ -222,13 +82,38 @@ def l0_approx(values: torch.Tensor, steepness: float = 5.0) -> torch.Tensor:
 
 
 def saliency_sparsity(atlas_saliency: torch.Tensor, steepness: float = 5.0) -> torch.Tensor:
-    """``mean |a| + 0.5 mean L0(a)`` over the atlas saliency ``(..., A, A)``: keeps the atlas foreground small."""
+    """``mean |a| + 0.5 mean L0(a)`` over the atlas saliency: keeps the atlas foreground small
+    (Chapter 4, "The losses, one line of reason each").
+
+    Args:
+        atlas_saliency: ``(..., A, A)`` in ``[0, 1]``.
+        steepness: of :func:`l0_approx`.
+
+    Returns:
+        a scalar, 0 for an all-zero saliency.
+
+    Example:
+        >>> saliency_sparsity(torch.zeros(4, 4)).item()
+        0.0
+    """
     return atlas_saliency.abs().mean() + 0.5 * l0_approx(atlas_saliency, steepness).mean()
 
 
 def keys_sparsity(atlas_keys: torch.Tensor, atlas_saliency: torch.Tensor) -> torch.Tensor:
-    """L1 norm (summed over the D channels) of the atlas keys ``(D, A, A)``, averaged with weight
-    ``1 - saliency`` ``(A, A)`` (detached): background atlas keys go to zero."""
+    """L1 norm (summed over the D channels) of the atlas keys, averaged with weight ``1 - saliency``
+    (detached): background atlas keys go to zero (Chapter 4, "The losses, one line of reason each").
+
+    Args:
+        atlas_keys: ``(D, A, A)``.
+        atlas_saliency: ``(A, A)`` in ``[0, 1]``.
+
+    Returns:
+        a scalar.
+
+    Example:
+        >>> keys_sparsity(torch.ones(3, 2, 2), torch.tensor([[1.0, 0.0], [0.0, 0.0]])).item()
+        3.0
+    """
     weight = 1.0 - atlas_saliency.detach()
     return masked_mean(atlas_keys.abs().sum(dim=0), weight)
 
@@ -247,188 +132,6 @@ def center_loss(atlas_saliency: torch.Tensor, inside: torch.Tensor | None = None
     weight = atlas_saliency if inside is None else atlas_saliency * inside
     centre = (weight[..., None] * coords).sum(dim=(0, 1)) / weight.sum().clamp_min(1e-8)
     return 0.5 * centre.pow(2).sum()
-
-
-# ----------------------------------------------------------------------------- networks
-
-
-class EqualConv(nn.Conv2d):
-    """A conv whose N(0, 1) weights are scaled by ``1/sqrt(fan_in)`` at run time (StyleGAN2)."""
-
-    def __init__(self, cin, cout, kernel, stride=1, bias=True):
-        super().__init__(cin, cout, kernel, stride=stride, padding=kernel // 2, bias=bias)
-        nn.init.normal_(self.weight)
-        if bias:
-            nn.init.zeros_(self.bias)
-        self.gain = 1.0 / math.sqrt(cin * kernel * kernel)
-
-    def forward(self, x):
-        return F.conv2d(x, self.weight * self.gain, self.bias, self.stride, self.padding)
-
-
-def _act(x):
-    # StyleGAN2's fused leaky ReLU, without the CUDA kernel.
-    return math.sqrt(2.0) * F.leaky_relu(x, 0.2)
-
-
-def _blur(x):
-    # [1, 3, 3, 1] FIR low-pass before every stride-2 step (anti-aliasing, as upfirdn2d).
-    k = torch.tensor([1.0, 3.0, 3.0, 1.0], dtype=x.dtype, device=x.device)
-    k = (k[:, None] * k[None, :]) / 64.0
-    C = x.shape[1]
-    return F.conv2d(F.pad(x, (1, 2, 1, 2), mode="reflect"), k.expand(C, 1, 4, 4), groups=C)
-
-
-class ResBlock(nn.Module):
-    """conv3x3 -> (blur) conv3x3 (stride 2 if ``down``), plus a 1x1 skip; ``(main + skip) / sqrt 2``."""
-
-    def __init__(self, cin, cout, down=True):
-        super().__init__()
-        self.down = down
-        self.conv1 = EqualConv(cin, cin, 3)
-        self.conv2 = EqualConv(cin, cout, 3, stride=2 if down else 1)
-        self.skip = EqualConv(cin, cout, 1, stride=2 if down else 1, bias=False)
-
-    def forward(self, x):
-        y = _act(self.conv1(x))
-        y = _act(self.conv2(_blur(y) if self.down else y))
-        return (y + self.skip(_blur(x) if self.down else x)) / math.sqrt(2.0)
-
-
-def _trunk(size: int, stop: int, width: int, max_width: int, extra: bool) -> tuple[nn.Sequential, int]:
-    """1x1 conv 3->width, then stride-2 ResBlocks from ``size`` down to ``stop`` (channels doubling, capped)."""
-    layers, c = [EqualConv(3, width, 1), nn.LeakyReLU(0.2)], width
-    while size > stop:
-        out = min(max_width, 2 * c)
-        layers.append(ResBlock(c, out))
-        c, size = out, size // 2
-    if extra:
-        layers.append(ResBlock(c, c, down=False))
-    layers += [EqualConv(c, c, 3), nn.LeakyReLU(0.2)]
-    return nn.Sequential(*layers), c
-
-
-class RigidSTN(nn.Module):
-    """RGB ``(B, 3, s, s)`` -> raw similarity parameters ``(B, 4)`` = ``(o1, o2, o3, o4)``, zero at init
-    (the identity): ``theta = pi tanh(o1)``, ``scale = exp(o2)``, ``t = (o3, o4)``."""
-
-    def __init__(self, cfg: NeuralCongealingConfig):
-        super().__init__()
-        self.trunk, c = _trunk(cfg.stn_input_size, 4, cfg.stn_width, cfg.stn_max_width, extra=False)
-        self.hidden = nn.Linear(c * 16, cfg.stn_hidden)
-        self.out = nn.Linear(cfg.stn_hidden, 4)
-        nn.init.zeros_(self.out.weight)  # start exactly at the identity
-        nn.init.zeros_(self.out.bias)
-
-    def forward(self, images):
-        return self.out(_act(self.hidden(self.trunk(images).flatten(1))))
-
-
-def similarity_matrix(raw: torch.Tensor) -> torch.Tensor:
-    """Raw STN outputs ``(B, 4)`` -> atlas-to-image similarity ``(B, 3, 3)``.
-
-    >>> torch.equal(similarity_matrix(torch.zeros(1, 4))[0], torch.eye(3))
-    True
-    """
-    theta, scale = math.pi * torch.tanh(raw[:, 0]), torch.exp(raw[:, 1])
-    cos, sin = scale * torch.cos(theta), scale * torch.sin(theta)
-    zero, one = torch.zeros_like(cos), torch.ones_like(cos)
-    rows = [torch.stack([cos, -sin, raw[:, 2]], -1), torch.stack([sin, cos, raw[:, 3]], -1), torch.stack([zero, zero, one], -1)]
-    return torch.stack(rows, dim=1)
-
-
-def similarity_inverse(T: torch.Tensor) -> torch.Tensor:
-    """Closed-form inverse of similarities ``(B, 3, 3)``: ``(1/s) [R^T | -R^T t]``.
-
-    >>> T = similarity_matrix(torch.tensor([[0.3, 0.2, 0.1, -0.4]]))
-    >>> torch.allclose(similarity_inverse(T) @ T, torch.eye(3), atol=1e-6)
-    True
-    """
-    A, t = T[:, :2, :2], T[:, :2, 2:]
-    scale2 = (A[:, 0, 0] ** 2 + A[:, 1, 0] ** 2)[:, None, None]
-    A_inv = A.transpose(1, 2) / scale2
-    top = torch.cat([A_inv, -A_inv @ t], dim=2)
-    return torch.cat([top, T[:, 2:]], dim=1)
-
-
-def convex_upsample(flow: torch.Tensor, weights: torch.Tensor, factor: int) -> torch.Tensor:
-    """RAFT's learned upsampling: flow ``(B, 2, h, w)`` and logits ``(B, 9 f^2, h, w)`` ->
-    ``(B, 2, f h, f w)``; every fine pixel is a convex combination of its 3x3 coarse neighbours.
-    The flow is multiplied by ``f`` first (RAFT's pixel convention, kept by the official code).
-
-    >>> convex_upsample(torch.ones(1, 2, 4, 4), torch.zeros(1, 9 * 4, 4, 4), 2).shape
-    torch.Size([1, 2, 8, 8])
-    """
-    B, _, h, w = flow.shape
-    mask = weights.view(B, 1, 9, factor, factor, h, w).softmax(dim=2)
-    neighbours = F.unfold(factor * flow, 3, padding=1).view(B, 2, 9, 1, 1, h, w)
-    up = (mask * neighbours).sum(dim=2)  # (B, 2, f, f, h, w)
-    return up.permute(0, 1, 4, 2, 5, 3).reshape(B, 2, factor * h, factor * w)
-
-
-class FlowSTN(nn.Module):
-    """Similarity-aligned RGB ``(B, 3, s, s)`` -> residual flow ``(B, 2, A, A)`` in normalised atlas units,
-    zero at init: a coarse ``(coarse, coarse)`` flow, convexly upsampled by ``A / coarse``."""
-
-    def __init__(self, cfg: NeuralCongealingConfig):
-        super().__init__()
-        self.factor = cfg.upsample_factor
-        self.trunk, c = _trunk(cfg.flow_input_size, cfg.coarse_flow_size, cfg.stn_width, cfg.stn_max_width, extra=True)
-        self.flow_head = nn.Sequential(EqualConv(c, c, 3), nn.ReLU(), EqualConv(c, 2, 3))
-        nn.init.zeros_(self.flow_head[2].weight)  # start exactly at the identity
-        self.mask_head = nn.Sequential(EqualConv(c, c, 3), nn.ReLU(), EqualConv(c, 9 * self.factor**2, 3))
-
-    def forward(self, images):
-        features = self.trunk(images)
-        return convex_upsample(self.flow_head(features), self.mask_head(features), self.factor)
-
-
-class NeuralCongealing(nn.Module):
-    """The atlas (keys ``(D, A, A)`` and saliency logits ``(A, A)``) and the two STNs."""
-
-    def __init__(self, cfg: NeuralCongealingConfig, dim: int):
-        super().__init__()
-        self.cfg = cfg
-        self.rigid, self.flow = RigidSTN(cfg), FlowSTN(cfg)
-        self.atlas_keys = nn.Parameter(torch.zeros(dim, cfg.atlas_size, cfg.atlas_size))
-        self.atlas_logits = nn.Parameter(torch.zeros(cfg.atlas_size, cfg.atlas_size))
-        self.flow_active = False  # set by train(): the flow STN joins after the rigid bootstrap
-
-    @torch.no_grad()
-    def init_atlas(self, keys: torch.Tensor, masks: torch.Tensor) -> None:
-        """Atlas keys = mean keys ``(N, D, A, A)``; saliency = mean mask ``(N, 1, A, A)`` rescaled to
-        ``[0.1, 0.9]`` (a constant mean, e.g. all-ones masks, gives 0.5 everywhere)."""
-        self.atlas_keys.copy_(keys.mean(dim=0))
-        m = masks.mean(dim=(0, 1))
-        spread = m.max() - m.min()
-        m = 0.1 + 0.8 * (m - m.min()) / spread if spread > 1e-6 else torch.full_like(m, 0.5)
-        self.atlas_logits.copy_(torch.logit(m))
-
-    @property
-    def atlas_saliency(self) -> torch.Tensor:
-        return torch.sigmoid(self.atlas_logits)
-
-    def mapping(self, stn_images, src_images, use_flow: bool, detach_rigid: bool = True) -> dict:
-        """Sampling grids of a batch: ``stn_images`` ``(B, 3, s, s)`` feed the rigid STN, ``src_images``
-        ``(B, 3, S, S)`` are warped into the flow STN's input. Returns ``T`` ``(B, 3, 3)``, ``raw``
-        ``(B, 4)``, ``sim_grid`` and ``grid`` ``(B, A, A, 2)``, ``delta`` ``(B, A, A, 2)`` (or None)."""
-        cfg, B = self.cfg, stn_images.shape[0]
-        raw = self.rigid(stn_images)
-        T = similarity_matrix(raw)
-        ident = warps.identity_grid((cfg.atlas_size,) * 2, B, T.dtype, T.device)
-        sim_grid = warps.transform_points(T, ident.reshape(B, -1, 2)).reshape_as(ident)
-        out = {"raw": raw, "T": T, "sim_grid": sim_grid, "grid": sim_grid, "delta": None}
-        if use_flow:
-            # The flow branch sees the similarity-aligned image, and the similarity enters its grid,
-            # both detached: each STN is trained by its own objective.
-            T_flow = T.detach() if detach_rigid else T
-            small = warps.identity_grid((cfg.flow_input_size,) * 2, B, T.dtype, T.device)
-            flow_grid = warps.transform_points(T_flow, small.reshape(B, -1, 2)).reshape_as(small)
-            flow_input = warps.warp_by_grid(src_images, flow_grid, padding_mode="border")
-            delta = self.flow(flow_input.detach()).permute(0, 2, 3, 1)
-            out["delta"] = delta
-            out["grid"] = warps.transform_points(T_flow, (ident + delta).reshape(B, -1, 2)).reshape_as(ident)
-        return out
 
 
 # ----------------------------------------------------------------------------- data
@@ -479,7 +182,23 @@ def prepare(images: torch.Tensor, masks: torch.Tensor, backbone, cfg: NeuralCong
 
     Keys come from ``backbone`` at ``cfg.atlas_size`` (through the disk cache of
     :func:`congealing.features.extract_descriptors`). With ``cfg.flips`` the mirrored images'
-    keys are *re-extracted*, not mirrored (features are not mirror-equivariant).
+    keys are *re-extracted*, not mirrored (features are not mirror-equivariant). With
+    ``cfg.keys_pca_dim`` the keys are projected on the set's top principal components (one basis
+    for both orientations). Chapter 4, "The set, its keys and its masks".
+
+    Args:
+        images: ``(N, 3, H, W)`` in ``[0, 1]``, ``N >= 2``.
+        masks: ``(N, 1, h, w)`` saliency masks in ``[0, 1]``.
+        backbone: the :class:`congealing.features.Backbone` the keys come from.
+        cfg: the config (sizes, ``flips``, ``keys_pca_dim``).
+        device: where the tensors go (None: where they were made).
+
+    Returns:
+        the :class:`NeuralData`: ``images`` ``(N, 3, S, S)``, ``stn_images`` ``(N, 3, s, s)``,
+        ``keys`` ``(N, D, A, A)``, ``masks`` ``(N, 1, A, A)`` (and the mirrored ones with flips).
+
+    Raises:
+        ValueError: the images are not ``(N, 3, H, W)`` with ``N >= 2``, or the masks do not match them.
     """
     if images.ndim != 4 or images.shape[1] != 3:
         raise ValueError(f"expected images of shape (N, 3, H, W), got {tuple(images.shape)}")
@@ -533,9 +252,10 @@ class TrainResult:
         out["delta"] = torch.cat([p["delta"] for p in parts]) if use_flow else torch.zeros_like(out["grid"])
         return out
 
-    def grids(self) -> torch.Tensor:
-        """Sampling grids ``(N, A, A, 2)`` into the **original** (unmirrored) images."""
-        grid = self.outputs()["grid"].clone()
+    def grids(self, outputs: dict | None = None) -> torch.Tensor:
+        """Sampling grids ``(N, A, A, 2)`` into the **original** (unmirrored) images, from
+        ``outputs`` (:meth:`outputs`; None: computed now)."""
+        grid = (outputs if outputs is not None else self.outputs())["grid"].clone()
         grid[..., 0] = torch.where(self.flipped.to(grid.device).view(-1, 1, 1), -grid[..., 0], grid[..., 0])
         return grid
 
@@ -551,17 +271,19 @@ class TrainResult:
         """Mean congealed RGB ``(3, size, size)``: the picture a user edits."""
         return self.congeal(images, size).mean(dim=0)
 
-    def transfer(self, size: tuple[int, int]) -> Callable[[int, int, torch.Tensor], torch.Tensor]:
+    def transfer(self, size: tuple[int, int], outputs: dict | None = None) -> Callable[[int, int, torch.Tensor], torch.Tensor]:
         """A keypoint transfer ``(src, tgt, points (K, 2) pixel xy) -> (K, 2)`` for images of ``size`` (H, W).
 
         Source -> atlas: undo the similarity in closed form, then invert the flow by nearest
         neighbours over the atlas pixels. Atlas -> target: sample the target's grid. The function
         carries ``flipped`` ``(N,)``, the images trained mirrored (see :mod:`congealing.evaluation`).
+        ``outputs``: the model's :meth:`outputs` if already computed (None: computed now, once).
         """
-        out = {k: v.cpu() for k, v in self.outputs().items()}
+        outputs = outputs if outputs is not None else self.outputs()
+        out = {k: v.cpu() for k, v in outputs.items()}
         flow_grid = warps.identity_grid(out["delta"].shape[1:3], len(self.data)) + out["delta"]
         T_inv = similarity_inverse(out["T"])
-        grids, flipped = self.grids().cpu(), self.flipped.cpu()
+        grids, flipped = self.grids(outputs).cpu(), self.flipped.cpu()
 
         def transfer(src: int, tgt: int, points: torch.Tensor) -> torch.Tensor:
             p = warps.pixel_to_normalized(points.float().cpu()[None], size)
@@ -624,9 +346,20 @@ def _total(terms: dict, weights: dict) -> torch.Tensor:
 
 @torch.no_grad()
 def per_image_keys_loss(model: NeuralCongealing, data: NeuralData, orientation: torch.Tensor, batch: int = 16) -> torch.Tensor:
-    """Weighted L2 + cosine keys loss ``(N,)`` of every image in ``orientation`` ``(N,)`` bool, with
-    mask ``atlas saliency x inside`` (the criterion for flips and the gradual atlas)."""
-    cfg, w = model.cfg, model.cfg.weights()
+    """Each image's weighted L2 + cosine keys loss against the atlas, under the mask ``atlas
+    saliency x inside``: the criterion for flips and the gradual atlas (Chapter 4, "Training"), and
+    the per-image score of the ``congeal align`` report.
+
+    Args:
+        model: the trained (or training) model.
+        data: the set's training tensors (:func:`prepare`).
+        orientation: ``(N,)`` bool, the images to read mirrored.
+        batch: images per forward pass.
+
+    Returns:
+        ``(N,)``, lower is better.
+    """
+    w = model.cfg.weights()
     use_flow = model.flow_active
     losses = []
     for start in range(0, len(data), batch):
@@ -740,8 +473,25 @@ def train(
     ``cfg.checkpoint_every`` epochs and at the end, with ``fingerprint`` (what the inputs were);
     ``resume`` continues from it, and raises :class:`congealing.errors.CheckpointError` if the file
     is not a checkpoint or was made for another fingerprint or config. ``callback(epoch,
-    model)`` runs every ``callback_every`` epochs (and after the last). A non-finite loss raises
-    :class:`FloatingPointError` naming the epoch, step and every loss term.
+    model)`` runs every ``callback_every`` epochs (and after the last). Chapter 4, "Training".
+
+    Args:
+        data: the set's training tensors (:func:`prepare`, with the same ``cfg``).
+        cfg: the config (schedule, weights, flips, gradual atlas, seed).
+        checkpoint: the checkpoint file, or None.
+        resume: continue from ``checkpoint`` if it exists.
+        callback: ``callback(epoch, model)``; callback_every: its period in epochs (0: only after the last).
+        log: ``log(line)`` about ten times per run, or None.
+        fingerprint: JSON-ready description of the inputs, stored in and checked against the checkpoint.
+
+    Returns:
+        the :class:`TrainResult`: the model, the data, each image's orientation ``flipped`` ``(N,)``,
+        one history dict per epoch (every loss term's epoch mean and ``"total"``) and the seconds.
+
+    Raises:
+        ValueError: fewer than two images, or ``cfg.flips`` without mirrored data.
+        CheckpointError: ``resume`` with a checkpoint of other inputs or settings.
+        FloatingPointError: a non-finite loss (naming the epoch, step and every loss term).
     """
     N = len(data)
     if N < 2:
@@ -842,10 +592,27 @@ def fit(images: torch.Tensor, config: NeuralCongealingConfig, *, masks: torch.Te
     result = train(data, config, checkpoint=checkpoint, resume=resume, callback=progress, callback_every=1 if callback else 0,
                    log=log, fingerprint=fingerprint)
     size = tuple(images.shape[-2:])
+    outputs = result.outputs()  # one pass of the model over the set serves the grids and the keypoint transfer
     return Alignment(
-        method="neural", size=size, grids=result.grids().cpu(), flips=result.flipped,
+        method="neural", size=size, grids=result.grids(outputs).cpu(), flips=result.flipped,
         atlas={"saliency": result.model.atlas_saliency.detach().cpu()[None], "keys": result.model.atlas_keys.detach().cpu()},
         masks=masks.cpu(), history=result.history, seconds=result.seconds,
         parameters=sum(p.numel() for p in result.model.parameters() if p.requires_grad),
-        state={"result": result, "config": config, "backbone": backbone.name}, point_map=result.transfer(size),
+        state={"result": result, "config": config, "backbone": backbone.name}, point_map=result.transfer(size, outputs),
+        report=_report_views(result, masks.cpu()),
     )
+
+
+def _report_views(result: TrainResult, masks: torch.Tensor) -> Callable[[torch.Tensor, int], ReportViews]:
+    """What the ``congeal align`` report shows of a trained model: the atlas saliency and keys, the
+    masks, each image's keys loss, and the edit drawn over the atlas saliency."""
+
+    def views(images: torch.Tensor, side: int) -> ReportViews:
+        saliency = result.model.atlas_saliency.detach().cpu()[None]
+        keys = result.model.atlas_keys.detach().cpu()[None]
+        scores = {"name": "keys loss", "values": per_image_keys_loss(result.model, result.data, result.flipped).cpu(), "better": "lower",
+                  "doc": "Neural Congealing's weighted L2 + cosine loss between the image's warped descriptors and the atlas, inside the atlas saliency (neural.per_image_keys_loss); lower is better"}
+        return ReportViews(atlas={"saliency": saliency, "keys (PCA-RGB)": PCAColours.fit(keys)(keys)[0]}, masks=masks, scores=scores,
+                           edit_region=warps.resize(saliency[None].float(), side)[0, 0])
+
+    return views

@@ -1,0 +1,278 @@
+"""SpaceJAM's configuration and networks: the settings (:class:`SpaceJAMConfig`), the key
+autoencoder (:class:`KeyAutoencoder`) and the recurrent Lie-algebra alignment network
+(:class:`RecurrentLieSTN`). Chapter 5, "The keys: masked PCA maps and a 3-channel autoencoder" and
+"Lie groups, the curriculum and the cascade"; the keys, losses and training are in
+:mod:`congealing.spacejam.training`.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+import torch
+import torch.nn as nn
+
+from .. import warps
+from ..runtime import ModeConfig
+
+__all__ = [
+    "GROUPS", "SpaceJAMConfig", "count_parameters", "GlobalNorm", "KeyAutoencoder", "RecurrentLieSTN",
+]
+
+GROUPS = ("se2", "affine", "homography")
+
+
+# ----------------------------------------------------------------------------- configuration
+
+
+@dataclass(frozen=True)
+class SpaceJAMConfig(ModeConfig):
+    """Every number of the method, with the official code's defaults (full mode).
+
+    Quick mode (:meth:`for_mode`, 2 CPU cores) changes only:
+
+    * ``map_size`` 256 -> 32: the official code bilinearly upsamples 64x64 descriptor grids to
+      256x256, which adds no information but costs more per warp (the loss warps ``2 B^2`` maps per
+      batch); 32x32 is the native grid of a stride-8 backbone on 256-pixel images, and every warp
+      is 64x cheaper. The STN's adaptive pools keep its layers and parameter count at any size.
+    * ``ae_epochs`` 301 -> 30 and ``epochs`` 401 -> 90 (:meth:`scaled`): every epoch-based schedule
+      (curriculum switches, StepLR period, flip updates and their window) is scaled by the same
+      factor, so the shape of training is kept.
+    * ``stn_lr`` 2e-4 -> 1e-3: with 4.5x fewer Adam steps (each about ``lr`` long), 2e-4 x 401/90 =
+      8.9e-4 keeps the path length of the published schedule; 1e-3 rounds it up.
+    * ``stn_pools`` (32, 8) -> (26, 8): the first pool's official size is what 256-px maps reach
+      after the 7x7 convolution (250 -> 32); on 32-px maps that convolution leaves 26x26, which a 32
+      pool would only enlarge. Same layers and parameter count.
+    * ``loss_size`` 0 -> 16: the IC loss compares the maps area-averaged to 16x16 (the STN still
+      reads the 32x32 codes): 4x fewer samples per pair warp.
+    * ``flip_init`` "none" -> "consensus": the images start in the mirror configuration that makes
+      their keys' column profiles agree (:func:`congealing.features.consensus_flips`) instead of
+      all as they are; the official history-based updates still run.
+    * ``pca_fit`` "all" -> "foreground": the PCA is fitted (and centred) on the co-segmented
+      foreground only, so its 25 components describe the object rather than what separates it from
+      the background, and the object's mean key is the background's value 0.
+
+    The loss follows the official code in both modes: ``atlas_flips`` (mean over each target's two
+    flip configurations, min over the atlas's mirror) and ``decoded_padding`` (a source predicts
+    ``Dec(0)`` outside its frame, as the official zero-padded code warp does). What each quick
+    change does to the PCK, measured on CUB classes 1-6, is recorded in
+    ``benchmarks/records/issue15_quick_cpu.json`` (``benchmarks/issue15_log.md``) and shown in
+    Chapter 5, "Results on CUB" ("Where this leaves SpaceJAM in quick mode").
+
+    Example:
+        >>> cfg = SpaceJAMConfig.for_mode("quick")
+        >>> cfg.map_size, cfg.epochs, cfg.curriculum_epochs, cfg.stn_pools
+        (32, 90, (23, 45), (26, 8))
+    """
+
+    # keys
+    pca_dim: int = 25
+    map_size: int = 256
+    descriptor_grid: int = 64
+    pca_fit: str = "all"  # fit the PCA on "all" locations (official) or on the "foreground" only
+    # autoencoder (1x1 convs): 25 -> 32 -> 16 -> 3 and back
+    low_dim: int = 3
+    ae_hidden: tuple = (32, 16)
+    # alignment network
+    stn_channels: tuple = (10, 5)
+    stn_kernels: tuple = (7, 5)
+    stn_pools: tuple = (32, 8)
+    stn_hidden: int = 32
+    recurrences: int = 5
+    # optimisation
+    ae_epochs: int = 301
+    epochs: int = 401
+    batch_size: int = 10
+    ae_lr: float = 1e-3
+    stn_lr: float = 2e-4
+    joint_ae_lr: float = 1e-3
+    lr_step: int = 50
+    lr_gamma: float = 0.9
+    # curriculum: se(2) from epoch 0, aff(2) from 101, sl(3) from 201
+    curriculum_epochs: tuple = (101, 201)
+    # reflections
+    flips: bool = True
+    flip_every: int = 20
+    flip_window: int = 20
+    flip_range: tuple = (0.1, 0.9)
+    # initial flip configurations: "none" (official: every image as it is) or "consensus" (features.consensus_flips)
+    flip_init: str = "none"
+    # switches for the ablations (all True/"lie"/"ic" is the method)
+    pretrain_ae: bool = True
+    curriculum: bool = True
+    parameterisation: str = "lie"  # or "matrix": T = I + A per step, no exponential
+    loss: str = "ic"  # or "atlas": distance to the mean of the aligned keys, no regulariser
+    # the IC loss is a mean over each target's mask instead of all its pixels (official weight_loss_with_masks)
+    mask_weighted_loss: bool = False
+    # the IC loss compares maps area-averaged to loss_size x loss_size (0: at map_size, official)
+    loss_size: int = 0
+    # reflections in the loss: min over the atlas's mirror, mean over the target's two configurations
+    atlas_flips: bool = True
+    # out of the source's frame a prediction is Dec(0) (official: codes are warped with zero padding), not 0
+    decoded_padding: bool = True
+    seed: int = 42
+
+    @classmethod
+    def quick(cls) -> "SpaceJAMConfig":
+        """The CPU-sized quick config (see the class docstring): the published one, :meth:`scaled`
+        to 30 + 90 epochs, with the listed changes."""
+        return cls().scaled(
+            ae_epochs=30, epochs=90, map_size=32, stn_lr=1e-3, stn_pools=(26, 8), loss_size=16, flip_init="consensus",
+            pca_fit="foreground",
+        )
+
+    def scaled(self, *, ae_epochs: int, epochs: int, **changes) -> "SpaceJAMConfig":
+        """A copy trained for ``epochs`` joint epochs, with every epoch-based schedule scaled alike."""
+        f = epochs / self.epochs
+        scale = lambda v: max(1, round(v * f))  # noqa: E731
+        return replace(
+            self,
+            ae_epochs=ae_epochs,
+            epochs=epochs,
+            lr_step=scale(self.lr_step),
+            curriculum_epochs=tuple(scale(e) for e in self.curriculum_epochs),
+            flip_every=scale(self.flip_every),
+            flip_window=scale(self.flip_window),
+            **changes,
+        )
+
+    def group_at(self, epoch: int) -> str:
+        """The transformation group trained at (0-based) joint ``epoch``.
+
+        >>> cfg = SpaceJAMConfig()
+        >>> cfg.group_at(0), cfg.group_at(101), cfg.group_at(400)
+        ('se2', 'affine', 'homography')
+        """
+        if not self.curriculum:
+            return "homography"
+        return GROUPS[sum(epoch >= e for e in self.curriculum_epochs)]
+
+    def flip_update_at(self, epoch: int) -> bool:
+        """Whether the flip configurations are re-chosen after (0-based) ``epoch``
+        (official: epochs 60, 80, ..., 360 of 401)."""
+        low, high = self.flip_range
+        return self.flips and epoch > 0 and epoch % self.flip_every == 0 and low < epoch / self.epochs < high
+
+
+def count_parameters(module: nn.Module) -> int:
+    """Number of trainable parameters (Chapter 5 counts the autoencoder's and the STN's).
+
+    Args:
+        module: any module.
+
+    Returns:
+        the number of elements of its parameters that require gradients.
+
+    Example:
+        >>> count_parameters(nn.Linear(3, 2))
+        8
+    """
+    return sum(p.numel() for p in module.parameters() if p.requires_grad)
+
+
+# ----------------------------------------------------------------------------- networks
+
+
+class GlobalNorm(nn.Module):
+    """``(x - mean) / (std + 1e-8)`` with one scalar mean and std over the whole batch tensor.
+
+    The official encoder's last step. In training the batch's statistics are used and a running
+    average is kept (like batch norm), which evaluation uses, so a code does not depend on which
+    other images are evaluated with it.
+    """
+
+    def __init__(self, momentum: float = 0.1):
+        super().__init__()
+        self.momentum = momentum
+        self.register_buffer("running_mean", torch.zeros(()))
+        self.register_buffer("running_std", torch.ones(()))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.training:
+            mean, std = x.mean(), x.std()
+            with torch.no_grad():
+                self.running_mean.lerp_(mean.detach(), self.momentum)
+                self.running_std.lerp_(std.detach(), self.momentum)
+        else:
+            mean, std = self.running_mean, self.running_std
+        return (x - mean) / (std + 1e-8)
+
+
+def _mlp(channels: list[int]) -> list[nn.Module]:
+    layers: list[nn.Module] = []
+    for index, (a, b) in enumerate(zip(channels[:-1], channels[1:])):
+        layers.append(nn.Conv2d(a, b, 1))
+        if index < len(channels) - 2:  # official order inside a hidden block: conv, ReLU, BN
+            layers += [nn.ReLU(), nn.BatchNorm2d(b)]
+    return layers
+
+
+class KeyAutoencoder(nn.Module):
+    """Per-pixel autoencoder: keys ``(B, 25, H, W)`` -> codes ``(B, 3, H, W)`` -> keys.
+
+    1x1 convolutions only, so it is "fully convolutional" at any resolution and commutes with
+    flips. 3,036 parameters with the defaults.
+
+    >>> ae = KeyAutoencoder(SpaceJAMConfig())
+    >>> ae.encode(torch.randn(2, 25, 8, 8)).shape
+    torch.Size([2, 3, 8, 8])
+    """
+
+    def __init__(self, config: SpaceJAMConfig):
+        super().__init__()
+        widths = [config.pca_dim, *config.ae_hidden, config.low_dim]
+        self.encoder = nn.Sequential(*_mlp(widths), GlobalNorm())
+        self.decoder = nn.Sequential(*_mlp(widths[::-1]))
+
+    def encode(self, keys: torch.Tensor) -> torch.Tensor:
+        return self.encoder(keys)
+
+    def decode(self, codes: torch.Tensor) -> torch.Tensor:
+        return self.decoder(codes)
+
+    def forward(self, keys: torch.Tensor) -> torch.Tensor:
+        return self.decode(self.encode(keys))
+
+
+class RecurrentLieSTN(nn.Module):
+    """The localisation network, applied ``recurrences`` times with shared weights.
+
+    Input codes ``(B, 3, S, S)`` (any ``S`` >= 19); output transforms ``(B, 3, 3)`` (and, with
+    ``return_steps``, the transform after every step, ``(B, steps, 3, 3)``). 13,271 parameters with
+    the defaults; the head starts at zero so the output is the identity at initialisation.
+
+    >>> stn = RecurrentLieSTN(SpaceJAMConfig())
+    >>> torch.allclose(stn(torch.randn(2, 3, 64, 64), "homography"), torch.eye(3).expand(2, 3, 3))
+    True
+    """
+
+    def __init__(self, config: SpaceJAMConfig):
+        super().__init__()
+        (c1, c2), (k1, k2), (p1, p2) = config.stn_channels, config.stn_kernels, config.stn_pools
+        self.features = nn.Sequential(
+            nn.Conv2d(config.low_dim, c1, k1), nn.AdaptiveMaxPool2d(p1), nn.ReLU(),
+            nn.Conv2d(c1, c2, k2), nn.AdaptiveMaxPool2d(p2), nn.ReLU(), nn.Flatten(),
+        )
+        self.head = nn.Sequential(nn.Linear(c2 * p2 * p2, config.stn_hidden), nn.ReLU(), nn.Linear(config.stn_hidden, 8))
+        nn.init.zeros_(self.head[-1].weight)  # identity at initialisation: exp(0) = I
+        nn.init.zeros_(self.head[-1].bias)
+        self.recurrences = config.recurrences
+        self.parameterisation = config.parameterisation
+
+    def step(self, codes: torch.Tensor, group: str) -> torch.Tensor:
+        """One increment ``(B, 3, 3)``: ``exp(project(xi))`` (or ``I + hat(xi)`` without the Lie parameterisation)."""
+        xi = warps.project(self.head(self.features(codes)), group)
+        if self.parameterisation == "matrix":
+            return torch.eye(3, dtype=xi.dtype, device=xi.device) + warps.hat(xi)
+        return warps.exp(xi)
+
+    def forward(self, codes: torch.Tensor, group: str = "homography", steps: int | None = None, return_steps: bool = False):
+        T = warps.identity(codes.shape[0], codes.dtype, codes.device)
+        history = []
+        for k in range(self.recurrences if steps is None else steps):
+            # Each step reads the *original* codes warped once by the transform so far.
+            view = codes if k == 0 else warps.warp_image(codes, T)
+            T = warps.compose(self.step(view, group), T)  # the new increment acts in the aligned frame
+            history.append(T)
+        if return_steps:
+            return T, torch.stack(history, dim=1)
+        return T
