@@ -24,7 +24,23 @@ _schema_library = None  # kept alive: the schemas vanish when the Library object
 
 
 def import_timm():
-    """Import and return ``timm``, declaring torchvision's missing operator schemas if needed."""
+    """Import and return ``timm``, declaring torchvision's missing operator schemas if needed.
+
+    torchvision is imported first. If that raises a ``RuntimeError`` naming a ``torchvision::``
+    operator (its compiled extension did not load, see the module docstring), the half-imported
+    torchvision modules are dropped from ``sys.modules``, the schemas of ``nms`` and ``qnms`` are
+    declared (no kernels) in a ``torch.library.Library`` that this module keeps alive, and torchvision
+    is imported again. Where torchvision imports cleanly nothing is declared. The timm backbones of
+    :mod:`congealing.features` are loaded through it; no chapter calls it directly.
+
+    Returns:
+        the ``timm`` module.
+
+    Raises:
+        RuntimeError: torchvision fails to import for another reason, or fails again after the
+            schemas were declared by an earlier call.
+        ImportError: timm or torchvision is not installed.
+    """
     global _schema_library
     try:
         import torchvision  # noqa: F401

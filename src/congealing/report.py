@@ -346,13 +346,26 @@ def agreement(images: torch.Tensor, weights: torch.Tensor | None = None, side: i
     Image ``n`` ``(C, H, W)`` is compared with the mean of the other images, pixel by pixel, over
     all channels, weighting each pixel by ``weights[n]`` times the mean weight of the others (so
     pixels outside an image or outside its object mask do not count). Everything is first resized
-    to ``side`` pixels. 1 means the image is the mean of the others up to brightness and contrast;
-    0 means no relation. A set that aligned well agrees more after alignment than before.
-    ``weights`` ``(N, 1, H, W)`` in ``[0, 1]``; default all ones.
+    (area) to ``side`` x ``side``. 1 means the image is the mean of the others up to brightness and
+    contrast; 0 means no relation. A set that aligned well agrees more after alignment than before.
+    The report's verdict and ``per_image`` agreement (Chapter 7, "Align your own photos", "What came
+    out").
 
-    >>> same = torch.rand(1, 3, 16, 16).expand(3, -1, -1, -1)
-    >>> agreement(same).tolist()
-    [1.0, 1.0, 1.0]
+    Args:
+        images: ``(N, C, H, W)``.
+        weights: ``(N, 1, H, W)`` in ``[0, 1]``, or None (all ones).
+        side: the side the images and weights are resized to first.
+
+    Returns:
+        ``(N,)`` correlations in ``[-1, 1]``, rounded to 6 decimals; all NaN when ``N < 2``.
+
+    Example:
+        >>> import torch
+        >>> from congealing.report import agreement
+        >>> _ = torch.manual_seed(0)
+        >>> same = torch.rand(1, 3, 16, 16).expand(3, -1, -1, -1)
+        >>> agreement(same).tolist()
+        [1.0, 1.0, 1.0]
     """
     images = images.detach().float().cpu()
     N = images.shape[0]
@@ -380,14 +393,26 @@ def agreement(images: torch.Tensor, weights: torch.Tensor | None = None, side: i
 def descriptor_agreement(descriptors: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:
     """How much each image's features agree with the rest of the set: ``(N,)`` mean cosine similarity.
 
-    At every location, image ``n``'s descriptor ``(D,)`` is compared with the mean of the other
-    images' unit descriptors there (cosine similarity); the similarities are averaged with weight
-    ``weights[n]`` times the others' mean weight (their object masks, zero outside an image).
-    ``descriptors`` ``(N, D, h, w)`` (normalised here), ``weights`` ``(N, 1, h, w)``, default ones.
+    At every location, image ``n``'s unit descriptor is compared with the normalised weighted mean of
+    the other images' unit descriptors there (cosine similarity); the similarities are averaged with
+    weight ``weights[n]`` times the others' mean weight (their object masks, zero outside an image).
+    The report's verdict and ``per_image`` descriptor agreement (Chapter 7, "Align your own photos",
+    "What came out").
 
-    >>> same = torch.randn(1, 8, 4, 4).expand(3, -1, -1, -1)
-    >>> descriptor_agreement(same).tolist()
-    [1.0, 1.0, 1.0]
+    Args:
+        descriptors: ``(N, D, h, w)`` (normalised here).
+        weights: ``(N, 1, h, w)`` in ``[0, 1]``, or None (all ones).
+
+    Returns:
+        ``(N,)`` mean cosine similarities in ``[-1, 1]``, rounded to 5 decimals; all NaN when ``N < 2``.
+
+    Example:
+        >>> import torch
+        >>> from congealing.report import descriptor_agreement
+        >>> _ = torch.manual_seed(0)
+        >>> same = torch.randn(1, 8, 4, 4).expand(3, -1, -1, -1)
+        >>> descriptor_agreement(same).tolist()
+        [1.0, 1.0, 1.0]
     """
     unit = F.normalize(descriptors.detach().float().cpu(), dim=1)
     N = unit.shape[0]
@@ -402,12 +427,30 @@ def descriptor_agreement(descriptors: torch.Tensor, weights: torch.Tensor | None
 
 
 def to_aligned_frame(maps: torch.Tensor, transforms: torch.Tensor | None, grids: torch.Tensor | None, size: int) -> torch.Tensor | None:
-    """Carry per-image maps ``(N, C, H, W)`` (e.g. masks) into the aligned frame at ``size`` x ``size``,
-    by transforms ``(N, 3, 3)`` (input -> aligned) or sampling grids ``(N, h, w, 2)`` (aligned ->
-    input); zero where an aligned pixel reads from outside its image. None if neither is given.
+    """Carry per-image maps (e.g. masks) into the aligned frame at ``size`` x ``size``.
 
-    >>> to_aligned_frame(torch.ones(2, 1, 8, 8), warps.identity(2), None, 4).shape
-    torch.Size([2, 1, 4, 4])
+    With ``transforms`` the maps are warped by :func:`congealing.warps.warp_image`; else with
+    ``grids`` (bilinearly resized to ``size`` first if needed) by
+    :func:`congealing.warps.warp_by_grid`. An aligned pixel that reads from outside its image gets 0.
+    :func:`write_alignment` weighs the agreement after alignment with it (Chapter 7, "Align your own
+    photos", "What came out").
+
+    Args:
+        maps: ``(N, C, H, W)``.
+        transforms: ``(N, 3, 3)`` input -> aligned, normalised coordinates, or None.
+        grids: ``(N, h, w, 2)`` sampling grids, aligned -> input, or None (used only without
+            ``transforms``).
+        size: the side of the aligned frame in pixels.
+
+    Returns:
+        ``(N, C, size, size)`` on the CPU, or None if neither ``transforms`` nor ``grids`` is given.
+
+    Example:
+        >>> import torch
+        >>> from congealing import warps
+        >>> from congealing.report import to_aligned_frame
+        >>> to_aligned_frame(torch.ones(2, 1, 8, 8), warps.identity(2), None, 4).shape
+        torch.Size([2, 1, 4, 4])
     """
     maps = maps.detach().float().cpu()
     if transforms is not None:
@@ -546,23 +589,41 @@ def browser_mappings(
 
     Points are normalised ``(x, y)`` in ``[-1, 1]`` (pixel ``p`` of an ``S``-pixel image is
     ``(2 p + 1) / S - 1``; ``x`` right, ``y`` down), the convention of :mod:`congealing.warps`.
+    The first of ``coordinate_maps``, ``transforms``, ``grids`` that is given decides ``kind``:
 
     * ``kind: "transforms"``: ``transforms``, one row-major 3x3 matrix per image, input -> aligned
       frame. A point moves from image ``i`` to ``j`` as ``T_j^-1 T_i p``
       (:func:`congealing.alignment.transfer_via_transforms`).
     * ``kind: "grids"``: ``grids``, per image a flat ``[x, y, x, y, ...]`` list of an ``h`` x ``w``
       sampling grid (aligned frame -> input, rows top to bottom), bilinearly downsampled to at
-      most ``side``. A point goes to the aligned frame through the nearest grid value and on to
-      image ``j`` by bilinear sampling of ``j``'s grid (:func:`congealing.alignment.transfer_via_grids`
-      on the exported grids).
+      most ``side`` (:func:`export_grids`). A point goes to the aligned frame through the nearest grid
+      value and on to image ``j`` by bilinear sampling of ``j``'s grid
+      (:func:`congealing.alignment.transfer_via_grids` on the exported grids).
     * ``kind: "nocs"``: ``nocs``, per image a flat ``h`` x ``w`` x 3 list of canonical 3-D
       coordinates (nearest-neighbour downsampled) and ``mask`` (1 where a pixel has one). A point
       reads its coordinate at the nearest cell; its match in image ``j`` is the centre of the cell
       of ``j`` whose coordinate is nearest (:func:`congealing.congeal3d.transfer_points`).
     * ``kind: "none"``: no mapping; clicking marks nothing.
 
-    >>> browser_mappings(64, transforms=torch.eye(3)[None])["transforms"]
-    [[1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0]]
+    Chapter 7, "Align your own photos", "What came out" (:func:`write_alignment` writes it).
+
+    Args:
+        size: the side ``S`` of the report's images in pixels.
+        transforms: ``(N, 3, 3)`` input -> aligned frame, or None.
+        grids: ``(N, h, w, 2)`` aligned frame -> input, or None.
+        coordinate_maps: ``(nocs (N, 3, h, w), mask (N, 1, h, w))`` of the 3-D method, or None.
+        flipped: ``(N,)`` bool, the images the method mirrored (listed as ``flipped``), or None.
+        side: the largest side of the exported grids and coordinate maps.
+
+    Returns:
+        a JSON-ready dict: ``size``, ``convention``, ``kind``, ``flipped`` (if given) and the
+        mapping of that kind (with ``h`` and ``w`` for grids and coordinate maps).
+
+    Example:
+        >>> import torch
+        >>> from congealing.report import browser_mappings
+        >>> browser_mappings(64, transforms=torch.eye(3)[None])["transforms"]
+        [[1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0]]
     """
     out = {"size": int(size), "convention": "normalised (x, y) in [-1, 1], x right, y down; pixel p -> (2p+1)/S - 1"}
     if flipped is not None:
@@ -587,11 +648,24 @@ def browser_mappings(
 
 
 def export_grids(grids: torch.Tensor, side: int = BROWSER_GRID) -> torch.Tensor:
-    """Sampling grids ``(N, h, w, 2)`` as the page gets them: bilinearly downsampled to at most
-    ``side`` x ``side`` (unchanged if already that small), rounded to 5 decimals as in ``mappings.js``.
+    """Sampling grids as the page gets them: downsampled to at most ``side`` and rounded.
 
-    >>> export_grids(warps.identity_grid((64, 64), 1), 32).shape
-    torch.Size([1, 32, 32, 2])
+    Grids larger than ``side`` in either direction are bilinearly (antialiased) downsampled to at most
+    ``side`` x ``side``; smaller ones are kept. Values are rounded to 5 decimals as in ``mappings.js``
+    (:func:`browser_mappings`).
+
+    Args:
+        grids: ``(N, h, w, 2)``, aligned frame -> input, normalised coordinates.
+        side: the largest side kept.
+
+    Returns:
+        ``(N, min(h, side), min(w, side), 2)`` float on the CPU.
+
+    Example:
+        >>> from congealing import warps
+        >>> from congealing.report import export_grids
+        >>> export_grids(warps.identity_grid((64, 64), 1), 32).shape
+        torch.Size([1, 32, 32, 2])
     """
     grid = grids.detach().float().cpu()
     if grid.shape[1] > side or grid.shape[2] > side:
@@ -651,11 +725,26 @@ FIELD_DOCS: dict[str, str] = {
 
 
 def field_documentation(summary: dict, extra: dict[str, str] | None = None) -> dict[str, str]:
-    """A description of every top-level field of ``summary`` (from :data:`FIELD_DOCS`, then
-    ``extra``); a field with no description is an error, so a new field cannot go undocumented.
+    """A description of every top-level field of ``summary``, for ``summary.json``'s ``fields``.
 
-    >>> field_documentation({"method": "lsq"})
-    {'method': 'the alignment method (congeal align --method)'}
+    Descriptions come from :data:`FIELD_DOCS`, then ``extra`` (which wins); a field with no
+    description is an error, so a new field cannot go undocumented. Chapter 7, "Align your own
+    photos", "What came out" reads ``summary.json``.
+
+    Args:
+        summary: the ``summary.json`` dict (only its keys are read).
+        extra: field name -> description for method-specific fields, or None.
+
+    Returns:
+        field name -> description, for every key of ``summary`` in its order.
+
+    Raises:
+        KeyError: a field of ``summary`` has no description.
+
+    Example:
+        >>> from congealing.report import field_documentation
+        >>> field_documentation({"method": "lsq"})
+        {'method': 'the alignment method (congeal align --method)'}
     """
     known = {**FIELD_DOCS, **(extra or {})}
     missing = [key for key in summary if key not in known]

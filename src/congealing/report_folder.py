@@ -35,7 +35,28 @@ _PROGRAM = "congeal"
 
 
 def is_report(folder: str | os.PathLike) -> bool:
-    """Whether ``folder`` is a report this program wrote (it holds a readable :data:`MARKER`)."""
+    """Whether ``folder`` is a report this program wrote (it holds a readable :data:`MARKER`).
+
+    The marker must be JSON whose ``"program"`` is this program's; a missing, unreadable or foreign
+    marker (or a missing folder) gives False. No chapter teaches it; ``congeal align`` (Chapter 7,
+    "Align your own photos") relies on it to replace only its own reports.
+
+    Args:
+        folder: the folder to look at.
+
+    Returns:
+        True if the marker says this program wrote the folder.
+
+    Example:
+        >>> import json, tempfile
+        >>> from pathlib import Path
+        >>> from congealing.report_folder import MARKER, is_report
+        >>> with tempfile.TemporaryDirectory() as tmp:
+        ...     before = is_report(tmp)
+        ...     _ = (Path(tmp) / MARKER).write_text(json.dumps({"program": "congeal"}))
+        ...     print(before, is_report(tmp))
+        False True
+    """
     marker = Path(folder) / MARKER
     try:
         return json.loads(marker.read_text()).get("program") == _PROGRAM
@@ -44,7 +65,19 @@ def is_report(folder: str | os.PathLike) -> bool:
 
 
 def staging_path(out: str | os.PathLike) -> Path:
-    """Where the report for ``out`` is written before it is complete: ``.OUT.partial`` beside it."""
+    """Where the report for ``out`` is written before it is complete: ``.OUT.partial`` beside it.
+
+    Args:
+        out: the report folder.
+
+    Returns:
+        the staging folder's path (nothing is created).
+
+    Example:
+        >>> from congealing.report_folder import staging_path
+        >>> staging_path("runs/birds").as_posix()
+        'runs/.birds.partial'
+    """
     out = Path(out)
     return out.with_name(f".{out.name}.partial")
 
@@ -62,13 +95,21 @@ def _nearest_existing(path: Path) -> Path:
 def check_output_folder(out: str | os.PathLike, inputs: str | os.PathLike | None = None) -> Path:
     """Check, before any work, that a report can be written to ``out``; return it as an absolute path.
 
+    Leftovers of an earlier run (``.OUT.partial``, ``.OUT.old``) must be this program's; a
+    ``.OUT.old`` (a run stopped while replacing a report) is refused so the user can recover it.
+    ``congeal align`` runs it before anything else (Chapter 7, "Align your own photos").
+
     Args:
         out: the report folder asked for (new, empty, or an earlier report of this program).
         inputs: the folder of input images, which can never be the report folder.
 
+    Returns:
+        ``out`` as an absolute path (symbolic links not resolved).
+
     Raises:
         OutputFolderError: ``out`` is a file, a symbolic link, a folder holding files the program did
-            not write (the input folder among them), or a place the user cannot write to.
+            not write (the input folder among them), or a place the user cannot write to; or a leftover
+            staging or old folder is in the way.
     """
     given = str(out)
     out = Path(os.path.abspath(out))
@@ -97,7 +138,19 @@ def check_output_folder(out: str | os.PathLike, inputs: str | os.PathLike | None
 
 
 def begin(out: str | os.PathLike) -> Path:
-    """Create the empty staging folder for ``out`` (removing a leftover one of this program's) and return it."""
+    """Create the empty staging folder for ``out`` (removing a leftover one of this program's) and return it.
+
+    The folder (:func:`staging_path`) is marked with :data:`STAGING_MARKER` until :func:`publish`.
+
+    Args:
+        out: the report folder the staging folder is for.
+
+    Returns:
+        the new, empty (but for its marker) staging folder.
+
+    Raises:
+        OutputFolderError: a staging folder this program did not write is in the way.
+    """
     staging = staging_path(out)
     if staging.exists():
         if not (staging / STAGING_MARKER).exists() and not is_report(staging):
@@ -115,8 +168,22 @@ def _files(folder: Path) -> list[str]:
 def publish(staging: Path, out: str | os.PathLike) -> Path:
     """Make the complete report in ``staging`` (from :func:`begin`) the folder ``out``.
 
-    Writes the manifest, then either renames ``staging`` to ``out`` or replaces an earlier report as
-    described in the module docstring. Returns ``out``.
+    Writes the manifest (:data:`MARKER`, every file of the report), then renames ``staging`` to
+    ``out``; fills ``out`` if it is an empty folder; or replaces an earlier report as described in the
+    module docstring (the user's own files move into the new report; ones whose names clash stay in
+    ``.OUT.old``, with a warning).
+
+    Args:
+        staging: the staging folder, complete.
+        out: the report folder.
+
+    Returns:
+        ``out`` as a path.
+
+    Raises:
+        OutputFolderError: ``out`` now holds files this program did not write (the new report is left
+            in ``staging``).
+        OSError: a rename failed (when replacing, the old report is put back first).
     """
     out = Path(out)
     (staging / STAGING_MARKER).unlink()

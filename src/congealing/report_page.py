@@ -25,14 +25,27 @@ def _url(path: str) -> str:
 
 
 def describe_transforms(transforms: torch.Tensor) -> list[dict]:
-    """Each transform ``(N, 3, 3)`` (input -> aligned, normalised coordinates, ``x`` right, ``y``
-    down) as numbers and words: mirrored or not, rotation in degrees (positive = clockwise on
-    screen), scale (the square root of the area change, at the image centre for a homography),
-    stretch (the ratio of the singular values), shift of the image centre in fractions of the side
-    (positive = right / down) and whether it has perspective.
+    """Each transform as numbers and words, for the report's rows and ``summary.json``.
 
-    >>> describe_transforms(warps.exp(torch.tensor([[0.2, 0.0]]), "translation"))[0]["words"]
-    'moved 10% right'
+    A transform (input -> aligned, normalised coordinates, ``x`` right, ``y`` down; divided by its
+    ``[2, 2]`` entry) is described by its Jacobian at the image centre: mirrored or not, rotation in
+    degrees (positive = clockwise on screen), scale (the square root of the area change), stretch (the
+    ratio of the singular values), shift of the image centre in fractions of the side (positive =
+    right / down) and whether it has perspective. Chapter 7, "Align your own photos", "What came out".
+
+    Args:
+        transforms: ``(N, 3, 3)``.
+
+    Returns:
+        one dict per transform: ``mirrored``, ``rotation_deg``, ``scale``, ``stretch``, ``shift_x``,
+        ``shift_y``, ``perspective`` and ``words`` (the same in a short sentence).
+
+    Example:
+        >>> import torch
+        >>> from congealing import warps
+        >>> from congealing.report_page import describe_transforms
+        >>> describe_transforms(warps.exp(torch.tensor([[0.2, 0.0]]), "translation"))[0]["words"]
+        'moved 10% right'
     """
     rows = []
     for T in transforms.detach().double().cpu():
@@ -78,12 +91,24 @@ def _words(row: dict) -> str:
 
 
 def describe_grids(grids: torch.Tensor) -> list[dict]:
-    """Each sampling grid ``(N, h, w, 2)`` (aligned -> input) as its least-squares affine part,
-    described like :func:`describe_transforms` (input -> aligned), plus ``nonrigid``: the RMS
-    distance between the grid and that affine map, in fractions of the side.
+    """Each sampling grid as its least-squares affine part, plus how far it departs from it.
 
-    >>> describe_grids(warps.identity_grid((4, 4), 1) * 0.5)[0]["words"]
-    'enlarged ×2.00'
+    The affine fit (aligned -> input) is inverted and described like :func:`describe_transforms`
+    (input -> aligned); ``nonrigid`` is the RMS distance between the grid and that affine map, in
+    fractions of the side. Chapter 7, "Align your own photos", "What came out".
+
+    Args:
+        grids: ``(N, h, w, 2)``, aligned -> input, normalised coordinates.
+
+    Returns:
+        one dict per grid: the fields of :func:`describe_transforms` and ``nonrigid``, with
+        ``words`` naming the local warp when ``nonrigid`` is at least 1 %.
+
+    Example:
+        >>> from congealing import warps
+        >>> from congealing.report_page import describe_grids
+        >>> describe_grids(warps.identity_grid((4, 4), 1) * 0.5)[0]["words"]
+        'enlarged ×2.00'
     """
     N, h, w, _ = grids.shape
     atlas = warps.identity_grid((h, w), 1, torch.float64).reshape(-1, 2)
@@ -102,10 +127,21 @@ def describe_grids(grids: torch.Tensor) -> list[dict]:
 
 
 def describe_pose(pose: dict) -> str:
-    """A 3-D camera in words.
+    """A 3-D camera in words, for the 3-D method's report rows and ``summary.json``.
 
-    >>> describe_pose({"azimuth_deg": 30.4, "elevation_deg": 12.0, "fov_deg": 40.0})
-    'seen from azimuth 30°, elevation 12°, field of view 40°'
+    Args:
+        pose: a dict with ``azimuth_deg``, ``elevation_deg`` and ``fov_deg`` (other keys ignored).
+
+    Returns:
+        e.g. ``"seen from azimuth 30°, elevation 12°, field of view 40°"`` (whole degrees).
+
+    Raises:
+        KeyError: one of the three angles is missing.
+
+    Example:
+        >>> from congealing.report_page import describe_pose
+        >>> describe_pose({"azimuth_deg": 30.4, "elevation_deg": 12.0, "fov_deg": 40.0})
+        'seen from azimuth 30°, elevation 12°, field of view 40°'
     """
     return f"seen from azimuth {pose['azimuth_deg']:.0f}°, elevation {pose['elevation_deg']:.0f}°, field of view {pose['fov_deg']:.0f}°"
 

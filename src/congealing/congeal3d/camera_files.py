@@ -110,13 +110,37 @@ def cameras_from_transforms(meta: dict, folder=None, source: str = "transforms.j
     (else ``camera_angle_x`` / ``camera_angle_y``; ``fl_y`` defaults to ``fl_x``), ``cx`` / ``cy``
     (default: the image centre), ``w`` / ``h`` (else read from the image file under ``folder``, or
     of the same name in ``photos``).
-    Poses are ``transform_matrix`` (OpenGL camera-to-world, as these formats store them).
+    Poses are ``transform_matrix`` (OpenGL camera-to-world, as these formats store them; a 3x4
+    matrix gets the row ``[0, 0, 0, 1]``). The principal point is moved from the file's pixel-edge
+    convention to pixel centres (``cx - 0.5``). Lens distortion terms and instant-ngp's ``scale`` /
+    ``offset`` / ``aabb_scale`` are ignored, with a warning and a line in ``notes``. Chapter 6,
+    "From lego to a hand-held capture", reads a capture with it.
 
-    >>> meta = {"camera_angle_x": math.radians(90), "w": 4, "h": 4,
-    ...         "frames": [{"file_path": "a.png", "transform_matrix": torch.eye(4).tolist()}]}
-    >>> cams = cameras_from_transforms(meta)
-    >>> float(cams.fx[0]), float(cams.cx[0])
-    (2.0, 1.5)
+    Args:
+        meta: the parsed JSON, a dict with ``frames`` (each with ``file_path`` and ``transform_matrix``)
+            and optional global intrinsics.
+        folder: the folder of the file, where images named by ``file_path`` are measured when ``w`` /
+            ``h`` are missing (None: not looked for there).
+        source: the file's name, used in messages.
+        photos: another folder where the images are looked for by file name, or None.
+
+    Returns:
+        the :class:`Cameras`: ``c2w`` ``(N, 4, 4)``, ``fx``, ``fy``, ``cx``, ``cy`` ``(N,)`` float,
+        ``width``, ``height`` ``(N,)`` long, ``names`` (the file names without folders) and ``notes``.
+
+    Raises:
+        InputError: no ``frames``; a frame without ``transform_matrix``, image size or focal length; a
+            value that is not a number; a matrix that is not 4x4 (or 3x4), not finite, or not a rotation
+            plus a translation; a fisheye or equirectangular camera model.
+
+    Example:
+        >>> import math, torch
+        >>> from congealing.congeal3d.camera_files import cameras_from_transforms
+        >>> meta = {"camera_angle_x": math.radians(90), "w": 4, "h": 4,
+        ...         "frames": [{"file_path": "a.png", "transform_matrix": torch.eye(4).tolist()}]}
+        >>> cams = cameras_from_transforms(meta)
+        >>> float(cams.fx[0]), float(cams.cx[0])
+        (2.0, 1.5)
     """
     folder = None if folder is None else Path(folder)
     photos = None if photos is None else Path(photos)
@@ -202,8 +226,24 @@ def cameras_from_colmap(folder) -> Cameras:
     """Cameras from a COLMAP text model: ``cameras.txt`` and ``images.txt`` in ``folder``.
 
     Models SIMPLE_PINHOLE, PINHOLE, SIMPLE_RADIAL, RADIAL and OPENCV are read (the radial and
-    OpenCV distortion terms are ignored, with a note). COLMAP stores world-to-camera poses in
-    OpenCV axes (y down, z forward); they are inverted and turned into OpenGL camera-to-world.
+    OpenCV distortion terms are ignored, with a warning and a line in ``notes``). COLMAP stores
+    world-to-camera poses (a quaternion ``QW QX QY QZ`` and ``TX TY TZ``) in OpenCV axes (y down,
+    z forward); they are inverted and turned into OpenGL camera-to-world. The principal point is moved
+    from COLMAP's pixel-edge convention to pixel centres (``cx - 0.5``). Used by :func:`load_cameras`
+    for the route of Chapter 6, "From lego to a hand-held capture".
+
+    Args:
+        folder: the folder holding ``cameras.txt`` and ``images.txt`` (a ``str`` or path).
+
+    Returns:
+        the :class:`Cameras` of the images in ``images.txt``'s order: ``c2w`` ``(N, 4, 4)``, ``fx``,
+        ``fy``, ``cx``, ``cy`` ``(N,)`` float, ``width``, ``height`` ``(N,)`` long, ``names`` (as
+        ``images.txt`` gives them) and ``notes``.
+
+    Raises:
+        InputError: an unsupported camera model, a line that cannot be read, an image whose camera is
+            not defined, or no images at all.
+        OSError: ``cameras.txt`` or ``images.txt`` cannot be read.
     """
     folder = Path(folder)
     cameras = {}
@@ -254,17 +294,34 @@ def cameras_from_colmap(folder) -> Cameras:
 
 
 def check_intrinsics(cameras: Cameras, source: str) -> None:
-    """Refuse intrinsics no photo can have: a focal length or image size that is not a positive
-    number, a principal point outside the photo, a field of view outside 1-170 degrees, or pixels
-    more than twice as tall as wide (usually a focal length in other units, or ``w`` and ``h``
-    swapped). Raises :class:`~congealing.errors.InputError` naming the first bad camera.
+    """Refuse intrinsics no photo can have.
 
-    >>> cams = Cameras(torch.eye(4)[None], torch.tensor([2.0]), torch.tensor([2.0]), torch.tensor([9.0]), torch.tensor([1.5]),
-    ...                torch.tensor([4]), torch.tensor([4]), ["a.png"])
-    >>> check_intrinsics(cams, "t.json")
-    Traceback (most recent call last):
-    ...
-    congealing.errors.InputError: t.json: the principal point of a.png, (9.5, 2.0) px, lies outside its 4x4 photo
+    A focal length or image size that is not a positive number, a principal point outside the photo, a
+    horizontal field of view outside 1-170 degrees, or pixels more than twice as tall as wide (usually
+    a focal length in other units, or ``w`` and ``h`` swapped) is refused, naming the first bad camera.
+    :func:`congealing.congeal3d.captures.check_capture` runs it before any work (Chapter 6, "From lego
+    to a hand-held capture").
+
+    Args:
+        cameras: the :class:`Cameras` to check (``fx``, ``fy``, ``cx``, ``cy``, ``width``, ``height``
+            ``(N,)``).
+        source: the camera file's name, used in messages.
+
+    Returns:
+        None when every camera is plausible.
+
+    Raises:
+        InputError: the first camera with impossible intrinsics, and why.
+
+    Example:
+        >>> import torch
+        >>> from congealing.congeal3d.camera_files import Cameras, check_intrinsics
+        >>> cams = Cameras(torch.eye(4)[None], torch.tensor([2.0]), torch.tensor([2.0]), torch.tensor([9.0]), torch.tensor([1.5]),
+        ...                torch.tensor([4]), torch.tensor([4]), ["a.png"])
+        >>> check_intrinsics(cams, "t.json")
+        Traceback (most recent call last):
+        ...
+        congealing.errors.InputError: t.json: the principal point of a.png, (9.5, 2.0) px, lies outside its 4x4 photo
     """
     for i, name in enumerate(cameras.names):
         fx, fy, cx, cy = (float(t[i]) for t in (cameras.fx, cameras.fy, cameras.cx, cameras.cy))
@@ -282,13 +339,35 @@ def check_intrinsics(cameras: Cameras, source: str) -> None:
 
 
 def match_photos(cameras: Cameras, sizes: dict, source: str, folder) -> Cameras:
-    """The cameras of the photos ``sizes`` (file name -> (width, height), in the folder's order),
-    matched by file name (or, if the camera file leaves out extensions, by name without one).
+    """The cameras of the photos ``sizes``, matched by file name, in the folder's order.
 
-    Every photo needs a camera; cameras without a photo are left out with a warning. A photo
-    whose shape differs from its camera's ``w`` x ``h`` (a different aspect ratio: rotated or
-    cropped after calibration) is refused; a uniformly resized one is fine (the intrinsics scale
-    with it). Raises :class:`~congealing.errors.InputError` otherwise.
+    A photo matches the camera of the same file name or, if the camera file leaves out extensions,
+    the only camera with the same name without one. Every photo needs a camera; cameras without a
+    photo are left out with a warning. A photo whose shape differs from its camera's ``w`` x ``h``
+    (aspect ratios more than 2 % apart: rotated or cropped after calibration) is refused; a uniformly
+    resized one is fine (the intrinsics scale with it). :func:`congealing.congeal3d.captures.check_capture`
+    runs it (Chapter 6, "From lego to a hand-held capture").
+
+    Args:
+        cameras: the :class:`Cameras` read from the camera file.
+        sizes: photo file name -> ``(width, height)`` in pixels, in the folder's order.
+        source: the camera file's name, used in messages.
+        folder: the photos' folder, used in messages.
+
+    Returns:
+        the :class:`Cameras` of the photos, one per entry of ``sizes`` in its order, their ``names``
+        the photos' file names.
+
+    Raises:
+        InputError: no photo is named in the camera file, a photo has no camera, or a photo's aspect
+            ratio differs from its camera's.
+
+    Example:
+        >>> import torch
+        >>> from congealing.congeal3d.camera_files import Cameras, match_photos
+        >>> cams = Cameras(torch.eye(4).repeat(2, 1, 1), *[torch.ones(2)] * 4, torch.tensor([4, 4]), torch.tensor([2, 2]), ["a", "b"])
+        >>> match_photos(cams, {"b.jpg": (8, 4), "a.jpg": (8, 4)}, "t.json", "photos").names
+        ['b.jpg', 'a.jpg']
     """
     by_name = {name: i for i, name in enumerate(cameras.names)}
     by_stem: dict = {}

@@ -52,15 +52,30 @@ __all__ = [
 
 
 def load_cameras(path, masks: list | None = None, normalise: bool = True, radius: float = 4.0, photos=None) -> Cameras:
-    """Read a capture's cameras: a ``transforms.json`` file, or a COLMAP text model (a folder with
-    ``cameras.txt`` and ``images.txt``, or its ``sparse/0``), and normalise their frame.
+    """Read a capture's cameras and normalise their frame.
 
-    ``masks``: optional object masks, one ``(1, h, w)`` tensor per camera (any resolution of the
-    photo); with them the frame is centred and scaled on the visual hull (:func:`normalise_frame`).
-    ``photos``: the folder of the photos, where image sizes a ``transforms.json`` leaves out are
-    measured (besides its own folder).
-    Raises :class:`~congealing.errors.InputError` for a file it cannot use; warns (and lists in
-    ``notes``) what it ignores.
+    ``path`` is a ``transforms.json`` file (:func:`cameras_from_transforms`), or a folder holding a
+    COLMAP text model (``cameras.txt`` and ``images.txt`` in it, its ``sparse/0`` or its ``sparse``;
+    :func:`cameras_from_colmap`) or a ``transforms.json``. The frame is then normalised
+    (:func:`normalise_frame`) unless ``normalise`` is False. Warns (and lists in ``notes``) what the
+    importers ignore. Chapter 6, "From lego to a hand-held capture".
+
+    Args:
+        path: the camera file or folder (a ``str`` or path).
+        masks: optional object masks, one ``(1, h, w)`` tensor per camera (any resolution of the
+            photo); with them the frame is centred and scaled on the visual hull.
+        normalise: move the cameras into the model's frame (False: the file's frame as it is).
+        radius: the cameras' median distance to the object after normalising.
+        photos: the folder of the photos, where image sizes a ``transforms.json`` leaves out are
+            measured (besides its own folder), or None.
+
+    Returns:
+        the :class:`~congealing.congeal3d.camera_files.Cameras` (``c2w`` ``(N, 4, 4)``, intrinsics
+        ``(N,)``), normalised if ``normalise``.
+
+    Raises:
+        InputError: no such file or folder, a folder with neither camera format, a file that is not
+            valid JSON text, or any error of the importers and :func:`normalise_frame`.
     """
     path = Path(path)
     if path.is_dir():
@@ -86,12 +101,28 @@ def load_cameras(path, masks: list | None = None, normalise: bool = True, radius
 
 
 def check_capture(folder, camera_path, min_photos: int | None = None) -> Cameras:
-    """Check a capture before any work: the camera file (or COLMAP folder) at ``camera_path``
-    exists and parses (:func:`load_cameras`), its intrinsics are sane (:func:`check_intrinsics`),
-    and every photo in ``folder`` has a camera of its shape (:func:`match_photos`; sizes read from
-    the file headers only), at least ``min_photos`` of them (default: the anchors of
-    :class:`congealing.congeal3d.Congeal3DConfig` plus two to pose). Returns the photos' cameras, not yet
-    normalised, in the folder's order. Raises :class:`~congealing.errors.InputError`.
+    """Check a capture before any work and return the photos' cameras.
+
+    The camera file (or COLMAP folder) at ``camera_path`` must exist and parse (:func:`load_cameras`,
+    not normalised), its intrinsics must be sane (:func:`check_intrinsics`), ``folder`` must hold at
+    least ``min_photos`` readable photos, and every photo must have a camera of its shape
+    (:func:`match_photos`; sizes read from the file headers only, unreadable files skipped).
+    ``congeal align --cameras`` runs it first; the route is Chapter 6's "From lego to a hand-held
+    capture".
+
+    Args:
+        folder: the folder of photos.
+        camera_path: the ``transforms.json`` or COLMAP text folder.
+        min_photos: the fewest readable photos accepted (None: the anchors of
+            :class:`congealing.congeal3d.Congeal3DConfig` plus two to pose).
+
+    Returns:
+        the photos' :class:`~congealing.congeal3d.camera_files.Cameras`, not yet normalised, in the
+        folder's (sorted) order.
+
+    Raises:
+        InputError: ``camera_path`` does not exist or cannot be used, impossible intrinsics, too few
+            photos, or photos without a matching camera.
     """
     from PIL import Image, ImageOps, UnidentifiedImageError
 
@@ -194,14 +225,34 @@ def normalise_frame(cameras: Cameras, masks: list | None = None, radius: float =
        (:func:`_coarse_hull`) and the frame is moved again so the hull's box is centred at the
        origin with its largest half-side ``object_half_size`` (lego's: 1.2, in a field of bound 1.5).
 
-    The applied similarity is composed into ``cameras.transform`` and ``cameras.scale``.
+    The applied similarity is composed into ``cameras.transform`` and ``cameras.scale``. Chapter 6,
+    "From lego to a hand-held capture".
 
-    >>> from congealing.congeal3d import spherical_cameras
-    >>> c2w = spherical_cameras(torch.tensor([0.0, 90.0, 180.0]), torch.tensor([10.0, 20.0, 30.0]), 4.0)
-    >>> c2w[:, :3, 3] = 0.5 * c2w[:, :3, 3] + torch.tensor([1.0, 2.0, 3.0])  # another scale and origin
-    >>> n = len(c2w); cams = Cameras(c2w, *[torch.ones(n)] * 4, torch.ones(n).long(), torch.ones(n).long(), ["a", "b", "c"])
-    >>> normalise_frame(cams).c2w[:, :3, 3].norm(dim=-1).round(decimals=3)
-    tensor([4., 4., 4.])
+    Args:
+        cameras: the :class:`~congealing.congeal3d.camera_files.Cameras`, ``c2w`` ``(N, 4, 4)`` in
+            any frame.
+        masks: object masks, one ``(1, h, w)`` tensor per camera, or None (no visual hull step).
+        radius: the cameras' median distance to the origin after step 1.
+        object_half_size: the largest half-side of the hull's box after step 2.
+
+    Returns:
+        the cameras with ``c2w`` ``(N, 4, 4)`` in the model's frame (intrinsics unchanged) and
+        ``transform`` ``(4, 4)`` / ``scale`` updated.
+
+    Raises:
+        InputError: the optical axes are (nearly) parallel, the number of masks is not the number of
+            cameras, or the visual hull is empty (masks and cameras do not agree).
+
+    Example:
+        >>> import torch
+        >>> from congealing.congeal3d import spherical_cameras
+        >>> from congealing.congeal3d.camera_files import Cameras
+        >>> from congealing.congeal3d.captures import normalise_frame
+        >>> c2w = spherical_cameras(torch.tensor([0.0, 90.0, 180.0]), torch.tensor([10.0, 20.0, 30.0]), 4.0)
+        >>> c2w[:, :3, 3] = 0.5 * c2w[:, :3, 3] + torch.tensor([1.0, 2.0, 3.0])  # another scale and origin
+        >>> n = len(c2w); cams = Cameras(c2w, *[torch.ones(n)] * 4, torch.ones(n).long(), torch.ones(n).long(), ["a", "b", "c"])
+        >>> normalise_frame(cams).c2w[:, :3, 3].norm(dim=-1).round(decimals=3)
+        tensor([4., 4., 4.])
     """
     c2w = cameras.c2w.float()
     up = _world_up(c2w)
@@ -270,21 +321,44 @@ def _object_extent(cameras: Cameras, masks: list, margin: float) -> torch.Tensor
 
 
 def square_views(images: list, cameras: Cameras, size: int, masks: list | None = None, fov: float | None = None, background: float = 1.0, margin: float = 0.1) -> SquareViews:
-    """Resample photos (one ``(C, h, w)`` tensor each, at any resolution of the photo the camera
-    describes) into ``size`` x ``size`` images of one pinhole camera with a centred principal
-    point, square pixels and field of view ``fov``. Default: the smallest that contains every
-    object mask with ``margin`` to spare (without masks: every whole photo); the photos' background
-    beyond it is dropped.
+    """Resample photos into square images of one centred pinhole camera.
+
+    Every photo (at any resolution of the photo its camera describes) becomes a ``size`` x ``size``
+    image with a centred principal point, square pixels and field of view ``fov``. Default: the
+    smallest that contains every object mask with ``margin`` to spare (without masks: every whole
+    photo); the photos' background beyond it is dropped.
 
     Exact for a pinhole camera: the square pixel ``(u, v)`` sees the ray of tangent
     ``((u - c) / f, (v - c) / f)``, which is photo pixel ``(cx + fx tan_x, cy + fy tan_y)``. Outside
-    the photo the square shows ``background`` with ``valid`` 0.
+    the photo the square shows ``background`` with ``valid`` 0. Chapter 6, "From lego to a hand-held
+    capture".
 
-    >>> cams = Cameras(torch.eye(4)[None], torch.tensor([2.0]), torch.tensor([2.0]), torch.tensor([1.5]), torch.tensor([1.5]),
-    ...                torch.tensor([4]), torch.tensor([4]), ["a"])
-    >>> views = square_views([torch.rand(3, 4, 4)], cams, 4)
-    >>> round(math.degrees(views.fov), 1), bool(views.valid.all())
-    (90.0, True)
+    Args:
+        images: the photos, one ``(C, h, w)`` tensor per camera.
+        cameras: their :class:`~congealing.congeal3d.camera_files.Cameras` (the poses are kept).
+        size: the side of the squares in pixels.
+        masks: object masks, one ``(1, h, w)`` tensor per camera, or None.
+        fov: the squares' field of view in radians (None: chosen as above).
+        background: the value of the pixels outside the photo.
+        margin: the relative room left around the masks (or photos) when ``fov`` is None.
+
+    Returns:
+        a :class:`SquareViews`: ``images`` ``(N, C, size, size)``, ``masks`` ``(N, 1, size, size)``
+        (None without masks), ``valid`` ``(N, 1, size, size)``, ``fov`` (radians) and ``c2w``
+        ``(N, 4, 4)`` (a copy of the cameras').
+
+    Raises:
+        InputError: the number of photos is not the number of cameras.
+
+    Example:
+        >>> import math, torch
+        >>> from congealing.congeal3d.camera_files import Cameras
+        >>> from congealing.congeal3d.captures import square_views
+        >>> cams = Cameras(torch.eye(4)[None], torch.tensor([2.0]), torch.tensor([2.0]), torch.tensor([1.5]), torch.tensor([1.5]),
+        ...                torch.tensor([4]), torch.tensor([4]), ["a"])
+        >>> views = square_views([torch.rand(3, 4, 4)], cams, 4)
+        >>> round(math.degrees(views.fov), 1), bool(views.valid.all())
+        (90.0, True)
     """
     if len(images) != len(cameras):
         raise InputError(f"{len(images)} photos for {len(cameras)} cameras: the camera file must list every photo")
@@ -311,15 +385,27 @@ def square_views(images: list, cameras: Cameras, size: int, masks: list | None =
 
 
 def object_is_whole(masks: torch.Tensor, valid: torch.Tensor | None = None, margin: int = 1) -> torch.Tensor:
-    """Whether each mask ``(N, 1, H, W)`` keeps clear of the picture's edge ``(N,)``: no object pixel
-    within ``margin`` pixels of the square's border or of an invalid (outside-the-photo) pixel.
+    """Whether each view shows its whole object: no object pixel near the picture's edge.
 
-    A view that cuts the object off cannot be an anchor: the visual hull would lose what lies
-    outside its frame.
+    An object pixel (mask > 0.5) within ``margin`` pixels of the square's border or of an invalid
+    (outside-the-photo) pixel makes the view not whole. A view that cuts the object off cannot be an
+    anchor: the visual hull would lose what lies outside its frame. Chapter 6, "From lego to a
+    hand-held capture".
 
-    >>> m = torch.zeros(2, 1, 6, 6); m[0, 0, 2:4, 2:4] = 1; m[1, 0, 0:3, 2:4] = 1
-    >>> object_is_whole(m).tolist()
-    [True, False]
+    Args:
+        masks: object masks ``(N, 1, H, W)``.
+        valid: ``(N, 1, H, W)``, the pixels inside the photo (> 0.5), or None (every pixel).
+        margin: the distance in pixels an object pixel must keep from the edge.
+
+    Returns:
+        ``(N,)`` bool, True where the object is whole.
+
+    Example:
+        >>> import torch
+        >>> from congealing.congeal3d.captures import object_is_whole
+        >>> m = torch.zeros(2, 1, 6, 6); m[0, 0, 2:4, 2:4] = 1; m[1, 0, 0:3, 2:4] = 1
+        >>> object_is_whole(m).tolist()
+        [True, False]
     """
     inside = torch.ones_like(masks) if valid is None else (valid > 0.5).float()
     inside = F.pad(inside, (1, 1, 1, 1), value=0.0)
@@ -328,8 +414,27 @@ def object_is_whole(masks: torch.Tensor, valid: torch.Tensor | None = None, marg
 
 
 def known_fov_config(config, fov: float):
-    """The 3-D congealing settings for inputs of known field of view ``fov`` (radians): the pose
-    search tries that one field of view, and refinement keeps it."""
+    """The 3-D congealing settings for inputs of known field of view.
+
+    The pose search tries that one field of view (``search_fovs_deg``), and refinement keeps it
+    (``refine_fov`` False); every other setting is ``config``'s. Chapter 6, "From lego to a
+    hand-held capture".
+
+    Args:
+        config: a :class:`congealing.congeal3d.Congeal3DConfig`.
+        fov: the inputs' field of view in radians.
+
+    Returns:
+        a copy of ``config`` with ``search_fovs_deg = (degrees(fov),)`` and ``refine_fov = False``.
+
+    Example:
+        >>> import math
+        >>> from congealing.congeal3d import Congeal3DConfig
+        >>> from congealing.congeal3d.captures import known_fov_config
+        >>> cfg = known_fov_config(Congeal3DConfig(), math.radians(40.0))
+        >>> [round(f, 6) for f in cfg.search_fovs_deg], cfg.refine_fov
+        ([40.0], False)
+    """
     return replace(config, search_fovs_deg=(math.degrees(fov),), refine_fov=False)
 
 
@@ -337,19 +442,40 @@ def congeal_capture(photos: list, masks: list, cameras: Cameras, config, backbon
     """3-D congealing of a calibrated capture: the offline route of Chapter 6 on a user's photos.
 
     The frame is normalised on the masks' visual hull (:func:`normalise_frame`), every photo is
-    resampled to the square model (:func:`square_views`), ``anchors`` views (default
-    ``config.anchor_views``) that show the whole object (:func:`object_is_whole`; all views if
-    ``whole_anchors`` is False, the old rule) and are spread around it fit the shape with their
-    cameras, and the other photos are posed by search and IoU refinement at the known field of
-    view (:func:`known_fov_config`), ignoring the square's pixels outside each photo. ``inputs``:
-    pose only that many of the other photos (evenly spaced; default all). ``maps``: also fit the
-    canonical coordinate maps of the posed photos (the report's NOCS maps; slower).
+    resampled to the square model (:func:`square_views`), ``anchors`` views that show the whole
+    object (:func:`object_is_whole`; all views if ``whole_anchors`` is False) and are spread around
+    it fit the shape with their cameras (:func:`congealing.congeal3d.field.fit_shape`, on white),
+    and the other photos are posed by search and IoU refinement at the known field of view
+    (:func:`known_fov_config`), ignoring the square's pixels outside each photo. Chapter 6, "From
+    lego to a hand-held capture".
 
-    ``photos`` and ``masks``: one ``(3, h, w)`` / ``(1, h, w)`` tensor per camera. Returns a dict:
-    ``cameras`` (normalised), ``views`` (:class:`SquareViews`), ``anchors`` and ``inputs`` (indices),
-    ``field``, ``poses`` (:func:`congealing.congeal3d.find_poses`' ``search`` and ``refined`` of the
-    inputs), ``alignment`` (:func:`congealing.congeal3d.fit`'s, with the coordinate maps, if
-    ``maps``; else None), ``config`` (the one used) and ``seconds``.
+    Args:
+        photos: one ``(3, h, w)`` tensor per camera.
+        masks: one ``(1, h, w)`` object mask per camera.
+        cameras: the photos' :class:`~congealing.congeal3d.camera_files.Cameras`, in any frame.
+        config: a :class:`congealing.congeal3d.Congeal3DConfig` (``image_size``, ``anchor_views``, ...).
+        backbone: the feature backbone of the pose search, or None.
+        anchors: how many anchor views fit the shape (None: ``config.anchor_views``).
+        device: where the shape is fitted (None: the CPU).
+        progress: ``progress(iterable, desc)`` wrapping each stage's loop (e.g. tqdm), or None.
+        whole_anchors: take anchors only among the views that show the whole object.
+        inputs: pose only that many of the other photos (evenly spaced; None: all).
+        maps: also fit the canonical coordinate maps of the posed photos (the report's NOCS maps;
+            slower), through :func:`congealing.congeal3d.fit`.
+
+    Returns:
+        a dict: ``cameras`` (normalised), ``views`` (:class:`SquareViews`, ``(N, ., S, S)``),
+        ``anchors`` and ``inputs`` (lists of indices), ``field`` (the fitted
+        :class:`~congealing.congeal3d.VoxelField`), ``poses`` (:func:`congealing.congeal3d.find_poses`'
+        ``search``, ``refined`` and ``seconds`` of the inputs), ``alignment`` (the
+        :class:`~congealing.alignment.Alignment` of :func:`congealing.congeal3d.fit` if ``maps``, else
+        None), ``config`` (the known-field-of-view one used) and ``seconds`` (per stage).
+
+    Raises:
+        InputError: the cameras, masks and photos do not agree (see :func:`normalise_frame` and
+            :func:`square_views`), or fewer than two photos are left to pose after the anchors.
+        ValueError: fewer than 2 anchor views (from ``fit_shape``).
+        FloatingPointError: the shape's loss diverged (from ``fit_shape``).
     """
     start = time.perf_counter()
     cameras = normalise_frame(cameras, masks)
@@ -373,14 +499,26 @@ def congeal_capture(photos: list, masks: list, cameras: Cameras, config, backbon
 
 
 def photos_from_squares(squares: torch.Tensor, valid: torch.Tensor) -> list:
-    """Undo the folder loader's padding: each square ``(N, C, S, S)`` cropped to its photo's own
-    pixels (``valid`` ``(N, 1, S, S)`` > 0.5, :attr:`congealing.data.ImageSet.valid`), one
-    ``(C, h, w)`` tensor per photo. The loader resized the whole photo onto that ``h`` x ``w``
-    block, so the crop is the photo at a smaller scale: its camera's intrinsics still apply.
+    """Undo the folder loader's padding: each square cropped to its photo's own pixels.
 
-    >>> valid = torch.zeros(1, 1, 4, 4); valid[..., 1:3, :] = 1
-    >>> photos_from_squares(torch.rand(1, 3, 4, 4), valid)[0].shape
-    torch.Size([3, 2, 4])
+    The crop is the bounding box of the pixels where ``valid`` > 0.5
+    (:attr:`congealing.data.ImageSet.valid`). The loader resized the whole photo onto that ``h`` x
+    ``w`` block, so the crop is the photo at a smaller scale: its camera's intrinsics still apply.
+    ``congeal align --cameras`` uses it before :func:`congeal_capture`.
+
+    Args:
+        squares: padded images or maps ``(N, C, S, S)``.
+        valid: ``(N, 1, S, S)``, 1 on each photo's own pixels.
+
+    Returns:
+        a list of ``N`` tensors ``(C, h, w)``, one per photo.
+
+    Example:
+        >>> import torch
+        >>> from congealing.congeal3d.captures import photos_from_squares
+        >>> valid = torch.zeros(1, 1, 4, 4); valid[..., 1:3, :] = 1
+        >>> photos_from_squares(torch.rand(1, 3, 4, 4), valid)[0].shape
+        torch.Size([3, 2, 4])
     """
     out = []
     for square, inside in zip(squares, valid):
@@ -391,13 +529,25 @@ def photos_from_squares(squares: torch.Tensor, valid: torch.Tensor) -> list:
 
 
 def pad_to_squares(photos: list, size: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Photos (one ``(C, h, w)`` each) padded to ``size`` x ``size`` squares the way the folder loader
-    pads them (longer side to ``size``, centred): ``squares`` ``(N, C, size, size)`` and ``valid``
-    ``(N, 1, size, size)``, 1 on the photo's own pixels. :func:`photos_from_squares` undoes it.
+    """Photos padded to ``size`` x ``size`` squares the way the folder loader pads them.
 
-    >>> squares, valid = pad_to_squares([torch.ones(3, 8, 4)], 4)
-    >>> squares.shape, valid[0, 0].sum().item()
-    (torch.Size([1, 3, 4, 4]), 8.0)
+    Each photo is resized (bilinear, antialiased) so its longer side is ``size`` and centred on a
+    zero square. :func:`photos_from_squares` undoes it.
+
+    Args:
+        photos: one ``(C, h, w)`` tensor per photo.
+        size: the side of the squares in pixels.
+
+    Returns:
+        ``squares`` ``(N, C, size, size)`` (zero outside the photos) and ``valid``
+        ``(N, 1, size, size)``, 1 on each photo's own pixels.
+
+    Example:
+        >>> import torch
+        >>> from congealing.congeal3d.captures import pad_to_squares
+        >>> squares, valid = pad_to_squares([torch.ones(3, 8, 4)], 4)
+        >>> squares.shape, valid[0, 0].sum().item()
+        (torch.Size([1, 3, 4, 4]), 8.0)
     """
     squares, valid = [], []
     for photo in photos:
@@ -416,10 +566,21 @@ def pad_to_squares(photos: list, size: int) -> tuple[torch.Tensor, torch.Tensor]
 
 
 def cosegment_photos(photos: list, backbone, size: int = 256) -> list:
-    """Object masks of a capture's photos (one ``(3, h, w)`` each) by co-segmentation, as
-    ``congeal align`` makes them without ``--masks``: padded to squares (:func:`pad_to_squares`),
-    :func:`congealing.features.saliency_masks` with the padding left out, and cropped back. Returns
-    one ``(1, h', w')`` mask per photo (the photo at the squares' scale; its camera still applies)."""
+    """Object masks of a capture's photos by co-segmentation, as ``congeal align`` makes them without ``--masks``.
+
+    The photos are padded to squares (:func:`pad_to_squares`), segmented by
+    :func:`congealing.features.saliency_masks` with the padding left out, the masks are upsampled to
+    the squares and thresholded at 0.5, and cropped back (:func:`photos_from_squares`).
+
+    Args:
+        photos: one ``(3, h, w)`` tensor in ``[0, 1]`` per photo.
+        backbone: the :class:`congealing.features.Backbone` whose descriptors are co-segmented.
+        size: the side of the squares the photos are padded to.
+
+    Returns:
+        a list with one binary ``(1, h', w')`` mask per photo (the photo at the squares' scale, longer
+        side ``size``; its camera still applies).
+    """
     squares, valid = pad_to_squares(photos, size)
     masks, _ = saliency_masks(squares, backbone, None, valid)
     masks = (F.interpolate(masks.float(), size=(size, size), mode="bilinear", align_corners=False) > 0.5).float()

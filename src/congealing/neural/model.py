@@ -232,8 +232,24 @@ class RigidSTN(nn.Module):
 def similarity_matrix(raw: torch.Tensor) -> torch.Tensor:
     """Raw STN outputs ``(B, 4)`` -> atlas-to-image similarity ``(B, 3, 3)``.
 
-    >>> torch.equal(similarity_matrix(torch.zeros(1, 4))[0], torch.eye(3))
-    True
+    ``raw = (o1, o2, o3, o4)`` gives the angle ``theta = pi tanh(o1)`` (so it stays in
+    ``(-pi, pi)``), the scale ``s = exp(o2)`` and the translation ``t = (o3, o4)`` in normalised
+    coordinates: ``T = [[s cos, -s sin, o3], [s sin, s cos, o4], [0, 0, 1]]``. Zeros give the
+    identity, where :class:`RigidSTN` starts. Chapter 4, "The atlas and the two mappings".
+
+    Args:
+        raw: the rigid STN's outputs ``(B, 4)``.
+
+    Returns:
+        the similarities ``(B, 3, 3)``, atlas -> image, normalised coordinates.
+
+    Example:
+        >>> import torch
+        >>> from congealing.neural import similarity_matrix
+        >>> torch.equal(similarity_matrix(torch.zeros(1, 4))[0], torch.eye(3))
+        True
+        >>> similarity_matrix(torch.tensor([[0.0, 0.0, 0.5, -0.25]]))[0, :2, 2]
+        tensor([ 0.5000, -0.2500])
     """
     theta, scale = math.pi * torch.tanh(raw[:, 0]), torch.exp(raw[:, 1])
     cos, sin = scale * torch.cos(theta), scale * torch.sin(theta)
@@ -245,9 +261,23 @@ def similarity_matrix(raw: torch.Tensor) -> torch.Tensor:
 def similarity_inverse(T: torch.Tensor) -> torch.Tensor:
     """Closed-form inverse of similarities ``(B, 3, 3)``: ``(1/s) [R^T | -R^T t]``.
 
-    >>> T = similarity_matrix(torch.tensor([[0.3, 0.2, 0.1, -0.4]]))
-    >>> torch.allclose(similarity_inverse(T) @ T, torch.eye(3), atol=1e-6)
-    True
+    The scale is read from the first column (``s^2 = a_00^2 + a_10^2``), so ``T`` must be a
+    similarity (as :func:`similarity_matrix` makes); no general matrix inverse is computed. Keypoint
+    transfer undoes the rigid part with it (Chapter 4, "Keypoint transfer"; the exercises of Chapter 4
+    compare it with ``torch.linalg.inv``).
+
+    Args:
+        T: similarities ``(B, 3, 3)`` with last row ``[0, 0, 1]``.
+
+    Returns:
+        their inverses ``(B, 3, 3)``.
+
+    Example:
+        >>> import torch
+        >>> from congealing.neural import similarity_inverse, similarity_matrix
+        >>> T = similarity_matrix(torch.tensor([[0.3, 0.2, 0.1, -0.4]]))
+        >>> torch.allclose(similarity_inverse(T) @ T, torch.eye(3), atol=1e-6)
+        True
     """
     A, t = T[:, :2, :2], T[:, :2, 2:]
     scale2 = (A[:, 0, 0] ** 2 + A[:, 1, 0] ** 2)[:, None, None]
@@ -257,12 +287,26 @@ def similarity_inverse(T: torch.Tensor) -> torch.Tensor:
 
 
 def convex_upsample(flow: torch.Tensor, weights: torch.Tensor, factor: int) -> torch.Tensor:
-    """RAFT's learned upsampling: flow ``(B, 2, h, w)`` and logits ``(B, 9 f^2, h, w)`` ->
-    ``(B, 2, f h, f w)``; every fine pixel is a convex combination of its 3x3 coarse neighbours.
-    The flow is multiplied by ``f`` first (RAFT's pixel convention, kept by the official code).
+    """RAFT's learned upsampling of a coarse flow by ``factor``.
 
-    >>> convex_upsample(torch.ones(1, 2, 4, 4), torch.zeros(1, 9 * 4, 4, 4), 2).shape
-    torch.Size([1, 2, 8, 8])
+    Every fine pixel is a convex combination (softmax over the 9 weights of its sub-pixel position) of
+    its 3x3 coarse neighbours (zero-padded at the border). The flow is multiplied by ``factor`` first
+    (RAFT's pixel convention, kept by the official code). :class:`FlowSTN` ends with it (Chapter 4,
+    "The atlas and the two mappings").
+
+    Args:
+        flow: the coarse flow ``(B, 2, h, w)``.
+        weights: the logits ``(B, 9 f^2, h, w)``, ``f = factor``.
+        factor: the upsampling factor ``f``.
+
+    Returns:
+        the fine flow ``(B, 2, f h, f w)``.
+
+    Example:
+        >>> import torch
+        >>> from congealing.neural import convex_upsample
+        >>> convex_upsample(torch.ones(1, 2, 4, 4), torch.zeros(1, 9 * 4, 4, 4), 2).shape
+        torch.Size([1, 2, 8, 8])
     """
     B, _, h, w = flow.shape
     mask = weights.view(B, 1, 9, factor, factor, h, w).softmax(dim=2)

@@ -32,15 +32,29 @@ __all__ = [
 
 
 def keys_loss(atlas_keys: torch.Tensor, keys: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Channel-mean squared distance and cosine distance between atlas keys ``(1|B, D, A, A)`` and
-    congealed keys ``(B, D, A, A)``, averaged under ``mask`` ``(B, 1, A, A)``. Returns ``(l2, cos)``.
+    """Channel-mean squared distance and cosine distance between atlas keys and congealed keys.
 
     Both come from one dot product and two squared norms (``|a-k|^2 = |a|^2 + |k|^2 - 2 a.k``):
-    with D in the hundreds these channel reductions are most of a step's cost on a CPU.
+    with D in the hundreds these channel reductions are most of a step's cost on a CPU. Each is
+    averaged under ``mask`` with :func:`congealing.losses.masked_mean`. Chapter 4, "The losses, one
+    line of reason each".
 
-    >>> k = torch.randn(2, 5, 3, 3)
-    >>> [round(v.item(), 6) for v in keys_loss(k, k, torch.ones(2, 1, 3, 3))]
-    [0.0, 0.0]
+    Args:
+        atlas_keys: ``(1|B, D, A, A)``.
+        keys: the congealed keys ``(B, D, A, A)``.
+        mask: weights ``(B, 1, A, A)`` (in training: atlas saliency times ``inside``).
+
+    Returns:
+        ``(l2, cos)``, two 0-d tensors: the masked mean of ``|a - k|^2 / D`` and of
+        ``1 - cos(a, k)``.
+
+    Example:
+        >>> import torch
+        >>> from congealing.neural import keys_loss
+        >>> _ = torch.manual_seed(0)
+        >>> k = torch.randn(2, 5, 3, 3)
+        >>> [round(v.item(), 6) for v in keys_loss(k, k, torch.ones(2, 1, 3, 3))]
+        [0.0, 0.0]
     """
     dot = (atlas_keys * keys).sum(dim=1, keepdim=True)
     a2 = atlas_keys.pow(2).sum(dim=1, keepdim=True)
@@ -75,8 +89,21 @@ def saliency_loss(atlas_saliency: torch.Tensor, saliency: torch.Tensor, inside: 
 def l0_approx(values: torch.Tensor, steepness: float = 5.0) -> torch.Tensor:
     """A smooth count of non-zeros: ``2 sigmoid(steepness * v) - 1``; 0 at 0, close to 1 from ~0.5 up.
 
-    >>> l0_approx(torch.tensor([0.0, 1.0])).round(decimals=3)
-    tensor([0.0000, 0.9870])
+    Elementwise; :func:`saliency_sparsity` averages it over the atlas saliency. Chapter 4, "The
+    losses, one line of reason each".
+
+    Args:
+        values: any shape, usually non-negative (e.g. a saliency in ``[0, 1]``).
+        steepness: the slope at 0 is ``steepness / 2``.
+
+    Returns:
+        a tensor of the shape of ``values``, in ``(-1, 1)``.
+
+    Example:
+        >>> import torch
+        >>> from congealing.neural import l0_approx
+        >>> l0_approx(torch.tensor([0.0, 1.0])).round(decimals=3)
+        tensor([0.0000, 0.9870])
     """
     return 2.0 * torch.sigmoid(steepness * values) - 1.0
 
@@ -121,11 +148,25 @@ def keys_sparsity(atlas_keys: torch.Tensor, atlas_saliency: torch.Tensor) -> tor
 def center_loss(atlas_saliency: torch.Tensor, inside: torch.Tensor | None = None) -> torch.Tensor:
     """Half the squared distance of the saliency's centre of mass from the atlas centre.
 
-    ``atlas_saliency`` ``(A, A)``; ``inside`` ``(A, A)`` (the pixels some image reaches) weighs it.
+    The centre of mass is taken in normalised coordinates (:func:`congealing.warps.identity_grid`),
+    each pixel weighted by the saliency (times ``inside`` if given). Chapter 4, "The losses, one line
+    of reason each".
 
-    >>> s = torch.zeros(8, 8); s[3:5, 3:5] = 1
-    >>> center_loss(s).item()
-    0.0
+    Args:
+        atlas_saliency: ``(A, A)`` in ``[0, 1]``.
+        inside: ``(A, A)`` weights, the atlas pixels some image reaches, or None (all).
+
+    Returns:
+        a 0-d tensor, 0 when the centre of mass is the atlas centre.
+
+    Example:
+        >>> import torch
+        >>> from congealing.neural import center_loss
+        >>> s = torch.zeros(8, 8); s[3:5, 3:5] = 1
+        >>> center_loss(s).item()
+        0.0
+        >>> center_loss(torch.roll(s, 2, dims=1)).item()  # centre at x = 0.5: 0.5 * 0.5 ** 2
+        0.125
     """
     A_h, A_w = atlas_saliency.shape[-2:]
     coords = warps.identity_grid((A_h, A_w), 1, atlas_saliency.dtype, atlas_saliency.device)[0]  # (A, A, 2) x, y
@@ -384,8 +425,27 @@ def _optimizers(model, cfg):
 
 
 def save_checkpoint(path, model, optimizers, epoch, flipped, included, history, fingerprint: dict | None = None) -> None:
-    """A plain dict of tensors and numbers (loads with ``torch.load(path, weights_only=True)``),
-    written atomically, with the ``fingerprint`` of the inputs (:mod:`congealing.checkpoints`)."""
+    """Save a training checkpoint: a plain dict of tensors and numbers, written atomically.
+
+    The dict holds ``epoch``, ``config`` (the model's config as a dict), ``model`` (its state dict),
+    ``optimizers`` (name -> state dict), ``flipped``, ``included`` (an empty bool tensor without
+    the gradual atlas) and ``history``; it loads with ``torch.load(path, weights_only=True)``.
+    :func:`congealing.checkpoints.save` writes it with the ``fingerprint`` of the inputs, so a
+    resumed run can check it continues the same training. :func:`train` calls it; no chapter does.
+
+    Args:
+        path: the checkpoint file.
+        model: the :class:`~congealing.neural.NeuralCongealing` being trained.
+        optimizers: name -> ``torch.optim.Optimizer`` (``"rigid"``, ``"flow"``, ``"atlas"``).
+        epoch: the epochs done.
+        flipped: ``(N,)`` bool, each image's orientation.
+        included: ``(N,)`` bool, the images in the gradual atlas, or None.
+        history: the loss history (a list of dicts of numbers).
+        fingerprint: what identifies the inputs (:mod:`congealing.checkpoints`), or None.
+
+    Returns:
+        None; the file is written at ``path``.
+    """
     state = {
         "epoch": epoch,
         "config": asdict(model.cfg),
@@ -400,12 +460,21 @@ def save_checkpoint(path, model, optimizers, epoch, flipped, included, history, 
 
 def update_flips_and_atlas(model: NeuralCongealing, data: NeuralData, flipped: torch.Tensor, included: torch.Tensor | None,
                            per_update: int) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """The decisions taken every ``update_every`` epochs (Chapter 4, "Training"): returns the new
-    ``flipped`` ``(N,)`` and ``included`` ``(N,)`` (or ``None`` without the gradual atlas).
+    """The decisions taken every ``update_every`` epochs (Chapter 4, "Training").
 
     With flips, each image takes the orientation whose keys fit the atlas better
-    (:func:`per_image_keys_loss`); with the gradual atlas, the ``per_update`` best-fitting images not
-    yet included join the images that update the atlas.
+    (:func:`per_image_keys_loss` of both orientations); with the gradual atlas, the ``per_update``
+    best-fitting images not yet included join the images that update the atlas.
+
+    Args:
+        model: the model being trained (``model.cfg.flips`` says whether to update flips).
+        data: the set's training tensors (:func:`prepare`).
+        flipped: ``(N,)`` bool, each image's current orientation.
+        included: ``(N,)`` bool, the images already in the atlas, or None (no gradual atlas).
+        per_update: how many images join the atlas at this update.
+
+    Returns:
+        the new ``flipped`` ``(N,)`` and ``included`` ``(N,)`` (or None without the gradual atlas).
     """
     N = len(data)
     if model.cfg.flips:
@@ -422,13 +491,30 @@ def update_flips_and_atlas(model: NeuralCongealing, data: NeuralData, flipped: t
 
 def train_epoch(model: NeuralCongealing, data: NeuralData, optimizers: dict, order: torch.Tensor, flipped: torch.Tensor,
                 included: torch.Tensor | None, epoch: int = 0, step: int = 0) -> tuple[dict[str, float], int]:
-    """One epoch over the images in ``order`` ``(N,)`` (Chapter 4, "Training"); returns the epoch's
-    mean of every loss term (and ``"total"``) and the step count so far.
+    """One epoch over the images in ``order`` (Chapter 4, "Training").
 
-    Each batch sums the weighted terms of :func:`_pass` in each image's current orientation and, with
-    flips, in the other orientation against a frozen atlas (so both orientations learn to map). The
-    rigid STN and the atlas always step; the flow STN once ``model.flow_active``. A non-finite loss
-    raises :class:`FloatingPointError` naming the epoch, step and every term.
+    Each batch of ``cfg.batch_size`` sums the weighted terms of :func:`_pass` in each image's current
+    orientation and, with flips, in the other orientation against a frozen atlas (so both
+    orientations learn to map). The rigid STN and the atlas always step; the flow STN once
+    ``model.flow_active``.
+
+    Args:
+        model: the model being trained.
+        data: the set's training tensors (:func:`prepare`).
+        optimizers: ``{"rigid", "flow", "atlas"}`` -> ``torch.optim.Optimizer``.
+        order: ``(N,)``, the images' order this epoch (a permutation).
+        flipped: ``(N,)`` bool, each image's orientation.
+        included: ``(N,)`` bool, the images that update the atlas, or None (all).
+        epoch: the epoch's number, for the divergence message.
+        step: the steps taken before this epoch.
+
+    Returns:
+        the epoch's mean of every loss term (unweighted; ``*_mirror`` for the other orientation) and of
+        the weighted ``"total"``, as floats, and the step count after this epoch.
+
+    Raises:
+        FloatingPointError: a batch's total loss is not finite (the message names the epoch, the step
+            and every term).
     """
     cfg, weights, device, N = model.cfg, model.cfg.weights(), data.keys.device, len(data)
     sums: dict[str, float] = {}

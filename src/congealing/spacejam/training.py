@@ -78,13 +78,29 @@ def prepare_keys(
 def keys_from_descriptors(descriptors: torch.Tensor, masks: torch.Tensor, config: SpaceJAMConfig) -> tuple[torch.Tensor, torch.Tensor]:
     """Descriptors ``(N, D, h, w)`` and masks ``(N, 1, *, *)`` to keys ``(N, K, S, S)`` and masks ``(N, 1, S, S)``.
 
-    PCA is fitted on all locations of all images (background included, as the official code does),
-    then the maps are resized to ``config.map_size``, multiplied by the masks, and divided by one
-    scalar, their standard deviation on the foreground.
+    PCA (``K = config.pca_dim`` components) is fitted on all locations of all images (background
+    included, as the official code does; on the foreground only with ``config.pca_fit ==
+    "foreground"`` when it has at least ``K`` locations), then the maps are resized to
+    ``config.map_size``, multiplied by the masks (resized and thresholded at 0.5), and divided by one
+    scalar, their standard deviation on the foreground. An image whose mask is empty keeps its whole
+    image, with a warning. Chapter 5, "The keys: masked PCA maps and a 3-channel autoencoder".
 
-    >>> keys, m = keys_from_descriptors(torch.randn(3, 40, 8, 8), torch.ones(3, 1, 8, 8), SpaceJAMConfig(map_size=16))
-    >>> keys.shape, m.shape
-    (torch.Size([3, 25, 16, 16]), torch.Size([3, 1, 16, 16]))
+    Args:
+        descriptors: ``(N, D, h, w)``, e.g. from :func:`congealing.features.extract_descriptors`.
+        masks: ``(N, 1, *, *)`` foreground in ``[0, 1]``, at any resolution.
+        config: the :class:`SpaceJAMConfig` (``pca_dim``, ``pca_fit``, ``map_size``).
+
+    Returns:
+        keys ``(N, K, S, S)`` (zero on the background) and binary masks ``(N, 1, S, S)``,
+        ``S = config.map_size``.
+
+    Example:
+        >>> import torch
+        >>> from congealing.spacejam import SpaceJAMConfig, keys_from_descriptors
+        >>> _ = torch.manual_seed(0)
+        >>> keys, m = keys_from_descriptors(torch.randn(3, 40, 8, 8), torch.ones(3, 1, 8, 8), SpaceJAMConfig(map_size=16))
+        >>> keys.shape, m.shape
+        (torch.Size([3, 25, 16, 16]), torch.Size([3, 1, 16, 16]))
     """
     size = (config.map_size, config.map_size)
     fit_masks = None
@@ -120,15 +136,28 @@ def _safe_homogeneous(points: torch.Tensor, T: torch.Tensor) -> torch.Tensor:
 def pair_predictions(sources: torch.Tensor, source_T: torch.Tensor, target_T: torch.Tensor) -> torch.Tensor:
     """Every source map carried into every target's frame, with ONE interpolation each.
 
-    ``sources`` ``(A, C, S, S)`` with transforms ``source_T`` ``(A, 3, 3)``; targets' transforms
-    ``target_T`` ``(Q, 3, 3)``. Returns ``(A, C, Q, S, S)``: entry ``[a, :, q]`` is source ``a``
-    warped by ``T_q^-1 T_a``. The ``Q`` sampling grids of one source are stacked vertically into
-    one tall grid, so ``grid_sample`` reads each source once and no copies of the sources are made.
+    Entry ``[a, :, q]`` is source ``a`` warped by ``T_q^-1 T_a`` (bilinear, zero outside the source).
+    The ``Q`` sampling grids of one source are stacked vertically into one tall grid, so
+    ``grid_sample`` reads each source once and no copies of the sources are made. Chapter 5, "Why
+    atlases and regularisers are fragile".
 
-    >>> x = torch.rand(2, 4, 8, 8); T = warps.exp(torch.randn(2, 8) * 0.1)
-    >>> out = pair_predictions(x, T, T)
-    >>> torch.allclose(out[0, :, 0], x[0], atol=1e-5), tuple(out.shape)
-    (True, (2, 4, 2, 8, 8))
+    Args:
+        sources: the maps to carry ``(A, C, S, S)``.
+        source_T: their transforms ``(A, 3, 3)``, image -> common frame.
+        target_T: the targets' transforms ``(Q, 3, 3)``, image -> common frame.
+
+    Returns:
+        ``(A, C, Q, S, S)``: every source in every target's frame.
+
+    Example:
+        >>> import torch
+        >>> from congealing import warps
+        >>> from congealing.spacejam import pair_predictions
+        >>> _ = torch.manual_seed(0)
+        >>> x = torch.rand(2, 4, 8, 8); T = warps.exp(torch.randn(2, 8) * 0.1)
+        >>> out = pair_predictions(x, T, T)
+        >>> torch.allclose(out[0, :, 0], x[0], atol=1e-5), tuple(out.shape)
+        (True, (2, 4, 2, 8, 8))
     """
     A, C, S, _ = sources.shape
     Q = target_T.shape[0]
@@ -151,11 +180,6 @@ def ic_loss(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The inverse-compositional loss over all ordered pairs of a batch, with reflections.
 
-    ``decoded`` ``(B, K, S, S)``: the autoencoder's keys of the batch (the sources); ``keys``
-    ``(B, K, S, S)``: the masked PCA keys (the targets); ``transforms`` ``(R, B, 3, 3)``: each
-    image's transform in each of its ``R`` flip configurations (``R = 1`` or ``2``);
-    ``config_index`` ``(B,)``: each image's current configuration, used when it is the source.
-
     Source ``i`` (in its configuration ``c_i``) predicts target ``j`` in configuration ``r`` through
     the common frame, optionally mirrored there (``F^a``, the "atlas flip"):
     ``e[a, i, j, r] = mean_pixels |keys_j - W(decoded_i; T_{j,r}^-1 F^a T_{i,c_i})|^2 / K``, the self
@@ -164,16 +188,34 @@ def ic_loss(
     every target are trained (so the network learns to align an image and its mirror alike), and
     the mirrored atlas serves the configuration that does not match it as it is. Without
     ``atlas_flips``: ``mean_j min_r mean_i e[0, i, j, r]`` (gradients through the best
-    configuration only). ``outside`` ``(K,)``: what a source predicts outside its frame (default
-    0, the masked background); the official code warps codes with zero padding, so it predicts
-    ``Dec(0)`` there. ``weight`` ``(B, 1, S, S)``: per-pixel weights of each target (e.g. its
-    mask; the official ``weight_loss_with_masks``), the pixel mean becoming a weighted mean. Returns the loss and ``mean_i e[0, i, j, r]`` ``(B, R)`` detached, for the
-    flip history.
+    configuration only). Chapter 5, "Why atlases and regularisers are fragile".
 
-    >>> x = torch.rand(3, 5, 8, 8); T = warps.identity(3)[None]
-    >>> loss, e = ic_loss(x[:1].expand(3, -1, -1, -1), x[:1].expand(3, -1, -1, -1), T, torch.zeros(3, dtype=torch.long))
-    >>> float(loss) < 1e-10, tuple(e.shape)
-    (True, (3, 1))
+    Args:
+        decoded: ``(B, K, S, S)``, the autoencoder's keys of the batch (the sources).
+        keys: ``(B, K, S, S)``, the masked PCA keys (the targets).
+        transforms: ``(R, B, 3, 3)``, each image's transform (image -> common frame) in each of its
+            ``R`` flip configurations (``R = 1`` or ``2``).
+        config_index: ``(B,)`` long, each image's current configuration, used when it is the source.
+        atlas_flips: also let every source predict through the mirrored common frame (used only
+            when ``R = 2``).
+        outside: ``(K,)``, what a source predicts outside its frame (None: 0, the masked background);
+            the official code warps codes with zero padding, so it predicts ``Dec(0)`` there.
+        weight: ``(B, 1, S, S)`` per-pixel weights of each target (e.g. its mask; the official
+            ``weight_loss_with_masks``), the pixel mean becoming a weighted mean; None: uniform.
+
+    Returns:
+        the loss, a 0-d tensor, and ``mean_i e[0, i, j, r]`` ``(B, R)`` detached (per target and
+        configuration), for the flip history.
+
+    Example:
+        >>> import torch
+        >>> from congealing import warps
+        >>> from congealing.spacejam import ic_loss
+        >>> _ = torch.manual_seed(0)
+        >>> x = torch.rand(3, 5, 8, 8); T = warps.identity(3)[None]
+        >>> loss, e = ic_loss(x[:1].expand(3, -1, -1, -1), x[:1].expand(3, -1, -1, -1), T, torch.zeros(3, dtype=torch.long))
+        >>> float(loss) < 1e-10, tuple(e.shape)
+        (True, (3, 1))
     """
     R, B = transforms.shape[:2]
     K = keys.shape[1]
@@ -198,9 +240,24 @@ def ic_loss(
 
 
 def atlas_loss(decoded: torch.Tensor, keys: torch.Tensor, transforms: torch.Tensor, config_index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Ablation: distance of every aligned map to their mean (the atlas), in the atlas frame, with no
-    regulariser. Same arguments and returns as :func:`ic_loss`. Shrinking every image towards one
-    point (or off the frame) lowers it, which is the trivial solution the IC loss avoids."""
+    """Ablation: distance of every aligned map to their mean (the atlas), in the atlas frame, with no regulariser.
+
+    The atlas is the mean of the decoded maps warped into the common frame in each image's current
+    configuration; each configuration ``r`` of image ``j`` is scored by the mean squared distance of
+    its warped map to it, and the loss is the mean over images of the best configuration. Shrinking
+    every image towards one point (or off the frame) lowers it, which is the trivial solution the IC
+    loss avoids (Chapter 5, "Why atlases and regularisers are fragile").
+
+    Args:
+        decoded: ``(B, K, S, S)``, the autoencoder's keys of the batch.
+        keys: ``(B, K, S, S)``, the masked PCA keys (unused: the atlas is made of ``decoded``; kept
+            so the signature is :func:`ic_loss`'s).
+        transforms: ``(R, B, 3, 3)``, each image's transform in each flip configuration.
+        config_index: ``(B,)`` long, each image's current configuration.
+
+    Returns:
+        the loss, a 0-d tensor, and the per-image, per-configuration distances ``(B, R)`` detached.
+    """
     R, B = transforms.shape[:2]
     identity = warps.identity(1, transforms.dtype, transforms.device)
     # Warp each image into the common frame: sources with T, target frame = identity.
@@ -290,11 +347,26 @@ def infer(ae: KeyAutoencoder, stn: RecurrentLieSTN, keys: torch.Tensor, flips: t
 
 def pretrain_epoch(ae: KeyAutoencoder, optimiser: torch.optim.Optimizer, keys: torch.Tensor, masks: torch.Tensor,
                    order: torch.Tensor, batch_size: int, epoch: int = 0) -> float:
-    """One epoch of autoencoder pretraining (Chapter 5, "The keys"); returns the mean loss.
+    """One epoch of autoencoder pretraining; returns the mean loss.
 
-    The loss is the masked L2 reconstruction of keys ``(N, K, S, S)`` inside masks ``(N, 1, S, S)``,
-    with every image also shown mirrored (as the official code does), over batches of ``order``
-    ``(N,)`` (a permutation of the images). ``epoch`` only names the place of a divergence.
+    The loss is the masked L2 reconstruction of the keys inside the masks, with every image also
+    shown mirrored (as the official code does), over batches of ``order``; ``optimiser`` steps once
+    per batch. Chapter 5, "The keys: masked PCA maps and a 3-channel autoencoder".
+
+    Args:
+        ae: the :class:`KeyAutoencoder` being pretrained.
+        optimiser: its optimiser.
+        keys: ``(N, K, S, S)``, the masked PCA keys.
+        masks: ``(N, 1, S, S)``.
+        order: ``(N,)``, a permutation of the images; batches are taken from it in turn.
+        batch_size: images per batch (before mirroring).
+        epoch: the epoch's number; it only names the place of a divergence.
+
+    Returns:
+        the mean reconstruction loss over the epoch's images, a float.
+
+    Raises:
+        FloatingPointError: a batch's loss is not finite.
     """
     total = 0.0
     for step, batch in enumerate(order.split(batch_size)):
@@ -311,14 +383,28 @@ def pretrain_epoch(ae: KeyAutoencoder, optimiser: torch.optim.Optimizer, keys: t
 
 def joint_loss(ae: KeyAutoencoder, stn: RecurrentLieSTN, keys: torch.Tensor, masks: torch.Tensor, batch: torch.Tensor,
                flips: torch.Tensor, group: str, reflections: torch.Tensor, config: SpaceJAMConfig) -> tuple[torch.Tensor, torch.Tensor]:
-    """The joint-training loss of one ``batch`` (indices ``(B,)``) and its per-target errors ``(B, R)``
-    (Chapter 5, "Reflections").
+    """The joint-training loss of one ``batch`` and its per-target errors (Chapter 5, "Reflections").
 
-    The batch's keys ``(B, K, S, S)`` are encoded; the network reads every code as it is and
-    mirrored (``R = 2`` rows of ``reflections`` ``(R, N, 3, 3)``, or ``R = 1`` without flips) and
-    predicts each configuration's transform; :func:`ic_loss` (or :func:`atlas_loss` for the
-    ablation) compares the decoded keys carried between every pair with the targets' keys.
-    ``flips`` ``(N,)``: each image's configuration when it is a source.
+    The batch's keys are encoded; the network reads every code as it is and mirrored (``R = 2``
+    rows of ``reflections``, or ``R = 1`` without flips) and predicts each configuration's transform;
+    :func:`ic_loss` (or :func:`atlas_loss` when ``config.loss`` is not ``"ic"``, the ablation) compares
+    the decoded keys carried between every pair with the targets' keys. ``config`` also chooses
+    ``Dec(0)`` outside the frame (``decoded_padding``), mask-weighted errors
+    (``mask_weighted_loss``), area-averaged comparison at ``loss_size`` and ``atlas_flips``.
+
+    Args:
+        ae: the :class:`KeyAutoencoder`.
+        stn: the :class:`RecurrentLieSTN`.
+        keys: ``(N, K, S, S)``, the masked PCA keys of the whole set.
+        masks: ``(N, 1, S, S)``.
+        batch: ``(B,)``, the indices of the batch's images.
+        flips: ``(N,)`` bool, each image's configuration when it is a source.
+        group: the transformation group the network's output is projected onto (the curriculum's).
+        reflections: ``(R, N, 3, 3)``, identity and (with ``R = 2``) the horizontal flip of each image.
+        config: the :class:`SpaceJAMConfig`.
+
+    Returns:
+        the loss, a 0-d tensor, and the per-target errors ``(B, R)`` detached.
     """
     R = reflections.shape[0]
     x = keys[batch]
@@ -344,11 +430,31 @@ def joint_loss(ae: KeyAutoencoder, stn: RecurrentLieSTN, keys: torch.Tensor, mas
 def joint_epoch(ae: KeyAutoencoder, stn: RecurrentLieSTN, optimisers, keys: torch.Tensor, masks: torch.Tensor, order: torch.Tensor,
                 flips: torch.Tensor, group: str, reflections: torch.Tensor, history: torch.Tensor, config: SpaceJAMConfig,
                 epoch: int = 0) -> float:
-    """One epoch of joint training over batches of ``order`` ``(N,)``; returns the mean loss.
+    """One epoch of joint training over batches of ``order``; returns the mean loss.
 
     Every batch's :func:`joint_loss` updates the network and the autoencoder together (one Adam each,
-    ``optimisers``); each image's per-configuration error is written to ``history`` ``(N, R)`` (this
-    epoch's row of the record :func:`update_flips` reads).
+    ``optimisers``); each image's per-configuration error is written to ``history`` (this epoch's row
+    of the record :func:`update_flips` reads). Chapter 5, "Reflections".
+
+    Args:
+        ae: the :class:`KeyAutoencoder`.
+        stn: the :class:`RecurrentLieSTN`.
+        optimisers: the optimisers stepped after every batch (an iterable).
+        keys: ``(N, K, S, S)``, the masked PCA keys.
+        masks: ``(N, 1, S, S)``.
+        order: ``(N,)``, a permutation of the images; batches of ``config.batch_size`` are taken from it.
+        flips: ``(N,)`` bool, each image's configuration.
+        group: the transformation group of the current curriculum stage.
+        reflections: ``(R, N, 3, 3)``, see :func:`joint_loss`.
+        history: ``(N, R)``, written in place with each image's per-configuration error.
+        config: the :class:`SpaceJAMConfig`.
+        epoch: the epoch's number; it only names the place of a divergence.
+
+    Returns:
+        the mean loss over the epoch's images, a float.
+
+    Raises:
+        FloatingPointError: a batch's loss is not finite.
     """
     total = 0.0
     for step, batch in enumerate(order.split(config.batch_size)):
@@ -365,12 +471,26 @@ def joint_epoch(ae: KeyAutoencoder, stn: RecurrentLieSTN, optimisers, keys: torc
 
 
 def update_flips(history: torch.Tensor, epoch: int, config: SpaceJAMConfig) -> torch.Tensor:
-    """Each image's flip configuration ``(N,)`` bool after ``epoch``: the one with the lower mean
-    error over the last ``config.flip_window`` epochs of ``history`` ``(epochs, N, 2)``.
+    """Each image's flip configuration after ``epoch``: the one with the lower recent error.
 
-    >>> history = torch.zeros(4, 2, 2); history[:, 0, 1] = 1.0; history[:, 1, 0] = 1.0
-    >>> update_flips(history, 3, SpaceJAMConfig(flip_window=2)).tolist()
-    [False, True]
+    The errors of ``history`` are averaged over the last ``config.flip_window`` epochs up to and
+    including ``epoch``; each image takes the configuration with the lower mean (ties: not flipped).
+    Chapter 5, "Reflections".
+
+    Args:
+        history: ``(epochs, N, 2)``, each epoch's per-image error of the two configurations.
+        epoch: the epoch just finished (an index into ``history``).
+        config: the :class:`SpaceJAMConfig` (``flip_window``).
+
+    Returns:
+        ``(N,)`` bool, True where the image is read mirrored.
+
+    Example:
+        >>> import torch
+        >>> from congealing.spacejam import SpaceJAMConfig, update_flips
+        >>> history = torch.zeros(4, 2, 2); history[:, 0, 1] = 1.0; history[:, 1, 0] = 1.0
+        >>> update_flips(history, 3, SpaceJAMConfig(flip_window=2)).tolist()
+        [False, True]
     """
     window = history[max(0, epoch - config.flip_window + 1) : epoch + 1].mean(dim=0)
     return window.argmin(dim=1).bool()
