@@ -14,13 +14,15 @@ Foundations
 * :mod:`congealing.metrics`    PCK, bootstrap intervals, box IoU (Chapter 3)
 * :mod:`congealing.losses`     loss terms more than one method uses
 * :mod:`congealing.runtime`    the quick/full switch, seeding, device choice, the cache folder
+* :mod:`congealing.alignment`  the one result type every method's ``fit`` returns (Chapter 7)
 * :mod:`congealing.checkpoints`, :mod:`congealing.files`, :mod:`congealing.errors`
 
 Methods (never import each other)
 
-* :mod:`congealing.classical`  entropy, least-squares and inverse-compositional congealing (Chapter 2)
-* :mod:`congealing.neural`     Neural Congealing (Chapter 4)
-* :mod:`congealing.spacejam`   SpaceJAM (Chapter 5)
+* :mod:`congealing.classical`  entropy, least-squares and inverse-compositional congealing (Chapter 2);
+  a package (``configs``, ``common``, ``entropy``, ``least_squares``, ``protocol``)
+* :mod:`congealing.neural`     Neural Congealing (Chapter 4); a package (``model``, ``training``)
+* :mod:`congealing.spacejam`   SpaceJAM (Chapter 5); a package (``model``, ``training``)
 * :mod:`congealing.congeal3d`  3-D congealing (Chapter 6), a package (its ``camera_files`` and
   ``captures`` submodules: a user's calibrated capture), with :mod:`congealing.diffusion_prior`
 
@@ -33,8 +35,10 @@ Evaluation
 
 Applications
 
-* :mod:`congealing.align`      folder -> alignment -> report, one function per method
-* :mod:`congealing.report`     the folder ``congeal align`` writes
+* :mod:`congealing.align`      folder -> alignment -> report: one :func:`~congealing.align.align` for
+  every method (3-D congealing's routes included)
+* :mod:`congealing.report`     the folder ``congeal align`` writes (with :mod:`congealing.report_page`,
+  the page, and :mod:`congealing.report_folder`, the never-overwrite rules)
 * :mod:`congealing.widgets`    widgets that also work in the static HTML book
 * :mod:`congealing.cli`        the ``congeal`` command
 
@@ -47,7 +51,8 @@ __version__ = "0.1.0"
 _SUBMODULES = {
     "warps", "data", "features", "metrics", "losses", "runtime", "checkpoints", "files", "errors",
     "classical", "neural", "spacejam", "congeal3d", "diffusion_prior",
-    "evaluation", "mnist", "registry", "lego", "align", "report", "report_folder", "widgets", "cli",
+    "alignment", "evaluation", "mnist", "registry", "lego", "align", "report", "report_page", "report_folder",
+    "widgets", "cli",
 }
 
 

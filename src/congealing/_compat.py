@@ -16,6 +16,8 @@ import sys
 
 import torch
 
+__all__ = ["import_timm"]
+
 _MISSING_OPS = (
     "nms(Tensor dets, Tensor scores, float iou_threshold) -> Tensor",
     "qnms(Tensor dets, Tensor scores, float iou_threshold) -> Tensor",
