@@ -535,8 +535,9 @@ def distil_shape(prior: DiffusionPrior, render_fn: Callable[[int], torch.Tensor]
 
     ``render_fn`` owns the 3-D representation and its cameras (draw a random pose per call, seeded by
     ``step`` for reproducibility); this loop only needs the renders to depend differentiably on
-    ``params``. Chapter 6, "The canonical shape, two routes" takes one such step by hand with
-    :func:`sds_loss`; the full loop needs real model weights.
+    ``params``. Chapter 6, "The canonical shape, two routes" takes one step by hand with
+    :func:`sds_loss`, then runs three steps of this loop on :meth:`DiffusionPrior.tiny`; a real
+    shape needs real model weights.
 
     Args:
         prior: the :class:`DiffusionPrior`.
