@@ -2,7 +2,7 @@
 import torch, torch.nn.functional as F
 from congealing import data, features
 bb = features.load_backbone("efficientnet_lite0")
-SETTINGS = [dict(), dict(vote_fraction=0.5), dict(vote_threshold=0.2), dict(vote_threshold=0.2, vote_fraction=0.5), dict(border_prior=False)]
+SETTINGS = [dict(), dict(vote_fraction=0.5), dict(vote_threshold=0.2), dict(vote_threshold=0.2, vote_fraction=0.5), dict(border_prior=False)] + [dict(vote_fraction=0.9), dict(vote_threshold=0.4)] * ("--tight" in __import__("sys").argv)
 sets = [data.load_cub_class(c) for c in range(1, 7)]
 descs = [features.extract_descriptors(cub.images, bb, grid=64) for cub in sets]
 for s in SETTINGS:
