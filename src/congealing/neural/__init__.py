@@ -35,13 +35,8 @@ from .model import (
     FlowSTN,
     NeuralCongealing,
 )
+from .losses import keys_loss, saliency_loss, l0_approx, saliency_sparsity, keys_sparsity, center_loss
 from .training import (
-    keys_loss,
-    saliency_loss,
-    l0_approx,
-    saliency_sparsity,
-    keys_sparsity,
-    center_loss,
     NeuralData,
     prepare,
     TrainResult,

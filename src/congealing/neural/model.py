@@ -1,7 +1,7 @@
 """Neural Congealing's configuration and networks: the settings (:class:`NeuralCongealingConfig`),
 the two spatial transformers (:class:`RigidSTN`, :class:`FlowSTN`) and the model that holds them with
-the atlas (:class:`NeuralCongealing`). Chapter 4, "The atlas and the two mappings"; the training is
-in :mod:`congealing.neural.training`.
+the atlas (:class:`NeuralCongealing`). Chapter 4, "The atlas and the two mappings"; the loss terms
+are in :mod:`congealing.neural.losses`, the training in :mod:`congealing.neural.training`.
 """
 from __future__ import annotations
 

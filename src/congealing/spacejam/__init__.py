@@ -64,13 +64,11 @@ from .model import (
     KeyAutoencoder,
     RecurrentLieSTN,
 )
+from .losses import pair_predictions, ic_loss, atlas_loss
 from .training import (
     DIVERGED_ADVICE,
     prepare_keys,
     keys_from_descriptors,
-    pair_predictions,
-    ic_loss,
-    atlas_loss,
     TrainResult,
     infer,
     pretrain_epoch,

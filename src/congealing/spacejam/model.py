@@ -1,8 +1,8 @@
 """SpaceJAM's configuration and networks: the settings (:class:`SpaceJAMConfig`), the key
 autoencoder (:class:`KeyAutoencoder`) and the recurrent Lie-algebra alignment network
 (:class:`RecurrentLieSTN`). Chapter 5, "The keys: masked PCA maps and a 3-channel autoencoder" and
-"Lie groups, the curriculum and the cascade"; the keys, losses and training are in
-:mod:`congealing.spacejam.training`.
+"Lie groups, the curriculum and the cascade"; the losses are in
+:mod:`congealing.spacejam.losses`, the keys and training in :mod:`congealing.spacejam.training`.
 """
 from __future__ import annotations
 
