@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from congealing import report, report_page, warps
+from congealing import report, report_page, report_scores, warps
 
 
 def weighted_pearson(x: np.ndarray, y: np.ndarray, w: np.ndarray) -> float:
@@ -23,7 +23,7 @@ def test_agreement_is_the_weighted_correlation_with_the_other_images():
     generator = torch.Generator().manual_seed(0)
     images = torch.rand(4, 3, 16, 16, generator=generator)
     weights = (torch.rand(4, 1, 16, 16, generator=generator) > 0.3).float()
-    got = report.agreement(images, weights, side=16)
+    got = report_scores.agreement(images, weights, side=16)
     x, w = images.numpy().astype(np.float64), weights.numpy().astype(np.float64)
     for n in range(4):
         others = [k for k in range(4) if k != n]
@@ -37,8 +37,8 @@ def test_agreement_rises_when_shifted_copies_are_aligned():
     blob[..., 10:20, 12:22] = 1.0
     shifts = warps.exp(torch.tensor([[0.3, 0.0], [-0.2, 0.25], [0.0, -0.3], [0.15, 0.15]]), "translation")
     shifted = warps.warp_image(blob.expand(4, -1, -1, -1), shifts)
-    before = report.agreement(shifted).mean()
-    after = report.agreement(warps.warp_image(shifted, warps.invert(shifts))).mean()
+    before = report_scores.agreement(shifted).mean()
+    after = report_scores.agreement(warps.warp_image(shifted, warps.invert(shifts))).mean()
     assert after > 0.99 and before < 0.5
 
 
@@ -119,7 +119,7 @@ def test_descriptor_agreement_is_the_mean_cosine_with_the_other_images():
     generator = torch.Generator().manual_seed(3)
     descriptors = torch.randn(3, 5, 6, 6, generator=generator)
     weights = (torch.rand(3, 1, 6, 6, generator=generator) > 0.4).float()
-    got = report.descriptor_agreement(descriptors, weights)
+    got = report_scores.descriptor_agreement(descriptors, weights)
     d = descriptors.numpy().astype(np.float64)
     d /= np.linalg.norm(d, axis=1, keepdims=True)
     w = weights.numpy().astype(np.float64)[:, 0]

@@ -38,7 +38,8 @@ Applications
 * :mod:`congealing.align`      folder -> alignment -> report: one :func:`~congealing.align.align` for
   every method (3-D congealing's routes included)
 * :mod:`congealing.report`     the folder ``congeal align`` writes (with :mod:`congealing.report_page`,
-  the page, and :mod:`congealing.report_folder`, the never-overwrite rules)
+  the page, :mod:`congealing.report_scores`, the agreement scores, and
+  :mod:`congealing.report_folder`, the never-overwrite rules)
 * :mod:`congealing.widgets`    widgets that also work in the static HTML book
 * :mod:`congealing.cli`        the ``congeal`` command
 
@@ -51,7 +52,7 @@ __version__ = "0.1.0"
 _SUBMODULES = {
     "warps", "data", "features", "metrics", "losses", "runtime", "checkpoints", "files", "errors",
     "classical", "neural", "spacejam", "congeal3d", "diffusion_prior",
-    "alignment", "evaluation", "mnist", "registry", "lego", "align", "report", "report_page", "report_folder",
+    "alignment", "evaluation", "mnist", "registry", "lego", "align", "report", "report_page", "report_scores", "report_folder",
     "widgets", "cli",
 }
 
