@@ -21,10 +21,11 @@ def test_timm_imports_next_to_a_mismatched_torchvision():
 
 
 @pytest.mark.slow  # loads the backbone
-def test_efficientnet_weights_are_the_real_imagenet_ones():
+@pytest.mark.parametrize("variant", [0, 1, 2])
+def test_efficientnet_weights_are_the_real_imagenet_ones(variant):
     timm = import_timm()
-    model = timm.create_model("tf_efficientnet_lite0", pretrained=False)
-    model.load_state_dict(features.efficientnet_lite0_state_dict(), strict=True)
+    model = timm.create_model(f"tf_efficientnet_lite{variant}", pretrained=False)
+    model.load_state_dict(features.efficientnet_lite_state_dict(variant), strict=True)
     cat = torch.from_numpy(skdata.chelsea()).permute(2, 0, 1)[None].float() / 255.0
     cat = F.interpolate(cat, size=(224, 224), mode="bilinear", antialias=True, align_corners=False)
     with torch.no_grad():
@@ -36,6 +37,14 @@ def test_descriptor_shapes_and_norm(lite0):
     out = features.extract_descriptors(torch.rand(3, 3, 128, 128), lite0, grid=20, cache=False)
     assert out.shape == (3, 472, 20, 20)
     assert torch.allclose(out.norm(dim=1), torch.ones(3, 20, 20), atol=1e-4)
+
+
+@pytest.mark.slow  # loads the backbone
+def test_efficientnet_lite2_stages_are_wider():
+    lite2 = features.load_backbone("efficientnet_lite2")
+    out = features.extract_descriptors(torch.rand(2, 3, 128, 128), lite2, grid=16, cache=False)
+    assert out.shape == (2, 48 + 120 + 352, 16, 16) and lite2.title.startswith("EfficientNet-Lite2")
+    assert torch.allclose(out.norm(dim=1), torch.ones(2, 16, 16), atol=1e-4)
 
 
 def test_same_part_is_closer_than_background_across_birds(data_root, lite0, isolated_cache):

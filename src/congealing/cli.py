@@ -53,7 +53,7 @@ DATASET_METHODS: dict[str, tuple[str, ...]] = {"mnist": mnist.MNIST_METHODS, "cu
 PIXEL_METHODS = align.PIXEL_METHODS
 #: Methods that train with a checkpoint that ``--resume`` continues.
 RESUMABLE = align.RESUMABLE
-BACKBONE_NAMES = ("auto", "dino_vits8", "dinov2_vits14", "efficientnet_lite0")
+BACKBONE_NAMES = ("auto", "dino_vits8", "dinov2_vits14", "efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2")
 SIZE_RANGE = (16, 2048)
 
 
@@ -72,7 +72,7 @@ def _parser() -> argparse.ArgumentParser:
         p.add_argument("--mode", default=None, help="quick (CPU, minutes) or full (paper settings, GPU); default $CONGEAL_MODE or quick")
         p.add_argument("--device", default=None, help="cpu, cuda, cuda:N, mps or auto (default)")
         p.add_argument("--seed", default="0", help="random seed, a whole number from 0 to 2**32-1 (default 0)")
-        p.add_argument("--backbone", default=None, help="dino_vits8, dinov2_vits14, efficientnet_lite0 or auto (methods on features only)")
+        p.add_argument("--backbone", default=None, help="dino_vits8, dinov2_vits14, efficientnet_lite0/1/2 or auto (methods on features only)")
         p.add_argument("--data", default=None, help="data folder (default $CONGEAL_DATA, else the download cache)")
         p.add_argument("--debug", action="store_true", help="show Python tracebacks for errors (also CONGEAL_DEBUG=1)")
 

