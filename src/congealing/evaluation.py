@@ -62,7 +62,7 @@ __all__ = [
     "descriptor_transfer", "masked_descriptor_transfer", "windowed_descriptor_transfer",
     "threshold_lengths", "transfer_all_pairs", "evaluate_transfer", "evaluate_cub", "peak_memory_mb", "format_cub_table",
     "fit_on_cub", "CUB_METHODS",
-    "sweep_rows", "format_sweep", "shipped_row",
+    "SWEEP_BACKBONE", "sweep_rows", "format_sweep", "shipped_row",
 ]
 
 #: ``transfer(src_index, tgt_index, points)``: ``points`` ``(K, 2)`` pixel ``(x, y)`` in image ``src``
@@ -586,17 +586,22 @@ CUB_METHODS: dict[str, Callable[..., TransferFn]] = {
 # ----------------------------------------------------------------------------- recorded sweeps
 
 
+#: The backbone of the recorded quick-mode sweep's shipped settings (the offline one, Chapter 3).
+SWEEP_BACKBONE = "efficientnet_lite0"
+
+
 def sweep_rows(record: dict, method: str) -> list[dict]:
     """The settings of a recorded sweep of ``method``, seeds averaged (Chapters 4 and 5, "Quick mode
     on whole classes").
 
     Args:
-        record: ``{"runs": [{"method", "tag", "overrides", "cls", "seed", "pck", "nn", "cpu", "masks"?}]}``
-            as ``benchmarks/issue15_sweep.py`` writes them.
+        record: ``{"runs": [{"method", "tag", "overrides", "cls", "seed", "pck", "nn", "cpu", "masks"?,
+            "backbone"?}]}`` as ``benchmarks/issue15_sweep.py`` writes them (a run without ``masks``
+            used the co-segmentation, one without ``backbone`` EfficientNet-Lite0).
         method: the method whose runs to read.
 
     Returns:
-        one row per setting: ``overrides``, ``masks``, ``pck`` (class -> list over seeds), ``nn``
+        one row per setting (overrides, masks and backbone): ``overrides``, ``masks``, ``backbone``, ``pck`` (class -> list over seeds), ``nn``
         (class -> nearest neighbours' PCK), ``cpu`` (seconds per run), ``mean`` and ``nn_mean``
         (over classes 1-3, or None if one is missing) and ``seeds``.
     """
@@ -604,9 +609,9 @@ def sweep_rows(record: dict, method: str) -> list[dict]:
     for run in record["runs"]:
         if run["method"] != method:
             continue
-        masks = run.get("masks", "cosegment")
-        key = json.dumps([run["overrides"], masks], sort_keys=True)
-        row = rows.setdefault(key, {"tag": run["tag"], "overrides": run["overrides"], "masks": masks, "pck": {}, "nn": {}, "cpu": []})
+        masks, backbone = run.get("masks", "cosegment"), run.get("backbone", SWEEP_BACKBONE)
+        key = json.dumps([run["overrides"], masks, backbone], sort_keys=True)
+        row = rows.setdefault(key, {"tag": run["tag"], "overrides": run["overrides"], "masks": masks, "backbone": backbone, "pck": {}, "nn": {}, "cpu": []})
         row["pck"].setdefault(run["cls"], []).append(run["pck"])
         row["nn"][run["cls"]] = run["nn"]
         row["cpu"].append(run["cpu"])
@@ -641,6 +646,7 @@ def format_sweep(rows: list[dict]) -> str:
         cells = "".join(f"{_seed_mean(row, c):7.1f}" if c in row["pck"] else f"{'-':>7}" for c in range(1, 7))
         label = (", ".join(f"{k}={v}" for k, v in row["overrides"].items()) or "none (the earlier quick config)") + (f" [{row['seeds']} seeds]" if row["seeds"] > 1 else "")
         label += "" if row["masks"] == "cosegment" else f" [masks: {row['masks']}]"
+        label += "" if row.get("backbone", SWEEP_BACKBONE) == SWEEP_BACKBONE else f" [backbone: {row['backbone']}]"
         means = f"{row['mean']:10.1f}{row['nn_mean']:8.1f}" if row["mean"] is not None else f"{'-':>10}{'-':>8}"
         lines += [label, f"{'':<4}{cells}{means}{sum(row['cpu']) / len(row['cpu']):7.0f}"]
     return "\n".join(lines)
@@ -648,7 +654,7 @@ def format_sweep(rows: list[dict]) -> str:
 
 def shipped_row(rows: list[dict], shipped) -> dict:
     """The row of :func:`sweep_rows` that is the ``shipped`` config: the one with the most overrides
-    that ``shipped`` all has, with co-segmented masks (Chapters 4 and 5, "Quick mode on whole
+    that ``shipped`` all has, with co-segmented masks and the offline backbone (:data:`SWEEP_BACKBONE`) (Chapters 4 and 5, "Quick mode on whole
     classes").
 
     Args:
@@ -661,7 +667,7 @@ def shipped_row(rows: list[dict], shipped) -> dict:
     Raises:
         ValueError: no recorded setting is the shipped config.
     """
-    matches = [row for row in rows if row["masks"] == "cosegment" and row["overrides"]
+    matches = [row for row in rows if row["masks"] == "cosegment" and row.get("backbone", SWEEP_BACKBONE) == SWEEP_BACKBONE and row["overrides"]
                and all(getattr(shipped, k) == (tuple(v) if isinstance(v, list) else v) for k, v in row["overrides"].items())]
     if not matches:
         raise ValueError("no recorded setting is the shipped config; rerun the sweep")
