@@ -70,6 +70,7 @@ def main(argv=None) -> int:
     parser.add_argument("--tag", default="")
     parser.add_argument("--channels", default="", help="START:STOP, a slice of the descriptor channels (EfficientNet-Lite0: 0:40 stage 3, 40:152 stage 5, 152:472 stage 7)")
     parser.add_argument("--masks", default="cosegment", help="cosegment (the method), box (diagnostic: ground truth), ones")
+    parser.add_argument("--machine", default="", help="a label for runs timed on another machine than the record's first")
     parser.add_argument("--jsonl", default="/tmp/i15/runs.jsonl")
     args = parser.parse_args(argv)
     overrides = {}
@@ -102,6 +103,8 @@ def main(argv=None) -> int:
                 _NN[key] = box_pck(descriptor_transfer(features.extract_descriptors(cub.images, backbone, grid=grid), cub.images.shape[-1]), cub)
             row = dict(method=args.method, tag=args.tag, masks=args.masks, channels=args.channels, overrides=overrides, backbone=args.backbone, cls=c, seed=seed, pck=ours, nn=_NN[key],
                        wall=round(wall, 1), cpu=round(cpu, 1), rss_mb=round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024))
+            if args.machine:
+                row["machine"] = args.machine
             rows.append(row)
             print(json.dumps(row), flush=True)
             with open(args.jsonl, "a") as handle:

@@ -140,6 +140,8 @@ def test_sweep_rows_average_seeds_and_find_the_shipped_config():
         run({"epochs": 60}, 1, 0, 30.0), run({"epochs": 60}, 1, 1, 40.0), run({"epochs": 60}, 2, 0, 50.0), run({"epochs": 60}, 3, 0, 60.0),
         run({"epochs": 60, "pools": [26, 8]}, 1, 0, 10.0), run({"epochs": 60, "pools": [26, 8]}, 2, 0, 20.0), run({"epochs": 60, "pools": [26, 8]}, 3, 0, 30.0),
         run({"epochs": 90}, 1, 0, 99.0),
+        # the same setting timed on another machine: its own row, not a second seed
+        dict(run({"epochs": 90}, 1, 0, 11.0), machine="b"),
         # another backbone, same settings as the shipped row: its own row, never the shipped one
         *[dict(run({"epochs": 60, "pools": [26, 8]}, c, 0, 90.0), backbone="efficientnet_lite1") for c in (1, 2, 3)],
     ]}
@@ -152,5 +154,7 @@ def test_sweep_rows_average_seeds_and_find_the_shipped_config():
     assert [row["mean"] for row in rows][:2] == [None, pytest.approx((35.0 + 50.0 + 60.0) / 3)]  # class 1 alone has no mean
     assert rows[-1]["backbone"] == "efficientnet_lite1" and rows[-1]["mean"] == pytest.approx(90.0)
     assert "pools=[26, 8] [backbone: efficientnet_lite1]" in table
+    assert [row["pck"] for row in rows if row["overrides"] == {"epochs": 90}] == [{1: [99.0]}, {1: [11.0]}]
+    assert "epochs=90 [machine: b]" in table
     with pytest.raises(ValueError, match="shipped config"):
         evaluation.shipped_row(rows, Config(epochs=10, pools=(1, 1)))

@@ -596,12 +596,13 @@ def sweep_rows(record: dict, method: str) -> list[dict]:
 
     Args:
         record: ``{"runs": [{"method", "tag", "overrides", "cls", "seed", "pck", "nn", "cpu", "masks"?,
-            "backbone"?}]}`` as ``benchmarks/issue15_sweep.py`` writes them (a run without ``masks``
-            used the co-segmentation, one without ``backbone`` EfficientNet-Lite0).
+            "backbone"?, "machine"?}]}`` as ``benchmarks/issue15_sweep.py`` writes them (a run without ``masks``
+            used the co-segmentation, one without ``backbone`` EfficientNet-Lite0; ``machine`` labels
+            runs timed on another machine than the record's first, whose CPU seconds are not comparable).
         method: the method whose runs to read.
 
     Returns:
-        one row per setting (overrides, masks and backbone): ``overrides``, ``masks``, ``backbone``, ``pck`` (class -> list over seeds), ``nn``
+        one row per setting (overrides, masks, backbone and machine): ``overrides``, ``masks``, ``backbone``, ``machine``, ``pck`` (class -> list over seeds), ``nn``
         (class -> nearest neighbours' PCK), ``cpu`` (seconds per run), ``mean`` and ``nn_mean``
         (over classes 1-3, or None if one is missing) and ``seeds``.
     """
@@ -609,9 +610,10 @@ def sweep_rows(record: dict, method: str) -> list[dict]:
     for run in record["runs"]:
         if run["method"] != method:
             continue
-        masks, backbone = run.get("masks", "cosegment"), run.get("backbone", SWEEP_BACKBONE)
-        key = json.dumps([run["overrides"], masks, backbone], sort_keys=True)
-        row = rows.setdefault(key, {"tag": run["tag"], "overrides": run["overrides"], "masks": masks, "backbone": backbone, "pck": {}, "nn": {}, "cpu": []})
+        masks, backbone, machine = run.get("masks", "cosegment"), run.get("backbone", SWEEP_BACKBONE), run.get("machine", "")
+        key = json.dumps([run["overrides"], masks, backbone, machine], sort_keys=True)
+        row = rows.setdefault(key, {"tag": run["tag"], "overrides": run["overrides"], "masks": masks, "backbone": backbone, "machine": machine,
+                                    "pck": {}, "nn": {}, "cpu": []})
         row["pck"].setdefault(run["cls"], []).append(run["pck"])
         row["nn"][run["cls"]] = run["nn"]
         row["cpu"].append(run["cpu"])
@@ -647,6 +649,7 @@ def format_sweep(rows: list[dict]) -> str:
         label = (", ".join(f"{k}={v}" for k, v in row["overrides"].items()) or "none (the earlier quick config)") + (f" [{row['seeds']} seeds]" if row["seeds"] > 1 else "")
         label += "" if row["masks"] == "cosegment" else f" [masks: {row['masks']}]"
         label += "" if row.get("backbone", SWEEP_BACKBONE) == SWEEP_BACKBONE else f" [backbone: {row['backbone']}]"
+        label += f" [machine: {row['machine']}]" if row.get("machine") else ""
         means = f"{row['mean']:10.1f}{row['nn_mean']:8.1f}" if row["mean"] is not None else f"{'-':>10}{'-':>8}"
         lines += [label, f"{'':<4}{cells}{means}{sum(row['cpu']) / len(row['cpu']):7.0f}"]
     return "\n".join(lines)
