@@ -131,6 +131,7 @@ def test_keys_sparsity_and_saliency_loss():
     background = torch.zeros(6, 6)
     assert neural.keys_sparsity(keys, background).item() == pytest.approx(4.0)  # L1 sums channels
     assert neural.keys_sparsity(keys * 0, background).item() == 0.0
+    assert neural.keys_sparsity(keys, salient).item() == 0.0  # keys are free where the atlas is salient
     s = torch.rand(2, 1, 6, 6)
     assert neural.saliency_loss(s[:1], s[:1], torch.ones(1, 1, 6, 6)).item() == 0.0
     # Huber: quadratic below delta, linear above

@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from congealing import classical, evaluation, features, mnist, spacejam, warps, widgets
+from congealing import evaluation, features, mnist, spacejam, warps, widgets
 from congealing.data import CUBSet
 
 

@@ -1,5 +1,5 @@
 """Co-segmentation masks (as SpaceJAM's prepare_keys makes them) against the CUB boxes, classes 1-6."""
-import torch, torch.nn.functional as F
+import torch.nn.functional as F
 from congealing import data, features
 bb = features.load_backbone("efficientnet_lite0")
 for c in range(1, 7):

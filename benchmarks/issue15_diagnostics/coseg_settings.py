@@ -1,5 +1,5 @@
 """Co-segmentation settings against the CUB boxes, classes 1-6: mean IoU, precision, recall per setting."""
-import torch, torch.nn.functional as F
+import torch.nn.functional as F
 from congealing import data, features
 bb = features.load_backbone("efficientnet_lite0")
 SETTINGS = [dict(), dict(vote_fraction=0.5), dict(vote_threshold=0.2), dict(vote_threshold=0.2, vote_fraction=0.5), dict(border_prior=False)] + [dict(vote_fraction=0.9), dict(vote_threshold=0.4)] * ("--tight" in __import__("sys").argv)

@@ -1,4 +1,4 @@
-import torch, sys
+import torch
 from congealing import data, features
 from congealing.evaluation import descriptor_transfer, evaluate_transfer
 bb = features.load_backbone("efficientnet_lite0")

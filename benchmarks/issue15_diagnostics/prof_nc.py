@@ -1,4 +1,4 @@
-import time, torch, sys
+import time, sys
 from dataclasses import replace
 from congealing import data, features, neural
 cub = data.load_cub_class(1)
@@ -8,7 +8,4 @@ cfg = neural.NeuralCongealingConfig.for_mode("quick", seed=0, flips=True, gradua
 t = time.process_time(); d = neural.prepare(cub.images, data.cub_box_masks(cub), bb, cfg); print("prepare cpu", time.process_time() - t, d.keys.shape)
 for e, b in ((4, 1), (4, 3)):
     t = time.process_time(); neural.train(d, replace(cfg, epochs=e, bootstrap_epochs=b)); print("epochs", e, "boot", b, "cpu", time.process_time() - t)
-from torch.profiler import profile, ProfilerActivity
-if 0:
-    pass
 

@@ -1,4 +1,4 @@
-import time, torch, sys
+import time, sys
 from dataclasses import replace
 from congealing import data, features, spacejam
 cub = data.load_cub_class(1)
