@@ -156,5 +156,8 @@ def test_sweep_rows_average_seeds_and_find_the_shipped_config():
     assert "pools=[26, 8] [backbone: efficientnet_lite1]" in table
     assert [row["pck"] for row in rows if row["overrides"] == {"epochs": 90}] == [{1: [99.0]}, {1: [11.0]}]
     assert "epochs=90 [machine: b]" in table
+    held_out = evaluation.sweep_rows({"runs": [run({}, 1, 0, 1.0), run({}, 2, 0, 1.0), run({}, 3, 0, 1.0), dict(run({}, 5, 0, 1.0), cpu=100.0)]}, "m")
+    assert held_out[0]["cpu_mean"] == pytest.approx(10.0)  # time quoted on classes 1-3, not on a held-out class
+    assert evaluation.sweep_rows({"runs": [dict(run({}, 5, 0, 1.0), cpu=100.0)]}, "m")[0]["cpu_mean"] == pytest.approx(100.0)
     with pytest.raises(ValueError, match="shipped config"):
         evaluation.shipped_row(rows, Config(epochs=10, pools=(1, 1)))
