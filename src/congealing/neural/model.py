@@ -48,7 +48,7 @@ class NeuralCongealingConfig(ModeConfig):
     * ``epochs`` 8000 -> 420, ``bootstrap_epochs`` 1000 -> 84, ``update_every`` 100 -> 42,
       ``batch_size`` 2 -> 4: minutes instead of hours. At the quick sizes a step's fixed cost
       (dozens of small convolutions) is about half of it, so an epoch in batches of 4 costs about
-      0.7 of one in batches of 2: 420 epochs of 4 cost what 300 of 2 did and align better (CUB
+      0.7 of one in batches of 2: 420 epochs of 4 cost what 300 of 2 would, and align better (CUB
       classes 1-3, three seeds). The rigid bootstrap keeps 20 % of the epochs (the paper: 12.5 %):
       measured along a run, PCK barely leaves the identity while only the similarity trains, and
       rises once the flow joins, through the flow and through the similarity's own frozen-atlas
