@@ -162,3 +162,16 @@ def test_fast_affine_path_matches_general_path():
         fast = warps.sampling_grid(T, (12, 20))
     general = warps.transform_points(warps.invert(T), warps.identity_grid((12, 20), 3).reshape(3, -1, 2)).reshape(3, 12, 20, 2)
     assert torch.allclose(fast, general, atol=1e-5)
+
+
+def test_warp_across_a_line_at_infinity_stays_finite():
+    # Sampling at S p with S's last row (4, 0, 1): w = 1 + 4 x vanishes at x = -0.25, exactly the
+    # centre of pixel 1 of a 4-pixel row (centres -0.75, -0.25, 0.25, 0.75). Dividing by that zero
+    # gave inf, which grid_sample turned into NaN (a SpaceJAM run diverged in its final inference).
+    sampling = torch.tensor([[[1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [4.0, 0.0, 1.0]]])
+    points = warps.transform_points(sampling, torch.tensor([[[-0.25, 0.0], [0.75, 0.0]]]))
+    assert torch.isfinite(points).all() and points[0, 0, 0].abs() >= 0.25 / warps.W_MIN
+    assert torch.allclose(points[0, 1], torch.tensor([0.1875, 0.0]))  # away from the line: the plain division
+    warped = warps.warp_image(torch.rand(1, 2, 4, 4), warps.invert(sampling))  # samples the input at sampling @ p
+    assert torch.isfinite(warped).all()
+    assert (warped[0, :, :, 1] == 0).all() and (warped[0, :, :, 2] != 0).all()  # the column on the line reads padding

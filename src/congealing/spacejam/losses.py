@@ -12,14 +12,6 @@ from .. import warps
 __all__ = ["pair_predictions", "ic_loss", "atlas_loss"]
 
 
-def _safe_homogeneous(points: torch.Tensor, T: torch.Tensor) -> torch.Tensor:
-    """``T`` ``(B, 3, 3)`` applied to normalised points ``(B, P, 2)``, keeping ``w`` away from 0."""
-    h = torch.cat([points, torch.ones_like(points[..., :1])], dim=-1) @ T.transpose(1, 2)
-    w = h[..., 2:3]
-    w = torch.where(w.abs() < 1e-6, torch.full_like(w, 1e-6) * torch.where(w < 0, -1.0, 1.0), w)
-    return h[..., :2] / w
-
-
 def pair_predictions(sources: torch.Tensor, source_T: torch.Tensor, target_T: torch.Tensor) -> torch.Tensor:
     """Every source map carried into every target's frame, with ONE interpolation each.
 
@@ -51,7 +43,7 @@ def pair_predictions(sources: torch.Tensor, source_T: torch.Tensor, target_T: to
     # Sampling the source at (T_q^-1 T_a)^-1 p = T_a^-1 T_q p for every pixel p of target q's frame.
     relative = torch.linalg.solve(source_T[:, None], target_T[None].expand(A, Q, 3, 3))
     grid = warps.identity_grid((S, S), 1, sources.dtype, sources.device).reshape(1, S * S, 2).expand(A * Q, -1, -1)
-    points = _safe_homogeneous(grid, relative.reshape(A * Q, 3, 3)).reshape(A, Q * S, S, 2)
+    points = warps.transform_points(relative.reshape(A * Q, 3, 3), grid).reshape(A, Q * S, S, 2)
     out = F.grid_sample(sources, points, mode="bilinear", padding_mode="zeros", align_corners=False)
     return out.reshape(A, C, Q, S, S)
 

@@ -31,7 +31,7 @@ from __future__ import annotations
 
 from .transforms import (
     GROUP_DIMS, GENERATOR_NAMES, lie_basis, project, hat, exp, identity, compose, invert, hflip,
-    pixel_to_normalized, normalized_to_pixel, transform_points,
+    pixel_to_normalized, normalized_to_pixel, transform_points, W_MIN,
 )
 from .grids import (
     identity_grid, sampling_grid, warp_image, warp_by_grid, flow_to_grid, grid_points, resize, resize_grid,
@@ -40,7 +40,7 @@ from .grids import (
 
 __all__ = [
     "GROUP_DIMS", "GENERATOR_NAMES", "lie_basis", "project", "hat", "exp", "identity", "compose",
-    "invert", "hflip", "pixel_to_normalized", "normalized_to_pixel", "transform_points",
+    "invert", "hflip", "pixel_to_normalized", "normalized_to_pixel", "transform_points", "W_MIN",
     "identity_grid", "sampling_grid", "warp_image", "warp_by_grid", "flow_to_grid", "grid_points",
     "resize", "resize_grid", "propagate_edit", "splat_edit", "invert_grid_points", "invert_grid",
 ]

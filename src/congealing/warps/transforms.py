@@ -23,12 +23,15 @@ import torch
 
 __all__ = [
     "GROUP_DIMS", "GENERATOR_NAMES", "lie_basis", "project", "hat", "exp", "identity", "compose",
-    "invert", "hflip", "pixel_to_normalized", "normalized_to_pixel", "transform_points",
+    "invert", "hflip", "pixel_to_normalized", "normalized_to_pixel", "transform_points", "W_MIN",
 ]
 
 
 #: Number of Lie-algebra parameters of each group, in nesting order (Chapter 1, "1.3 Composing,
 #: inverting, nesting, flipping").
+#: The smallest ``|w|`` :func:`transform_points` divides by (points on a line at infinity stay finite).
+W_MIN = 1e-6
+
 GROUP_DIMS = {"translation": 2, "se2": 3, "similarity": 4, "affine": 6, "homography": 8}
 #: Human-readable names of the eight generators, in order.
 GENERATOR_NAMES = (
@@ -326,8 +329,10 @@ def normalized_to_pixel(points: torch.Tensor, size: tuple[int, int]) -> torch.Te
 def transform_points(T: torch.Tensor, points: torch.Tensor) -> torch.Tensor:
     """Map normalised points ``(B, N, 2)`` by transforms ``(B, 3, 3)`` (input frame -> output frame).
 
-    Homogeneous multiplication followed by the perspective division. Taught in Chapter 1, "1.4
-    Warping points and images agree".
+    Homogeneous multiplication followed by the perspective division. A point on (or within 1e-6 of)
+    the homography's line at infinity, where ``w = 0``, is divided by ``w`` clamped to ``+-1e-6``:
+    it lands far outside the frame (sampled there as padding) instead of at ``inf``, which
+    ``grid_sample`` would turn into NaN. Taught in Chapter 1, "1.4 Warping points and images agree".
 
     Args:
         T: transforms ``(B, 3, 3)``.
@@ -342,4 +347,6 @@ def transform_points(T: torch.Tensor, points: torch.Tensor) -> torch.Tensor:
     """
     ones = torch.ones_like(points[..., :1])
     homogeneous = torch.cat([points, ones], dim=-1) @ T.transpose(1, 2)
-    return homogeneous[..., :2] / homogeneous[..., 2:3]
+    w = homogeneous[..., 2:3]
+    w = torch.where(w.abs() < W_MIN, torch.copysign(torch.full_like(w, W_MIN), w), w)
+    return homogeneous[..., :2] / w
