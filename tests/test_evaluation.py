@@ -54,6 +54,32 @@ def test_threshold_uses_the_target_box():
     assert result["pck"]["0.1"]["mean"] == 0.5
 
 
+def test_pck_per_image_matches_a_loop_over_pairs():
+    # Identity transfer between jittered copies: each pair's PCK, then each image's mean over the
+    # pairs it is in, recomputed by hand; image 3 has no visible keypoint, so it gets NaN.
+    g = torch.Generator().manual_seed(1)
+    keypoints = random_keypoints(1).expand(5, -1, -1) + 8 * torch.rand(5, 15, 2, generator=g)
+    boxes = torch.tensor([[0.0, 0.0, 40.0 + 10 * i, 30.0] for i in range(5)])
+    cub = synthetic_set(keypoints, boxes=boxes)
+    cub.visible[3] = False
+    cub.visible[1, :5] = False
+    per_image = evaluation.pck_per_image(evaluation.identity_transfer(cub), cub, alpha=0.1)
+    pair_pck = {}
+    for src in range(5):
+        for tgt in range(5):
+            both = cub.visible[src] & cub.visible[tgt]
+            if src != tgt and both.any():
+                error = (keypoints[src] - keypoints[tgt]).norm(dim=1)[both]
+                pair_pck[src, tgt] = (error <= 0.1 * (40.0 + 10 * tgt)).float().mean().item()
+    for n in range(5):
+        mine = [v for (s, t), v in pair_pck.items() if n in (s, t)]
+        if mine:
+            assert per_image[n].item() == pytest.approx(sum(mine) / len(mine))
+        else:
+            assert torch.isnan(per_image[n])
+    assert n == 4 and torch.isnan(per_image[3]) and 0 < per_image[0] < 1
+
+
 def test_transfer_via_transforms_recovers_known_similarities():
     size = 64
     xi = torch.tensor([[0.0, 0.0, 0.0, 0.0], [0.1, -0.2, 0.3, 0.1], [-0.15, 0.05, -0.2, -0.1]])

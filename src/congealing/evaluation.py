@@ -60,7 +60,7 @@ __all__ = [
     "TransferFn", "CUB_MIRROR", "DEFAULT_CLASSES", "EvalRequest",
     "identity_transfer", "nn_transfer", "descriptor_similarity",
     "descriptor_transfer", "masked_descriptor_transfer", "windowed_descriptor_transfer",
-    "threshold_lengths", "transfer_all_pairs", "evaluate_transfer", "evaluate_cub", "peak_memory_mb", "format_cub_table",
+    "threshold_lengths", "transfer_all_pairs", "evaluate_transfer", "pck_per_image", "evaluate_cub", "peak_memory_mb", "format_cub_table",
     "fit_on_cub", "CUB_METHODS",
     "SWEEP_BACKBONE", "sweep_rows", "format_sweep", "shipped_row",
 ]
@@ -402,6 +402,36 @@ def evaluate_transfer(transfer: TransferFn, cub, alphas=(0.1, 0.05), n_boot: int
                 parts = metrics.pck_per_part(correct, visible)
                 out["per_part"][key] = {part: (None if math.isnan(v) else float(v)) for part, v in zip(cub.part_names, parts.tolist())}
     return out
+
+
+def pck_per_image(transfer: TransferFn, cub, alpha: float = 0.1) -> torch.Tensor:
+    """Each image's PCK: the mean per-pair PCK over the ordered pairs it belongs to, as source or
+    as target (the protocol of :func:`evaluate_transfer`, box threshold). It shows *which* images
+    an aligner fails on (Chapter 5, "Which birds it fails on").
+
+    Args:
+        transfer: a :data:`TransferFn`.
+        cub: a set with ``keypoints`` ``(N, K, 2)``, ``visible`` ``(N, K)`` and ``boxes`` ``(N, 4)``.
+        alpha: the PCK threshold, as a fraction of the target box's ``max(h, w)``.
+
+    Returns:
+        ``(N,)`` float in ``[0, 1]``; NaN for an image none of whose pairs has a visible keypoint.
+
+    Example:
+        >>> from types import SimpleNamespace
+        >>> birds = SimpleNamespace(keypoints=torch.zeros(3, 1, 2), visible=torch.ones(3, 1, dtype=torch.bool),
+        ...                         boxes=torch.tensor([[0.0, 0.0, 10.0, 10.0]]).repeat(3, 1))
+        >>> lost = lambda src, tgt, points: points + 5.0 * (2 in (src, tgt))  # wrong whenever image 2 is involved
+        >>> pck_per_image(lost, birds).tolist()  # image 0: pairs with 1 right, pairs with 2 wrong
+        [0.5, 0.5, 0.0]
+    """
+    result = transfer_all_pairs(transfer, cub)
+    pairs = result["pairs"]
+    lengths = threshold_lengths(cub.boxes)[pairs[:, 1]]
+    per_pair = metrics.pck_per_pair(metrics.correct_keypoints(result["pred"], result["target"], lengths, alpha), result["visible"])
+    images = torch.arange(cub.visible.shape[0])
+    member = (pairs[:, :1] == images) | (pairs[:, 1:] == images)  # (P, N): pair p involves image n
+    return torch.nanmean(torch.where(member, per_pair[:, None], torch.full_like(per_pair[:, None], math.nan)), dim=0)
 
 
 def evaluate_cub(request: EvalRequest, on_partial: Callable[[dict], None] | None = None) -> dict:
