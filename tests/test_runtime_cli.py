@@ -36,7 +36,7 @@ def test_mode_config_plain_is_json_ready_and_matches_every_field():
         for name, value in plain.items():
             original = getattr(config, name)
             assert value == (list(original) if isinstance(original, tuple) else original)
-    assert spacejam.SpaceJAMConfig.for_mode("quick").plain()["stn_pools"] == [26, 8]
+    assert spacejam.SpaceJAMConfig.for_mode("quick").plain()["curriculum_groups"] == ["se2", "affine", "homography"]
     assert config_type(**{k: tuple(v) if isinstance(v, list) else v for k, v in plain.items()}) == config  # and back
 
 

@@ -43,6 +43,8 @@ def test_curriculum_projection_restricts_the_group():
     f = quick.epochs / config.epochs  # every epoch-based schedule is scaled with the epochs (90 / 401)
     assert quick.curriculum_epochs == tuple(round(e * f) for e in config.curriculum_epochs) == (23, 45)
     assert quick.lr_step == round(config.lr_step * f)
+    ending_affine = SpaceJAMConfig(curriculum_groups=("se2", "affine", "affine"))  # a curriculum without homographies
+    assert [ending_affine.group_at(e) for e in (0, 101, 400)] == ["se2", "affine", "affine"]
     stn = RecurrentLieSTN(config)
     torch.nn.init.normal_(stn.head[-1].weight, std=0.1)
     torch.nn.init.normal_(stn.head[-1].bias, std=0.1)
