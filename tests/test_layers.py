@@ -4,7 +4,7 @@ The layers, top to bottom (CONTRIBUTING.md, "How the library is layered"):
 
 ====================  =====================================================================
 applications          cli, align, report, report_page, report_scores, report_folder, widgets
-evaluation            evaluation, mnist, registry, lego
+evaluation            evaluation, sweeps, mnist, registry, lego
 methods               classical, neural, spacejam, congeal3d (packages), diffusion_prior
 foundations           warps, data, features (three packages), metrics, losses, runtime,
                       checkpoints, files, errors, alignment, _compat
@@ -33,7 +33,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "src" / "congealing"
 
 LAYERS: dict[str, tuple[str, ...]] = {
     "applications": ("cli", "align", "report", "report_page", "report_scores", "report_folder", "widgets"),
-    "evaluation": ("evaluation", "mnist", "registry", "lego"),
+    "evaluation": ("evaluation", "sweeps", "mnist", "registry", "lego"),
     "methods": ("classical", "neural", "spacejam", "congeal3d", "diffusion_prior"),
     "foundations": ("warps", "data", "features", "metrics", "losses", "runtime", "checkpoints", "files", "errors", "alignment", "_compat"),
 }

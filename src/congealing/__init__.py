@@ -29,6 +29,7 @@ Methods (never import each other)
 Evaluation
 
 * :mod:`congealing.evaluation` keypoint transfer through any aligner, the CUB protocol
+* :mod:`congealing.sweeps`     the recorded quick-mode sweeps of Chapters 4 and 5, read back
 * :mod:`congealing.mnist`      the MNIST ground-truth protocol of the classical methods (Chapter 2)
 * :mod:`congealing.registry`   every method's ``fit``, config and CUB setup, read by the CLI and Chapter 7
 * :mod:`congealing.lego`       the lego and capture-like lego benchmarks of 3-D congealing (Chapters 6, 7)
@@ -52,7 +53,7 @@ __version__ = "0.1.0"
 _SUBMODULES = {
     "warps", "data", "features", "metrics", "losses", "runtime", "checkpoints", "files", "errors",
     "classical", "neural", "spacejam", "congeal3d", "diffusion_prior",
-    "alignment", "evaluation", "mnist", "registry", "lego", "align", "report", "report_page", "report_scores", "report_folder",
+    "alignment", "evaluation", "sweeps", "mnist", "registry", "lego", "align", "report", "report_page", "report_scores", "report_folder",
     "widgets", "cli",
 }
 

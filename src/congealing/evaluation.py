@@ -1,13 +1,12 @@
-"""The CUB keypoint-transfer protocol (Chapters 3-5, 7) and the readers of recorded sweeps, as
-functions of typed arguments.
+"""The CUB keypoint-transfer protocol (Chapters 3-5, 7), as functions of typed arguments.
 
 :func:`evaluate_cub` (``congeal eval --dataset cub``) takes an :class:`EvalRequest` and returns a
 JSON-ready record (``congeal eval`` prints its ``"table"`` and writes the rest with ``--json``). The
 methods it can evaluate are :data:`CUB_METHODS`: the two baselines and every method whose
 :mod:`congealing.registry` entry says how to prepare a class for it (:func:`fit_on_cub`). The
 MNIST ground-truth protocol of Chapter 2 is :mod:`congealing.mnist`; the lego benchmarks of
-Chapters 6 and 7 are :mod:`congealing.lego`. :func:`sweep_rows`, :func:`format_sweep` and
-:func:`shipped_row` read the quick-mode sweeps Chapters 4 and 5 show.
+Chapters 6 and 7 are :mod:`congealing.lego`; the readers of the recorded quick-mode sweeps that
+Chapters 4 and 5 show are :mod:`congealing.sweeps`.
 
 One protocol for every method
 -----------------------------
@@ -39,7 +38,6 @@ The CUB protocol (:func:`evaluate_transfer`)
 """
 from __future__ import annotations
 
-import json
 import math
 import resource
 import sys
@@ -62,7 +60,6 @@ __all__ = [
     "descriptor_transfer", "masked_descriptor_transfer", "windowed_descriptor_transfer",
     "threshold_lengths", "transfer_all_pairs", "evaluate_transfer", "pck_per_image", "evaluate_cub", "peak_memory_mb", "format_cub_table",
     "fit_on_cub", "CUB_METHODS",
-    "SWEEP_BACKBONE", "sweep_rows", "format_sweep", "shipped_row",
 ]
 
 #: ``transfer(src_index, tgt_index, points)``: ``points`` ``(K, 2)`` pixel ``(x, y)`` in image ``src``
@@ -365,6 +362,13 @@ def transfer_all_pairs(transfer: TransferFn, cub) -> dict:
     return {"pairs": torch.tensor(pairs, dtype=torch.long).reshape(-1, 2), "pred": torch.stack(preds), "target": torch.stack(targets), "visible": torch.stack(visibles)}
 
 
+def _scored_pairs(result: dict, lengths: torch.Tensor, alpha: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(correct, per_pair)`` for :func:`transfer_all_pairs`' ``result``: which keypoints land within
+    ``alpha * lengths`` of their target ``(P, K)``, and each pair's PCK over its visible ones ``(P,)``."""
+    correct = metrics.correct_keypoints(result["pred"], result["target"], lengths, alpha)
+    return correct, metrics.pck_per_pair(correct, result["visible"])
+
+
 def evaluate_transfer(transfer: TransferFn, cub, alphas=(0.1, 0.05), n_boot: int = 1000, seed: int = 0) -> dict:
     """PCK of ``transfer`` on all ordered pairs of a :class:`congealing.data.CUBSet` (the protocol
     above; Chapter 3, "5. The yardstick: keypoint transfer and PCK").
@@ -390,8 +394,7 @@ def evaluate_transfer(transfer: TransferFn, cub, alphas=(0.1, 0.05), n_boot: int
     for alpha in alphas:
         key = f"{alpha:g}"
         for name, lengths in (("pck", box_lengths), ("pck_image", image_lengths)):
-            correct = metrics.correct_keypoints(result["pred"], result["target"], lengths, alpha)
-            per_pair = metrics.pck_per_pair(correct, visible)
+            correct, per_pair = _scored_pairs(result, lengths, alpha)
             low, high = metrics.pair_bootstrap_ci(per_pair, pairs, len(cub), n_boot=n_boot, seed=seed)
             out[name][key] = {
                 "mean": float(torch.nanmean(per_pair)),
@@ -427,8 +430,7 @@ def pck_per_image(transfer: TransferFn, cub, alpha: float = 0.1) -> torch.Tensor
     """
     result = transfer_all_pairs(transfer, cub)
     pairs = result["pairs"]
-    lengths = threshold_lengths(cub.boxes)[pairs[:, 1]]
-    per_pair = metrics.pck_per_pair(metrics.correct_keypoints(result["pred"], result["target"], lengths, alpha), result["visible"])
+    _, per_pair = _scored_pairs(result, threshold_lengths(cub.boxes)[pairs[:, 1]], alpha)
     images = torch.arange(cub.visible.shape[0])
     member = (pairs[:, :1] == images) | (pairs[:, 1:] == images)  # (P, N): pair p involves image n
     return torch.nanmean(torch.where(member, per_pair[:, None], torch.full_like(per_pair[:, None], math.nan)), dim=0)
@@ -611,101 +613,3 @@ CUB_METHODS: dict[str, Callable[..., TransferFn]] = {
     "nn": nn_transfer,
     **{name: _registered_on_cub(name) for name in registry.names(on_cub=True)},
 }
-
-
-# ----------------------------------------------------------------------------- recorded sweeps
-
-
-#: The backbone of the recorded quick-mode sweep's shipped settings (the offline one, Chapter 3).
-SWEEP_BACKBONE = "efficientnet_lite0"
-
-
-def sweep_rows(record: dict, method: str) -> list[dict]:
-    """The settings of a recorded sweep of ``method``, seeds averaged (Chapters 4 and 5, "Quick mode
-    on whole classes").
-
-    Args:
-        record: ``{"runs": [{"method", "tag", "overrides", "cls", "seed", "pck", "nn", "cpu", "masks"?,
-            "backbone"?, "machine"?}]}`` as ``benchmarks/issue15_sweep.py`` writes them (a run without ``masks``
-            used the co-segmentation, one without ``backbone`` EfficientNet-Lite0; ``machine`` labels
-            runs timed on another machine than the record's first, whose CPU seconds are not comparable).
-        method: the method whose runs to read.
-
-    Returns:
-        one row per setting (overrides, masks, backbone and machine): ``overrides``, ``masks``, ``backbone``, ``machine``, ``pck`` (class -> list over seeds), ``nn``
-        (class -> nearest neighbours' PCK), ``cpu`` (class -> CPU seconds of each run), ``mean`` and ``nn_mean``
-        (over classes 1-3, or None if one is missing), ``cpu_mean`` (seconds per run on classes 1-3, or on
-        every class if none of them ran) and ``seeds``.
-    """
-    rows: dict[str, dict] = {}
-    for run in record["runs"]:
-        if run["method"] != method:
-            continue
-        masks, backbone, machine = run.get("masks", "cosegment"), run.get("backbone", SWEEP_BACKBONE), run.get("machine", "")
-        key = json.dumps([run["overrides"], masks, backbone, machine], sort_keys=True)
-        row = rows.setdefault(key, {"tag": run["tag"], "overrides": run["overrides"], "masks": masks, "backbone": backbone, "machine": machine,
-                                    "pck": {}, "nn": {}, "cpu": {}})
-        row["pck"].setdefault(run["cls"], []).append(run["pck"])
-        row["nn"][run["cls"]] = run["nn"]
-        row["cpu"].setdefault(run["cls"], []).append(run["cpu"])
-    for row in rows.values():
-        complete = all(c in row["pck"] for c in (1, 2, 3))
-        row["mean"] = sum(_seed_mean(row, c) for c in (1, 2, 3)) / 3 if complete else None
-        row["nn_mean"] = sum(row["nn"][c] for c in (1, 2, 3)) / 3 if complete else None
-        row["seeds"] = max(len(v) for v in row["pck"].values())
-        # Classes differ in size (5 and 6 have fewer images), so the time is quoted on classes 1-3 where it can be.
-        timed = [t for c in (1, 2, 3) for t in row["cpu"].get(c, [])] or [t for times in row["cpu"].values() for t in times]
-        row["cpu_mean"] = sum(timed) / len(timed)
-    return list(rows.values())
-
-
-def _seed_mean(row: dict, cls: int) -> float:
-    return sum(row["pck"][cls]) / len(row["pck"][cls])
-
-
-def format_sweep(rows: list[dict]) -> str:
-    """:func:`sweep_rows` as a table: each setting (its changes to the earlier quick config), then
-    PCK@0.1 on CUB classes 1-6, the mean over 1-3, nearest neighbours' mean and CPU seconds per
-    class (``cpu_mean``) (Chapters 4 and 5, "Quick mode on whole classes").
-
-    Args:
-        rows: :func:`sweep_rows`' rows.
-
-    Returns:
-        the table (two lines per setting).
-    """
-    lines = [
-        "each setting (its changes to the earlier quick config), then PCK@0.1 on CUB classes 1-6, the mean over 1-3, nearest neighbours' mean, CPU s per class (1-3 where run)",
-        f"{'':<4}" + "".join(f"{'c' + str(c):>7}" for c in range(1, 7)) + f"{'mean 1-3':>10}{'NN 1-3':>8}{'CPU s':>7}",
-    ]
-    for row in rows:
-        cells = "".join(f"{_seed_mean(row, c):7.1f}" if c in row["pck"] else f"{'-':>7}" for c in range(1, 7))
-        label = (", ".join(f"{k}={v}" for k, v in row["overrides"].items()) or "none (the earlier quick config)") + (f" [{row['seeds']} seeds]" if row["seeds"] > 1 else "")
-        label += "" if row["masks"] == "cosegment" else f" [masks: {row['masks']}]"
-        label += "" if row.get("backbone", SWEEP_BACKBONE) == SWEEP_BACKBONE else f" [backbone: {row['backbone']}]"
-        label += f" [machine: {row['machine']}]" if row.get("machine") else ""
-        means = f"{row['mean']:10.1f}{row['nn_mean']:8.1f}" if row["mean"] is not None else f"{'-':>10}{'-':>8}"
-        lines += [label, f"{'':<4}{cells}{means}{row['cpu_mean']:7.0f}"]
-    return "\n".join(lines)
-
-
-def shipped_row(rows: list[dict], shipped) -> dict:
-    """The row of :func:`sweep_rows` that is the ``shipped`` config: the one with the most overrides
-    that ``shipped`` all has, with co-segmented masks and the offline backbone (:data:`SWEEP_BACKBONE`) (Chapters 4 and 5, "Quick mode on whole
-    classes").
-
-    Args:
-        rows: :func:`sweep_rows`' rows.
-        shipped: the config the library ships (e.g. ``SpaceJAMConfig.for_mode("quick")``).
-
-    Returns:
-        the row.
-
-    Raises:
-        ValueError: no recorded setting is the shipped config.
-    """
-    matches = [row for row in rows if row["masks"] == "cosegment" and row.get("backbone", SWEEP_BACKBONE) == SWEEP_BACKBONE and row["overrides"]
-               and all(getattr(shipped, k) == (tuple(v) if isinstance(v, list) else v) for k, v in row["overrides"].items())]
-    if not matches:
-        raise ValueError("no recorded setting is the shipped config; rerun the sweep")
-    return max(matches, key=lambda row: len(row["overrides"]))

@@ -1,0 +1,114 @@
+"""Readers of the recorded quick-mode sweeps (Chapters 4 and 5, "Quick mode on whole classes").
+
+``benchmarks/issue15_sweep.py`` trains a method with some changes to its quick config on CUB classes
+and seeds and appends one JSON line per run; ``benchmarks/records/issue15_quick_cpu.json`` collects
+them. :func:`sweep_rows` groups the runs by setting and averages the seeds, :func:`format_sweep`
+prints them as a table and :func:`shipped_row` finds the setting the library ships. The PCK in each
+run is :func:`congealing.evaluation.evaluate_transfer`'s (box threshold, mean over ordered pairs).
+"""
+from __future__ import annotations
+
+import json
+
+__all__ = ["SWEEP_BACKBONE", "sweep_rows", "format_sweep", "shipped_row"]
+
+#: The backbone of the recorded quick-mode sweep's shipped settings (the offline one, Chapter 3).
+SWEEP_BACKBONE = "efficientnet_lite0"
+
+
+def sweep_rows(record: dict, method: str) -> list[dict]:
+    """The settings of a recorded sweep of ``method``, seeds averaged (Chapters 4 and 5, "Quick mode
+    on whole classes").
+
+    Args:
+        record: ``{"runs": [{"method", "tag", "overrides", "cls", "seed", "pck", "nn", "cpu", "masks"?,
+            "backbone"?, "machine"?}]}`` as ``benchmarks/issue15_sweep.py`` writes them (a run without ``masks``
+            used the co-segmentation, one without ``backbone`` EfficientNet-Lite0; ``machine`` labels
+            runs timed on another machine than the record's first, whose CPU seconds are not comparable).
+        method: the method whose runs to read.
+
+    Returns:
+        one row per setting (overrides, masks, backbone and machine): ``overrides``, ``masks``, ``backbone``, ``machine``, ``pck`` (class -> list over seeds), ``nn``
+        (class -> nearest neighbours' PCK), ``cpu`` (class -> CPU seconds of each run), ``mean`` and ``nn_mean``
+        (over classes 1-3, or None if one is missing), ``cpu_mean`` (seconds per run on classes 1-3, or on
+        every class if none of them ran) and ``seeds``.
+
+    Example:
+        >>> run = lambda cls, seed, pck: {"method": "m", "tag": "t", "overrides": {"epochs": 90}, "cls": cls,
+        ...                               "seed": seed, "pck": pck, "nn": 50.0, "cpu": 30.0}
+        >>> row, = sweep_rows({"runs": [run(1, 0, 40.0), run(1, 1, 50.0), run(2, 0, 60.0), run(3, 0, 75.0)]}, "m")
+        >>> row["pck"][1], row["mean"], row["seeds"]  # class 1 averages its seeds: (45 + 60 + 75) / 3
+        ([40.0, 50.0], 60.0, 2)
+    """
+    rows: dict[str, dict] = {}
+    for run in record["runs"]:
+        if run["method"] != method:
+            continue
+        masks, backbone, machine = run.get("masks", "cosegment"), run.get("backbone", SWEEP_BACKBONE), run.get("machine", "")
+        key = json.dumps([run["overrides"], masks, backbone, machine], sort_keys=True)
+        row = rows.setdefault(key, {"tag": run["tag"], "overrides": run["overrides"], "masks": masks, "backbone": backbone, "machine": machine,
+                                    "pck": {}, "nn": {}, "cpu": {}})
+        row["pck"].setdefault(run["cls"], []).append(run["pck"])
+        row["nn"][run["cls"]] = run["nn"]
+        row["cpu"].setdefault(run["cls"], []).append(run["cpu"])
+    for row in rows.values():
+        complete = all(c in row["pck"] for c in (1, 2, 3))
+        row["mean"] = sum(_seed_mean(row, c) for c in (1, 2, 3)) / 3 if complete else None
+        row["nn_mean"] = sum(row["nn"][c] for c in (1, 2, 3)) / 3 if complete else None
+        row["seeds"] = max(len(v) for v in row["pck"].values())
+        # Classes differ in size (5 and 6 have fewer images), so the time is quoted on classes 1-3 where it can be.
+        timed = [t for c in (1, 2, 3) for t in row["cpu"].get(c, [])] or [t for times in row["cpu"].values() for t in times]
+        row["cpu_mean"] = sum(timed) / len(timed)
+    return list(rows.values())
+
+
+def _seed_mean(row: dict, cls: int) -> float:
+    return sum(row["pck"][cls]) / len(row["pck"][cls])
+
+
+def format_sweep(rows: list[dict]) -> str:
+    """:func:`sweep_rows` as a table: each setting (its changes to the earlier quick config), then
+    PCK@0.1 on CUB classes 1-6, the mean over 1-3, nearest neighbours' mean and CPU seconds per
+    class (``cpu_mean``) (Chapters 4 and 5, "Quick mode on whole classes").
+
+    Args:
+        rows: :func:`sweep_rows`' rows.
+
+    Returns:
+        the table (two lines per setting).
+    """
+    lines = [
+        "each setting (its changes to the earlier quick config), then PCK@0.1 on CUB classes 1-6, the mean over 1-3, nearest neighbours' mean, CPU s per class (1-3 where run)",
+        f"{'':<4}" + "".join(f"{'c' + str(c):>7}" for c in range(1, 7)) + f"{'mean 1-3':>10}{'NN 1-3':>8}{'CPU s':>7}",
+    ]
+    for row in rows:
+        cells = "".join(f"{_seed_mean(row, c):7.1f}" if c in row["pck"] else f"{'-':>7}" for c in range(1, 7))
+        label = (", ".join(f"{k}={v}" for k, v in row["overrides"].items()) or "none (the earlier quick config)") + (f" [{row['seeds']} seeds]" if row["seeds"] > 1 else "")
+        label += "" if row["masks"] == "cosegment" else f" [masks: {row['masks']}]"
+        label += "" if row.get("backbone", SWEEP_BACKBONE) == SWEEP_BACKBONE else f" [backbone: {row['backbone']}]"
+        label += f" [machine: {row['machine']}]" if row.get("machine") else ""
+        means = f"{row['mean']:10.1f}{row['nn_mean']:8.1f}" if row["mean"] is not None else f"{'-':>10}{'-':>8}"
+        lines += [label, f"{'':<4}{cells}{means}{row['cpu_mean']:7.0f}"]
+    return "\n".join(lines)
+
+
+def shipped_row(rows: list[dict], shipped) -> dict:
+    """The row of :func:`sweep_rows` that is the ``shipped`` config: the one with the most overrides
+    that ``shipped`` all has, with co-segmented masks and the offline backbone (:data:`SWEEP_BACKBONE`) (Chapters 4 and 5, "Quick mode on whole
+    classes").
+
+    Args:
+        rows: :func:`sweep_rows`' rows.
+        shipped: the config the library ships (e.g. ``SpaceJAMConfig.for_mode("quick")``).
+
+    Returns:
+        the row.
+
+    Raises:
+        ValueError: no recorded setting is the shipped config.
+    """
+    matches = [row for row in rows if row["masks"] == "cosegment" and row.get("backbone", SWEEP_BACKBONE) == SWEEP_BACKBONE and row["overrides"]
+               and all(getattr(shipped, k) == (tuple(v) if isinstance(v, list) else v) for k, v in row["overrides"].items())]
+    if not matches:
+        raise ValueError("no recorded setting is the shipped config; rerun the sweep")
+    return max(matches, key=lambda row: len(row["overrides"]))

@@ -1,0 +1,41 @@
+"""The readers of recorded sweeps (:mod:`congealing.sweeps`)."""
+from dataclasses import dataclass
+
+import pytest
+
+from congealing import sweeps
+
+
+def test_sweep_rows_average_seeds_and_find_the_shipped_config():
+    @dataclass(frozen=True)
+    class Config:
+        epochs: int = 60
+        pools: tuple = (26, 8)
+
+    run = lambda overrides, cls, seed, pck: {"method": "m", "tag": "t", "overrides": overrides, "cls": cls, "seed": seed, "pck": pck, "nn": 50.0, "cpu": 10.0}  # noqa: E731
+    record = {"runs": [
+        run({}, 1, 0, 20.0),
+        run({"epochs": 60}, 1, 0, 30.0), run({"epochs": 60}, 1, 1, 40.0), run({"epochs": 60}, 2, 0, 50.0), run({"epochs": 60}, 3, 0, 60.0),
+        run({"epochs": 60, "pools": [26, 8]}, 1, 0, 10.0), run({"epochs": 60, "pools": [26, 8]}, 2, 0, 20.0), run({"epochs": 60, "pools": [26, 8]}, 3, 0, 30.0),
+        run({"epochs": 90}, 1, 0, 99.0),
+        # the same setting timed on another machine: its own row, not a second seed
+        dict(run({"epochs": 90}, 1, 0, 11.0), machine="b"),
+        # another backbone, same settings as the shipped row: its own row, never the shipped one
+        *[dict(run({"epochs": 60, "pools": [26, 8]}, c, 0, 90.0), backbone="efficientnet_lite1") for c in (1, 2, 3)],
+    ]}
+    rows = sweeps.sweep_rows(record, "m")
+    shipped = sweeps.shipped_row(rows, Config())
+    assert shipped["overrides"] == {"epochs": 60, "pools": [26, 8]}  # the most specific setting the config has
+    assert shipped["mean"] == pytest.approx(20.0) and shipped["nn_mean"] == pytest.approx(50.0)
+    table = sweeps.format_sweep(rows)
+    assert "epochs=60 [2 seeds]" in table and "35.0" in table  # seeds 0 and 1 of class 1 averaged
+    assert [row["mean"] for row in rows][:2] == [None, pytest.approx((35.0 + 50.0 + 60.0) / 3)]  # class 1 alone has no mean
+    assert rows[-1]["backbone"] == "efficientnet_lite1" and rows[-1]["mean"] == pytest.approx(90.0)
+    assert "pools=[26, 8] [backbone: efficientnet_lite1]" in table
+    assert [row["pck"] for row in rows if row["overrides"] == {"epochs": 90}] == [{1: [99.0]}, {1: [11.0]}]
+    assert "epochs=90 [machine: b]" in table
+    held_out = sweeps.sweep_rows({"runs": [run({}, 1, 0, 1.0), run({}, 2, 0, 1.0), run({}, 3, 0, 1.0), dict(run({}, 5, 0, 1.0), cpu=100.0)]}, "m")
+    assert held_out[0]["cpu_mean"] == pytest.approx(10.0)  # time quoted on classes 1-3, not on a held-out class
+    assert sweeps.sweep_rows({"runs": [dict(run({}, 5, 0, 1.0), cpu=100.0)]}, "m")[0]["cpu_mean"] == pytest.approx(100.0)
+    with pytest.raises(ValueError, match="shipped config"):
+        sweeps.shipped_row(rows, Config(epochs=10, pools=(1, 1)))
