@@ -76,3 +76,20 @@ def test_every_literalinclude_resolves():
     """``book/tools/check_includes.py``: every include names an existing file and pyobject."""
     result = subprocess.run([sys.executable, str(ROOT / "book" / "tools" / "check_includes.py")], capture_output=True, text=True)
     assert result.returncode == 0, result.stdout
+
+
+def test_parallel_execution_returns_the_executed_notebook_or_the_error(tmp_path):
+    """``book/tools/execute_notebooks.py`` (``make book``): a notebook comes back with its outputs, in
+    its own folder; a failing one comes back as its error, which stops the build."""
+    sys.path.insert(0, str(ROOT / "book" / "tools"))
+    import execute_notebooks
+
+    (tmp_path / "data.txt").write_text("read from the notebook's folder")
+    good, bad = tmp_path / "good.ipynb", tmp_path / "bad.ipynb"
+    nbformat.write(nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell("print(open('data.txt').read())")]), good)
+    nbformat.write(nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell("1 / 0")]), bad)
+    notebook, seconds, error = execute_notebooks.execute(good, timeout=60)
+    assert error == "" and seconds > 0
+    assert notebook.cells[0].outputs[0]["text"] == "read from the notebook's folder\n"
+    notebook, _, error = execute_notebooks.execute(bad, timeout=60)
+    assert notebook is None and "ZeroDivisionError" in error

@@ -1,7 +1,8 @@
 """Print the notebooks listed in _toc.yml (one per line), the set nbval and the book build run.
 
 ``--longest-first`` prints the slowest notebooks first (``LONGEST``), so that nbval's two workers
-(``make notebooks``: pytest-xdist in the given order) start them at once and share out the rest.
+(``make notebooks``: pytest-xdist in the given order) start them at once and share out the rest; the
+book's parallel execution (``book/tools/execute_notebooks.py``) uses the same order.
 """
 import sys
 from pathlib import Path
@@ -9,8 +10,9 @@ from pathlib import Path
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
-#: The notebooks that take longest in quick mode (Chapter 7 trains every method; Chapter 6 fits a shape).
-LONGEST = ("book/ch07_comparison", "book/ch06_congeal3d")
+#: The notebooks that take longest in quick mode (Chapter 7 trains every method; Chapter 6 fits a shape;
+#: Chapter 5 trains SpaceJAM), slowest first.
+LONGEST = ("book/ch07_comparison", "book/ch06_congeal3d", "book/ch05_spacejam")
 
 
 def toc_notebooks() -> list[Path]:
