@@ -48,11 +48,12 @@ FAILURES = (nbclient.exceptions.CellExecutionError, nbclient.exceptions.CellTime
 
 def execute(path: Path, timeout: int) -> tuple[nbformat.NotebookNode | None, float, str]:
     """``path``'s notebook executed in its own folder, the seconds it took and, if a cell failed, the
-    error (the notebook is then None)."""
+    error (the notebook is then None). No timing metadata is added to the cells: the cache matches a
+    notebook by its code cells *and their metadata*, so the build would not recognise them."""
     notebook = nbformat.read(path, as_version=4)
     start = time.perf_counter()
     try:
-        nbclient.NotebookClient(notebook, timeout=timeout, resources={"metadata": {"path": str(path.parent)}}).execute()
+        nbclient.NotebookClient(notebook, timeout=timeout, record_timing=False, resources={"metadata": {"path": str(path.parent)}}).execute()
     except FAILURES as error:
         return None, time.perf_counter() - start, f"{type(error).__name__}: {error}"
     return notebook, time.perf_counter() - start, ""
