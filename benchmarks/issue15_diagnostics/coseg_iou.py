@@ -1,8 +1,13 @@
-"""Co-segmentation masks (as SpaceJAM's prepare_keys makes them) against the CUB boxes, classes 1-6."""
+"""Co-segmentation masks (as SpaceJAM's prepare_keys makes them) against the CUB boxes, classes 1-6.
+
+    PYTHONPATH=src python benchmarks/issue15_diagnostics/coseg_iou.py [BACKBONE] [CLASSES]   # efficientnet_lite0, 1,2,3,4,5,6
+"""
+import sys
+
 import torch.nn.functional as F
 from congealing import data, features
-bb = features.load_backbone("efficientnet_lite0")
-for c in range(1, 7):
+bb = features.load_backbone(sys.argv[1] if len(sys.argv) > 1 else "efficientnet_lite0")
+for c in (map(int, sys.argv[2].split(",")) if len(sys.argv) > 2 else range(1, 7)):
     cub = data.load_cub_class(c)
     d = features.extract_descriptors(cub.images, bb, grid=64)
     m = features.cosegment(d).float()
