@@ -74,10 +74,12 @@ SETTINGS = ("before", "+ border prior", "default")
 
 def _settings(name: str, descriptors: torch.Tensor, valid, vote_fraction: float) -> dict:
     if name == "default":
-        return {"valid": valid, "vote_fraction": vote_fraction}
-    if name == "before":
-        return {"saliency": features.commonness(descriptors), "border_prior": False, "vote_fraction": vote_fraction}
-    return {"saliency": features.commonness(descriptors), "border_prior": True, "valid": valid, "vote_fraction": vote_fraction}
+        settings = {"valid": valid}
+    elif name == "before":
+        settings = {"saliency": features.commonness(descriptors), "border_prior": False}
+    else:
+        settings = {"saliency": features.commonness(descriptors), "border_prior": True, "valid": valid}
+    return dict(settings, vote_fraction=vote_fraction)
 
 
 def run(classes, grid: int = 64, backbone_name: str = "efficientnet_lite0", vote_fraction: float = 0.75) -> dict:
