@@ -56,6 +56,12 @@ def test_notebook_conventions(path):
     assert len(solutions) >= 3, "each chapter ends with exercises and (hidden) solutions"
 
 
+def test_nbval_and_the_book_build_share_one_per_cell_time_limit():
+    makefile = (ROOT / "Makefile").read_text()
+    limits = re.findall(r"--nbval-cell-timeout=(\d+)", makefile)
+    assert limits == [str(CONFIG["execute"]["timeout"])], limits
+
+
 def test_workflows_are_valid_github_actions():
     workflows = sorted((ROOT / ".github" / "workflows").glob("*.yml"))
     assert workflows

@@ -138,7 +138,6 @@ def test_nn_baseline_beats_identity_on_real_cub(tmp_path, offline_data):
     nn = json.loads(out.read_text())
     identity = evaluation.evaluate_cub(evaluation.EvalRequest("identity", classes=(1,), mode="quick", seed=0, device="cpu", backbone="efficientnet_lite0"))
     assert nn["backbone"] == "efficientnet_lite0" and nn["classes"][0]["n_pairs"] == 30 * 29
-    assert 0 < nn["classes"][0]["cpu_seconds"] and "CPU s" in evaluation.format_cub_table(nn)
     nn_pck, id_pck = nn["classes"][0]["pck"]["0.1"], identity["classes"][0]["pck"]["0.1"]
     assert nn_pck["mean"] > 0.4 and nn_pck["ci95"][0] > id_pck["ci95"][1] + 0.2
     assert abs(nn["classes"][0]["pck_image"]["0.1"]["pooled"] - 0.529) < 0.03  # the independently measured anchor

@@ -146,30 +146,6 @@ def test_run_recorded_reuses_only_clean_records_and_reports_failures(tmp_path, m
         runtime.run_recorded(argv, tmp_path)
 
 
-def test_start_recorded_runs_jobs_commands_at_once_in_order_and_reraises_failures(tmp_path, monkeypatch):
-    import threading
-
-    started, both_running = [], threading.Barrier(2, timeout=10)
-
-    def fake_run_recorded(argv, folder=None):
-        started.append(argv[0])
-        assert folder == tmp_path
-        if argv[0] in ("first", "second"):
-            both_running.wait()  # raises BrokenBarrierError unless the two run at the same time
-        if argv[0] == "broken":
-            raise RuntimeError("congeal broken failed")
-        return {"argv": argv}
-
-    monkeypatch.setattr(runtime, "run_recorded", fake_run_recorded)
-    futures = runtime.start_recorded({"a": ["first"], "b": ["second"], "c": ["third"], "d": ["broken"]}, jobs=2, folder=tmp_path)
-    assert futures["a"].result(timeout=10) == {"argv": ["first"]} and futures["c"].result(timeout=10) == {"argv": ["third"]}
-    with pytest.raises(RuntimeError, match="congeal broken failed"):
-        futures["d"].result(timeout=10)
-    assert started[:2] in (["first", "second"], ["second", "first"]) and sorted(started[2:]) == ["broken", "third"]  # queued ones only after
-    with pytest.raises(ValueError, match="at least 1"):
-        runtime.start_recorded({"a": ["first"]}, jobs=0)
-
-
 def test_cli_passes_settings_down_without_rewriting_the_environment(tmp_path, monkeypatch, capsys):
     import os
 

@@ -450,8 +450,7 @@ def evaluate_cub(request: EvalRequest, on_partial: Callable[[dict], None] | None
 
     Returns:
         the JSON-ready record: the settings, ``classes`` (one :func:`evaluate_transfer` result per
-        class, with ``class_id``, ``class_name``, ``seconds`` (wall), ``cpu_seconds`` (this process's
-        CPU time, all its threads) and ``trainable_parameters``), their
+        class, with ``class_id``, ``class_name``, ``seconds`` and ``trainable_parameters``), their
         ``mean``, ``peak_rss_mb`` and a ``"table"`` string (:func:`format_cub_table`).
 
     Raises:
@@ -467,11 +466,11 @@ def evaluate_cub(request: EvalRequest, on_partial: Callable[[dict], None] | None
     rows = []
     for class_id in classes:
         cub = load_cub_class(class_id, split="test", size=256, root=request.data)
-        start, cpu_start = time.perf_counter(), time.process_time()
+        start = time.perf_counter()
         transfer = fit(cub, backbone, mode, request.seed, device)
         result = evaluate_transfer(transfer, cub, seed=request.seed)
         result.update(class_id=class_id, class_name=cub.class_name, seconds=round(time.perf_counter() - start, 2),
-                      cpu_seconds=round(time.process_time() - cpu_start, 2), trainable_parameters=getattr(transfer, "parameters", 0))
+                      trainable_parameters=getattr(transfer, "parameters", 0))
         rows.append(result)
         if on_partial is not None and len(rows) < len(classes):
             on_partial(_cub_record(request, rows, backbone, mode, device))
@@ -529,7 +528,7 @@ def format_cub_table(results: dict) -> str:
     Returns:
         the table, one line per class, then the mean and a legend.
     """
-    head = f"{'class':<32} {'PCK@0.1':>16} {'PCK@0.05':>16} {'img@0.1':>8} {'pairs':>6} {'kps':>6} {'s':>7} {'CPU s':>7}"
+    head = f"{'class':<32} {'PCK@0.1':>16} {'PCK@0.05':>16} {'img@0.1':>8} {'pairs':>6} {'kps':>6} {'s':>7}"
     lines = [f"CUB PCK, method {results['method']}, backbone {results['backbone']}, {results['mode']} mode", head]
     for r in results["classes"]:
         cells = []
@@ -537,11 +536,10 @@ def format_cub_table(results: dict) -> str:
             low, high = r["pck"][a]["ci95"]
             cells.append(f"{100 * r['pck'][a]['mean']:5.1f} [{100 * low:4.1f},{100 * high:4.1f}]")
         name = f"{r['class_id']:03d} {r['class_name']}"[:32]
-        lines.append(f"{name:<32} {cells[0]:>16} {cells[1]:>16} {100 * r['pck_image']['0.1']['pooled']:8.1f} {r['n_pairs']:>6} {r['n_keypoints']:>6} {r['seconds']:>7.1f} {r['cpu_seconds']:>7.1f}")
+        lines.append(f"{name:<32} {cells[0]:>16} {cells[1]:>16} {100 * r['pck_image']['0.1']['pooled']:8.1f} {r['n_pairs']:>6} {r['n_keypoints']:>6} {r['seconds']:>7.1f}")
     m = results["mean"]
     lines.append(f"{'mean':<32} {100 * m['pck@0.1']:>16.1f} {100 * m['pck@0.05']:>16.1f} {100 * m['pck_image@0.1']:8.1f}")
     lines.append("PCK: mean over pairs [bootstrap 95% CI], threshold alpha*max(h,w) of the target box; img: pooled, alpha*256 (the papers' CUB threshold)")
-    lines.append("s: wall seconds per class (fit and score); CPU s: this process's CPU seconds, all threads")
     return "\n".join(lines)
 
 

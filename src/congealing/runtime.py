@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import os
 import random
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, replace
 from pathlib import Path
 from typing import ClassVar
@@ -26,7 +25,7 @@ from .errors import UsageError
 
 __all__ = [
     "MODES", "ModeConfig", "cache_dir", "get_mode", "pick", "seed_everything", "get_device", "run_label",
-    "provenance", "run_recorded", "start_recorded",
+    "provenance", "run_recorded",
 ]
 
 #: The two run modes :func:`get_mode` accepts (``$CONGEAL_MODE``, ``--mode``).
@@ -342,36 +341,3 @@ def run_recorded(argv: list[str], folder=None) -> dict:
     if completed.returncode != 0:
         raise RuntimeError(f"congeal {' '.join(argv)} failed (exit {completed.returncode}):\n{completed.stderr[-3000:]}")
     return json.loads(path.read_text())
-
-
-def start_recorded(commands: dict[str, list[str]], jobs: int = 1, folder=None) -> dict[str, Future]:
-    """Start :func:`run_recorded` for every command, at most ``jobs`` at a time, in the order given.
-
-    Each command still runs in its own process (its peak memory and CPU time stay its own); the
-    waiting happens in background threads, so the caller goes on and asks each future for its record
-    when it needs it. Chapter 7 ("Chapter 7: Every method side by side") starts its longest run first
-    and the rest after it, two at a time in quick mode (a 2-core machine) and one at a time in full
-    mode (one accelerator). Wall times then include whatever else the machine runs; CPU seconds do not.
-
-    Args:
-        commands: a name for each ``congeal`` command (its arguments, as for :func:`run_recorded`).
-        jobs: how many commands may run at once (at least 1).
-        folder: where records are kept, as for :func:`run_recorded`.
-
-    Returns:
-        ``{name: future}``; ``future.result()`` waits for that command and returns its record, or
-        raises :func:`run_recorded`'s ``RuntimeError`` if it failed.
-
-    Raises:
-        ValueError: ``jobs`` is below 1.
-
-    Example:
-        >>> start_recorded({}, jobs=2)
-        {}
-    """
-    if jobs < 1:
-        raise ValueError(f"jobs must be at least 1, got {jobs}")
-    pool = ThreadPoolExecutor(max_workers=jobs, thread_name_prefix="congeal-recorded")
-    futures = {name: pool.submit(run_recorded, argv, folder) for name, argv in commands.items()}
-    pool.shutdown(wait=False)  # the threads finish the queued commands; nothing new can be submitted
-    return futures
