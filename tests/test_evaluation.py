@@ -104,6 +104,20 @@ def test_mirrored_pairs_swap_left_and_right_parts():
     assert evaluation.evaluate_transfer(transfer, cub, n_boot=20)["pck"]["0.05"]["mean"] == 1.0
 
 
+def test_keypoint_similarities_align_similar_and_mirrored_shapes_exactly():
+    size = 64
+    xi = torch.tensor([[0.0, 0.0, 0.0, 0.0], [0.1, -0.2, 0.3, 0.1], [-0.15, 0.05, -0.2, -0.1], [0.05, 0.1, 0.4, 0.2]])
+    canonical = warps.pixel_to_normalized(random_keypoints(1, size=size) * 0.5 + 16, (size, size))
+    shapes = warps.transform_points(warps.invert(warps.exp(xi, "similarity")), canonical.expand(4, -1, -1))
+    shapes[3] = shapes[3][list(evaluation.CUB_MIRROR)] * torch.tensor([-1.0, 1.0])  # image 3 is a mirrored bird
+    cub = synthetic_set(warps.normalized_to_pixel(shapes, (size, size)), size=size)
+    T = evaluation.keypoint_similarities(cub)
+    assert (torch.linalg.det(T[:, :2, :2]) < 0).tolist() == [False, False, False, True]
+    transfer = alignment.transfer_via_transforms(T, size)
+    assert torch.allclose(transfer(1, 2, cub.keypoints[1]), cub.keypoints[2], atol=1e-3)
+    assert evaluation.evaluate_transfer(transfer, cub, n_boot=0)["pck"]["0.05"]["mean"] == 1.0
+
+
 def test_transfer_via_grids_with_translations():
     size = 32
     shifts = torch.tensor([[0.0, 0.0], [0.25, 0.0], [0.0, -0.125]])  # normalised: 4 px right, 2 px up

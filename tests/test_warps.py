@@ -175,3 +175,17 @@ def test_warp_across_a_line_at_infinity_stays_finite():
     warped = warps.warp_image(torch.rand(1, 2, 4, 4), warps.invert(sampling))  # samples the input at sampling @ p
     assert torch.isfinite(warped).all()
     assert (warped[0, :, :, 1] == 0).all() and (warped[0, :, :, 2] != 0).all()  # the column on the line reads padding
+
+
+def test_fit_similarity_recovers_a_similarity_ignores_zero_weights_and_never_reflects(device):
+    S = warps.exp(torch.tensor([[0.3, -0.2, 0.7, 0.4]], dtype=torch.float64), "similarity")[0].to(device)
+    source = torch.randn(9, 2, generator=GEN, dtype=torch.float64).to(device)
+    target = warps.transform_points(S[None], source[None])[0]
+    target[0] += 5.0  # an outlier, weighted out
+    weight = torch.ones(9, device=device)
+    weight[0] = 0
+    assert torch.allclose(warps.fit_similarity(source, target, weight), S, atol=1e-10)
+    mirrored = source * torch.tensor([-1.0, 1.0], dtype=torch.float64, device=device)
+    fitted = warps.fit_similarity(source, mirrored)
+    assert torch.linalg.det(fitted[:2, :2]) > 0  # the best rotation and scale, not the mirror
+    assert torch.allclose(fitted[:2, :2] @ fitted[:2, :2].T, torch.eye(2, dtype=torch.float64, device=device) * torch.linalg.det(fitted[:2, :2]))

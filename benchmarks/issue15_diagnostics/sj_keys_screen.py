@@ -5,7 +5,7 @@ Usage: PYTHONPATH=src python benchmarks/issue15_diagnostics/sj_keys_screen.py CL
 For each CUB class and each key variant (below), with SpaceJAM's shipped quick config otherwise:
 the keys' IC loss (``ic_loss(keys, keys, T)`` at ``loss_size``, one configuration per image) and
 PCK@0.1 at (a) the start (identity in the consensus mirror configuration), (b) similarities fitted
-to the CUB keypoints (``sj_loss_landscape.keypoint_transforms``), and after 200 Adam steps of
+to the CUB keypoints (``evaluation.keypoint_similarities``), and after 200 Adam steps of
 per-image similarity parameters on that loss from each. A loss that suits keypoint transfer keeps
 (b)'s PCK when descending from it and climbs towards it from (a).
 
@@ -14,17 +14,13 @@ location), ``unmasked`` (no masks: every location is foreground), ``box`` (the g
 as masks, a diagnostic), ``unit`` (the default keys scaled to unit length per location).
 """
 import sys
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
 from congealing import data, features, spacejam, warps
 from congealing.alignment import transfer_via_transforms
-from congealing.evaluation import evaluate_transfer
-
-sys.path.insert(0, str(Path(__file__).parent))
-from sj_loss_landscape import keypoint_transforms  # noqa: E402
+from congealing.evaluation import evaluate_transfer, keypoint_similarities
 
 classes = [int(c) for c in sys.argv[1].split(",")]
 variants = sys.argv[2].split(",")
@@ -69,7 +65,7 @@ for class_id in classes:
             return (warps.exp(warps.project(xi, "similarity")) @ T0).detach()
 
         start = warps.hflip(features.consensus_flips(keys))
-        fitted = keypoint_transforms(cub, "similarity")
+        fitted = keypoint_similarities(cub)
         cells = []
         for name, T in (("start", start), ("keypoints", fitted), ("start+descent", descend(start)), ("keypoints+descent", descend(fitted))):
             cells.append(f"{name} {float(ic(T)):.3f}/{pck(T):.1f}")

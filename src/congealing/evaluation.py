@@ -57,7 +57,7 @@ from .features import Backbone, cosegment, extract_descriptors, load_backbone, p
 __all__ = [
     "TransferFn", "CUB_MIRROR", "DEFAULT_CLASSES", "EvalRequest",
     "identity_transfer", "nn_transfer", "descriptor_similarity",
-    "descriptor_transfer", "masked_descriptor_transfer", "windowed_descriptor_transfer",
+    "descriptor_transfer", "masked_descriptor_transfer", "windowed_descriptor_transfer", "keypoint_similarities",
     "threshold_lengths", "transfer_all_pairs", "evaluate_transfer", "pck_per_image", "evaluate_cub", "peak_memory_mb", "format_cub_table",
     "fit_on_cub", "CUB_METHODS",
 ]
@@ -292,6 +292,56 @@ def windowed_descriptor_transfer(descriptors: torch.Tensor, size: int, guide: Tr
 
 
 # ----------------------------------------------------------------------------- the protocol
+
+
+def keypoint_similarities(cub, iterations: int = 10) -> torch.Tensor:
+    """Per-image similarities ``(N, 3, 3)`` (image -> a common frame) fitted to the CUB keypoints.
+
+    An oracle: the best one can do with one similarity per image, judged by the ground truth (Chapter
+    5, "What the loss prefers"). Generalised Procrustes: every image's visible keypoints, in
+    normalised coordinates, are fitted (:func:`congealing.warps.fit_similarity`) to a reference shape, the first
+    image's at first, then the mean of the fitted shapes (centred and of fixed size), ``iterations``
+    times. Each image is fitted as it is and mirrored (``x -> -x``, left and right parts swapped by
+    :data:`CUB_MIRROR`) and keeps the better fit; a mirrored image's transform has a negative
+    determinant, as :func:`congealing.alignment.transfer_via_transforms` expects. An image sharing
+    fewer than 3 keypoints with the reference keeps the identity.
+
+    Args:
+        cub: a :class:`congealing.data.CUBSet` with CUB's 15 parts (``keypoints``, ``visible``, ``images``).
+        iterations: rounds of fitting and re-averaging.
+
+    Returns:
+        ``(N, 3, 3)`` float32 transforms.
+    """
+    size = tuple(cub.images.shape[-2:])
+    points = warps.pixel_to_normalized(cub.keypoints[..., :2].double(), size)
+    visible = (cub.visible > 0).double()
+    mirror = torch.tensor(CUB_MIRROR)  # an involution: the part that part k becomes in the mirror
+    flipped_points, flipped_visible = points[:, mirror] * torch.tensor([-1.0, 1.0], dtype=torch.float64), visible[:, mirror]
+    flip = warps.hflip(True, 1, torch.float64)[0]
+    reference, ref_visible = points[0], visible[0]
+    transforms = warps.identity(len(points), torch.float64)
+    for _ in range(iterations):
+        fitted, weights = points.clone(), torch.zeros_like(visible)
+        for n in range(len(points)):
+            best = None
+            for mirrored in (False, True):
+                p, v = (flipped_points[n], flipped_visible[n]) if mirrored else (points[n], visible[n])
+                w = v * ref_visible
+                if w.sum() < 3:
+                    continue
+                S = warps.fit_similarity(p, reference, w)
+                moved = warps.transform_points(S[None], p[None])[0]
+                residual = float((w * (moved - reference).pow(2).sum(1)).sum() / w.sum())
+                if best is None or residual < best[0]:
+                    best = (residual, S @ flip if mirrored else S, moved, v)
+            if best is not None:
+                transforms[n], fitted[n], weights[n] = best[1:]
+        ref_visible = (weights.sum(0) > 0).double()
+        reference = (weights[..., None] * fitted).sum(0) / weights.sum(0).clamp_min(1)[:, None]
+        reference = (reference - (ref_visible[:, None] * reference).sum(0) / ref_visible.sum()) * ref_visible[:, None]
+        reference = reference / reference.norm().clamp_min(1e-12)  # a fixed size: the fit cannot shrink the set
+    return transforms.float()
 
 
 def threshold_lengths(boxes: torch.Tensor) -> torch.Tensor:

@@ -21,8 +21,8 @@ Layout
 Two modules, whose public names are all re-exported here (``from congealing.warps import exp``):
 
 * :mod:`congealing.warps.transforms`: the Lie algebra (:func:`lie_basis`, :func:`exp`,
-  :func:`project`), :func:`compose`, :func:`invert`, :func:`hflip`, and points in pixel and
-  normalised coordinates (Chapter 1, sections 1.1-1.4);
+  :func:`project`), :func:`compose`, :func:`invert`, :func:`hflip`, points in pixel and
+  normalised coordinates (Chapter 1, sections 1.1-1.4), and :func:`fit_similarity` (points to points);
 * :mod:`congealing.warps.grids`: sampling grids: :func:`warp_image`, dense warps, grid inversion,
   and edits painted through transforms or grids (Chapter 1, sections 1.4-1.5; Chapter 4, "Edit
   propagation").
@@ -31,7 +31,7 @@ from __future__ import annotations
 
 from .transforms import (
     GROUP_DIMS, GENERATOR_NAMES, lie_basis, project, hat, exp, identity, compose, invert, hflip,
-    pixel_to_normalized, normalized_to_pixel, transform_points, W_MIN,
+    pixel_to_normalized, normalized_to_pixel, transform_points, fit_similarity, W_MIN,
 )
 from .grids import (
     identity_grid, sampling_grid, warp_image, warp_by_grid, flow_to_grid, grid_points, resize, resize_grid,
@@ -40,7 +40,7 @@ from .grids import (
 
 __all__ = [
     "GROUP_DIMS", "GENERATOR_NAMES", "lie_basis", "project", "hat", "exp", "identity", "compose",
-    "invert", "hflip", "pixel_to_normalized", "normalized_to_pixel", "transform_points", "W_MIN",
+    "invert", "hflip", "pixel_to_normalized", "normalized_to_pixel", "transform_points", "fit_similarity", "W_MIN",
     "identity_grid", "sampling_grid", "warp_image", "warp_by_grid", "flow_to_grid", "grid_points",
     "resize", "resize_grid", "propagate_edit", "splat_edit", "invert_grid_points", "invert_grid",
 ]

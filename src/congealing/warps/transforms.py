@@ -23,7 +23,7 @@ import torch
 
 __all__ = [
     "GROUP_DIMS", "GENERATOR_NAMES", "lie_basis", "project", "hat", "exp", "identity", "compose",
-    "invert", "hflip", "pixel_to_normalized", "normalized_to_pixel", "transform_points", "W_MIN",
+    "invert", "hflip", "pixel_to_normalized", "normalized_to_pixel", "transform_points", "fit_similarity", "W_MIN",
 ]
 
 
@@ -350,3 +350,38 @@ def transform_points(T: torch.Tensor, points: torch.Tensor) -> torch.Tensor:
     w = homogeneous[..., 2:3]
     w = torch.where(w.abs() < W_MIN, torch.copysign(torch.full_like(w, W_MIN), w), w)
     return homogeneous[..., :2] / w
+
+
+def fit_similarity(source: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None = None) -> torch.Tensor:
+    """The similarity ``(3, 3)`` that best maps points ``source`` ``(K, 2)`` onto ``target`` ``(K, 2)``.
+
+    Weighted least squares in closed form (Umeyama 1991): the rotation from the SVD of the weighted
+    cross-covariance (never a reflection), then the scale and the translation. Points of weight 0
+    play no part. Chapter 5 fits one per bird to its keypoints ("What the loss prefers",
+    :func:`congealing.evaluation.keypoint_similarities`).
+
+    Args:
+        source: ``(K, 2)`` points.
+        target: ``(K, 2)`` points.
+        weight: ``(K,)`` non-negative weights with at least two points' positive; None: all 1.
+
+    Returns:
+        ``(3, 3)`` in ``source``'s dtype.
+
+    Example:
+        >>> S = torch.tensor([[0.0, -2.0, 1.0], [2.0, 0.0, 0.5], [0.0, 0.0, 1.0]], dtype=torch.float64)
+        >>> p = torch.tensor([[0.0, 0.0], [1.0, 0.0], [0.0, 1.0]], dtype=torch.float64)
+        >>> torch.allclose(fit_similarity(p, transform_points(S[None], p[None])[0]), S)
+        True
+    """
+    w = (torch.ones(len(source), device=source.device) if weight is None else weight).to(source.dtype)[:, None]
+    mean_s, mean_t = (w * source).sum(0) / w.sum(), (w * target).sum(0) / w.sum()
+    s, t = source - mean_s, target - mean_t
+    U, sigma, Vh = torch.linalg.svd((w * t).T @ s)  # the weighted cross-covariance, target x source
+    d = torch.ones(2, dtype=source.dtype, device=source.device)
+    d[1] = torch.sign(torch.linalg.det(U @ Vh))  # a rotation, not a reflection
+    rotation = U @ torch.diag(d) @ Vh
+    scale = (sigma * d).sum() / (w * s.pow(2)).sum()
+    out = torch.eye(3, dtype=source.dtype, device=source.device)
+    out[:2, :2], out[:2, 2] = scale * rotation, mean_t - scale * rotation @ mean_s
+    return out
