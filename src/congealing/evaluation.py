@@ -301,10 +301,10 @@ def keypoint_similarities(cub, iterations: int = 10) -> torch.Tensor:
     5, "What the loss prefers"). Generalised Procrustes: every image's visible keypoints, in
     normalised coordinates, are fitted (:func:`congealing.warps.fit_similarity`) to a reference
     shape, the first image's at first, then the mean of the fitted shapes (centred and of fixed
-    size), ``iterations`` times. Each image is fitted as it is and mirrored (``x -> -x``, left and right parts swapped by
-    :data:`CUB_MIRROR`) and keeps the better fit; a mirrored image's transform has a negative
-    determinant, as :func:`congealing.alignment.transfer_via_transforms` expects. An image sharing
-    fewer than 3 keypoints with the reference keeps the identity.
+    size), ``iterations`` times. Each image is fitted as it is and mirrored (``x -> -x``, left and
+    right parts swapped by :data:`CUB_MIRROR`) and keeps the better fit; a mirrored image's
+    transform has a negative determinant, as :func:`congealing.alignment.transfer_via_transforms`
+    expects. An image sharing fewer than 3 keypoints with the reference keeps the identity.
 
     Args:
         cub: a :class:`congealing.data.CUBSet` with CUB's 15 parts (``keypoints``, ``visible``, ``images``).
