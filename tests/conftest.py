@@ -10,6 +10,10 @@ from pathlib import Path
 
 import pytest
 import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from congealing.features import Backbone, BackboneSpec
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -59,3 +63,20 @@ def isolated_cache(tmp_path, monkeypatch) -> Path:
     """A private CONGEAL_CACHE, so a test never reads or writes the user's cache."""
     monkeypatch.setenv("CONGEAL_CACHE", str(tmp_path / "cache"))
     return tmp_path / "cache"
+
+
+class ColourBackbone(Backbone):
+    """A stand-in backbone: local mean colours (plus a constant channel) on a stride-4 grid."""
+
+    def __init__(self):
+        super().__init__("colours", nn.Identity(), BackboneSpec("none", "cnn", 4, 32, "colour test backbone", "n/a"), (0.0,) * 3, (1.0,) * 3)
+
+    def forward(self, images: torch.Tensor, input_size: int | None = None) -> torch.Tensor:
+        x = self.prepare(images, input_size)
+        return F.avg_pool2d(torch.cat([x - 0.5, torch.full_like(x[:, :1], 0.2)], dim=1), 4)
+
+
+@pytest.fixture(scope="session")
+def colour_backbone() -> Backbone:
+    """:class:`ColourBackbone`: features in microseconds, no weights, for the methods' plumbing."""
+    return ColourBackbone()

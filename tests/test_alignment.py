@@ -5,12 +5,9 @@ import inspect
 
 import pytest
 import torch
-import torch.nn as nn
-import torch.nn.functional as F
 
 from congealing import alignment as al
 from congealing import classical, neural, registry, spacejam, warps
-from congealing.features import Backbone, BackboneSpec
 
 
 def shifted_transforms(device, dtype=torch.float32) -> torch.Tensor:
@@ -96,17 +93,6 @@ def test_closed_form_transfer_round_trips():
 # ----------------------------------------------------------------------------- the protocol
 
 
-class ColourBackbone(Backbone):
-    """A stand-in backbone: local mean colours (plus a constant channel) on a stride-4 grid."""
-
-    def __init__(self):
-        super().__init__("colours", nn.Identity(), BackboneSpec("none", "cnn", 4, 32, "colour test backbone", "n/a"), (0.0,) * 3, (1.0,) * 3)
-
-    def forward(self, images: torch.Tensor, input_size: int | None = None) -> torch.Tensor:
-        x = self.prepare(images, input_size)
-        return F.avg_pool2d(torch.cat([x - 0.5, torch.full_like(x[:, :1], 0.2)], dim=1), 4)
-
-
 def blobs(n: int = 4, size: int = 32) -> torch.Tensor:
     """Coloured discs at different places on grey: something to align."""
     yy, xx = torch.meshgrid(torch.arange(size), torch.arange(size), indexing="ij")
@@ -138,7 +124,7 @@ def test_every_registered_method_has_the_protocol_signature():
 
 
 @pytest.mark.parametrize("name", registry.names(needs_shape=False))
-def test_every_registered_method_returns_an_alignment(name, isolated_cache):
+def test_every_registered_method_returns_an_alignment(name, isolated_cache, colour_backbone):
     """Every 2-D method (3-D congealing's point-map alignment: tests/test_congeal3d.py)."""
     method = registry.get(name)
     images = blobs()
@@ -146,7 +132,7 @@ def test_every_registered_method_returns_an_alignment(name, isolated_cache):
         images = images.mean(1, keepdim=True) if name == "entropy" else images
     steps = []
     result = method.fit(images, TINY[name], masks=torch.ones(4, 1, 32, 32) if method.features else None,
-                        backbone=ColourBackbone() if method.features else None, device="cpu", callback=lambda done, total: steps.append((done, total)))
+                        backbone=colour_backbone if method.features else None, device="cpu", callback=lambda done, total: steps.append((done, total)))
     assert isinstance(result, al.Alignment) and result.method == name and len(result) == 4 and result.size == (32, 32)
     assert result.flips.shape == (4,) and result.seconds > 0 and result.parameters > 0
     assert result.history and all(isinstance(h, dict) and method.loss_key in h for h in result.history)
@@ -182,9 +168,9 @@ def test_transfer_points_builds_the_transfer_once_and_again_for_new_transforms(m
     assert al.Alignment("demo", (16, 16), transforms=T).transfer_points(0, 1, point).tolist() == first.tolist()
 
 
-def test_neural_point_map_is_the_transfer_of_the_trained_model(isolated_cache):
+def test_neural_point_map_is_the_transfer_of_the_trained_model(isolated_cache, colour_backbone):
     images = blobs()
-    result = neural.fit(images, TINY["neural"], masks=torch.ones(4, 1, 32, 32), backbone=ColourBackbone(), device="cpu")
+    result = neural.fit(images, TINY["neural"], masks=torch.ones(4, 1, 32, 32), backbone=colour_backbone, device="cpu")
     fresh = result.state["result"].transfer((32, 32))  # the model's outputs computed again
     points = torch.tensor([[5.0, 9.0], [20.0, 16.0]])
     for src, tgt in ((0, 1), (2, 3), (3, 0)):

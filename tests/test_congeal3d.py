@@ -7,13 +7,11 @@ import math
 
 import pytest
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
 
 from congealing import congeal3d as c3
 from congealing import lego
 from congealing.congeal3d import Congeal3DConfig, VoxelField
-from congealing.features import Backbone, BackboneSpec
 
 FOV = math.radians(40.0)
 
@@ -49,19 +47,6 @@ def asymmetric_field(resolution: int = 24) -> VoxelField:
         [((0.4, 0.0, 0.0), 0.35, (1.0, 0.0, 0.0)), ((-0.3, 0.35, 0.2), 0.25, (0.0, 0.0, 1.0)), ((-0.1, -0.4, -0.25), 0.2, (0.0, 1.0, 0.0))],
         resolution,
     )
-
-
-class ColourBackbone(Backbone):
-    """A stand-in backbone: local mean colours (plus a constant channel) on a stride-4 grid."""
-
-    def __init__(self):
-        spec = BackboneSpec("none", "cnn", 4, 32, "colour test backbone", "n/a")
-        super().__init__("colours", nn.Identity(), spec, (0.0, 0.0, 0.0), (1.0, 1.0, 1.0))
-
-    def forward(self, images: torch.Tensor, input_size: int | None = None) -> torch.Tensor:
-        x = self.prepare(images, input_size)
-        x = torch.cat([x - 0.5, torch.full_like(x[:, :1], 0.2)], dim=1)
-        return F.avg_pool2d(x, 4)
 
 
 def tiny_config(**overrides) -> Congeal3DConfig:
@@ -388,7 +373,7 @@ def test_place_camera_reframes_a_moved_camera():
     assert iou(c3.render(field, placed_big, fov, 48, samples=48)["mask"], big) > 0.8
 
 
-def test_search_poses_finds_the_candidate_an_input_was_rendered_from():
+def test_search_poses_finds_the_candidate_an_input_was_rendered_from(colour_backbone):
     field = asymmetric_field(20)
     config = tiny_config()
     candidates = c3.render_candidates(field, config)
@@ -398,7 +383,7 @@ def test_search_poses_finds_the_candidate_an_input_was_rendered_from():
     c2w = candidates["c2w"][truth].clone()
     c2w[:, :3, 3] *= 0.85
     inputs = c3.render(field, c2w, candidates["fov"][truth], 48, samples=32)
-    found = c3.search_poses(field, inputs["rgb"], inputs["mask"], config, backbone=ColourBackbone(), candidates=candidates)
+    found = c3.search_poses(field, inputs["rgb"], inputs["mask"], config, backbone=colour_backbone, candidates=candidates)
     assert found["distance"].shape == (4, 32) and found["c2w"].shape == (4, 4, 4) and found["fov"].shape == (4,)
     assert torch.equal(found["index"], truth), (found["index"], truth)
     assert (found["distance"][torch.arange(4), truth] < found["distance"].median(dim=1).values).all()
@@ -470,7 +455,7 @@ def _sphere_points(count: int = 400, seed: int = 0) -> torch.Tensor:
 
 
 @pytest.fixture(scope="module")
-def mapped():
+def mapped(colour_backbone):
     """Coordinate maps of two exact views of the asymmetric field (40 degrees apart)."""
     field = asymmetric_field(24)
     c3.set_shape_box(field)
@@ -479,7 +464,7 @@ def mapped():
     fov = torch.full((2,), FOV)
     views = c3.render(field, c2w, fov, 32, samples=48)
     masks = (views["mask"] > 0.5).float()
-    maps = c3.fit_coordinate_maps(field, views["rgb"], masks, c2w, fov, config, backbone=ColourBackbone())
+    maps = c3.fit_coordinate_maps(field, views["rgb"], masks, c2w, fov, config, backbone=colour_backbone)
     return field, c2w, fov, views["rgb"], masks, maps
 
 
@@ -535,22 +520,22 @@ def test_filter_by_pose():
 # ----------------------------------------------------------------------------- the pipeline's errors, appearance
 
 
-def test_fit_rejects_a_set_of_one_an_empty_mask_and_no_masks():
+def test_fit_rejects_a_set_of_one_an_empty_mask_and_no_masks(colour_backbone):
     field = red_ball(0.5, resolution=8)
     config = tiny_config()
     images, masks = torch.ones(2, 3, 16, 16), torch.zeros(2, 1, 16, 16)
     masks[0, :, 4:12, 4:12] = 1.0
     with pytest.raises(ValueError, match="at least 2"):
-        c3.fit(images[:1], config, masks=masks[:1], backbone=ColourBackbone(), shape=field)
+        c3.fit(images[:1], config, masks=masks[:1], backbone=colour_backbone, shape=field)
     with pytest.raises(ValueError, match=r"image\(s\) 1\b.*silhouette"):
-        c3.fit(images, config, masks=masks, backbone=ColourBackbone(), shape=field)
+        c3.fit(images, config, masks=masks, backbone=colour_backbone, shape=field)
     with pytest.raises(ValueError, match=r"image\(s\) 1\b.*silhouette"):
-        c3.find_poses(field, images, masks, config, backbone=ColourBackbone(), search=False)
+        c3.find_poses(field, images, masks, config, backbone=colour_backbone, search=False)
     with pytest.raises(ValueError, match="give masks"):
-        c3.fit(images, config, backbone=ColourBackbone(), shape=field)
+        c3.fit(images, config, backbone=colour_backbone, shape=field)
 
 
-def test_fit_returns_a_point_map_alignment_of_the_steps_it_runs():
+def test_fit_returns_a_point_map_alignment_of_the_steps_it_runs(colour_backbone):
     """``fit`` is find_poses then fit_coordinate_maps, run by hand here: the same cameras, the same
     maps and the maps' own transfer, in the point-map form of an Alignment."""
     from congealing.alignment import Alignment
@@ -562,17 +547,17 @@ def test_fit_returns_a_point_map_alignment_of_the_steps_it_runs():
                       torch.full((3,), FOV), 32, samples=32)
     images, masks = views["rgb"], (views["mask"] > 0.5).float()
     steps = []
-    alignment = c3.fit(images, config, masks=masks, backbone=ColourBackbone(), shape=field, callback=lambda done, total: steps.append((done, total)))
+    alignment = c3.fit(images, config, masks=masks, backbone=colour_backbone, shape=field, callback=lambda done, total: steps.append((done, total)))
     assert isinstance(alignment, Alignment) and alignment.method == "congeal3d" and len(alignment) == 3 and alignment.size == (32, 32)
     assert alignment.transforms is None and alignment.grids is None and not alignment.flips.any()
     assert [h["loss"] for h in alignment.history] == alignment.state["refined"]["loss"] and len(alignment.history) == config.refine_steps
     assert steps[-1] == (config.refine_steps + config.mapping_steps,) * 2 and len(steps) == steps[-1][0]
     assert alignment.parameters == 3 * 7 + 3 * 2 * 16 * 16 and alignment.seconds > 0
     assert set(alignment.state["seconds"]) == {"pose_search", "refinement", "mappings"}
-    by_hand = c3.find_poses(field, images, masks, config, backbone=ColourBackbone())
+    by_hand = c3.find_poses(field, images, masks, config, backbone=colour_backbone)
     assert torch.equal(by_hand["search"]["index"], alignment.state["search"]["index"])
     assert torch.allclose(by_hand["refined"]["c2w"], alignment.state["c2w"]) and torch.allclose(by_hand["refined"]["fov"], alignment.state["fov"])
-    maps = c3.fit_coordinate_maps(field, images, masks, by_hand["refined"]["c2w"], by_hand["refined"]["fov"], config, backbone=ColourBackbone())
+    maps = c3.fit_coordinate_maps(field, images, masks, by_hand["refined"]["c2w"], by_hand["refined"]["fov"], config, backbone=colour_backbone)
     assert torch.allclose(maps.nocs, alignment.state["maps"].nocs, atol=1e-5)
     points = torch.nonzero(masks[0, 0] > 0.5)[::7].flip(-1).float()
     assert torch.equal(alignment.transfer_points(0, 2, points), c3.transfer_points(alignment.state["maps"], 0, 2, points))
