@@ -34,7 +34,7 @@ def synthetic_data(cfg, n=4, dim=6):
     small_masks = F.interpolate(masks, size=(A, A), mode="area")
     keys = torch.cat([small_masks, 1 - small_masks, 0.1 * torch.randn(n, dim - 2, A, A, generator=torch.Generator().manual_seed(1))], 1)
     keys = F.normalize(keys, dim=1)
-    stn = F.interpolate(images, size=(cfg.stn_input_size,) * 2, mode="area")
+    stn = F.interpolate(keys if cfg.stn_reads == "keys" else images, size=(cfg.stn_input_size,) * 2, mode="area")
     flips = dict(flipped_stn_images=stn.flip(-1), flipped_images=images.flip(-1), flipped_keys=keys.flip(-1), flipped_masks=small_masks.flip(-1)) if cfg.flips else {}
     return neural.NeuralData(images, stn, keys, small_masks, **flips)
 
@@ -142,11 +142,12 @@ def test_keys_sparsity_and_saliency_loss():
 # ----------------------------------------------------------------------------- networks and warps
 
 
-def test_networks_start_at_the_identity_and_inverse_is_exact():
-    cfg = tiny_cfg()
+@pytest.mark.parametrize("reads", ["images", "keys"])
+def test_networks_start_at_the_identity_and_inverse_is_exact(reads):
+    cfg = tiny_cfg(stn_reads=reads)
     model = neural.NeuralCongealing(cfg, 5)
     images, _ = blob_images(2, cfg.image_size)
-    stn = F.interpolate(images, size=(cfg.stn_input_size,) * 2)
+    stn = F.interpolate(images, size=(cfg.stn_input_size,) * 2) if reads == "images" else torch.randn(2, 5, cfg.stn_input_size, cfg.stn_input_size)
     out = model.mapping(stn, images, use_flow=True)
     ident = warps.identity_grid((cfg.atlas_size,) * 2, 2)
     assert torch.allclose(out["grid"], ident, atol=1e-6) and torch.allclose(out["delta"], torch.zeros_like(out["delta"]))
@@ -160,6 +161,29 @@ def test_convex_upsampling_of_a_constant_flow_is_constant_inside():
     flow = torch.full((1, 2, 4, 4), 0.1)
     up = neural.convex_upsample(flow, torch.randn(1, 9 * 4, 4, 4), 2)
     assert torch.allclose(up[:, :, 2:-2, 2:-2], torch.full_like(up[:, :, 2:-2, 2:-2], 0.2))
+
+
+def test_stns_read_the_keys_when_told(isolated_cache, colour_backbone):
+    """``stn_reads="keys"``: prepare hands the STNs the keys (one scale for the set, both
+    orientations), the rigid STN reads them and the flow STN reads them warped by the similarity."""
+    images, masks = blob_images(3, 32)
+    cfg = tiny_cfg(stn_reads="keys", flips=True, keys_pca_dim=0, atlas_size=8, stn_input_size=8, flow_input_size=8, coarse_flow_size=4)
+    data = neural.prepare(images, masks, colour_backbone, cfg)
+    scale = data.keys.std()
+    assert data.stn_images.shape == data.keys.shape == (3, 4, 8, 8)
+    assert torch.allclose(data.stn_images * scale, data.keys) and torch.allclose(data.flipped_stn_images * scale, data.flipped_keys)
+    model = neural.NeuralCongealing(cfg, data.keys.shape[1])
+    assert model.rigid.trunk[0].in_channels == model.flow.trunk[0].in_channels == 4
+    seen = []
+    model.flow.register_forward_pre_hook(lambda module, inputs: seen.append(inputs[0]))
+    with torch.no_grad():
+        model.rigid.out.bias.copy_(torch.tensor([0.0, 0.0, 0.25, 0.0]))  # a shift, so the warp is not the identity
+        out = model.mapping(data.stn_images, data.images, use_flow=True)
+    small = warps.identity_grid((8, 8), 3)
+    expected = warps.warp_by_grid(data.stn_images, warps.transform_points(out["T"], small.reshape(3, -1, 2)).reshape_as(small), padding_mode="border")
+    assert torch.allclose(seen[0], expected)
+    with pytest.raises(ValueError, match="stn_reads"):
+        tiny_cfg(stn_reads="rgb")
 
 
 def test_atlas_initialisation_from_the_set():
@@ -213,9 +237,10 @@ def test_relaxed_rigidity_weights_are_the_ones_trained_with():
 
 
 def _known_keys_data(keys, masks):
-    """NeuralData around given keys ``(N, D, A, A)`` (images: the keys' first 3 channels, upsampled)."""
+    """NeuralData around given keys ``(N, D, A, A)`` (images: the keys' first 3 channels, upsampled;
+    the STNs read the keys, as in quick mode)."""
     images = F.interpolate(keys[:, :3], size=(32, 32), mode="nearest")
-    stn = F.interpolate(images, size=(16, 16), mode="area")
+    stn = F.interpolate(keys, size=(16, 16), mode="nearest")
     return neural.NeuralData(images, stn, keys, masks, flipped_stn_images=stn.flip(-1), flipped_images=images.flip(-1), flipped_keys=keys.flip(-1), flipped_masks=masks.flip(-1))
 
 

@@ -38,8 +38,9 @@ class NeuralCongealingConfig(ModeConfig):
     ``for_mode("quick")`` (2 CPU cores, a few minutes for a 30-image CUB class) changes:
 
     * ``image_size`` 256 -> 128, ``stn_input_size`` 128 -> 32, ``flow_input_size`` 128 -> 32:
-      the STNs read the images at 32 px, where a bird's pose still shows; a forward and backward
-      pass of both STNs costs about half what it does at 64 px, which pays for the longer schedule.
+      the STNs read their input (the keys, below) at 32 px, where a bird's pose still shows; a
+      forward and backward pass of both STNs costs about half what it does at 64 px, which pays for
+      the longer schedule.
     * ``atlas_size`` 128 -> 32, ``coarse_flow_size`` 16 -> 8 (so convex upsampling is x4, not x8):
       32 is EfficientNet-Lite0's native stride-8 grid at 256 px; keys upsampled to 128 add no
       information but 16x the cost of every warp and loss.
@@ -57,6 +58,12 @@ class NeuralCongealingConfig(ModeConfig):
       backbone's descriptors (472 channels for EfficientNet-Lite0), as SpaceJAM does with 25; every
       warp and loss of the keys is ~15x smaller, and a step (with the batch-wise orientation
       choice, :meth:`NeuralData.view_at`) is ~1.7x cheaper.
+    * ``stn_reads`` "images" -> "keys": both STNs read the set's keys (their 32 principal
+      components on the 32 x 32 atlas grid) instead of the RGB image, as SpaceJAM's STN does. STNs
+      with ~100x fewer weights and a few hundred epochs learn little of a bird's pose from 32-px RGB;
+      the keys already tell head from wing. Measured against the same config on RGB: level on CUB
+      classes 1-3 except class 2, which gains (three seeds), and better on classes 4-6, on which
+      nothing was chosen (``benchmarks/records/issue15_quick_cpu.json``).
     * ``flip_init`` "none" -> "consensus" (with ``flips``): the orientations start from
       :func:`congealing.features.consensus_flips` of the box-masked keys (whose column profiles
       tell which way each bird faces) instead of all as they are; the official updates still run.
@@ -115,12 +122,13 @@ class NeuralCongealingConfig(ModeConfig):
     flip_init: str = "none"  # with flips: start "none" mirrored (official) or from features.consensus_flips ("consensus")
     update_every: int = 100  # epochs between flip / gradual-atlas decisions
     checkpoint_every: int = 1000
+    stn_reads: str = "images"  # what both STNs read: the RGB "images" (official) or the set's "keys" (see prepare)
     seed: int = 0
 
     QUICK: ClassVar[dict] = dict(
         image_size=128, stn_input_size=32, flow_input_size=32, atlas_size=32, coarse_flow_size=8,
         stn_width=16, stn_max_width=64, stn_hidden=64, epochs=420, bootstrap_epochs=84, batch_size=4,
-        update_every=42, checkpoint_every=42, lr_stn=3e-3, lr_atlas=4e-3, keys_pca_dim=32, flip_init="consensus",
+        update_every=42, checkpoint_every=42, lr_stn=3e-3, lr_atlas=4e-3, keys_pca_dim=32, flip_init="consensus", stn_reads="keys",
     )
 
     def __post_init__(self):
@@ -130,6 +138,8 @@ class NeuralCongealingConfig(ModeConfig):
                 raise ValueError(f"{name} must be a power of two >= 4, got {size}")
         if self.atlas_size % self.coarse_flow_size or self.flow_input_size < 2 * self.coarse_flow_size:
             raise ValueError("atlas_size must be a multiple of coarse_flow_size, and flow_input_size at least twice it")
+        if self.stn_reads not in ("images", "keys"):
+            raise ValueError(f'stn_reads must be "images" or "keys", got {self.stn_reads!r}')
         if not 0 <= self.bootstrap_epochs <= self.epochs:
             raise ValueError(f"bootstrap_epochs ({self.bootstrap_epochs}) must lie in [0, epochs={self.epochs}]")
 
@@ -205,9 +215,9 @@ class ResBlock(nn.Module):
         return (y + self.skip(_blur(x) if self.down else x)) / math.sqrt(2.0)
 
 
-def _trunk(size: int, stop: int, width: int, max_width: int, extra: bool) -> tuple[nn.Sequential, int]:
-    """1x1 conv 3->width, then stride-2 ResBlocks from ``size`` down to ``stop`` (channels doubling, capped)."""
-    layers, c = [EqualConv(3, width, 1), nn.LeakyReLU(0.2)], width
+def _trunk(size: int, stop: int, width: int, max_width: int, extra: bool, channels: int = 3) -> tuple[nn.Sequential, int]:
+    """1x1 conv channels->width, then stride-2 ResBlocks from ``size`` down to ``stop`` (channels doubling, capped)."""
+    layers, c = [EqualConv(channels, width, 1), nn.LeakyReLU(0.2)], width
     while size > stop:
         out = min(max_width, 2 * c)
         layers.append(ResBlock(c, out))
@@ -219,12 +229,13 @@ def _trunk(size: int, stop: int, width: int, max_width: int, extra: bool) -> tup
 
 
 class RigidSTN(nn.Module):
-    """RGB ``(B, 3, s, s)`` -> raw similarity parameters ``(B, 4)`` = ``(o1, o2, o3, o4)``, zero at init
-    (the identity): ``theta = pi tanh(o1)``, ``scale = exp(o2)``, ``t = (o3, o4)``."""
+    """Images ``(B, C, s, s)`` (RGB, ``C = channels = 3``, or keys) -> raw similarity parameters
+    ``(B, 4)`` = ``(o1, o2, o3, o4)``, zero at init (the identity): ``theta = pi tanh(o1)``,
+    ``scale = exp(o2)``, ``t = (o3, o4)``."""
 
-    def __init__(self, cfg: NeuralCongealingConfig):
+    def __init__(self, cfg: NeuralCongealingConfig, channels: int = 3):
         super().__init__()
-        self.trunk, c = _trunk(cfg.stn_input_size, 4, cfg.stn_width, cfg.stn_max_width, extra=False)
+        self.trunk, c = _trunk(cfg.stn_input_size, 4, cfg.stn_width, cfg.stn_max_width, extra=False, channels=channels)
         self.hidden = nn.Linear(c * 16, cfg.stn_hidden)
         self.out = nn.Linear(cfg.stn_hidden, 4)
         nn.init.zeros_(self.out.weight)  # start exactly at the identity
@@ -321,13 +332,14 @@ def convex_upsample(flow: torch.Tensor, weights: torch.Tensor, factor: int) -> t
 
 
 class FlowSTN(nn.Module):
-    """Similarity-aligned RGB ``(B, 3, s, s)`` -> residual flow ``(B, 2, A, A)`` in normalised atlas units,
-    zero at init: a coarse ``(coarse, coarse)`` flow, convexly upsampled by ``A / coarse``."""
+    """Similarity-aligned images ``(B, C, s, s)`` (RGB or keys, ``C = channels``) -> residual flow
+    ``(B, 2, A, A)`` in normalised atlas units, zero at init: a coarse ``(coarse, coarse)`` flow,
+    convexly upsampled by ``A / coarse``."""
 
-    def __init__(self, cfg: NeuralCongealingConfig):
+    def __init__(self, cfg: NeuralCongealingConfig, channels: int = 3):
         super().__init__()
         self.factor = cfg.upsample_factor
-        self.trunk, c = _trunk(cfg.flow_input_size, cfg.coarse_flow_size, cfg.stn_width, cfg.stn_max_width, extra=True)
+        self.trunk, c = _trunk(cfg.flow_input_size, cfg.coarse_flow_size, cfg.stn_width, cfg.stn_max_width, extra=True, channels=channels)
         self.flow_head = nn.Sequential(EqualConv(c, c, 3), nn.ReLU(), EqualConv(c, 2, 3))
         nn.init.zeros_(self.flow_head[2].weight)  # start exactly at the identity
         self.mask_head = nn.Sequential(EqualConv(c, c, 3), nn.ReLU(), EqualConv(c, 9 * self.factor**2, 3))
@@ -343,7 +355,8 @@ class NeuralCongealing(nn.Module):
     def __init__(self, cfg: NeuralCongealingConfig, dim: int):
         super().__init__()
         self.cfg = cfg
-        self.rigid, self.flow = RigidSTN(cfg), FlowSTN(cfg)
+        channels = dim if cfg.stn_reads == "keys" else 3
+        self.rigid, self.flow = RigidSTN(cfg, channels), FlowSTN(cfg, channels)
         self.atlas_keys = nn.Parameter(torch.zeros(dim, cfg.atlas_size, cfg.atlas_size))
         self.atlas_logits = nn.Parameter(torch.zeros(cfg.atlas_size, cfg.atlas_size))
         self.flow_active = False  # set by train(): the flow STN joins after the rigid bootstrap
@@ -363,9 +376,10 @@ class NeuralCongealing(nn.Module):
         return torch.sigmoid(self.atlas_logits)
 
     def mapping(self, stn_images, src_images, use_flow: bool, detach_rigid: bool = True) -> dict:
-        """Sampling grids of a batch: ``stn_images`` ``(B, 3, s, s)`` feed the rigid STN, ``src_images``
-        ``(B, 3, S, S)`` are warped into the flow STN's input. Returns ``T`` ``(B, 3, 3)``, ``raw``
-        ``(B, 4)``, ``sim_grid`` and ``grid`` ``(B, A, A, 2)``, ``delta`` ``(B, A, A, 2)`` (or None)."""
+        """Sampling grids of a batch: ``stn_images`` ``(B, C, s, s)`` feed the rigid STN; ``src_images``
+        ``(B, 3, S, S)`` (with ``stn_reads="keys"``: ``stn_images``, the keys) are warped into the flow
+        STN's input. Returns ``T`` ``(B, 3, 3)``, ``raw`` ``(B, 4)``, ``sim_grid`` and ``grid``
+        ``(B, A, A, 2)``, ``delta`` ``(B, A, A, 2)`` (or None)."""
         cfg, B = self.cfg, stn_images.shape[0]
         raw = self.rigid(stn_images)
         T = similarity_matrix(raw)
@@ -378,7 +392,8 @@ class NeuralCongealing(nn.Module):
             T_flow = T.detach() if detach_rigid else T
             small = warps.identity_grid((cfg.flow_input_size,) * 2, B, T.dtype, T.device)
             flow_grid = warps.transform_points(T_flow, small.reshape(B, -1, 2)).reshape_as(small)
-            flow_input = warps.warp_by_grid(src_images, flow_grid, padding_mode="border")
+            source = stn_images if cfg.stn_reads == "keys" else src_images
+            flow_input = warps.warp_by_grid(source, flow_grid, padding_mode="border")
             delta = self.flow(flow_input.detach()).permute(0, 2, 3, 1)
             out["delta"] = delta
             out["grid"] = warps.transform_points(T_flow, (ident + delta).reshape(B, -1, 2)).reshape_as(ident)

@@ -35,7 +35,8 @@ __all__ = [
 class NeuralData:
     """The training tensors of one set (all on one device).
 
-    ``images`` ``(N, 3, S, S)``, ``stn_images`` ``(N, 3, s, s)``, ``keys`` ``(N, D, A, A)``,
+    ``images`` ``(N, 3, S, S)``, ``stn_images`` ``(N, C, s, s)`` (what the STNs read: RGB, or the
+    keys with ``stn_reads="keys"``), ``keys`` ``(N, D, A, A)``,
     ``masks`` ``(N, 1, A, A)``; ``flipped_*`` the same for the mirrored images (or None).
     """
 
@@ -78,7 +79,10 @@ def prepare(images: torch.Tensor, masks: torch.Tensor, backbone, cfg: NeuralCong
     :func:`congealing.features.extract_descriptors`). With ``cfg.flips`` the mirrored images'
     keys are *re-extracted*, not mirrored (features are not mirror-equivariant). With
     ``cfg.keys_pca_dim`` the keys are projected on the set's top principal components (one basis
-    for both orientations). Chapter 4, "The set, its keys and its masks".
+    for both orientations). With ``cfg.stn_reads="keys"`` the STNs' input ``stn_images`` is the keys
+    themselves at ``cfg.stn_input_size``, divided by their standard deviation over the set (one
+    number, so any backbone's keys reach the STNs at the same scale). Chapter 4, "The set, its keys
+    and its masks".
 
     Args:
         images: ``(N, 3, H, W)`` in ``[0, 1]``, ``N >= 2``.
@@ -88,7 +92,7 @@ def prepare(images: torch.Tensor, masks: torch.Tensor, backbone, cfg: NeuralCong
         device: where the tensors go (None: where they were made).
 
     Returns:
-        the :class:`NeuralData`: ``images`` ``(N, 3, S, S)``, ``stn_images`` ``(N, 3, s, s)``,
+        the :class:`NeuralData`: ``images`` ``(N, 3, S, S)``, ``stn_images`` ``(N, C, s, s)``,
         ``keys`` ``(N, D, A, A)``, ``masks`` ``(N, 1, A, A)`` (and the mirrored ones with flips).
 
     Raises:
@@ -114,6 +118,11 @@ def prepare(images: torch.Tensor, masks: torch.Tensor, backbone, cfg: NeuralCong
         data.keys, components, mean = pca_project(data.keys, cfg.keys_pca_dim)
         if data.flipped_keys is not None:
             data.flipped_keys = torch.einsum("ndhw,kd->nkhw", data.flipped_keys - mean.view(1, -1, 1, 1), components).contiguous()
+    if cfg.stn_reads == "keys":
+        scale = data.keys.std()  # one number for the set: the STNs still see how strongly each location responds
+        data.stn_images = warps.resize(data.keys, cfg.stn_input_size) / scale
+        if data.flipped_keys is not None:
+            data.flipped_stn_images = warps.resize(data.flipped_keys, cfg.stn_input_size) / scale
     if device is not None:
         for name, value in vars(data).items():
             if value is not None:
