@@ -6,26 +6,20 @@ Trains the quick config as the sweep does (flips, gradual atlas, relaxed rigidit
 ``--every`` epochs, rebuilds the transfer from the model and the orientations just checkpointed and prints
 PCK@0.1 (box threshold, as ``congeal eval``), the PCK of its similarity alone (flow off), with the epoch and the training CPU seconds so far.
 """
-import argparse, ast, json, tempfile, time
+import argparse, json, tempfile, time
+from dataclasses import replace
 from pathlib import Path
 
 import torch
 
-from congealing import checkpoints, data, features, neural
+from congealing import checkpoints, data, neural
 from congealing.evaluation import evaluate_transfer
+from nc_run import quick_class_run
 
 parser = argparse.ArgumentParser()
-parser.add_argument("cls", type=int)
 parser.add_argument("--every", type=int, default=20)
-parser.add_argument("--seed", type=int, default=0)
-parser.add_argument("--set", action="append", default=[], help="key=value override of the quick config")
-args = parser.parse_args()
-overrides = {k: ast.literal_eval(v) for k, v in (s.split("=", 1) for s in args.set)}
-
-cub = data.load_cub_class(args.cls)
-backbone = features.load_backbone("efficientnet_lite0")
-config = neural.NeuralCongealingConfig.for_mode("quick", seed=args.seed, flips=True, gradual_atlas=True, relaxed_rigidity=True,
-                                                 checkpoint_every=args.every, **overrides)
+args, overrides, cub, backbone, config = quick_class_run(parser)
+config = replace(config, checkpoint_every=args.every)
 size = tuple(cub.images.shape[-2:])
 cpu0 = time.process_time()
 prepared = neural.prepare(cub.images, data.cub_box_masks(cub), backbone, config, "cpu")

@@ -8,23 +8,13 @@ on the atlas grid itself (``TrainResult.transfer``: 32 x 32 in quick mode, 8 px 
 and on the same grid bilinearly resampled to 64, 128 and 256 (the official inversion is on its 128-px
 atlas: 2 px per cell). Prints one JSON line.
 """
-import argparse, ast, json, time
+import argparse, json, time
 
-import torch
-
-from congealing import data, features, neural, warps
+from congealing import data, neural, warps
 from congealing.evaluation import evaluate_transfer
+from nc_run import quick_class_run
 
-parser = argparse.ArgumentParser()
-parser.add_argument("cls", type=int)
-parser.add_argument("--seed", type=int, default=0)
-parser.add_argument("--set", action="append", default=[], help="key=value override of the quick config")
-args = parser.parse_args()
-overrides = {k: ast.literal_eval(v) for k, v in (s.split("=", 1) for s in args.set)}
-
-cub = data.load_cub_class(args.cls)
-backbone = features.load_backbone("efficientnet_lite0")
-config = neural.NeuralCongealingConfig.for_mode("quick", seed=args.seed, flips=True, gradual_atlas=True, relaxed_rigidity=True, **overrides)
+args, overrides, cub, backbone, config = quick_class_run(argparse.ArgumentParser())
 size = tuple(cub.images.shape[-2:])
 cpu = time.process_time()
 alignment = neural.fit(cub.images, config, masks=data.cub_box_masks(cub), backbone=backbone, device="cpu")

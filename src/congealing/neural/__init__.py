@@ -3,11 +3,11 @@
 The idea: an image set is summarised by an **atlas**, a learnable grid of descriptor "keys"
 ``(D, A, A)`` plus a saliency map ``(A, A)``, and every image gets a mapping into it. The mapping is
 two spatial transformer networks (STNs) that read the RGB image (quick mode: the image's keys,
-``stn_reads``): a **rigid** one predicting a
-similarity ``(theta, s, t)`` and a **non-rigid** one predicting a coarse flow that is convexly
-upsampled to the atlas resolution. Their composition is one sampling grid ``G_n`` ``(A, A, 2)``
-that reads image ``n`` (its RGB, its keys, its saliency) at every atlas pixel. Atlas and mappings
-are trained jointly, so the atlas converges to the mode of the set in feature space.
+``stn_reads``): a **rigid** one predicting a similarity ``(theta, s, t)`` and a **non-rigid** one
+predicting a coarse flow that is convexly upsampled to the atlas resolution. Their composition is
+one sampling grid ``G_n`` ``(A, A, 2)`` that reads image ``n`` (its RGB, its keys, its saliency)
+at every atlas pixel. Atlas and mappings are trained jointly, so the atlas converges to the mode of
+the set in feature space.
 
 Coordinates follow :mod:`congealing.warps`: normalised ``[-1, 1]`` with ``align_corners=False``.
 The similarity matrix ``T`` ``(B, 3, 3)`` here maps **atlas -> image** (it builds a sampling grid),
