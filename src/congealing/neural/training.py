@@ -108,21 +108,24 @@ def prepare(images: torch.Tensor, masks: torch.Tensor, backbone, cfg: NeuralCong
 
     def one(imgs, msk):
         keys = extract_descriptors(imgs, backbone, grid=cfg.atlas_size)
-        return warps.resize(imgs, cfg.stn_input_size), warps.resize(imgs, cfg.image_size), keys, warps.resize(msk.float(), cfg.atlas_size).clamp(0, 1)
+        return warps.resize(imgs, cfg.image_size), keys, warps.resize(msk.float(), cfg.atlas_size).clamp(0, 1)
 
-    stn, src, keys, msk = one(images, masks)
-    data = NeuralData(src, stn, keys, msk) if not cfg.flips else NeuralData(src, stn, keys, msk, *one(images.flip(-1), masks.flip(-1)))
+    src, keys, msk = one(images, masks)
+    flipped_src, flipped_keys, flipped_msk = one(images.flip(-1), masks.flip(-1)) if cfg.flips else (None, None, None)
     if cfg.keys_pca_dim:
-
         # One basis for both orientations, fitted on the original images' keys at every location.
-        data.keys, components, mean = pca_project(data.keys, cfg.keys_pca_dim)
-        if data.flipped_keys is not None:
-            data.flipped_keys = torch.einsum("ndhw,kd->nkhw", data.flipped_keys - mean.view(1, -1, 1, 1), components).contiguous()
-    if cfg.stn_reads == "keys":
-        scale = data.keys.std()  # one number for the set: the STNs still see how strongly each location responds
-        data.stn_images = warps.resize(data.keys, cfg.stn_input_size) / scale
-        if data.flipped_keys is not None:
-            data.flipped_stn_images = warps.resize(data.flipped_keys, cfg.stn_input_size) / scale
+        keys, components, mean = pca_project(keys, cfg.keys_pca_dim)
+        if flipped_keys is not None:
+            flipped_keys = torch.einsum("ndhw,kd->nkhw", flipped_keys - mean.view(1, -1, 1, 1), components).contiguous()
+    scale = keys.std()  # with stn_reads="keys": one number for the set, so the STNs still see how strongly each location responds
+
+    def stn_input(imgs, k):
+        return warps.resize(k, cfg.stn_input_size) / scale if cfg.stn_reads == "keys" else warps.resize(imgs, cfg.stn_input_size)
+
+    data = NeuralData(src, stn_input(images, keys), keys, msk)
+    if cfg.flips:
+        data.flipped_stn_images, data.flipped_images = stn_input(images.flip(-1), flipped_keys), flipped_src
+        data.flipped_keys, data.flipped_masks = flipped_keys, flipped_msk
     if device is not None:
         for name, value in vars(data).items():
             if value is not None:
