@@ -1,4 +1,5 @@
 """The quick/full switch, seeding, device choice, and the congeal command's plumbing."""
+import os
 import re
 import subprocess
 import sys
@@ -144,6 +145,39 @@ def test_run_recorded_reuses_only_clean_records_and_reports_failures(tmp_path, m
     monkeypatch.setattr(runtime, "provenance", lambda *a, **k: {"commit": clean + "+dirty"})
     with pytest.raises(RuntimeError):  # a dirty tree never reuses: it reruns (and this command fails)
         runtime.run_recorded(argv, tmp_path)
+
+
+def test_start_recorded_runs_jobs_side_by_side_with_a_share_of_the_cores(tmp_path, monkeypatch):
+    import threading
+
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    both_running = threading.Barrier(2, timeout=10)  # broken (an error) unless two runs wait here at once
+    seen = []
+
+    def fake_run(argv, folder, threads):
+        seen.append((argv[0], folder, threads))
+        if argv[0] == "fails":
+            raise RuntimeError("congeal fails failed")
+        both_running.wait()
+        return {"name": argv[0]}
+
+    monkeypatch.setattr(runtime, "run_recorded", fake_run)
+    runs = runtime.start_recorded({"a": ["a"], "b": ["b"], "bad": ["fails"]}, jobs=2, folder=tmp_path)
+    assert runs["a"].result(timeout=20) == {"name": "a"} and runs["b"].result(timeout=20) == {"name": "b"}
+    with pytest.raises(RuntimeError, match="fails failed"):
+        runs["bad"].result(timeout=20)
+    assert sorted(seen) == [(n, tmp_path, max(1, (os.cpu_count() or 1) // 2)) for n in ("a", "b", "fails")]
+    monkeypatch.setenv("OMP_NUM_THREADS", "3")  # set by the user: every process gets it
+    assert runtime.start_recorded({"bad": ["fails"]}, jobs=1)["bad"].exception(timeout=20) is not None
+    assert seen[-1][2] == 3
+    with pytest.raises(ValueError, match="jobs"):
+        runtime.start_recorded({"a": ["a"]}, jobs=0)
+
+
+def test_start_recorded_reports_a_real_failing_command(tmp_path):
+    runs = runtime.start_recorded({"bad": ["eval", "--dataset", "no-such-dataset", "--method", "nn"]}, jobs=1, folder=tmp_path)
+    with pytest.raises(RuntimeError, match="no-such-dataset"):
+        runs["bad"].result(timeout=120)
 
 
 def test_cli_passes_settings_down_without_rewriting_the_environment(tmp_path, monkeypatch, capsys):

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 import random
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, replace
 from pathlib import Path
 from typing import ClassVar
@@ -25,7 +26,7 @@ from .errors import UsageError
 
 __all__ = [
     "MODES", "ModeConfig", "cache_dir", "get_mode", "pick", "seed_everything", "get_device", "run_label",
-    "provenance", "run_recorded",
+    "provenance", "run_recorded", "start_recorded",
 ]
 
 #: The two run modes :func:`get_mode` accepts (``$CONGEAL_MODE``, ``--mode``).
@@ -304,7 +305,7 @@ def provenance(command: str, mode: str | None = None, device=None) -> dict:
     }
 
 
-def run_recorded(argv: list[str], folder=None) -> dict:
+def run_recorded(argv: list[str], folder=None, threads: int | None = None) -> dict:
     """Run ``congeal ARGV --json FILE`` in a fresh process and return its JSON record.
 
     A fresh process makes the record's wall time and peak memory the method's own. The record is
@@ -312,11 +313,13 @@ def run_recorded(argv: list[str], folder=None) -> dict:
     reused when the same command already ran at the same *clean* git commit (a notebook executed
     twice, by nbval and by the book build, then trains each method once). A record from a dirty
     tree or another commit is recomputed. Shown in Chapter 7's introduction ("Chapter 7: Every method
-    side by side") and used for its "CUB-200-2011" and "lego: when the viewpoint changes" tables.
+    side by side") and used, through :func:`start_recorded`, for its "CUB-200-2011" and "lego: when
+    the viewpoint changes" tables.
 
     Args:
         argv: the ``congeal`` arguments, e.g. ``["eval", "--dataset", "cub", "--method", "nn"]``.
         folder: where records are kept (created if missing); None: ``cache_dir() / "results"``.
+        threads: the process's CPU threads (``OMP_NUM_THREADS``); None: what the environment says.
 
     Returns:
         the record the command wrote with ``--json`` (a dict, with its ``provenance``).
@@ -337,7 +340,44 @@ def run_recorded(argv: list[str], folder=None) -> dict:
         record = json.loads(path.read_text())
         if record.get("provenance", {}).get("commit") == commit and not commit.endswith("+dirty") and "unknown" not in commit:
             return record
-    completed = subprocess.run([sys.executable, "-m", "congealing.cli", *argv, "--json", str(path)], capture_output=True, text=True)
+    env = dict(os.environ, OMP_NUM_THREADS=str(threads)) if threads is not None else None
+    completed = subprocess.run([sys.executable, "-m", "congealing.cli", *argv, "--json", str(path)], capture_output=True, text=True, env=env)
     if completed.returncode != 0:
         raise RuntimeError(f"congeal {' '.join(argv)} failed (exit {completed.returncode}):\n{completed.stderr[-3000:]}")
     return json.loads(path.read_text())
+
+
+def start_recorded(commands: dict[str, list[str]], jobs: int = 2, folder=None) -> dict[str, Future]:
+    """Start :func:`run_recorded` for several commands, ``jobs`` processes at a time, in the background.
+
+    The commands start in the order given (put the longest first, so the processes finish close
+    together), each in its own process, so on a machine with ``jobs`` cores they run side by side.
+    Each process gets ``$OMP_NUM_THREADS`` threads if that is set, else an equal share of the cores:
+    ``jobs`` processes never ask for more threads than the machine has. Chapter 7 starts its CUB and
+    lego runs this way ("CUB-200-2011"), so its two slowest, Neural Congealing and everything else,
+    use one core each.
+
+    Args:
+        commands: a name for each run and its ``congeal`` arguments (see :func:`run_recorded`).
+        jobs: how many commands run at once (at least 1).
+        folder: where records are kept; None: ``cache_dir() / "results"``.
+
+    Returns:
+        a :class:`concurrent.futures.Future` per name; its ``result()`` waits for that run's record
+        and raises its :class:`RuntimeError` if the command failed.
+
+    Raises:
+        ValueError: ``jobs`` is below 1.
+
+    Example:
+        >>> runs = start_recorded({}, jobs=2)
+        >>> runs
+        {}
+    """
+    if jobs < 1:
+        raise ValueError(f"jobs must be at least 1, got {jobs}")
+    threads = int(os.environ["OMP_NUM_THREADS"]) if os.environ.get("OMP_NUM_THREADS", "").isdigit() else max(1, (os.cpu_count() or 1) // jobs)
+    pool = ThreadPoolExecutor(max_workers=jobs)  # threads that wait on processes: the work is in the processes
+    runs = {name: pool.submit(run_recorded, argv, folder, threads) for name, argv in commands.items()}
+    pool.shutdown(wait=False)  # no new work; the submitted runs go on
+    return runs
