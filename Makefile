@@ -40,7 +40,7 @@ fast: env
 # Two notebooks at a time (pytest-xdist, a notebook stays on one worker), one thread each: two
 # kernels with two threads each would fight for a 2-core machine's cores. The slowest notebooks go
 # first (in the order given, not xdist's own), so the two workers finish close together. The per-cell
-# limit is _config.yml's (an hour: Chapter 7's Neural Congealing cell takes about 12 minutes here).
+# limit is _config.yml's (an hour: Chapter 7's longest cell waits about 10 minutes for its CUB runs here).
 notebooks: env
 	OMP_NUM_THREADS=1 $(BIN)/pytest -q --nbval-lax --nbval-current-env --nbval-cell-timeout=3600 -n 2 --dist loadfile --no-loadscope-reorder $$($(BIN)/python tests/toc_notebooks.py --longest-first)
 

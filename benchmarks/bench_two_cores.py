@@ -73,7 +73,7 @@ def main(argv=None) -> int:
     if args.json:
         provenance = runs[methods[0]]["provenance"] if methods else {}
         with open(args.json, "w") as handle:
-            json.dump({"threads": args.threads, "machine": args.machine, "backbone": args.backbone, "mode": mode,
+            json.dump({"benchmark": " ".join(["python benchmarks/bench_two_cores.py", *(sys.argv[1:] if argv is None else argv)]), "threads": args.threads, "machine": args.machine, "backbone": args.backbone, "mode": mode,
                        "provenance": provenance, "rows": rows}, handle, indent=1)
             handle.write("\n")
         print(f"wrote {args.json}")
