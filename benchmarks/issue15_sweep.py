@@ -19,7 +19,7 @@ from dataclasses import replace
 
 import torch
 
-from congealing import data, features, neural, spacejam
+from congealing import data, features, neural, registry, spacejam
 from congealing.evaluation import descriptor_transfer, evaluate_transfer
 
 _NN: dict = {}
@@ -53,8 +53,8 @@ def run_spacejam(cub, backbone, overrides, seed):
 
 
 def run_neural(cub, backbone, overrides, seed):
-    """As ``evaluation.fit_on_cub("neural", ...)`` (flips, gradual atlas, relaxed rigidity, box masks: its registry entry), with overrides."""
-    flags = dict(flips=True, gradual_atlas=True, relaxed_rigidity=True)
+    """As ``evaluation.fit_on_cub("neural", ...)`` (its registry entry's quick settings and box masks), with overrides."""
+    flags = registry.get("neural").cub.overrides_for("quick")
     flags.update(overrides)
     config = neural.NeuralCongealingConfig.for_mode("quick", seed=seed, **flags)
     tic, cpu = time.perf_counter(), time.process_time()

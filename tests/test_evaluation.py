@@ -164,3 +164,26 @@ def test_unknown_methods_are_usage_errors():
         evaluation.evaluate_cub(evaluation.EvalRequest("nope"))
     with pytest.raises(UsageError, match="unknown method"):
         mnist.evaluate_mnist(evaluation.EvalRequest("nn"))
+
+
+@pytest.mark.parametrize("mode", ["quick", "full"])
+def test_fit_on_cub_applies_the_registry_settings_of_the_mode(mode, monkeypatch, colour_backbone):
+    from dataclasses import replace
+
+    from congealing import registry
+
+    seen = []
+
+    def fake_fit(images, config, *, masks=None, backbone=None, device=None):
+        seen.append((config, masks))
+        raise RuntimeError("stop: the config is all this test needs")
+
+    entry = registry.get("neural")
+    setup = replace(entry.cub, overrides={"flips": True, "update_every": 9}, quick_overrides={"update_every": 3})
+    monkeypatch.setattr(registry, "get", lambda name: replace(entry, fit=fake_fit, cub=setup))
+    cub = synthetic_set(random_keypoints())
+    with pytest.raises(RuntimeError, match="stop"):
+        evaluation.fit_on_cub("neural", cub, colour_backbone, mode, seed=4)
+    config, masks = seen[0]
+    assert (config.update_every, config.flips, config.seed) == ({"quick": 3, "full": 9}[mode], True, 4)
+    assert masks.shape == (len(cub), 1, 64, 64)  # the registry's box masks

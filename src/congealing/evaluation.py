@@ -631,7 +631,7 @@ def fit_on_cub(method: str, cub, backbone=None, mode: str | None = None, seed: i
     if not isinstance(backbone, Backbone):
         backbone = load_backbone(backbone, device)
     seeded = {"seed": seed} if "seed" in {f.name for f in fields(entry.config)} else {}
-    config = entry.config.for_mode(mode, **seeded, **setup.overrides)
+    config = entry.config.for_mode(mode, **seeded, **setup.overrides_for(runtime.get_mode(mode)))
     if setup.inputs == "pca-maps":
         descriptors = extract_descriptors(cub.images, backbone, grid=64)
         masks = cosegment(descriptors, seed=seed)

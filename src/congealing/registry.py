@@ -41,18 +41,26 @@ class CubSetup:
             (:func:`congealing.features.cosegment`); None: the method finds its own (or uses none).
             ``"pca-maps"`` needs ``"cosegment"``.
         overrides: config fields set on top of ``for_mode(mode, seed=seed)``.
+        quick_overrides: quick mode's changes to ``overrides`` (listed where the method's chapter
+            and config docstring list its quick changes).
 
     Raises:
         ValueError: an unknown ``inputs`` or ``masks``, or PCA maps without co-segmentation.
 
     Example:
-        >>> CubSetup("images", "boxes", {"flips": True}).overrides
-        {'flips': True}
+        >>> setup = CubSetup("images", "boxes", {"flips": True, "epochs": 9}, quick_overrides={"epochs": 3})
+        >>> setup.overrides_for("full"), setup.overrides_for("quick")
+        ({'flips': True, 'epochs': 9}, {'flips': True, 'epochs': 3})
     """
 
     inputs: str = "images"
     masks: str | None = None
     overrides: dict = field(default_factory=dict, hash=False)
+    quick_overrides: dict = field(default_factory=dict, hash=False)
+
+    def overrides_for(self, mode: str) -> dict:
+        """The config fields set on top of ``for_mode(mode, seed=seed)`` in ``mode`` (``"quick"`` or ``"full"``)."""
+        return {**self.overrides, **(self.quick_overrides if mode == "quick" else {})}
 
     def __post_init__(self):
         if self.inputs not in ("images", "pca-maps"):
