@@ -122,6 +122,7 @@ class NeuralCongealingConfig(ModeConfig):
     lr_atlas: float = 8e-4
     flips: bool = False
     gradual_atlas: bool = False
+    gradual_atlas_until: str = "half"  # every image has joined the gradual atlas by "half" the epochs or by the end of the "bootstrap"
     keys_pca_dim: int = 0  # 0: the backbone's raw keys (official); k: their top-k principal components over the set
     flip_init: str = "none"  # with flips: start "none" mirrored (official) or from features.consensus_flips ("consensus")
     update_every: int = 100  # epochs between flip / gradual-atlas decisions
@@ -144,6 +145,8 @@ class NeuralCongealingConfig(ModeConfig):
             raise ValueError("atlas_size must be a multiple of coarse_flow_size, and flow_input_size at least twice it")
         if self.stn_reads not in ("images", "keys"):
             raise ValueError(f'stn_reads must be "images" or "keys", got {self.stn_reads!r}')
+        if self.gradual_atlas_until not in ("half", "bootstrap"):
+            raise ValueError(f'gradual_atlas_until must be "half" or "bootstrap", got {self.gradual_atlas_until!r}')
         if not 0 <= self.bootstrap_epochs <= self.epochs:
             raise ValueError(f"bootstrap_epochs ({self.bootstrap_epochs}) must lie in [0, epochs={self.epochs}]")
 

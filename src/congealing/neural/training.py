@@ -25,7 +25,7 @@ from .model import NeuralCongealing, NeuralCongealingConfig, similarity_inverse
 
 __all__ = [
     "NeuralData", "prepare", "TrainResult", "per_image_keys_loss", "save_checkpoint",
-    "update_flips_and_atlas", "train_epoch", "train", "fit",
+    "gradual_atlas_per_update", "update_flips_and_atlas", "train_epoch", "train", "fit",
 ]
 
 # ----------------------------------------------------------------------------- data
@@ -323,6 +323,25 @@ def save_checkpoint(path, model, optimizers, epoch, flipped, included, history, 
     checkpoints.save(state, path, fingerprint)
 
 
+def gradual_atlas_per_update(n_images: int, cfg: NeuralCongealingConfig) -> int:
+    """How many images join the gradual atlas at each decision (Chapter 4, "Training").
+
+    One per decision, as published (12 images: all in by epoch 1100 of 8000, just after the
+    1000-epoch bootstrap); a short run adds as many per decision as it takes to include all
+    ``n_images`` by ``cfg.gradual_atlas_until``: half the epochs, or the end of the bootstrap.
+
+    >>> schedule = dict(epochs=420, bootstrap_epochs=84, update_every=42)
+    >>> gradual_atlas_per_update(30, NeuralCongealingConfig(**schedule))
+    6
+    >>> gradual_atlas_per_update(30, NeuralCongealingConfig(**schedule, gradual_atlas_until="bootstrap"))
+    15
+    >>> gradual_atlas_per_update(12, NeuralCongealingConfig())
+    1
+    """
+    horizon = cfg.epochs // 2 if cfg.gradual_atlas_until == "half" else cfg.bootstrap_epochs
+    return max(1, math.ceil((n_images - 1) / max(1, horizon // cfg.update_every)))
+
+
 def update_flips_and_atlas(model: NeuralCongealing, data: NeuralData, flipped: torch.Tensor, included: torch.Tensor | None,
                            per_update: int) -> tuple[torch.Tensor, torch.Tensor | None]:
     """The decisions taken every ``update_every`` epochs (Chapter 4, "Training").
@@ -467,9 +486,7 @@ def train(
             first = int((weights["keys_l2"] * torch.stack(l2) + weights["keys_cos"] * torch.stack(cos)).argmin())
         included = torch.zeros(N, dtype=torch.bool)
         included[first] = True
-    # One image joins per update, as published (12 images: all in by epoch 1100 of 8000); a short
-    # run adds as many per update as it takes to include everyone by mid-training.
-    per_update = max(1, math.ceil((N - 1) / max(1, (cfg.epochs // 2) // cfg.update_every)))
+    per_update = gradual_atlas_per_update(N, cfg)
     history, start = [], 0
     if resume and checkpoint is not None and Path(checkpoint).exists():
         state = checkpoints.load(checkpoint, map_location=device)
