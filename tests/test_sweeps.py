@@ -39,3 +39,12 @@ def test_sweep_rows_average_seeds_and_find_the_shipped_config():
     assert sweeps.sweep_rows({"runs": [dict(run({}, 5, 0, 1.0), cpu=100.0)]}, "m")[0]["cpu_mean"] == pytest.approx(100.0)
     with pytest.raises(ValueError, match="shipped config"):
         sweeps.shipped_row(rows, Config(epochs=10, pools=(1, 1)))
+
+
+def test_two_core_times_name_the_classes_over_the_target():
+    row = lambda method, cls, seconds: {"method": method, "class": cls, "seconds": seconds, "target_seconds": 60.0}  # noqa: E731
+    record = {"machine": "d", "rows": [row("a", 1, 67.5), row("a", 2, 59.0), row("a", 3, 62.8), row("b", 1, 30.0)]}
+    assert sweeps.two_core_times(record, "a") == {"seconds": "68 / 59 / 63", "machine": "d", "verdict": "over the 60-second target on class(es) 1, 3"}
+    assert sweeps.two_core_times(record, "b")["verdict"] == "within the 60-second target on every class"
+    with pytest.raises(ValueError, match="no row of 'c'"):
+        sweeps.two_core_times(record, "c")

@@ -3,14 +3,16 @@
 ``benchmarks/issue15_sweep.py`` trains a method with some changes to its quick config on CUB classes
 and seeds and appends one JSON line per run; ``benchmarks/records/issue15_quick_cpu.json`` collects
 them. :func:`sweep_rows` groups the runs by setting and averages the seeds, :func:`format_sweep`
-prints them as a table and :func:`shipped_row` finds the setting the library ships. The PCK in each
+prints them as a table and :func:`shipped_row` finds the setting the library ships.
+:func:`two_core_times` reads ``benchmarks/records/issue15_two_cores.json``, the wall time of
+``congeal eval`` per class on both cores of a 2-core machine (``benchmarks/bench_two_cores.py``). The PCK in each
 run is :func:`congealing.evaluation.evaluate_transfer`'s (box threshold, mean over ordered pairs).
 """
 from __future__ import annotations
 
 import json
 
-__all__ = ["SWEEP_BACKBONE", "sweep_rows", "format_sweep", "shipped_row"]
+__all__ = ["SWEEP_BACKBONE", "sweep_rows", "format_sweep", "shipped_row", "two_core_times"]
 
 #: The backbone of the recorded quick-mode sweep's shipped settings (the offline one, Chapter 3).
 SWEEP_BACKBONE = "efficientnet_lite0"
@@ -112,3 +114,32 @@ def shipped_row(rows: list[dict], shipped) -> dict:
     if not matches:
         raise ValueError("no recorded setting is the shipped config; rerun the sweep")
     return max(matches, key=lambda row: len(row["overrides"]))
+
+
+def two_core_times(record: dict, method: str) -> dict[str, str]:
+    """What Chapters 4 and 5 say of ``method``'s time per class on both cores ("Quick mode on whole classes").
+
+    Args:
+        record: the JSON of ``benchmarks/bench_two_cores.py`` (``rows`` with ``method``, ``class``,
+            ``seconds`` and ``target_seconds``; ``machine``).
+        method: the method's name, e.g. ``"spacejam"``.
+
+    Returns:
+        ``{"seconds": "67 / 63", "machine": ..., "verdict": ...}``: the wall seconds of each class in the
+        record's order, the machine's label, and whether every class is within the target (or which are not).
+
+    Raises:
+        ValueError: the record has no row of ``method``.
+
+    >>> record = {"machine": "d", "rows": [{"method": "m", "class": 1, "seconds": 67.4, "target_seconds": 60.0},
+    ...                                    {"method": "m", "class": 2, "seconds": 58.0, "target_seconds": 60.0}]}
+    >>> two_core_times(record, "m")["verdict"]
+    'over the 60-second target on class(es) 1'
+    """
+    timed = [row for row in record["rows"] if row["method"] == method]
+    if not timed:
+        raise ValueError(f"the two-core record has no row of {method!r}; rerun benchmarks/bench_two_cores.py --methods {method}")
+    over = [str(row["class"]) for row in timed if row["seconds"] > row["target_seconds"]]
+    target = f"the {timed[0]['target_seconds']:.0f}-second target"
+    return {"seconds": " / ".join(f"{row['seconds']:.0f}" for row in timed), "machine": record["machine"],
+            "verdict": f"over {target} on class(es) {', '.join(over)}" if over else f"within {target} on every class"}
