@@ -262,24 +262,24 @@ def test_flips_pick_the_mirrored_image():
     assert neural.train(_known_keys_data(keys, masks), cfg).flipped.tolist() == [False, False, False, True]
 
 
-@pytest.mark.parametrize("until", ["half", "bootstrap"])
-def test_gradual_atlas_adds_the_closest_images_first(tmp_path, until):
-    """Image 2 is an outlier: it joins the atlas last. With 4 images, 8 epochs, updates every 2 epochs,
-    two images join per update (everyone in by mid-training), or, with the 4-epoch bootstrap as the
-    horizon, the same; with a 2-epoch bootstrap all three join at the first update."""
-    cfg = tiny_cfg(epochs=8, bootstrap_epochs=4, update_every=2, checkpoint_every=1, gradual_atlas=True, gradual_atlas_until=until)
+_START, _AFTER_FIRST, _EVERYONE = [True, False, False, False], [True, True, False, True], [True] * 4
+
+
+@pytest.mark.parametrize("until, bootstrap_epochs, expected", [
+    ("half", 4, [_START] * 2 + [_AFTER_FIRST] * 2 + [_EVERYONE] * 4),  # two per update: everyone in by mid-training
+    ("bootstrap", 4, [_START] * 2 + [_AFTER_FIRST] * 2 + [_EVERYONE] * 4),  # the 4-epoch bootstrap: the same
+    ("bootstrap", 2, [_START] * 2 + [_EVERYONE] * 6),  # a 2-epoch bootstrap: all three join at the first update
+])
+def test_gradual_atlas_adds_the_closest_images_first(tmp_path, until, bootstrap_epochs, expected):
+    """Image 2 is an outlier: it joins the atlas last. 4 images, 8 epochs, updates every 2 epochs."""
+    cfg = tiny_cfg(epochs=8, bootstrap_epochs=bootstrap_epochs, update_every=2, checkpoint_every=1, gradual_atlas=True,
+                   gradual_atlas_until=until)
     keys = _asymmetric_keys(4)
     keys[2] = F.normalize(torch.randn(4, 8, 8, generator=torch.Generator().manual_seed(0)), dim=0)
     path, included = tmp_path / "ckpt.pt", []
     neural.train(_known_keys_data(keys, torch.ones(4, 1, 8, 8)), cfg, checkpoint=path, callback_every=1,
-               callback=lambda epoch, model: included.append(torch.load(path, weights_only=True)["included"].tolist()))
-    start, after_first, everyone = [True, False, False, False], [True, True, False, True], [True] * 4
-    assert included == [start] * 2 + [after_first] * 2 + [everyone] * 4
-    if until == "bootstrap":
-        included.clear()
-        neural.train(_known_keys_data(keys, torch.ones(4, 1, 8, 8)), dataclasses.replace(cfg, bootstrap_epochs=2), checkpoint=path, callback_every=1,
-                     callback=lambda epoch, model: included.append(torch.load(path, weights_only=True)["included"].tolist()))
-        assert included == [start] * 2 + [everyone] * 6
+                 callback=lambda epoch, model: included.append(torch.load(path, weights_only=True)["included"].tolist()))
+    assert included == expected
 
 
 def test_flipped_image_grid_reads_the_original_image():
