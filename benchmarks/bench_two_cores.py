@@ -16,8 +16,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import platform
 import sys
 import tempfile
+from pathlib import Path
 
 from congealing import data, features, neural, runtime, spacejam
 
@@ -32,6 +35,20 @@ def fill_descriptor_cache(classes: list[int], backbone_name: str, mode: str) -> 
         cub = data.load_cub_class(class_id, split="test", size=256)
         for grid in sorted(grids):
             features.extract_descriptors(cub.images, backbone, grid=grid)
+
+
+def cpu_description() -> str:
+    """The CPU as /proc/cpuinfo names it (model, family / model numbers, cores, AVX-512 or not): machines
+    of one model name can differ by 1.7x in these runs, so the record keeps what tells them apart."""
+    try:
+        info = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return platform.processor() or "unknown"
+    first = dict(line.split(":", 1) for line in info.split("\n\n")[0].splitlines() if ":" in line)
+    first = {k.strip(): v.strip() for k, v in first.items()}
+    vector = "AVX-512" if "avx512f" in first.get("flags", "").split() else "no AVX-512"
+    return (f"{first.get('model name', '?')}, family {first.get('cpu family', '?')} model {first.get('model', '?')}, "
+            f"{os.cpu_count()} cores, {vector}")
 
 
 def main(argv=None) -> int:
@@ -73,7 +90,7 @@ def main(argv=None) -> int:
     if args.json:
         provenance = runs[methods[0]]["provenance"] if methods else {}
         with open(args.json, "w") as handle:
-            json.dump({"benchmark": " ".join(["python benchmarks/bench_two_cores.py", *(sys.argv[1:] if argv is None else argv)]), "threads": args.threads, "machine": args.machine, "backbone": args.backbone, "mode": mode,
+            json.dump({"benchmark": " ".join(["python benchmarks/bench_two_cores.py", *(sys.argv[1:] if argv is None else argv)]), "threads": args.threads, "machine": args.machine, "cpu": cpu_description(), "backbone": args.backbone, "mode": mode,
                        "provenance": provenance, "rows": rows}, handle, indent=1)
             handle.write("\n")
         print(f"wrote {args.json}")

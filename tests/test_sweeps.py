@@ -39,6 +39,10 @@ def test_sweep_rows_average_seeds_and_find_the_shipped_config():
     assert sweeps.sweep_rows({"runs": [dict(run({}, 5, 0, 1.0), cpu=100.0)]}, "m")[0]["cpu_mean"] == pytest.approx(100.0)
     with pytest.raises(ValueError, match="shipped config"):
         sweeps.shipped_row(rows, Config(epochs=10, pools=(1, 1)))
+    # the shipped setting rerun on another machine with fewer seeds, recorded first: the row with more seeds stays the shipped one
+    elsewhere = [dict(run({"epochs": 60, "pools": [26, 8]}, c, 0, 70.0), machine="e") for c in (1, 2, 3)]
+    both = sweeps.sweep_rows({"runs": elsewhere + [run({"epochs": 60, "pools": [26, 8]}, c, s, 20.0) for c in (1, 2, 3) for s in (0, 1)]}, "m")
+    assert sweeps.shipped_row(both, Config())["machine"] == ""
 
 
 def test_two_core_times_name_the_classes_over_the_target():
@@ -48,3 +52,15 @@ def test_two_core_times_name_the_classes_over_the_target():
     assert sweeps.two_core_times(record, "b")["verdict"] == "within the 60-second target on every class"
     with pytest.raises(ValueError, match="no row of 'c'"):
         sweeps.two_core_times(record, "c")
+
+
+def test_two_core_summary_names_every_machine_in_order():
+    row = lambda cls, seconds: {"method": "a", "class": cls, "seconds": seconds, "target_seconds": 300.0}  # noqa: E731
+    slow, fast = {"machine": "d", "rows": [row(1, 310.0), row(2, 250.0)]}, {"machine": "e", "rows": [row(1, 150.0), row(2, 140.0)]}
+    summary = sweeps.two_core_summary([slow, fast], "a")
+    assert summary["seconds"] == "310 / 250 s on machine d, 150 / 140 s on machine e"
+    assert summary["verdict"] == "on machine d over the 300-second target on class(es) 1; on machine e within the 300-second target on every class"
+    assert summary["speedup"] == "1.9"  # (310 / 150 + 250 / 140) / 2
+    assert sweeps.two_core_summary([fast, slow], "a")["seconds"].startswith("150 / 140 s on machine e")
+    with pytest.raises(ValueError, match="no two-core record"):
+        sweeps.two_core_summary([], "a")

@@ -4,15 +4,16 @@
 and seeds and appends one JSON line per run; ``benchmarks/records/issue15_quick_cpu.json`` collects
 them. :func:`sweep_rows` groups the runs by setting and averages the seeds, :func:`format_sweep`
 prints them as a table and :func:`shipped_row` finds the setting the library ships.
-:func:`two_core_times` reads ``benchmarks/records/issue15_two_cores.json``, the wall time of
-``congeal eval`` per class on both cores of a 2-core machine (``benchmarks/bench_two_cores.py``). The PCK in each
+:func:`two_core_times` reads one ``benchmarks/records/issue15_two_cores_*.json``, the wall time of
+``congeal eval`` per class on both cores of a 2-core machine (``benchmarks/bench_two_cores.py``), and
+:func:`two_core_summary` puts the machines' records side by side. The PCK in each
 run is :func:`congealing.evaluation.evaluate_transfer`'s (box threshold, mean over ordered pairs).
 """
 from __future__ import annotations
 
 import json
 
-__all__ = ["SWEEP_BACKBONE", "sweep_rows", "format_sweep", "shipped_row", "two_core_times"]
+__all__ = ["SWEEP_BACKBONE", "sweep_rows", "format_sweep", "shipped_row", "two_core_times", "two_core_summary"]
 
 #: The backbone of the recorded quick-mode sweep's shipped settings (the offline one, Chapter 3).
 SWEEP_BACKBONE = "efficientnet_lite0"
@@ -97,7 +98,7 @@ def format_sweep(rows: list[dict]) -> str:
 def shipped_row(rows: list[dict], shipped) -> dict:
     """The row of :func:`sweep_rows` that is the ``shipped`` config: the one with the most overrides
     that ``shipped`` all has, with co-segmented masks and the offline backbone (:data:`SWEEP_BACKBONE`) (Chapters 4 and 5, "Quick mode on whole
-    classes").
+    classes"); of rows alike but for the machine, the one with the most seeds, then the first recorded.
 
     Args:
         rows: :func:`sweep_rows`' rows.
@@ -113,7 +114,7 @@ def shipped_row(rows: list[dict], shipped) -> dict:
                and all(getattr(shipped, k) == (tuple(v) if isinstance(v, list) else v) for k, v in row["overrides"].items())]
     if not matches:
         raise ValueError("no recorded setting is the shipped config; rerun the sweep")
-    return max(matches, key=lambda row: len(row["overrides"]))
+    return max(matches, key=lambda row: (len(row["overrides"]), row["seeds"]))
 
 
 def two_core_times(record: dict, method: str) -> dict[str, str]:
@@ -143,3 +144,34 @@ def two_core_times(record: dict, method: str) -> dict[str, str]:
     target = f"the {timed[0]['target_seconds']:.0f}-second target"
     return {"seconds": " / ".join(f"{row['seconds']:.0f}" for row in timed), "machine": record["machine"],
             "verdict": f"over {target} on class(es) {', '.join(over)}" if over else f"within {target} on every class"}
+
+
+def two_core_summary(records: list[dict], method: str) -> dict[str, str]:
+    """``method``'s time per class on each machine that was timed, in one sentence's parts
+    (Chapters 4 and 5, "Quick mode on whole classes"): machines differ by more than the margins
+    of the targets, so the book names each.
+
+    Args:
+        records: the JSON of ``benchmarks/bench_two_cores.py`` on each machine, in the order to show.
+        method: the method's name, e.g. ``"spacejam"``.
+
+    Returns:
+        ``{"seconds": ..., "verdict": ..., "speedup": ...}``: each machine's wall seconds per class
+        (:func:`two_core_times`) and its verdict, joined, and how many times as fast the last machine
+        ran ``method`` as the first (the mean ratio of their seconds over the classes both timed).
+
+    Raises:
+        ValueError: no record, or a record without a row of ``method``.
+
+    >>> row = lambda cls, s: {"method": "m", "class": cls, "seconds": s, "target_seconds": 60.0}
+    >>> two_core_summary([{"machine": "d", "rows": [row(1, 67.0), row(2, 55.0)]}, {"machine": "e", "rows": [row(1, 40.0), row(2, 38.0)]}], "m")
+    {'seconds': '67 / 55 s on machine d, 40 / 38 s on machine e', 'verdict': 'on machine d over the 60-second target on class(es) 1; on machine e within the 60-second target on every class', 'speedup': '1.6'}
+    """
+    if not records:
+        raise ValueError("no two-core record given; run benchmarks/bench_two_cores.py")
+    timed = [two_core_times(record, method) for record in records]
+    first, last = ({row["class"]: row["seconds"] for row in record["rows"] if row["method"] == method} for record in (records[0], records[-1]))
+    ratios = [first[c] / last[c] for c in first if c in last]
+    return {"seconds": ", ".join(f"{t['seconds']} s on machine {t['machine']}" for t in timed),
+            "verdict": "; ".join(f"on machine {t['machine']} {t['verdict']}" for t in timed),
+            "speedup": f"{sum(ratios) / len(ratios):.1f}"}
