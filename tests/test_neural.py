@@ -9,6 +9,7 @@ import torch.nn.functional as F
 
 from congealing import losses, neural, warps
 from congealing.data import cub_box_masks
+from congealing.features import extract_descriptors, pca_project
 
 TINY = dict(image_size=32, stn_input_size=16, flow_input_size=16, atlas_size=8, coarse_flow_size=4, stn_width=4, stn_max_width=8, stn_hidden=8, batch_size=3, update_every=2, checkpoint_every=2)
 
@@ -186,6 +187,32 @@ def test_stns_read_the_keys_when_told(isolated_cache, colour_backbone):
     assert torch.allclose(seen[0], expected)
     with pytest.raises(ValueError, match="stn_reads"):
         tiny_cfg(stn_reads="rgb")
+
+
+@pytest.mark.parametrize("fit", ["all", "foreground"])
+def test_keys_pca_is_fitted_where_told(isolated_cache, colour_backbone, fit):
+    """``keys_pca_fit``: the components are fitted on every location or inside the masks only; every
+    location is projected either way, and the mirrored keys on the same basis."""
+    images, masks = blob_images(3, 32)
+    cfg = tiny_cfg(flips=True, keys_pca_dim=2, keys_pca_fit=fit, atlas_size=8, stn_input_size=8, flow_input_size=8, coarse_flow_size=4)
+    data = neural.prepare(images, masks, colour_backbone, cfg)
+    raw = extract_descriptors(images, colour_backbone, grid=8)
+    inside = (warps.resize(masks, 8).clamp(0, 1) > 0.5).float()
+    expected, components, mean = pca_project(raw, 2, inside if fit == "foreground" else None)
+    assert torch.allclose(data.keys, expected, atol=1e-5)
+    mirrored = extract_descriptors(images.flip(-1), colour_backbone, grid=8)
+    assert torch.allclose(data.flipped_keys, torch.einsum("ndhw,kd->nkhw", mirrored - mean.view(1, -1, 1, 1), components), atol=1e-5)
+    other, _, _ = pca_project(raw, 2, None if fit == "foreground" else inside)
+    assert not torch.allclose(data.keys, other, atol=1e-3)  # the two fits differ on these images
+
+
+def test_keys_pca_fit_falls_back_to_every_location_and_rejects_unknown_values(isolated_cache, colour_backbone):
+    images, _ = blob_images(3, 32)
+    cfg = tiny_cfg(keys_pca_dim=2, keys_pca_fit="foreground", atlas_size=8, stn_input_size=8, flow_input_size=8, coarse_flow_size=4)
+    data = neural.prepare(images, torch.zeros(3, 1, 32, 32), colour_backbone, cfg)  # empty masks: too few locations to fit on
+    assert torch.allclose(data.keys, pca_project(extract_descriptors(images, colour_backbone, grid=8), 2)[0], atol=1e-5)
+    with pytest.raises(ValueError, match="keys_pca_fit"):
+        tiny_cfg(keys_pca_fit="inside")
 
 
 def test_atlas_initialisation_from_the_set():

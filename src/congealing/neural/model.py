@@ -124,6 +124,7 @@ class NeuralCongealingConfig(ModeConfig):
     gradual_atlas: bool = False
     gradual_atlas_until: str = "half"  # every image has joined the gradual atlas by "half" the epochs or by the end of the "bootstrap"
     keys_pca_dim: int = 0  # 0: the backbone's raw keys (official); k: their top-k principal components over the set
+    keys_pca_fit: str = "all"  # fit those components on "all" locations or on the saliency masks' "foreground" only
     flip_init: str = "none"  # with flips: start "none" mirrored (official) or from features.consensus_flips ("consensus")
     update_every: int = 100  # epochs between flip / gradual-atlas decisions
     checkpoint_every: int = 1000
@@ -145,6 +146,8 @@ class NeuralCongealingConfig(ModeConfig):
             raise ValueError("atlas_size must be a multiple of coarse_flow_size, and flow_input_size at least twice it")
         if self.stn_reads not in ("images", "keys"):
             raise ValueError(f'stn_reads must be "images" or "keys", got {self.stn_reads!r}')
+        if self.keys_pca_fit not in ("all", "foreground"):
+            raise ValueError(f'keys_pca_fit must be "all" or "foreground", got {self.keys_pca_fit!r}')
         if self.gradual_atlas_until not in ("half", "bootstrap"):
             raise ValueError(f'gradual_atlas_until must be "half" or "bootstrap", got {self.gradual_atlas_until!r}')
         if not 0 <= self.bootstrap_epochs <= self.epochs:

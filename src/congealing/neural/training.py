@@ -79,7 +79,8 @@ def prepare(images: torch.Tensor, masks: torch.Tensor, backbone, cfg: NeuralCong
     :func:`congealing.features.extract_descriptors`). With ``cfg.flips`` the mirrored images'
     keys are *re-extracted*, not mirrored (features are not mirror-equivariant). With
     ``cfg.keys_pca_dim`` the keys are projected on the set's top principal components (one basis
-    for both orientations). With ``cfg.stn_reads="keys"`` the STNs' input ``stn_images`` is the keys
+    for both orientations, fitted on every location, or with ``cfg.keys_pca_fit="foreground"``
+    inside the masks when they hold at least ``keys_pca_dim`` locations). With ``cfg.stn_reads="keys"`` the STNs' input ``stn_images`` is the keys
     themselves at ``cfg.stn_input_size``, divided by their standard deviation over the set (one
     number, so any backbone's keys reach the STNs at the same scale). Chapter 4, "The set, its keys
     and its masks".
@@ -113,8 +114,11 @@ def prepare(images: torch.Tensor, masks: torch.Tensor, backbone, cfg: NeuralCong
     src, keys, msk = one(images, masks)
     flipped_src, flipped_keys, flipped_msk = one(images.flip(-1), masks.flip(-1)) if cfg.flips else (None, None, None)
     if cfg.keys_pca_dim:
-        # One basis for both orientations, fitted on the original images' keys at every location.
-        keys, components, mean = pca_project(keys, cfg.keys_pca_dim)
+        # One basis for both orientations, fitted on the original images' keys at every location
+        # (or inside their masks only, where they hold enough locations).
+        fit = (msk > 0.5).float() if cfg.keys_pca_fit == "foreground" else None
+        fit = fit if fit is not None and fit.sum() >= cfg.keys_pca_dim else None
+        keys, components, mean = pca_project(keys, cfg.keys_pca_dim, fit)
         if flipped_keys is not None:
             flipped_keys = torch.einsum("ndhw,kd->nkhw", flipped_keys - mean.view(1, -1, 1, 1), components).contiguous()
     scale = keys.std()  # with stn_reads="keys": one number for the set, so the STNs still see how strongly each location responds
