@@ -58,6 +58,12 @@ class NeuralCongealingConfig(ModeConfig):
       backbone's descriptors (472 channels for EfficientNet-Lite0), as SpaceJAM does with 25; every
       warp and loss of the keys is ~15x smaller, and a step (with the batch-wise orientation
       choice, :meth:`NeuralData.view_at`) is ~1.7x cheaper.
+    * ``keys_pca_fit`` "all" -> "foreground": those components are fitted inside the saliency
+      masks only (on CUB the boxes, in ``congeal align`` the co-segmentation), as SpaceJAM's
+      ``pca_fit`` does, so they describe the object's parts rather than what tells it from the
+      background. Measured against fitting on every location (CUB classes 1-3, five seeds): classes
+      1 and 3 gain, class 2 is level on its mean, and classes 4-6, on which nothing was chosen, gain
+      on their mean.
     * ``stn_reads`` "images" -> "keys": both STNs read the set's keys (their 32 principal
       components on the 32 x 32 atlas grid) instead of the RGB image, as SpaceJAM's STN does. STNs
       with ~100x fewer weights and a few hundred epochs learn little of a bird's pose from 32-px RGB;
@@ -134,7 +140,8 @@ class NeuralCongealingConfig(ModeConfig):
     QUICK: ClassVar[dict] = dict(
         image_size=128, stn_input_size=32, flow_input_size=32, atlas_size=32, coarse_flow_size=8,
         stn_width=16, stn_max_width=64, stn_hidden=64, epochs=420, bootstrap_epochs=84, batch_size=4,
-        update_every=42, checkpoint_every=42, lr_stn=3e-3, lr_atlas=4e-3, keys_pca_dim=32, flip_init="consensus", stn_reads="keys",
+        update_every=42, checkpoint_every=42, lr_stn=3e-3, lr_atlas=4e-3, keys_pca_dim=32, keys_pca_fit="foreground", flip_init="consensus",
+        stn_reads="keys",
     )
 
     def __post_init__(self):
