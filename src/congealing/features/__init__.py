@@ -10,7 +10,7 @@ cosegment``):
   (:func:`extract_descriptors`) (Chapter 3, "1. Descriptors from a Vision Transformer" and "The
   same for a CNN");
 * :mod:`congealing.features.pca`: descriptors shown as colour (:func:`pca_project`,
-  :class:`PCAColours`) (Chapter 3, "2. Looking at 472 dimensions: PCA as colour");
+  :class:`PCAColours`) and the object's own basis (:func:`foreground_locations`) (Chapter 3, "2. Looking at 472 dimensions: PCA as colour");
 * :mod:`congealing.features.cosegmentation`: saliency, k-means and co-segmentation masks
   (:func:`cosegment`, :func:`saliency_masks`) (Chapter 3, "4. Saliency and co-segmentation masks");
 * :mod:`congealing.features.flips`: the consensus mirror choices of a set
@@ -22,13 +22,13 @@ from .backbones import (
     WeightsNotAvailableError, BackboneSpec, BACKBONES, AUTO_ORDER, Backbone, ViTKeys, EfficientNetStages,
     efficientnet_lite_state_dict, LITE_STAGE_BLOCKS, load_backbone, extract_descriptors,
 )
-from .pca import pca_project, minmax_rgb, PCAColours
+from .pca import pca_project, foreground_locations, minmax_rgb, PCAColours
 from .cosegmentation import commonness, border_contrast, kmeans, cosegment, saliency_masks, border_band
 from .flips import consensus_flips
 
 __all__ = [
     "WeightsNotAvailableError", "BackboneSpec", "BACKBONES", "AUTO_ORDER", "Backbone", "ViTKeys",
     "EfficientNetStages", "efficientnet_lite_state_dict", "LITE_STAGE_BLOCKS", "load_backbone", "extract_descriptors",
-    "pca_project", "minmax_rgb", "PCAColours", "commonness", "border_contrast", "kmeans",
+    "pca_project", "foreground_locations", "minmax_rgb", "PCAColours", "commonness", "border_contrast", "kmeans",
     "cosegment", "saliency_masks", "border_band", "consensus_flips",
 ]

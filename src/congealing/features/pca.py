@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import torch
 
 __all__ = [
-    "pca_project", "minmax_rgb", "PCAColours",
+    "pca_project", "foreground_locations", "minmax_rgb", "PCAColours",
 ]
 
 
@@ -59,6 +59,28 @@ def pca_project(descriptors: torch.Tensor, k: int, masks: torch.Tensor | None = 
     components = (components * signs).float().contiguous()
     projected = (flat - mean) @ components.T
     return projected.reshape(N, h, w, k).permute(0, 3, 1, 2).contiguous(), components, mean
+
+
+def foreground_locations(masks: torch.Tensor, k: int) -> torch.Tensor | None:
+    """The locations to fit a ``k``-component PCA on: inside ``masks``, or None (every location)
+    when the masks hold fewer than ``k`` of them. SpaceJAM's ``pca_fit`` and Neural Congealing's
+    ``keys_pca_fit`` (Chapters 4 and 5) fit their keys' basis on the object this way.
+
+    Args:
+        masks: ``(N, 1, h, w)`` in ``[0, 1]``, at the descriptors' resolution.
+        k: the number of components.
+
+    Returns:
+        ``(N, 1, h, w)`` binary masks (``masks > 0.5``) for :func:`pca_project`, or None.
+
+    Example:
+        >>> foreground_locations(torch.tensor([[[[0.9, 0.2], [0.7, 0.0]]]]), 2).flatten().tolist()
+        [1.0, 0.0, 1.0, 0.0]
+        >>> foreground_locations(torch.tensor([[[[0.9, 0.2], [0.7, 0.0]]]]), 3) is None
+        True
+    """
+    inside = (masks > 0.5).float()
+    return inside if inside.sum() >= k else None
 
 
 def minmax_rgb(maps: torch.Tensor, low: torch.Tensor | None = None, high: torch.Tensor | None = None) -> torch.Tensor:

@@ -17,7 +17,7 @@ import torch
 from .. import checkpoints, features, warps
 from ..alignment import Alignment, ReportViews
 from ..errors import CheckpointError
-from ..features import PCAColours, extract_descriptors, load_backbone, pca_project, saliency_masks
+from ..features import PCAColours, extract_descriptors, foreground_locations, load_backbone, pca_project, saliency_masks
 from ..losses import check_finite, masked_mean, rigidity_loss
 from ..runtime import get_device
 from .losses import center_loss, keys_loss, keys_sparsity, saliency_loss, saliency_sparsity
@@ -116,8 +116,7 @@ def prepare(images: torch.Tensor, masks: torch.Tensor, backbone, cfg: NeuralCong
     if cfg.keys_pca_dim:
         # One basis for both orientations, fitted on the original images' keys at every location
         # (or inside their masks only, where they hold enough locations).
-        fit = (msk > 0.5).float() if cfg.keys_pca_fit == "foreground" else None
-        fit = fit if fit is not None and fit.sum() >= cfg.keys_pca_dim else None
+        fit = foreground_locations(msk, cfg.keys_pca_dim) if cfg.keys_pca_fit == "foreground" else None
         keys, components, mean = pca_project(keys, cfg.keys_pca_dim, fit)
         if flipped_keys is not None:
             flipped_keys = torch.einsum("ndhw,kd->nkhw", flipped_keys - mean.view(1, -1, 1, 1), components).contiguous()

@@ -105,9 +105,8 @@ def keys_from_descriptors(descriptors: torch.Tensor, masks: torch.Tensor, config
     size = (config.map_size, config.map_size)
     fit_masks = None
     if config.pca_fit == "foreground":
-        fit_masks = (F.interpolate(masks.float(), size=descriptors.shape[-2:], mode="bilinear", align_corners=False) > 0.5).float()
-        if fit_masks.sum() < config.pca_dim:
-            fit_masks = None
+        at_descriptors = F.interpolate(masks.float(), size=descriptors.shape[-2:], mode="bilinear", align_corners=False)
+        fit_masks = features.foreground_locations(at_descriptors, config.pca_dim)
     maps, _, _ = features.pca_project(descriptors.float(), config.pca_dim, fit_masks)
     if maps.shape[-2:] != size:
         maps = F.interpolate(maps, size=size, mode="bilinear", align_corners=False)
