@@ -458,3 +458,29 @@ def test_cub_box_masks_cover_the_boxes():
     assert masks.shape == (2, 1, 16, 16)
     assert masks[0, 0].sum() == 8 * 10 and masks[0, 0, 3, 2] == 1 and masks[0, 0, 2, 2] == 0
     assert masks[1, 0, :6].all() and masks[1, 0, 6:].sum() == 0  # clipped to the crop
+
+
+def test_lr_factor_holds_through_the_bootstrap_then_falls_to_lr_final():
+    cfg = tiny_cfg(epochs=20, bootstrap_epochs=5, lr_final=0.1)
+    factors = [neural.lr_factor(e, cfg) for e in range(cfg.epochs)]
+    assert factors[: cfg.bootstrap_epochs + 1] == [1.0] * (cfg.bootstrap_epochs + 1)
+    assert all(a >= b for a, b in zip(factors, factors[1:]))
+    assert factors[-1] == pytest.approx(0.1)
+    assert factors[12] == pytest.approx(0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * 7 / 14)))
+    assert {neural.lr_factor(e, tiny_cfg(epochs=20, bootstrap_epochs=5)) for e in range(20)} == {1.0}  # official: constant
+
+
+def test_lr_final_is_the_rate_the_run_ends_with_and_survives_a_resume(tmp_path):
+    cfg = tiny_cfg(epochs=6, bootstrap_epochs=2, checkpoint_every=3, lr_final=0.25)
+    data = synthetic_data(cfg)
+    path = tmp_path / "ckpt.pt"
+    straight = neural.train(data, cfg, checkpoint=path)
+    rates = {name: opt["param_groups"][0]["lr"] for name, opt in torch.load(path, weights_only=True)["optimizers"].items()}
+    assert rates == pytest.approx({"rigid": 0.25 * cfg.lr_stn, "flow": 0.25 * cfg.lr_stn, "atlas": 0.25 * cfg.lr_atlas})
+    path.unlink()
+    with pytest.raises(_Stop):
+        neural.train(data, cfg, checkpoint=path, callback=_stop_at(2), callback_every=1)
+    resumed = neural.train(data, cfg, checkpoint=path, resume=True)
+    assert resumed.history[-1]["total"] == pytest.approx(straight.history[-1]["total"], rel=1e-4)
+    with pytest.raises(ValueError, match="lr_final"):
+        tiny_cfg(lr_final=0.0)

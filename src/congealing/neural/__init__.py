@@ -45,6 +45,7 @@ from .training import (
     save_checkpoint,
     gradual_atlas_per_update,
     update_flips_and_atlas,
+    lr_factor,
     train_epoch,
     train,
     fit,
@@ -54,6 +55,6 @@ __all__ = [
     "NeuralCongealingConfig", "keys_loss", "saliency_loss", "l0_approx", "saliency_sparsity",
     "keys_sparsity", "center_loss", "EqualConv", "ResBlock", "RigidSTN", "similarity_matrix",
     "similarity_inverse", "convex_upsample", "FlowSTN", "NeuralCongealing", "NeuralData", "prepare",
-    "TrainResult", "per_image_keys_loss", "save_checkpoint", "gradual_atlas_per_update", "update_flips_and_atlas", "train_epoch",
+    "TrainResult", "per_image_keys_loss", "save_checkpoint", "gradual_atlas_per_update", "update_flips_and_atlas", "lr_factor", "train_epoch",
     "train", "fit",
 ]

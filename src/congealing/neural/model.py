@@ -126,6 +126,7 @@ class NeuralCongealingConfig(ModeConfig):
     batch_size: int = 2
     lr_stn: float = 1e-4
     lr_atlas: float = 8e-4
+    lr_final: float = 1.0  # both rates' fraction at the last epoch: 1 keeps them constant (official); below 1 they fall after the bootstrap (lr_factor)
     flips: bool = False
     gradual_atlas: bool = False
     gradual_atlas_until: str = "half"  # every image has joined the gradual atlas by "half" the epochs or by the end of the "bootstrap"
@@ -157,6 +158,8 @@ class NeuralCongealingConfig(ModeConfig):
             raise ValueError(f'keys_pca_fit must be "all" or "foreground", got {self.keys_pca_fit!r}')
         if self.gradual_atlas_until not in ("half", "bootstrap"):
             raise ValueError(f'gradual_atlas_until must be "half" or "bootstrap", got {self.gradual_atlas_until!r}')
+        if not 0 < self.lr_final <= 1:
+            raise ValueError(f"lr_final must lie in (0, 1], got {self.lr_final}")
         if not 0 <= self.bootstrap_epochs <= self.epochs:
             raise ValueError(f"bootstrap_epochs ({self.bootstrap_epochs}) must lie in [0, epochs={self.epochs}]")
 

@@ -25,7 +25,7 @@ from .model import NeuralCongealing, NeuralCongealingConfig, similarity_inverse
 
 __all__ = [
     "NeuralData", "prepare", "TrainResult", "per_image_keys_loss", "save_checkpoint",
-    "gradual_atlas_per_update", "update_flips_and_atlas", "train_epoch", "train", "fit",
+    "gradual_atlas_per_update", "update_flips_and_atlas", "lr_factor", "train_epoch", "train", "fit",
 ]
 
 # ----------------------------------------------------------------------------- data
@@ -284,6 +284,28 @@ def per_image_keys_loss(model: NeuralCongealing, data: NeuralData, orientation: 
     return torch.stack(losses)
 
 
+def lr_factor(epoch: int, cfg: NeuralCongealingConfig) -> float:
+    """The learning rates' multiplier at ``epoch``: 1 through the bootstrap, then a half-cosine
+    from 1 down to ``cfg.lr_final`` at the last epoch (1 throughout with the official constant
+    rates, ``lr_final=1``). Chapter 4, "Training".
+
+    >>> cfg = NeuralCongealingConfig(epochs=10, bootstrap_epochs=2, lr_final=0.1)
+    >>> [round(lr_factor(e, cfg), 2) for e in (0, 2, 6, 9)]
+    [1.0, 1.0, 0.45, 0.1]
+    """
+    span = cfg.epochs - 1 - cfg.bootstrap_epochs
+    if cfg.lr_final == 1 or epoch <= cfg.bootstrap_epochs or span <= 0:
+        return 1.0
+    progress = min(1.0, (epoch - cfg.bootstrap_epochs) / span)
+    return cfg.lr_final + (1 - cfg.lr_final) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def _set_lr(optimizers, cfg, factor):
+    for name, opt in optimizers.items():
+        for group in opt.param_groups:
+            group["lr"] = factor * (cfg.lr_atlas if name == "atlas" else cfg.lr_stn)
+
+
 def _optimizers(model, cfg):
     return {
         "rigid": torch.optim.Adam(model.rigid.parameters(), lr=cfg.lr_stn),
@@ -510,6 +532,8 @@ def train(
         if epoch == cfg.bootstrap_epochs and not model.flow_active:
             model.flow_active = True
             optimizers["flow"] = torch.optim.Adam(model.flow.parameters(), lr=cfg.lr_stn)
+        if cfg.lr_final != 1:
+            _set_lr(optimizers, cfg, lr_factor(epoch, cfg))
         if epoch > 0 and epoch % cfg.update_every == 0:
             flipped, included = update_flips_and_atlas(model, data, flipped, included, per_update)
         order = torch.randperm(N, generator=torch.Generator().manual_seed(cfg.seed * 100003 + epoch))
