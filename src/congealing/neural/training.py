@@ -294,24 +294,25 @@ def lr_factor(epoch: int, cfg: NeuralCongealingConfig) -> float:
     [1.0, 1.0, 0.45, 0.1]
     """
     span = cfg.epochs - 1 - cfg.bootstrap_epochs
-    if cfg.lr_final == 1 or epoch <= cfg.bootstrap_epochs or span <= 0:
+    if epoch <= cfg.bootstrap_epochs or span <= 0:
         return 1.0
     progress = min(1.0, (epoch - cfg.bootstrap_epochs) / span)
     return cfg.lr_final + (1 - cfg.lr_final) * 0.5 * (1 + math.cos(math.pi * progress))
 
 
+def _base_lr(name, cfg):
+    return cfg.lr_atlas if name == "atlas" else cfg.lr_stn
+
+
 def _set_lr(optimizers, cfg, factor):
     for name, opt in optimizers.items():
         for group in opt.param_groups:
-            group["lr"] = factor * (cfg.lr_atlas if name == "atlas" else cfg.lr_stn)
+            group["lr"] = factor * _base_lr(name, cfg)
 
 
 def _optimizers(model, cfg):
-    return {
-        "rigid": torch.optim.Adam(model.rigid.parameters(), lr=cfg.lr_stn),
-        "flow": torch.optim.Adam(model.flow.parameters(), lr=cfg.lr_stn),
-        "atlas": torch.optim.Adam([model.atlas_keys, model.atlas_logits], lr=cfg.lr_atlas),
-    }
+    params = {"rigid": model.rigid.parameters(), "flow": model.flow.parameters(), "atlas": [model.atlas_keys, model.atlas_logits]}
+    return {name: torch.optim.Adam(p, lr=_base_lr(name, cfg)) for name, p in params.items()}
 
 
 def save_checkpoint(path, model, optimizers, epoch, flipped, included, history, fingerprint: dict | None = None) -> None:
@@ -531,9 +532,8 @@ def train(
     for epoch in range(start, cfg.epochs):
         if epoch == cfg.bootstrap_epochs and not model.flow_active:
             model.flow_active = True
-            optimizers["flow"] = torch.optim.Adam(model.flow.parameters(), lr=cfg.lr_stn)
-        if cfg.lr_final != 1:
-            _set_lr(optimizers, cfg, lr_factor(epoch, cfg))
+            optimizers["flow"] = torch.optim.Adam(model.flow.parameters(), lr=_base_lr("flow", cfg))
+        _set_lr(optimizers, cfg, lr_factor(epoch, cfg))
         if epoch > 0 and epoch % cfg.update_every == 0:
             flipped, included = update_flips_and_atlas(model, data, flipped, included, per_update)
         order = torch.randperm(N, generator=torch.Generator().manual_seed(cfg.seed * 100003 + epoch))
