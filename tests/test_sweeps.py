@@ -61,6 +61,9 @@ def test_two_core_summary_names_every_machine_in_order():
     assert summary["seconds"] == "310 / 250 s on machine d, 150 / 140 s on machine e"
     assert summary["verdict"] == "on machine d over the 300-second target on class(es) 1; on machine e within the 300-second target on every class"
     assert summary["speedup"] == "1.9"  # (310 / 150 + 250 / 140) / 2
+    assert (summary["first"], summary["last"]) == ("d", "e")  # no CPU in either record
+    fast["cpu"] = "AMD EPYC, family 26 model 2, 2 cores, AVX-512"
+    assert sweeps.two_core_summary([slow, fast], "a")["last"] == "e (AMD EPYC, family 26 model 2, 2 cores, AVX-512)"
     assert sweeps.two_core_summary([fast, slow], "a")["seconds"].startswith("150 / 140 s on machine e")
     with pytest.raises(ValueError, match="no two-core record"):
         sweeps.two_core_summary([], "a")

@@ -156,16 +156,17 @@ def two_core_summary(records: list[dict], method: str) -> dict[str, str]:
         method: the method's name, e.g. ``"spacejam"``.
 
     Returns:
-        ``{"seconds": ..., "verdict": ..., "speedup": ...}``: each machine's wall seconds per class
-        (:func:`two_core_times`) and its verdict, joined, and how many times as fast the last machine
-        ran ``method`` as the first (the mean ratio of their seconds over the classes both timed).
+        ``{"seconds": ..., "verdict": ..., "speedup": ..., "first": ..., "last": ...}``: each machine's
+        wall seconds per class (:func:`two_core_times`) and its verdict, joined; how many times as fast
+        the last machine ran ``method`` as the first (the mean ratio of their seconds over the classes
+        both timed); and the first and last machines' labels with the CPU their record names.
 
     Raises:
         ValueError: no record, or a record without a row of ``method``.
 
     >>> row = lambda cls, s: {"method": "m", "class": cls, "seconds": s, "target_seconds": 60.0}
     >>> two_core_summary([{"machine": "d", "rows": [row(1, 67.0), row(2, 55.0)]}, {"machine": "e", "rows": [row(1, 40.0), row(2, 38.0)]}], "m")
-    {'seconds': '67 / 55 s on machine d, 40 / 38 s on machine e', 'verdict': 'on machine d over the 60-second target on class(es) 1; on machine e within the 60-second target on every class', 'speedup': '1.6'}
+    {'seconds': '67 / 55 s on machine d, 40 / 38 s on machine e', 'verdict': 'on machine d over the 60-second target on class(es) 1; on machine e within the 60-second target on every class', 'speedup': '1.6', 'first': 'd', 'last': 'e'}
     """
     if not records:
         raise ValueError("no two-core record given; run benchmarks/bench_two_cores.py")
@@ -174,4 +175,5 @@ def two_core_summary(records: list[dict], method: str) -> dict[str, str]:
     ratios = [first[c] / last[c] for c in first if c in last]
     return {"seconds": ", ".join(f"{t['seconds']} s on machine {t['machine']}" for t in timed),
             "verdict": "; ".join(f"on machine {t['machine']} {t['verdict']}" for t in timed),
-            "speedup": f"{sum(ratios) / len(ratios):.1f}"}
+            "speedup": f"{sum(ratios) / len(ratios):.1f}",
+            **{end: record["machine"] + (f" ({record['cpu']})" if "cpu" in record else "") for end, record in (("first", records[0]), ("last", records[-1]))}}
