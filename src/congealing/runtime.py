@@ -354,8 +354,8 @@ def start_recorded(commands: dict[str, list[str]], jobs: int = 2, folder=None) -
     together), each in its own process, so on a machine with ``jobs`` cores they run side by side.
     Each process gets ``$OMP_NUM_THREADS`` threads if that is set, else an equal share of the cores:
     ``jobs`` processes never ask for more threads than the machine has. Chapter 7 starts its CUB and
-    lego runs this way ("CUB-200-2011"), so its two slowest, Neural Congealing and everything else,
-    use one core each.
+    lego runs this way ("CUB-200-2011"), each class of the two learned methods in its own process,
+    so both cores stay busy until the last run ends.
 
     Args:
         commands: a name for each run and its ``congeal`` arguments (see :func:`run_recorded`).
