@@ -601,8 +601,7 @@ def merge_cub_records(records: list[dict]) -> dict:
         raise ValueError(f"records to merge repeat a class: {sorted(ids)}")
     out = {key: first[key] for key in _CUB_SETTINGS if key in first}
     out.update(classes=rows, mean=_cub_mean(rows))
-    peaks = [record["peak_rss_mb"] for record in records if record.get("peak_rss_mb") is not None]
-    out["peak_rss_mb"] = max(peaks) if peaks else None
+    out["peak_rss_mb"] = max(record["peak_rss_mb"] for record in records)
     out["provenance"] = [record.get("provenance") for record in records]
     return out
 
