@@ -271,7 +271,7 @@ def test_eval_keeps_finished_classes_when_a_later_one_fails(data_root, tmp_path,
             raise RuntimeError("the disk went away")
         return real(class_id, **kwargs)
 
-    monkeypatch.setattr(evaluation, "load_cub_class", load)  # where the CUB protocol looks it up
+    monkeypatch.setattr(evaluation.cub, "load_cub_class", load)  # where `congeal eval --dataset cub` looks it up
     monkeypatch.setenv("CONGEAL_BACKBONE", "efficientnet_lite0")
     out = tmp_path / "r.json"
     with pytest.raises(RuntimeError, match="disk went away"):  # not a user's mistake: it keeps its traceback
