@@ -2,6 +2,7 @@
 and documented summary, checked against independent computations."""
 from __future__ import annotations
 
+import io
 import json
 import math
 import re
@@ -113,6 +114,23 @@ def test_congeal_align_shows_a_progress_bar_from_the_start(tmp_path, capsys):
     iterations = classical.LSQConfig.for_mode("quick").iterations
     assert stderr.index("congeal align lsq: starting") < stderr.index("congeal align lsq: aligning")
     assert f"{iterations}/{iterations}" in stderr and "writing the report" in stderr
+    # stderr is not a terminal here: plain lines, no redraws, at most ten lines a stage
+    assert "\r" not in stderr and len(stderr.splitlines()) <= 4 + 10
+
+
+class _Terminal(io.StringIO):
+    def isatty(self):
+        return True
+
+
+def test_the_progress_bar_is_redrawn_in_place_on_a_terminal():
+    terminal = _Terminal()
+    bar = report.AlignProgress("lsq", file=terminal)
+    bar.stage("aligning", 3)
+    for done in (1, 2, 3):
+        bar.step(done, 3)
+    bar.close()
+    assert bar.interactive and "\r" in terminal.getvalue() and "congeal align lsq: aligning" in terminal.getvalue()
 
 
 def test_descriptor_agreement_is_the_mean_cosine_with_the_other_images():

@@ -280,8 +280,8 @@ def align_congeal3d(image_set: ImageSet, request: AlignRequest) -> Alignment:
     masks, mask_source = saliency_masks(images, backbone, None if alpha is None else F.interpolate(alpha, size=(size, size), mode="area"), valid)
     masks = (F.interpolate(masks, size=(size, size), mode="nearest") > 0.5).float()
     congeal3d.check_masks(masks, image_set.names)
-    progress.stage("pose search, pose refinement, coordinate maps (bars below)")
-    alignment = congeal3d.fit(images, config, masks=masks, backbone=backbone, shape=field, progress=congeal3d.progress_bars(True))
+    progress.stage("pose search, pose refinement, coordinate maps" + (" (bars below)" if progress.interactive else ""))
+    alignment = congeal3d.fit(images, config, masks=masks, backbone=backbone, shape=field, progress=congeal3d.progress_bars(progress.interactive))
     progress.stage("writing the report")
     maps, refined = alignment.state["maps"], alignment.state["refined"]
     cams, fovs = refined["c2w"], refined["fov"]
@@ -344,8 +344,8 @@ def align_capture(image_set: ImageSet, request: AlignRequest) -> Alignment:
     masks = (F.interpolate(masks.float(), size=image_set.images.shape[-2:], mode="bilinear", align_corners=False) > 0.5).float()
     photos = congeal3d.photos_from_squares(image_set.images, image_set.valid)
     photo_masks = congeal3d.photos_from_squares(masks, image_set.valid)
-    progress.stage("frame, shape, pose search, refinement, coordinate maps (bars below)")
-    out = congeal3d.congeal_capture(photos, photo_masks, cameras, config, backbone, device=device, progress=congeal3d.progress_bars(True), maps=True)
+    progress.stage("frame, shape, pose search, refinement, coordinate maps" + (" (bars below)" if progress.interactive else ""))
+    out = congeal3d.congeal_capture(photos, photo_masks, cameras, config, backbone, device=device, progress=congeal3d.progress_bars(progress.interactive), maps=True)
     progress.stage("writing the report")
     alignment, views, posed = out["alignment"], out["views"], out["inputs"]
     field, maps, refined = out["field"], alignment.state["maps"], alignment.state["refined"]

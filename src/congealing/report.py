@@ -33,6 +33,7 @@ from __future__ import annotations
 import json
 import shutil
 import sys
+import time
 from pathlib import Path
 
 import torch
@@ -223,40 +224,78 @@ def write_alignment(
 
 
 class AlignProgress:
-    """The progress bar of ``congeal align`` on stderr: drawn as soon as it is made, then showing
-    the current stage and how many of its steps are done.
+    """The progress of ``congeal align`` on stderr: drawn as soon as it is made, then showing the
+    current stage and how many of its steps are done.
+
+    On a terminal it is one tqdm bar, redrawn in place. Anywhere else (a log file, ``nohup``, a
+    pipe, CI) a redrawn bar would leave every redraw in the file, so it writes plain lines
+    instead: one per stage, one per tenth of a stage's steps, and the total time at the end.
+    ``interactive`` says which; ``congeal align --method congeal3d`` shows its inner bars only
+    when it is True (:func:`congealing.congeal3d.progress_bars`).
 
     ``step(done, total, note="")`` fits any per-iteration callback; ``write`` prints a line above
     the bar; ``close`` ends it.
 
     >>> import io
-    >>> bar = AlignProgress("lsq", file=io.StringIO()); bar.stage("aligning", 10); bar.step(3, 10); bar.close()
+    >>> log = io.StringIO()  # not a terminal: plain lines
+    >>> bar = AlignProgress("lsq", file=log)
+    >>> bar.stage("aligning", 200)
+    >>> for done in range(1, 201):
+    ...     bar.step(done)
+    >>> bar.close()
+    >>> lines = log.getvalue().splitlines()
+    >>> len(lines), lines[2], lines[-2]
+    (13, 'congeal align lsq: aligning 20/200', 'congeal align lsq: aligning 200/200')
     """
 
     def __init__(self, method: str, file=None):
         from tqdm.auto import tqdm
 
         self.method = method
-        self.bar = tqdm(total=1, desc=f"congeal align {method}: starting", file=file or sys.stderr, dynamic_ncols=True, mininterval=0.25, bar_format="{desc} |{bar}| {n_fmt}/{total_fmt} [{elapsed}<{remaining}]{postfix}")
-        self.bar.refresh()
+        self.file = file or sys.stderr
+        self.interactive = bool(getattr(self.file, "isatty", lambda: False)())
+        self.name, self.total, self.tenths, self.started = "starting", 1, 0, time.perf_counter()
+        if self.interactive:
+            self.bar = tqdm(total=1, desc=f"congeal align {method}: starting", file=self.file, dynamic_ncols=True, mininterval=0.25, bar_format="{desc} |{bar}| {n_fmt}/{total_fmt} [{elapsed}<{remaining}]{postfix}")
+            self.bar.refresh()
+        else:
+            self.write(f"congeal align {method}: starting")
 
     def stage(self, name: str, total: int = 1) -> None:
+        self.name, self.total, self.tenths = name, max(1, total), 0
+        if not self.interactive:
+            self.write(f"congeal align {self.method}: {name}")
+            return
         self.bar.set_description_str(f"congeal align {self.method}: {name}", refresh=False)
-        self.bar.reset(total=max(1, total))
+        self.bar.reset(total=self.total)
         self.bar.refresh()
 
     def step(self, done: int, total: int | None = None, note: str = "") -> None:
-        if total is not None and total != self.bar.total:
-            self.bar.total = max(1, total)
+        if total is not None:
+            self.total = max(1, total)
+        if not self.interactive:
+            tenths = min(10, 10 * done // self.total)
+            if tenths > self.tenths:  # at most ten lines a stage
+                self.tenths = tenths
+                self.write(f"congeal align {self.method}: {self.name} {done}/{self.total}" + (f" ({note})" if note else ""))
+            return
+        if self.total != self.bar.total:
+            self.bar.total = self.total
         self.bar.n = done
         if note:
             self.bar.set_postfix_str(note, refresh=False)
         self.bar.refresh()
 
     def write(self, line: str) -> None:
-        self.bar.write(line, file=self.bar.fp)
+        if self.interactive:
+            self.bar.write(line, file=self.file)
+        else:
+            print(line, file=self.file, flush=True)
 
     def close(self) -> None:
+        if not self.interactive:
+            self.write(f"congeal align {self.method}: done in {time.perf_counter() - self.started:.0f} s")
+            return
         self.bar.n = self.bar.total
         self.bar.close()
 
