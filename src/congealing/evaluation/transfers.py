@@ -37,7 +37,7 @@ def identity_transfer(cub, backbone=None, mode=None, seed=0, device=None) -> Tra
     "5. The yardstick: keypoint transfer and PCK").
 
     Args:
-        cub: the class (unused; the signature of every :data:`CUB_METHODS` entry).
+        cub: the class (unused; the signature of every :data:`congealing.evaluation.CUB_METHODS` entry).
         backbone: unused.
         mode: unused.
         seed: unused.
@@ -66,7 +66,7 @@ def nn_transfer(cub, backbone=None, mode=None, seed=0, device=None, grid: int = 
     Args:
         cub: a :class:`congealing.data.CUBSet` (or any set with square ``images`` ``(N, 3, S, S)``).
         backbone: a :class:`congealing.features.Backbone` or a name (None: the default one).
-        mode: unused (the signature of every :data:`CUB_METHODS` entry).
+        mode: unused (the signature of every :data:`congealing.evaluation.CUB_METHODS` entry).
         seed: unused.
         device: where to load the backbone if it is not loaded yet.
         grid: the side of the descriptor grid.
