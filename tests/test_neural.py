@@ -160,6 +160,33 @@ def test_networks_start_at_the_identity_and_inverse_is_exact(reads):
     assert torch.linalg.det(T[0, :2, :2]).item() == pytest.approx(math.exp(-0.4), rel=1e-5)
 
 
+def test_both_orientations_in_one_pass_are_the_two_passes():
+    """train_epoch maps both orientations of a batch in one pass: the STNs must treat images alone."""
+    from congealing.neural.training import _mappings
+
+    cfg = tiny_cfg(flips=True)
+    data = synthetic_data(cfg)
+    torch.manual_seed(0)
+    model = neural.NeuralCongealing(cfg, data.keys.shape[1]).double()
+    with torch.no_grad():  # away from the identity start, so every output depends on the weights
+        for parameter in model.parameters():
+            parameter.add_(0.05 * torch.randn_like(parameter))
+    idx, flipped = torch.tensor([2, 0, 3]), torch.tensor([True, False, False, True])
+    views = [[t.double() for t in data.view_at(idx, orientation)] for orientation in (flipped, ~flipped)]
+    merged = _mappings(model, views, True)
+    for view, out in zip(views, merged):
+        alone = model.mapping(view[0], view[1], True)
+        assert set(out) == set(alone)
+        for name, value in alone.items():
+            assert torch.allclose(out[name], value, atol=1e-12), name
+    grads = torch.autograd.grad(sum(o["grid"].square().sum() for o in merged), list(model.parameters()), allow_unused=True)
+    alone = torch.autograd.grad(sum(model.mapping(v[0], v[1], True)["grid"].square().sum() for v in views), list(model.parameters()), allow_unused=True)
+    for merged_grad, alone_grad in zip(grads, alone):
+        assert (merged_grad is None) == (alone_grad is None)
+        if merged_grad is not None:
+            assert torch.allclose(merged_grad, alone_grad, atol=1e-10)
+
+
 def test_convex_upsampling_of_a_constant_flow_is_constant_inside():
     flow = torch.full((1, 2, 4, 4), 0.1)
     up = neural.convex_upsample(flow, torch.randn(1, 9 * 4, 4, 4), 2)

@@ -207,10 +207,25 @@ class TrainResult:
         return transfer
 
 
-def _pass(model, data, idx, orientation, phase_flow, mapping_only, included, cfg) -> dict:
-    """Every loss term of one batch in one orientation (unweighted), as a dict of scalars."""
-    stn, src, keys, masks = data.view_at(idx, orientation)
-    out = model.mapping(stn, src, phase_flow)
+def _mappings(model, views, phase_flow) -> list[dict]:
+    """:meth:`NeuralCongealing.mapping` of each view ``(stn_images, images, keys, masks)`` of one batch,
+    in one pass through the STNs. The STNs treat every image alone (no batch statistics), so this is
+    the per-view mapping; a batch of both orientations at once costs about 0.6 of two batches on 2
+    CPU cores (`benchmarks/issue15_log.md`, twentieth session)."""
+    if len(views) == 1:
+        return [model.mapping(views[0][0], views[0][1], phase_flow)]
+    both = model.mapping(torch.cat([v[0] for v in views]), torch.cat([v[1] for v in views]), phase_flow)
+    parts = [dict() for _ in views]
+    for name, value in both.items():
+        for part, piece in zip(parts, [None] * len(views) if value is None else value.chunk(len(views))):
+            part[name] = piece
+    return parts
+
+
+def _pass(model, view, out, idx, phase_flow, mapping_only, included, cfg) -> dict:
+    """Every loss term of one batch in one orientation (unweighted), as a dict of scalars: ``view`` is
+    the batch's ``(stn_images, images, keys, masks)`` in that orientation, ``out`` its mapping."""
+    _, _, keys, masks = view
     grid = out["grid"]
     ones = torch.ones_like(masks)
     inside = warps.warp_by_grid(ones, grid).detach()
@@ -429,11 +444,13 @@ def train_epoch(model: NeuralCongealing, data: NeuralData, optimizers: dict, ord
     cfg, weights, device, N = model.cfg, model.cfg.weights(), data.keys.device, len(data)
     sums: dict[str, float] = {}
     for b in range(0, N, cfg.batch_size):
-        idx = order[b : b + cfg.batch_size]
-        terms = _pass(model, data, idx.to(device), flipped.to(device), model.flow_active, False, included, cfg)
+        idx = order[b : b + cfg.batch_size].to(device)
+        views = [data.view_at(idx, flipped.to(device))] + ([data.view_at(idx, (~flipped).to(device))] if cfg.flips else [])
+        outs = _mappings(model, views, model.flow_active)  # both orientations through the STNs at once
+        terms = _pass(model, views[0], outs[0], idx, model.flow_active, False, included, cfg)
         total = _total(terms, weights)
         if cfg.flips:
-            other = _pass(model, data, idx.to(device), (~flipped).to(device), model.flow_active, True, None, cfg)
+            other = _pass(model, views[1], outs[1], idx, model.flow_active, True, None, cfg)
             total = total + _total(other, weights)
             terms.update({f"{k}_mirror": v for k, v in other.items()})
         check_finite(total, f"Neural Congealing diverged at epoch {epoch}, step {step}", {"total": total, **terms})
