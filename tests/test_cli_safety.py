@@ -393,7 +393,14 @@ def test_every_unreadable_file_is_named_and_can_be_skipped(tmp_path, capsys, mon
     code, err = _align(photos, tmp_path / "out", capsys, "--skip-unreadable")
     assert code == 0, err
     assert "truncated.jpg" in err and "huge.png" in err  # a warning names what was left out
-    assert json.loads((tmp_path / "out" / "summary.json").read_text())["images"] == ["a.jpg", "b.png", "c.jpg"]
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert summary["images"] == ["a.jpg", "b.png", "c.jpg"]
+    # the report itself says which files it lacks, and why
+    assert [entry.split(": ")[0] for entry in summary["left_out"]] == ["huge.png", "truncated.jpg"]
+    assert "truncated" in summary["left_out"][1] and "left_out" in summary["fields"]
+    warning = next(w for w in summary["verdict"]["warnings"] if "could not be used" in w)
+    assert "2 file(s)" in warning and "huge.png, truncated.jpg" in warning
+    assert "huge.png, truncated.jpg" in (tmp_path / "out" / "index.html").read_text()
 
 
 def _read_small_ok(read_image):

@@ -231,7 +231,7 @@ def _write_report(alignment: Alignment, image_set: ImageSet, request: AlignReque
         transforms=alignment.transforms, grids=alignment.grids.cpu() if dense else None, summary=summary,
         masks=views.masks, method_scores=views.scores, extra_images={**views.images, "edit": edited.cpu()},
         descriptors=extract_descriptors(images, backbone) if backbone is not None else None,  # cached by the co-segmentation
-        extra_files={"checkpoint.pt": sidecar} if sidecar is not None else None,
+        extra_files={"checkpoint.pt": sidecar} if sidecar is not None else None, left_out=image_set.skipped,
     )
 
 
@@ -299,7 +299,7 @@ def align_congeal3d(image_set: ImageSet, request: AlignRequest) -> Alignment:
         mode=mode, transforms=cams,
         summary={"backbone": backbone.name, "masks": mask_source, "shape": str(shape_path), "seconds": alignment.state["seconds"], "poses": poses},
         extra_images={"NOCS map": maps.nocs, "edit (canonical stripes)": congeal3d.propagate_nocs_edit(maps, images, congeal3d.stripes_edit())},
-        masks=masks.cpu(), coordinate_maps=(maps.nocs.cpu(), maps.mask.cpu()), poses=poses,
+        masks=masks.cpu(), coordinate_maps=(maps.nocs.cpu(), maps.mask.cpu()), poses=poses, left_out=image_set.skipped,
         objective={"name": "1 - soft IoU of the rendered silhouette and the mask", "before": refined["loss"][0], "after": refined["loss"][-1], "better": "lower"}
         if refined["loss"] else None,
         method_scores={"name": "silhouette IoU", "values": congeal3d.silhouette_iou(maps.renders["mask"].cpu(), masks.cpu()), "better": "higher",
@@ -389,7 +389,7 @@ def align_capture(image_set: ImageSet, request: AlignRequest) -> Alignment:
             if refined["loss"] else None,
             method_scores={"name": "silhouette IoU", "values": congeal3d.silhouette_iou(maps.renders["mask"].cpu() * views.valid[posed], (views.masks[posed] > 0.5).float() * views.valid[posed]),
                            "better": "higher", "doc": "intersection over union of the shape rendered at the camera found and the photo's object mask, over the photo's pixels, in [0, 1]; higher is better"},
-            extra_files={"shape.pt": shape_path},
+            extra_files={"shape.pt": shape_path}, left_out=image_set.skipped,
         )
     progress.close()
     return alignment

@@ -79,6 +79,7 @@ def write_alignment(
     field_docs: dict[str, str] | None = None,
     descriptors: torch.Tensor | None = None,
     extra_files: dict[str, Path] | None = None,
+    left_out: list[str] | None = None,
 ) -> Path:
     """Write a report folder (layout above). ``atlas`` maps a view name (``"mean"`` first) to a
     ``(C, H, W)`` image; ``extra_images`` maps a column title to ``(N, C, H, W)`` images shown in
@@ -99,6 +100,9 @@ def write_alignment(
     * ``method_scores``: a per-image term of it, ``{"name", "values": (N,), "better", "doc"}``.
     * ``coordinate_maps`` ``(nocs (N, 3, S, S), mask (N, 1, S, S))`` and ``poses`` (one dict per
       image with ``azimuth_deg``, ``elevation_deg``, ``fov_deg``): the 3-D method's mappings.
+    * ``left_out``: files of the input folder the run did not use, each ``"name: why"``
+      (``congeal align --skip-unreadable``, :attr:`congealing.data.ImageSet.skipped`); the page
+      warns about them and ``summary.json`` lists them, so the report says which photos it lacks.
 
     Besides the images, the folder holds ``mappings.js`` (the mappings the page's click-to-match
     reads; format in :func:`browser_mappings`) and ``summary.json`` with a ``fields`` entry that
@@ -206,8 +210,11 @@ def write_alignment(
         per_image.append(row)
     verdict = _verdict(quality, objective, method_scores, count, mode, method, masked=object_masks is not None)
     _warn_if_squeezed(verdict, [row.get("transform") for row in per_image], list(names))
+    _warn_if_left_out(verdict, left_out or [])
     outputs = {name: {title: f"{folder}/{key}.png" for title, (folder, _) in columns.items()} for name, key in zip(names, keys)}
     info = {"method": method, "mode": mode, "images": list(names), "outputs": outputs, "atlas": atlas_files, **(summary or {})}
+    if left_out:
+        info["left_out"] = list(left_out)
     if method_scores is not None:
         info["method_score_name"] = method_scores["name"]
         info["method_score_doc"] = method_scores.get("doc", "")
@@ -487,6 +494,18 @@ def _warn_if_squeezed(verdict: dict, moves: list, names: list[str]) -> None:
         verdict["headline"] = "Unclear: the images agree more, but many were squeezed to get there."
 
 
+def _warn_if_left_out(verdict: dict, left_out: list[str]) -> None:
+    """Warn that files of the folder are not in the report (each ``"name: why"``)."""
+    if not left_out:
+        return
+    names = [entry.split(": ", 1)[0] for entry in left_out]
+    listing = ", ".join(names[:5]) + (" ..." if len(names) > 5 else "")
+    verdict["warnings"].append(
+        f"{len(names)} file(s) of the folder could not be used and are not in this report ({listing}); "
+        "summary.json lists each with its reason (left_out)."
+    )
+
+
 # ----------------------------------------------------------------------------- mappings for the browser
 
 
@@ -618,6 +637,7 @@ FIELD_DOCS: dict[str, str] = {
     "method_score_doc": "how per_image.method_score is computed",
     "method_score_better": "whether a higher or a lower per_image.method_score is better",
     "fields": "this documentation",
+    "left_out": "files of the input folder the run did not use, each 'name: why' (congeal align --skip-unreadable); absent when every file was used",
     # every 2-D method (congealing.align)
     "seconds": "wall-clock seconds of the alignment (dict: per stage)",
     "trainable_parameters": "number of fitted parameters (networks and atlas; 6 per image for an affine transform each)",
