@@ -16,7 +16,7 @@ import pytest
 import torch
 from PIL import Image
 
-from congealing import checkpoints, cli, data, evaluation, features, report, report_folder
+from congealing import checkpoints, cli, congeal3d, data, evaluation, features, report, report_folder
 from congealing.errors import CheckpointError, OutputFolderError
 
 
@@ -420,6 +420,30 @@ def test_non_finite_pixels_name_the_file(tmp_path, capsys):
     values[3, 4] = np.nan
     Image.fromarray(values, mode="F").save(photos / "depth.tif")
     _one_line_error(*_align(photos, tmp_path / "out", capsys), "depth.tif", "NaN")
+
+
+@pytest.mark.parametrize("method", ["lsq", "spacejam", "congeal3d"])
+def test_a_set_of_flat_photos_is_refused_before_any_work(tmp_path, capsys, method):
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for name, shape in (("a.png", (40, 60, 3)), ("b.png", (60, 40, 3)), ("c.jpg", (50, 50, 3))):
+        Image.fromarray(np.full(shape, 255, dtype=np.uint8)).save(photos / name)  # white, padded with black to a square
+    out = tmp_path / "out"
+    extra = []
+    if method == "congeal3d":
+        congeal3d.save_shape(congeal3d.VoxelField(8, 1.5), tmp_path / "shape.pt")
+        extra = ["--shape", tmp_path / "shape.pt"]
+    code, err = _run(["align", photos, "--method", method, "--out", out, "--size", "64", *extra], capsys)
+    _one_line_error(code, err, "3 images", "flat colour")
+    assert not out.exists()
+
+
+def test_one_flat_photo_among_real_ones_is_aligned(tmp_path, capsys):
+    photos = _photos(tmp_path / "photos")
+    Image.fromarray(np.zeros((48, 64, 3), dtype=np.uint8)).save(photos / "black.png")
+    code, err = _align(photos, tmp_path / "out", capsys)
+    assert code == 0, err
+    assert "black.png" in json.loads((tmp_path / "out" / "summary.json").read_text())["images"]
 
 
 def test_non_finite_descriptors_are_never_cached(isolated_cache, monkeypatch):

@@ -23,11 +23,11 @@ import torch.nn.functional as F
 from . import classical, congeal3d, registry, runtime
 from .alignment import Alignment, ReportViews
 from .data import ImageSet
-from .errors import UsageError
+from .errors import InputError, UsageError
 from .features import extract_descriptors, load_backbone, saliency_masks
 from .report import AlignProgress, centre_disk, demo_edit, write_alignment
 
-__all__ = ["AlignRequest", "WORK_SIZE", "PIXEL_METHODS", "RESUMABLE", "align", "config_for", "checkpoint_path", "align_congeal3d", "align_capture"]
+__all__ = ["AlignRequest", "WORK_SIZE", "PIXEL_METHODS", "RESUMABLE", "align", "config_for", "checkpoint_path", "align_congeal3d", "align_capture", "check_not_flat"]
 
 
 @dataclass(frozen=True)
@@ -148,10 +148,12 @@ def align(image_set: ImageSet, request: AlignRequest) -> Alignment:
         the :class:`congealing.alignment.Alignment` the report shows.
 
     Raises:
-        CongealError: a user's mistake (e.g. a checkpoint made for other images with ``resume``).
+        CongealError: a user's mistake (e.g. a checkpoint made for other images with ``resume``,
+            or a set in which every photo is one flat colour).
         FloatingPointError: the method diverged.
     """
     method = registry.get(request.method)
+    check_not_flat(image_set)
     if method.needs_shape:
         return align_congeal3d(image_set, request)
     progress = AlignProgress(method.name)
@@ -185,6 +187,32 @@ def align(image_set: ImageSet, request: AlignRequest) -> Alignment:
         sidecar.unlink()
     progress.close()
     return alignment
+
+
+def check_not_flat(image_set: ImageSet, tolerance: float = 1.0 / 255) -> None:
+    """Refuse a set in which every photo is one flat colour (all black, say), before any work.
+
+    Only each photo's own pixels count (``image_set.valid``), not the padding that squared it, so
+    white photos padded with black are flat too. One flat photo among real ones is allowed: the
+    methods treat it as an outlier.
+
+    Args:
+        image_set: the loaded images, ``images`` ``(N, C, S, S)`` and ``valid`` ``(N, 1, S, S)`` or None.
+        tolerance: the largest range of pixel values (0-1 scale) that still counts as flat.
+
+    Raises:
+        InputError: every photo is flat.
+
+    Example:
+        >>> from congealing.data import ImageSet
+        >>> check_not_flat(ImageSet(torch.rand(2, 3, 8, 8), ["a.png", "b.png"]))   # nothing to say
+    """
+    images = image_set.images.float().flatten(2)
+    inside = torch.ones_like(images[:, :1]) if image_set.valid is None else image_set.valid.flatten(2) > 0.5
+    highest = images.masked_fill(~inside.bool(), -math.inf).amax(2)
+    lowest = images.masked_fill(~inside.bool(), math.inf).amin(2)
+    if bool(((highest - lowest) <= tolerance).all()):
+        raise InputError(f"every one of the {len(image_set.names)} images is a single flat colour (all black, say): there is nothing to align; check the folder")
 
 
 def _pixel_inputs(images: torch.Tensor, method: str, config):

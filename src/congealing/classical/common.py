@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from .. import warps
+from ..errors import InputError
 from .configs import AFFINE_DIM
 
 __all__ = ["as_image_stack", "affine_generators", "recentre", "generator_fields", "image_gradient", "gaussian_blur", "steepest_descent_images"]
@@ -33,7 +34,7 @@ def as_image_stack(images) -> torch.Tensor:
         the stack ``(N, C, H, W)``, floating point.
 
     Raises:
-        ValueError: fewer than two images, images of different sizes or channel counts, a tensor
+        InputError (a ValueError): fewer than two images, images of different sizes or channel counts, a tensor
             that is not 4-D, NaN/inf pixels, or a set in which every image is constant (all black,
             say); the message says what to do.
 
@@ -44,29 +45,29 @@ def as_image_stack(images) -> torch.Tensor:
     if isinstance(images, torch.Tensor):
         stack = images
         if stack.ndim != 4:
-            raise ValueError(f"expected images of shape (N, C, H, W), got {tuple(stack.shape)}; add a channel axis with images[:, None] for (N, H, W)")
+            raise InputError(f"expected images of shape (N, C, H, W), got {tuple(stack.shape)}; add a channel axis with images[:, None] for (N, H, W)")
     else:
         images = list(images)
         shapes = [tuple(image.shape) for image in images]
         if any(len(shape) != 3 for shape in shapes):
-            raise ValueError(f"expected a sequence of (C, H, W) images, got shapes {sorted(set(shapes))}")
+            raise InputError(f"expected a sequence of (C, H, W) images, got shapes {sorted(set(shapes))}")
         if len(set(shapes)) > 1:
             counts = {shape: shapes.count(shape) for shape in set(shapes)}
-            raise ValueError(
+            raise InputError(
                 f"images of different sizes {counts}: congealing compares pixel stacks, so every image needs the "
                 "same (C, H, W); resize them first, e.g. with congealing.data.to_square or load_image_folder(size=...)"
             )
         stack = torch.stack(images) if images else torch.zeros(0, 1, 1, 1)
     if stack.shape[0] < 2:
-        raise ValueError(f"congealing aligns a set to itself and needs at least 2 images, got {stack.shape[0]}")
+        raise InputError(f"congealing aligns a set to itself and needs at least 2 images, got {stack.shape[0]}")
     if not torch.is_floating_point(stack):
         stack = stack.float() / 255.0 if stack.dtype == torch.uint8 else stack.float()
     if not torch.isfinite(stack).all():
         bad = (~torch.isfinite(stack)).flatten(1).any(1).nonzero().flatten().tolist()
-        raise ValueError(f"images {bad[:10]}{'...' if len(bad) > 10 else ''} contain NaN or inf pixels; fix or drop them")
+        raise InputError(f"images {bad[:10]}{'...' if len(bad) > 10 else ''} contain NaN or inf pixels; fix or drop them")
     flat = stack.flatten(1)
     if (flat.amax(1) - flat.amin(1)).max() <= 0:
-        raise ValueError("every image is constant (e.g. all black): there is nothing to align")
+        raise InputError("every image is constant (e.g. all black): there is nothing to align")
     return stack
 
 
