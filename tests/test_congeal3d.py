@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -613,8 +614,8 @@ def test_congeal_align_needs_a_valid_shape(tmp_path, capsys):
 
     folder = tmp_path / "photos"
     folder.mkdir()
-    for k in range(2):
-        Image.new("RGB", (32, 32), (40 * k, 90, 200)).save(folder / f"p{k}.png")
+    for k in range(2):  # photos with something in them (a set of flat colours is refused first)
+        Image.fromarray(np.random.default_rng(k).integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(folder / f"p{k}.png")
     assert cli.main(["align", str(folder), "--method", "congeal3d", "--out", str(tmp_path / "out")]) == 2
     assert "needs --shape" in capsys.readouterr().err
     foreign = tmp_path / "foreign.pt"
