@@ -11,6 +11,14 @@ class's wall seconds (the record's ``seconds``: fit and scoring) against its tar
 peak memory, and PCK@0.1 next to nearest neighbours'. Run it on an otherwise idle machine: wall time
 is what it measures. The sweep (`issue15_sweep.py`) times one thread in CPU seconds instead, so that
 runs sharing a machine can be compared.
+
+A virtual machine's speed also changes with what its host runs: the same 2-core VM (machine g) timed
+SpaceJAM at 69 / 63 / 62 s (``records/issue15_two_cores_g.json``) and, later the same day, with the
+same code and the same results, at 52 / 48 / 44 s (``issue15_two_cores_g_rerun.json``). So the record
+also keeps how fast the machine was while it ran: the milliseconds of a fixed reference workload
+(:func:`reference_conv_ms`) before and after the runs, and the CPU time the host took from the VM
+meanwhile (``steal_seconds``, from ``/proc/stat``; contention from the host's other hyperthread shows
+in the reference time only).
 """
 from __future__ import annotations
 
@@ -18,9 +26,14 @@ import argparse
 import json
 import os
 import platform
+import statistics
 import sys
 import tempfile
+import time
 from pathlib import Path
+
+import torch
+import torch.nn.functional as F
 
 from congealing import data, features, neural, runtime, spacejam
 
@@ -51,6 +64,38 @@ def cpu_description() -> str:
             f"{os.cpu_count()} cores, {vector}")
 
 
+def reference_conv_ms(threads: int, repeats: int = 30) -> float:
+    """Median milliseconds of one forward and backward pass of SpaceJAM's first convolution (20 codes of
+    3 x 64 x 64, 10 filters of 7 x 7, the step's costliest operation) with ``threads`` torch threads: a
+    fixed workload that tells how fast the machine was when a record was made."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    generator = torch.Generator().manual_seed(0)
+    codes = torch.randn(20, 3, 64, 64, generator=generator, requires_grad=True)
+    weight = torch.randn(10, 3, 7, 7, generator=generator, requires_grad=True)
+    upstream = torch.randn(20, 10, 58, 58, generator=generator)
+    times = []
+    try:
+        for k in range(repeats + 5):  # the first five warm up
+            start = time.perf_counter()
+            F.conv2d(codes, weight).backward(upstream)
+            if k >= 5:
+                times.append(1000 * (time.perf_counter() - start))
+    finally:
+        torch.set_num_threads(previous)
+    return round(statistics.median(times), 2)
+
+
+def steal_seconds() -> float | None:
+    """Seconds of CPU time the hypervisor has taken from this VM since boot, over all its CPUs (the
+    ``steal`` column of ``/proc/stat``), or None where that is not available."""
+    try:
+        fields = Path("/proc/stat").read_text().splitlines()[0].split()
+        return int(fields[8]) / os.sysconf("SC_CLK_TCK")
+    except (OSError, IndexError, ValueError):
+        return None
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--methods", default="spacejam,neural")
@@ -68,11 +113,16 @@ def main(argv=None) -> int:
     if unknown:
         parser.error(f"--methods: no time target for {', '.join(unknown)} (known: {', '.join(TARGET_SECONDS)})")
     fill_descriptor_cache(classes, args.backbone, mode)
+    speed = {"reference_conv_ms_before": reference_conv_ms(args.threads)}
+    steal_start = steal_seconds()
     runs = {}
     with tempfile.TemporaryDirectory() as folder:  # fresh records: nothing reused
         for method in ["nn", *methods]:
             command = ["eval", "--dataset", "cub", "--method", method, "--classes", args.classes, "--mode", mode, "--backbone", args.backbone]
             runs[method] = runtime.run_recorded(command, folder, threads=args.threads)
+    steal_end = steal_seconds()
+    speed["reference_conv_ms_after"] = reference_conv_ms(args.threads)
+    speed["steal_seconds"] = None if steal_start is None or steal_end is None else round(steal_end - steal_start, 1)
     nn = {c["class_id"]: 100 * c["pck"]["0.1"]["mean"] for c in runs["nn"]["classes"]}
     rows = []
     for method in methods:
@@ -87,11 +137,13 @@ def main(argv=None) -> int:
     for r in rows:
         verdict = "met" if r["seconds"] <= r["target_seconds"] else "MISSED"
         print(f"| {r['method']} | {r['class']} | {r['seconds']:.1f} | {r['target_seconds']:.0f} | {verdict} | {r['peak_rss_mb']:.0f} | {r['pck@0.1']} | {r['nn_pck@0.1']} |")
+    print(f"machine speed: reference convolution {speed['reference_conv_ms_before']} ms before and {speed['reference_conv_ms_after']} ms after "
+          f"the runs; {speed['steal_seconds']} s of CPU taken by the host meanwhile")
     if args.json:
         provenance = runs[methods[0]]["provenance"] if methods else {}
         with open(args.json, "w") as handle:
             json.dump({"benchmark": " ".join(["python benchmarks/bench_two_cores.py", *(sys.argv[1:] if argv is None else argv)]), "threads": args.threads, "machine": args.machine, "cpu": cpu_description(), "backbone": args.backbone, "mode": mode,
-                       "provenance": provenance, "rows": rows}, handle, indent=1)
+                       "provenance": provenance, "machine_speed": speed, "rows": rows}, handle, indent=1)
             handle.write("\n")
         print(f"wrote {args.json}")
     return 0

@@ -67,3 +67,16 @@ def test_two_core_summary_names_every_machine_in_order():
     assert sweeps.two_core_summary([fast, slow], "a")["seconds"].startswith("150 / 140 s on machine e")
     with pytest.raises(ValueError, match="no two-core record"):
         sweeps.two_core_summary([], "a")
+
+
+def test_two_core_retime_compares_one_computation_on_one_machine():
+    row = lambda cls, s, pck=50.0: {"method": "a", "class": cls, "seconds": s, "target_seconds": 60.0, "pck@0.1": pck}  # noqa: E731
+    earlier = {"machine": "g", "rows": [row(1, 69.3), row(2, 63.1), row(3, 61.6)]}
+    later = {"machine": "g", "rows": [row(1, 50.0), row(2, 49.9), row(3, 45.3)]}
+    assert sweeps.two_core_retime(earlier, later, "a") == {"earlier": "69 / 63 / 62", "later": "50 / 50 / 45", "ratio": "1.3"}
+    with pytest.raises(ValueError, match="one machine"):
+        sweeps.two_core_retime(earlier, dict(later, machine="f"), "a")
+    with pytest.raises(ValueError, match="PCK differs on class"):
+        sweeps.two_core_retime(earlier, {"machine": "g", "rows": [row(1, 50.0), row(2, 49.9, pck=51.0), row(3, 45.3)]}, "a")
+    with pytest.raises(ValueError, match="classes"):
+        sweeps.two_core_retime(earlier, {"machine": "g", "rows": [row(1, 50.0)]}, "a")

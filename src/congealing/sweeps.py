@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import json
 
-__all__ = ["SWEEP_BACKBONE", "sweep_rows", "format_sweep", "shipped_row", "two_core_times", "two_core_summary"]
+__all__ = ["SWEEP_BACKBONE", "sweep_rows", "format_sweep", "shipped_row", "two_core_times", "two_core_summary", "two_core_retime"]
 
 #: The backbone of the recorded quick-mode sweep's shipped settings (the offline one, Chapter 3).
 SWEEP_BACKBONE = "efficientnet_lite0"
@@ -177,3 +177,36 @@ def two_core_summary(records: list[dict], method: str) -> dict[str, str]:
             "verdict": "; ".join(f"on machine {t['machine']} {t['verdict']}" for t in timed),
             "speedup": f"{sum(ratios) / len(ratios):.1f}",
             **{end: record["machine"] + (f" ({record['cpu']})" if "cpu" in record else "") for end, record in (("first", records[0]), ("last", records[-1]))}}
+
+
+def two_core_retime(earlier: dict, later: dict, method: str) -> dict[str, str]:
+    """One machine timed twice (Chapters 4 and 5, "Quick mode on whole classes"): how much a shared
+    virtual machine's wall time moves between two runs of the same code.
+
+    Args:
+        earlier, later: two JSON records of ``benchmarks/bench_two_cores.py`` from the same machine.
+        method: the method's name, e.g. ``"spacejam"``.
+
+    Returns:
+        ``{"earlier": "69 / 63", "later": "48 / 49", "ratio": "1.4"}``: each record's seconds per class
+        (:func:`two_core_times`) and the mean ratio of the earlier to the later seconds.
+
+    Raises:
+        ValueError: the records name different machines, time other classes, or their PCK differs
+            (then it is not the same computation timed twice).
+
+    >>> row = lambda cls, s: {"method": "m", "class": cls, "seconds": s, "target_seconds": 60.0, "pck@0.1": 50.0}
+    >>> two_core_retime({"machine": "g", "rows": [row(1, 69.0), row(2, 63.0)]}, {"machine": "g", "rows": [row(1, 48.0), row(2, 49.0)]}, "m")
+    {'earlier': '69 / 63', 'later': '48 / 49', 'ratio': '1.4'}
+    """
+    if earlier["machine"] != later["machine"]:
+        raise ValueError(f"records of machines {earlier['machine']!r} and {later['machine']!r}: a retiming compares one machine")
+    rows = [{row["class"]: row for row in record["rows"] if row["method"] == method} for record in (earlier, later)]
+    if list(rows[0]) != list(rows[1]):
+        raise ValueError(f"the records time classes {list(rows[0])} and {list(rows[1])}")
+    changed = [c for c in rows[0] if rows[0][c].get("pck@0.1") != rows[1][c].get("pck@0.1")]
+    if changed:
+        raise ValueError(f"the records' PCK differs on class(es) {changed}: not the same computation timed twice")
+    ratios = [rows[0][c]["seconds"] / rows[1][c]["seconds"] for c in rows[0]]
+    return {"earlier": two_core_times(earlier, method)["seconds"], "later": two_core_times(later, method)["seconds"],
+            "ratio": f"{sum(ratios) / len(ratios):.1f}"}
