@@ -446,6 +446,17 @@ def test_one_flat_photo_among_real_ones_is_aligned(tmp_path, capsys):
     assert "black.png" in json.loads((tmp_path / "out" / "summary.json").read_text())["images"]
 
 
+def test_a_panorama_is_aligned_among_ordinary_photos(tmp_path, capsys, monkeypatch):
+    """A strip 30 times as wide as tall is thinner than one of the co-segmentation's grid cells once
+    squared (its border band was empty: an IndexError traceback)."""
+    monkeypatch.setenv("CONGEAL_BACKBONE", "efficientnet_lite0")
+    photos = _photos(tmp_path / "photos")
+    Image.fromarray(np.random.default_rng(5).integers(0, 256, (20, 600, 3), dtype=np.uint8)).save(photos / "panorama.png")
+    code, err = _run(["align", photos, "--method", "spacejam", "--out", tmp_path / "out", "--size", "64"], capsys)
+    assert code == 0, err
+    assert json.loads((tmp_path / "out" / "summary.json").read_text())["images"] == ["a.jpg", "b.png", "c.jpg", "panorama.png"]
+
+
 def test_non_finite_descriptors_are_never_cached(isolated_cache, monkeypatch):
     monkeypatch.setenv("CONGEAL_BACKBONE", "efficientnet_lite0")
     images = torch.rand(2, 3, 32, 32)

@@ -59,6 +59,21 @@ def test_by_default_a_wall_shared_by_every_photo_is_not_the_object(device):
     assert iou(features.cosegment(descriptors, features.commonness(descriptors), sample=3, border_prior=False)) < 0.5
 
 
+def test_a_photo_thinner_than_a_grid_cell_keeps_a_valid_row(device):
+    """A panorama 30 times as wide as tall, squared by padding, covers no 16 x 16 cell by half: it
+    keeps the cells it touches, and co-segmentation runs (it failed on an empty border band)."""
+    descriptors, _ = (t.to(device) for t in planted_set())
+    valid = torch.ones(6, 1, 480, 480, device=device)
+    valid[0] = 0
+    valid[0, :, 232:248] = 1  # 16 rows of 480 in the middle: half a row of the grid
+    on_grid = features.valid_on_grid(valid, (16, 16))
+    assert on_grid.device == valid.device
+    assert on_grid[0, 0].sum(dim=1).nonzero().flatten().tolist() == [7, 8]  # the two rows it touches, and only them
+    assert torch.equal(on_grid[1:], torch.ones(5, 1, 16, 16, device=device))  # the others: every cell more than half theirs
+    masks = features.cosegment(descriptors, valid=on_grid, sample=3)
+    assert masks.shape == (6, 1, 16, 16) and not masks[0, 0, :7].any() and not masks[0, 0, 9:].any()
+
+
 def test_kmeans_is_seeded(device):
     points = torch.randn(200, 5, generator=torch.Generator().manual_seed(0)).to(device)
     a, inertia_a = features.kmeans(points, 4, seed=3)

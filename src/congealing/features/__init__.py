@@ -23,12 +23,12 @@ from .backbones import (
     efficientnet_lite_state_dict, LITE_STAGE_BLOCKS, load_backbone, extract_descriptors,
 )
 from .pca import pca_project, foreground_locations, minmax_rgb, PCAColours
-from .cosegmentation import commonness, border_contrast, kmeans, cosegment, saliency_masks, border_band
+from .cosegmentation import commonness, border_contrast, kmeans, cosegment, saliency_masks, border_band, valid_on_grid
 from .flips import consensus_flips
 
 __all__ = [
     "WeightsNotAvailableError", "BackboneSpec", "BACKBONES", "AUTO_ORDER", "Backbone", "ViTKeys",
     "EfficientNetStages", "efficientnet_lite_state_dict", "LITE_STAGE_BLOCKS", "load_backbone", "extract_descriptors",
     "pca_project", "foreground_locations", "minmax_rgb", "PCAColours", "commonness", "border_contrast", "kmeans",
-    "cosegment", "saliency_masks", "border_band", "consensus_flips",
+    "cosegment", "saliency_masks", "border_band", "valid_on_grid", "consensus_flips",
 ]

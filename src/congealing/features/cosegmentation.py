@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from .backbones import Backbone, extract_descriptors
 
 __all__ = [
-    "commonness", "border_contrast", "kmeans", "cosegment", "saliency_masks", "border_band",
+    "commonness", "border_contrast", "kmeans", "cosegment", "saliency_masks", "border_band", "valid_on_grid",
 ]
 
 
@@ -98,7 +98,7 @@ def border_contrast(descriptors: torch.Tensor, valid: torch.Tensor | None = None
     """
     N, D, h, w = descriptors.shape
     small = F.interpolate(descriptors.float(), size=(grid, grid), mode="bilinear", align_corners=False) if (h, w) != (grid, grid) else descriptors.float()
-    inside = torch.ones(N, 1, grid, grid, device=small.device) if valid is None else (F.interpolate(valid.float(), size=(grid, grid), mode="area") > 0.5).float().to(small.device)
+    inside = torch.ones(N, 1, grid, grid, device=small.device) if valid is None else valid_on_grid(valid, (grid, grid)).to(small.device)
     band = border_band(inside, width).reshape(N, -1) > 0.5
     rows = _unit_rows(small)  # (N, g*g, D)
     similarity = torch.stack([torch.einsum("nid,bd->nib", rows, rows[m][band[m]]).amax(dim=2) for m in range(N)], dim=1)  # (N, N, g*g)
@@ -308,8 +308,38 @@ def saliency_masks(images: torch.Tensor, backbone: "Backbone", given: torch.Tens
     if given is not None:
         return given.float(), "given (alpha channels or --masks)"
     descriptors = extract_descriptors(images, backbone)
-    small = None if valid is None else (F.interpolate(valid.float(), size=descriptors.shape[-2:], mode="area") > 0.5).float()
+    small = None if valid is None else valid_on_grid(valid, descriptors.shape[-2:])
     return cosegment(descriptors, valid=small).float(), "co-segmentation"
+
+
+def valid_on_grid(valid: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """The photos' own pixels ``valid`` ``(N, 1, H, W)`` on a coarser ``size`` grid, float 0/1 ``(N, 1, h, w)``.
+
+    A cell counts if more than half of it is the photo's own. A photo too thin for that anywhere (a
+    panorama 30 times as wide as tall, squared by padding, on a 16 x 16 grid) keeps every cell it
+    touches instead, so that no photo is left without a valid cell. No chapter calls it;
+    :func:`saliency_masks`, :func:`border_contrast` and SpaceJAM's keys use it.
+
+    Args:
+        valid: ``(N, 1, H, W)``, the photos' own pixels where > 0.5.
+        size: ``(h, w)``, the grid.
+
+    Returns:
+        float ``(N, 1, h, w)`` of 0 and 1.
+
+    Example:
+        >>> strip = torch.zeros(1, 1, 32, 32); strip[:, :, 15:16] = 1.0   # one row of 32
+        >>> valid_on_grid(strip, (4, 4))[0, 0].int()
+        tensor([[0, 0, 0, 0],
+                [1, 1, 1, 1],
+                [0, 0, 0, 0],
+                [0, 0, 0, 0]], dtype=torch.int32)
+    """
+    fraction = F.interpolate(valid.float(), size=tuple(size), mode="area")
+    inside = fraction > 0.5
+    thin = ~inside.flatten(1).any(dim=1)  # (N,): photos with no cell more than half their own
+    inside[thin] = fraction[thin] > 0
+    return inside.float()
 
 
 def border_band(valid: torch.Tensor, width: float = 0.0625) -> torch.Tensor:

@@ -70,7 +70,7 @@ def prepare_keys(
         raise ValueError(f"joint alignment needs at least 2 images, got {images.shape[0]}")
     descriptors = features.extract_descriptors(images, backbone, grid=config.descriptor_grid)
     if masks is None:
-        small = None if valid is None else (F.interpolate(valid.float(), size=descriptors.shape[-2:], mode="area") > 0.5).float()
+        small = None if valid is None else features.valid_on_grid(valid, descriptors.shape[-2:])
         masks = features.cosegment(descriptors, valid=small)
     return keys_from_descriptors(descriptors, masks.float(), config)
 
