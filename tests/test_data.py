@@ -87,6 +87,21 @@ def test_image_folder_mixed_sizes_and_modes(tmp_path):
     assert cropped.images.shape == (4, 3, 32, 32)
 
 
+def test_a_file_transparent_all_over_is_no_mask(tmp_path):
+    rng = np.random.default_rng(1)
+    clear = rng.integers(0, 255, (16, 16, 4), dtype=np.uint8)
+    clear[..., 3] = 100  # no pixel more than half opaque: the alpha marks no object
+    _save(tmp_path / "clear.png", clear)
+    _save(tmp_path / "plain.jpg", rng.integers(0, 255, (16, 16, 3), dtype=np.uint8))
+    with pytest.warns(UserWarning, match="transparent all over.*clear.png"):
+        images = data.load_image_folder(tmp_path, size=16)
+    assert images.masks is None  # no file left with an alpha: the methods co-segment instead
+    assert images.images[0].std() > 0.1  # its colours are still read
+    clear[4:12, 4:12, 3] = 255
+    _save(tmp_path / "clear.png", clear)
+    assert data.load_image_folder(tmp_path, size=16).masks[0, 0, 8, 8] > 0.9  # with an opaque part it is a mask
+
+
 def test_image_folder_bad_input(tmp_path):
     (tmp_path / "broken.jpg").write_bytes(b"definitely not a jpeg")
     _save(tmp_path / "ok.png", np.zeros((8, 8, 3), dtype=np.uint8))
@@ -101,6 +116,10 @@ def test_image_folder_bad_input(tmp_path):
     assert sorted(p.read_bytes() for p in tmp_path.iterdir()) == before  # nothing was touched
     with pytest.raises(data.ImageSetError, match="not a folder"):
         data.load_image_folder(tmp_path / "missing")
+    (tmp_path / "outer" / "shoot").mkdir(parents=True)  # the images one level down: a common slip
+    _save(tmp_path / "outer" / "shoot" / "one.png", np.zeros((8, 8, 3), dtype=np.uint8))
+    with pytest.raises(data.ImageSetError, match=r"holds 0 readable .*subfolders are not searched \(images in: shoot\)"):
+        data.load_image_folder(tmp_path / "outer")
 
 
 def test_download_checks_checksums(tmp_path, monkeypatch, isolated_cache):

@@ -190,7 +190,8 @@ def load_image_folder(
     """Load every image in ``folder`` (sorted by name) as a square set.
 
     Mixed sizes and modes are fine (see :func:`read_image`, :func:`to_square`); an RGBA file's alpha
-    becomes its mask. Hidden files (names starting with ``.``, such as macOS's ``._photo.jpg``
+    becomes its mask, unless it is transparent all over (no pixel more than half opaque: then it marks
+    no object, and the file is read as one without alpha, with a warning). Hidden files (names starting with ``.``, such as macOS's ``._photo.jpg``
     AppleDouble files) are not images and are passed over. Unreadable files, and files whose pixels
     are not finite, raise :class:`ImageSetError` naming each one, unless ``skip_unreadable`` is set,
     in which case they are listed in ``ImageSet.skipped`` and a warning is issued. The files
@@ -229,7 +230,7 @@ def load_image_folder(
     if not folder.is_dir():
         raise ImageSetError(f"{folder} is not a folder")
     paths = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith(".") and p.is_file())
-    arrays, alphas, valid, names, files, bad = [], [], [], [], [], []
+    arrays, alphas, valid, names, files, bad, clear = [], [], [], [], [], [], []
     for path in paths:
         try:
             rgb, alpha = read_image(path)
@@ -239,6 +240,9 @@ def load_image_folder(
         if not (np.isfinite(rgb).all() and (alpha is None or np.isfinite(alpha).all())):
             bad.append(f"{path.name}: its pixels include NaN or infinite values")
             continue
+        if alpha is not None and not (alpha > 0.5).any():  # a file transparent all over marks no object: its alpha is no mask
+            clear.append(path.name)
+            alpha = None
         arrays.append(to_square(rgb, size, method))
         inside = np.ones(rgb.shape[:2] + (1,), dtype=np.float32)
         valid.append(to_square(inside, size, method))
@@ -254,15 +258,33 @@ def load_image_folder(
     if len(arrays) < min_images:
         raise ImageSetError(
             f"{folder} holds {len(arrays)} readable image(s) ({', '.join(IMAGE_SUFFIXES)}); at least {min_images} needed"
+            + _subfolder_hint(folder)
         )
     if max_images is not None and len(arrays) > max_images:
         raise ImageSetError(f"{folder} holds {len(arrays)} images; at most {max_images} are supported here")
+    if clear:
+        warnings.warn(f"{len(clear)} image(s) are transparent all over (no pixel more than half opaque), so their alpha channel "
+                      f"is not used as an object mask: {', '.join(clear)}")
     valid_tensor = to_tensor(valid)
     masks = None
     if any(alpha is not None for alpha in alphas):  # a file without alpha counts as all object
         masks = to_tensor([a if a is not None else v for a, v in zip(alphas, valid)])
     fingerprint = {"files": files, "size": size, "method": method}
     return ImageSet(to_tensor(arrays), names, masks, valid_tensor, bad, fingerprint)
+
+
+def _subfolder_hint(folder: Path) -> str:
+    """Where a folder's images are one level down (a common slip), say so: subfolders are not searched."""
+    def holds_images(sub: Path) -> bool:
+        try:
+            return sub.is_dir() and not sub.name.startswith(".") and any(p.suffix.lower() in IMAGE_SUFFIXES for p in sub.iterdir())
+        except OSError:  # a subfolder that cannot be listed is no hint
+            return False
+
+    holding = [sub.name for sub in sorted(folder.iterdir()) if holds_images(sub)]
+    if not holding:
+        return ""
+    return f"; subfolders are not searched (images in: {', '.join(holding[:3])}{', ...' if len(holding) > 3 else ''}): name that folder instead"
 
 
 def load_masks(folder: str | os.PathLike, image_set: ImageSet, method: str = "pad") -> torch.Tensor:
