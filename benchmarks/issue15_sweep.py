@@ -49,7 +49,7 @@ def run_spacejam(cub, backbone, overrides, seed):
         given = features.cosegment(descriptors, vote_fraction=float(MASKS.split(":")[1]))
     alignment = spacejam.fit(cub.images, config, masks=given, backbone=backbone, device="cpu")
     wall, cpu = time.perf_counter() - tic, time.process_time() - cpu
-    return alignment.transfer(), wall, cpu, config.descriptor_grid
+    return alignment.transfer(), wall, cpu, config.descriptor_grid, alignment.history[-1]["loss"]
 
 
 def run_neural(cub, backbone, overrides, seed):
@@ -60,7 +60,7 @@ def run_neural(cub, backbone, overrides, seed):
     tic, cpu = time.perf_counter(), time.process_time()
     alignment = neural.fit(cub.images, config, masks=data.cub_box_masks(cub), backbone=backbone, device="cpu")
     wall, cpu = time.perf_counter() - tic, time.process_time() - cpu
-    return alignment.transfer(), wall, cpu, 64
+    return alignment.transfer(), wall, cpu, 64, alignment.history[-1]["total"]
 
 
 def main(argv=None) -> int:
@@ -99,13 +99,13 @@ def main(argv=None) -> int:
     for c in [int(c) for c in args.classes.split(",")]:
         cub = data.load_cub_class(c)
         for seed in [int(s) for s in args.seeds.split(",")]:
-            transfer, wall, cpu, grid = runner(cub, backbone, overrides, seed)
+            transfer, wall, cpu, grid, final_loss = runner(cub, backbone, overrides, seed)
             ours = box_pck(transfer, cub)
             key = (c, grid)
             if key not in _NN:
                 _NN[key] = box_pck(descriptor_transfer(features.extract_descriptors(cub.images, backbone, grid=grid), cub.images.shape[-1]), cub)
             row = dict(method=args.method, tag=args.tag, masks=args.masks, channels=args.channels, overrides=overrides, backbone=args.backbone, cls=c, seed=seed, pck=ours, nn=_NN[key],
-                       wall=round(wall, 1), cpu=round(cpu, 1), rss_mb=round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024))
+                       final_loss=round(float(final_loss), 5), wall=round(wall, 1), cpu=round(cpu, 1), rss_mb=round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024))
             if args.machine:
                 row["machine"] = args.machine
             rows.append(row)
