@@ -80,3 +80,17 @@ def test_two_core_retime_compares_one_computation_on_one_machine():
         sweeps.two_core_retime(earlier, {"machine": "g", "rows": [row(1, 50.0), row(2, 49.9, pck=51.0), row(3, 45.3)]}, "a")
     with pytest.raises(ValueError, match="classes"):
         sweeps.two_core_retime(earlier, {"machine": "g", "rows": [row(1, 50.0)]}, "a")
+
+
+def test_lowest_loss_seeds_keeps_the_lowest_loss_and_ranks_it_against_pck():
+    run = lambda cls, seed, loss, pck: {"method": "a", "cls": cls, "seed": seed, "final_loss": loss, "pck": pck}  # noqa: E731
+    runs = [run(1, 0, 0.2, 50.0), run(1, 1, 0.1, 60.0), run(1, 2, 0.3, 40.0),  # the loss ranks the alignments rightly
+            run(2, 0, 0.2, 50.0), run(2, 1, 0.1, 40.0), run(2, 2, 0.3, 60.0),  # ... and wrongly
+            {"method": "b", "cls": 1, "seed": 0, "pck": 1.0}]
+    picked = sweeps.lowest_loss_seeds({"runs": runs}, "a")
+    assert picked[1] == {"kept": 60.0, "mean": 50.0, "best": 60.0, "best_loss_rank": 1, "seeds": 3, "spearman": -1.0}
+    assert picked[2]["kept"] == 40.0 and picked[2]["best_loss_rank"] == 3 and picked[2]["spearman"] == 1.0  # it prefers the worst
+    with pytest.raises(ValueError, match="at least 2"):
+        sweeps.lowest_loss_seeds({"runs": runs[:1]}, "a")
+    with pytest.raises(ValueError, match="no final_loss"):
+        sweeps.lowest_loss_seeds({"runs": runs}, "b")

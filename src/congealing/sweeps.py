@@ -6,14 +6,17 @@ them. :func:`sweep_rows` groups the runs by setting and averages the seeds, :fun
 prints them as a table and :func:`shipped_row` finds the setting the library ships.
 :func:`two_core_times` reads one ``benchmarks/records/issue15_two_cores_*.json``, the wall time of
 ``congeal eval`` per class on both cores of a 2-core machine (``benchmarks/bench_two_cores.py``), and
-:func:`two_core_summary` puts the machines' records side by side. The PCK in each
+:func:`two_core_summary` puts the machines' records side by side. :func:`lowest_loss_seeds` asks of
+a record with each run's final loss whether keeping the seed whose loss ends lowest picks the better
+alignment. The PCK in each
 run is :func:`congealing.evaluation.evaluate_transfer`'s (box threshold, mean over ordered pairs).
 """
 from __future__ import annotations
 
 import json
 
-__all__ = ["SWEEP_BACKBONE", "sweep_rows", "format_sweep", "shipped_row", "two_core_times", "two_core_summary", "two_core_retime"]
+__all__ = ["SWEEP_BACKBONE", "sweep_rows", "format_sweep", "shipped_row", "two_core_times", "two_core_summary", "two_core_retime",
+           "lowest_loss_seeds"]
 
 #: The backbone of the recorded quick-mode sweep's shipped settings (the offline one, Chapter 3).
 SWEEP_BACKBONE = "efficientnet_lite0"
@@ -210,3 +213,54 @@ def two_core_retime(earlier: dict, later: dict, method: str) -> dict[str, str]:
     ratios = [rows[0][c]["seconds"] / rows[1][c]["seconds"] for c in rows[0]]
     return {"earlier": two_core_times(earlier, method)["seconds"], "later": two_core_times(later, method)["seconds"],
             "ratio": f"{sum(ratios) / len(ratios):.1f}"}
+
+
+def lowest_loss_seeds(record: dict, method: str) -> dict[int, dict]:
+    """Per class, the seed a "train several, keep the lowest final loss" rule would keep, against all
+    the seeds (Chapter 5, "What the loss prefers").
+
+    Args:
+        record: ``{"runs": [...]}`` as :func:`sweep_rows` reads them, each run with its ``final_loss``
+            (``benchmarks/issue15_sweep.py`` records it).
+        method: the method whose runs to read.
+
+    Returns:
+        ``{class: {"kept": PCK of the seed with the lowest final loss, "mean": mean PCK over the seeds,
+        "best": the highest PCK, "best_loss_rank": where the best seed's loss ranks (1 = lowest),
+        "seeds": how many, "spearman": Spearman's rank correlation of final loss and PCK}}`` (ties
+        ranked in seed order; a positive correlation means the loss prefers worse alignments).
+
+    Raises:
+        ValueError: a class has fewer than 2 runs of ``method``, or a run has no ``final_loss``.
+
+    >>> run = lambda seed, loss, pck: {"method": "m", "cls": 1, "seed": seed, "final_loss": loss, "pck": pck}
+    >>> lowest_loss_seeds({"runs": [run(0, 0.30, 40.0), run(1, 0.28, 35.0), run(2, 0.31, 45.0)]}, "m")[1]
+    {'kept': 35.0, 'mean': 40.0, 'best': 45.0, 'best_loss_rank': 3, 'seeds': 3, 'spearman': 1.0}
+    """
+    classes: dict[int, list[dict]] = {}
+    for run in record["runs"]:
+        if run["method"] == method:
+            if "final_loss" not in run:
+                raise ValueError(f"run {run.get('tag', '')} class {run['cls']} seed {run['seed']} has no final_loss")
+            classes.setdefault(run["cls"], []).append(run)
+    out = {}
+    for cls, runs in sorted(classes.items()):
+        if len(runs) < 2:
+            raise ValueError(f"class {cls} has {len(runs)} run(s) of {method}: a choice between seeds needs at least 2")
+        runs = sorted(runs, key=lambda r: r["seed"])
+        loss_rank, pck_rank = (_ranks([r[key] for r in runs]) for key in ("final_loss", "pck"))
+        n = len(runs)
+        best = max(range(n), key=lambda i: runs[i]["pck"])
+        out[cls] = {"kept": min(runs, key=lambda r: r["final_loss"])["pck"], "mean": round(sum(r["pck"] for r in runs) / n, 2),
+                    "best": runs[best]["pck"], "best_loss_rank": loss_rank[best] + 1, "seeds": n,
+                    "spearman": round(1 - 6 * sum((a - b) ** 2 for a, b in zip(loss_rank, pck_rank)) / (n * (n * n - 1)), 2)}
+    return out
+
+
+def _ranks(values: list[float]) -> list[int]:
+    """0-based ranks of ``values`` (ties in their order)."""
+    order = sorted(range(len(values)), key=lambda i: values[i])
+    ranks = [0] * len(values)
+    for rank, i in enumerate(order):
+        ranks[i] = rank
+    return ranks
