@@ -531,6 +531,13 @@ def test_masks_folder_is_read_per_photo_and_checked(tmp_path, capsys):
     image_set = data.load_image_folder(photos, size=64)
     loaded = data.load_masks(masks, image_set)
     assert loaded.shape == (2, 1, 64, 64) and float(loaded[0, 0, 8 + 20, 30]) == 1.0 and float(loaded[0, 0, 8 + 5, 5]) == 0.0
+    Image.fromarray(np.zeros((48, 64), dtype=np.uint8)).save(masks / "b.png")  # a mask that marks nothing ...
+    with pytest.warns(UserWarning, match="mark no object.*b.png"):
+        assert not data.load_masks(masks, image_set)[1].any()
+    Image.fromarray(np.zeros((48, 64), dtype=np.uint8)).save(masks / "a.png")  # ... and none that marks anything
+    with pytest.raises(data.ImageSetError, match="no mask .* marks an object"):
+        data.load_masks(masks, image_set)
+    _one_line_error(*_run(["align", photos, "--method", "spacejam", "--out", tmp_path / "o", "--masks", masks], capsys), "marks an object", "white")
     Image.fromarray(np.zeros((64, 48), dtype=np.uint8)).save(masks / "b.png")  # portrait mask for a landscape photo
     (masks / "a.png").unlink()
     with pytest.raises(data.ImageSetError, match=r"a.jpg: no mask.*b.png: its shape"):

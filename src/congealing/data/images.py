@@ -305,7 +305,8 @@ def load_masks(folder: str | os.PathLike, image_set: ImageSet, method: str = "pa
 
     Raises:
         ImageSetError: ``folder`` is not a folder; or, naming each, photos without a mask, unreadable
-            masks, and masks whose shape differs from their photo's.
+            masks, and masks whose shape differs from their photo's; or no mask marks an object (an
+            empty mask among others is allowed, with a warning).
     """
     folder = Path(folder)
     if not folder.is_dir():
@@ -337,4 +338,11 @@ def load_masks(folder: str | os.PathLike, image_set: ImageSet, method: str = "pa
         masks.append((to_square(values[..., None].astype(np.float32), size, method) > 0.5).astype(np.float32))
     if problems:
         raise ImageSetError(f"{len(problems)} problem(s) with the masks in {folder}: " + "; ".join(problems))
+    empty = [name for name, mask in zip(image_set.names, masks) if not mask.any()]
+    if len(empty) == len(masks):
+        raise ImageSetError(f"no mask in {folder} marks an object (none has a pixel more than half white or opaque): "
+                            "white (or opaque) marks the object, black the background")
+    if empty:
+        warnings.warn(f"the masks of {len(empty)} photo(s) mark no object, so the methods use the whole photo for them: "
+                      + ", ".join(empty[:5]) + (" ..." if len(empty) > 5 else ""))
     return to_tensor(masks)
