@@ -404,12 +404,12 @@ def test_every_unreadable_file_is_named_and_can_be_skipped(tmp_path, capsys, mon
 
 
 def _read_small_ok(read_image):
-    def read(path):
+    def read(path, **options):
         if Path(path).name != "huge.png":
             with pytest.MonkeyPatch.context() as patch:
                 patch.setattr(Image, "MAX_IMAGE_PIXELS", None)
-                return read_image(path)
-        return read_image(path)
+                return read_image(path, **options)
+        return read_image(path, **options)
 
     return read
 

@@ -141,3 +141,17 @@ def test_download_checks_checksums(tmp_path, monkeypatch, isolated_cache):
     with pytest.raises(data.DatasetNotFoundError, match="checksum mismatch"):
         data.find_dataset("bad")
     assert not (isolated_cache / "data" / "bad" / "labels.gz").exists()  # the corrupt file was removed
+
+
+@pytest.mark.parametrize("method", ["pad", "crop"])
+def test_a_photo_many_times_the_size_is_shrunk_as_it_is_read(tmp_path, method):
+    """A box-filter reduction before the Lanczos resize: nearly the same square, from far fewer floats."""
+    y, x = np.mgrid[0:1200, 0:1800]
+    smooth = np.stack([np.sin(x / 90.0), np.cos(y / 70.0), np.sin((x + y) / 120.0)], -1) * 100 + 128
+    _save(tmp_path / "big.png", smooth.astype(np.uint8))
+    rgb, _ = data.read_image(tmp_path / "big.png", fit=64)
+    assert rgb.shape == (134, 200, 3)  # 1200 // 128 = 9, sides rounded up: the shorter stays at least 2 x 64
+    assert data.read_image(tmp_path / "big.png", fit=400)[0].shape == (1200, 1800, 3)  # not four times larger: read whole
+    full = data.to_square(data.read_image(tmp_path / "big.png")[0], 64, method)
+    loaded = data.load_image_folder(tmp_path, size=64, method=method).images[0].permute(1, 2, 0).numpy()
+    assert np.abs(loaded - full).mean() < 0.01 and np.abs(loaded - full).max() < 0.05  # at most a fraction of a box apart

@@ -39,16 +39,21 @@ class ImageSetError(InputError):
     """
 
 
-def read_image(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray | None]:
+def read_image(path: str | os.PathLike, fit: int | None = None) -> tuple[np.ndarray, np.ndarray | None]:
     """Read any common image as float RGB ``(H, W, 3)`` in ``[0, 1]`` plus its alpha ``(H, W)`` or None.
 
     Greyscale, palette, 16-bit and RGBA files are all accepted; 16-bit images keep their full range,
     and float (``F``) images are min-max scaled. EXIF orientation is applied, so phone photos come
-    out as the camera was held. Used in Chapter 7, "Align your own photos", section "Exercises", and
-    by :func:`load_image_folder` and :func:`load_masks`.
+    out as the camera was held. With ``fit``, an 8-bit photo whose shorter side is at least four times
+    ``fit`` is first shrunk by an integer factor (a box filter, keeping that side at least ``2 * fit``,
+    so padding or cropping it to a ``fit`` square still only shrinks it), and a 48-megapixel photo
+    meant for a 256-pixel square never becomes gigabytes of floats. Used
+    in Chapter 7, "Align your own photos", section "Exercises", and by :func:`load_image_folder` and
+    :func:`load_masks`.
 
     Args:
         path: the image file.
+        fit: the side the caller will resize the image to, or None to read it at full size.
 
     Returns:
         ``(rgb, alpha)``: ``rgb`` float32 ``(H, W, 3)`` in ``[0, 1]``; ``alpha`` float32 ``(H, W)``
@@ -70,6 +75,9 @@ def read_image(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray | None]:
     with Image.open(path) as opened:
         opened.load()
         img = ImageOps.exif_transpose(opened)  # phone photos: store the pixels as the camera held them
+        factor = min(img.size) // (2 * fit) if fit else 0
+        if factor >= 2 and img.mode in ("L", "LA", "RGB", "RGBA"):  # the modes PIL's reduce takes; others are rare and read whole
+            img = img.reduce(factor)
         if img.mode in ("I;16", "I;16B", "I;16L", "I"):
             data = np.asarray(img, dtype=np.float64)
             peak = 65535.0 if data.max() > 255 else 255.0
@@ -189,7 +197,8 @@ def load_image_folder(
 ) -> ImageSet:
     """Load every image in ``folder`` (sorted by name) as a square set.
 
-    Mixed sizes and modes are fine (see :func:`read_image`, :func:`to_square`); an RGBA file's alpha
+    Mixed sizes and modes are fine (see :func:`read_image`, :func:`to_square`; a photo many times larger
+    than ``size`` is shrunk as it is read, ``read_image(..., fit=size)``); an RGBA file's alpha
     becomes its mask, unless it is transparent all over (no pixel more than half opaque: then it marks
     no object, and the file is read as one without alpha, with a warning). Hidden files (names starting with ``.``, such as macOS's ``._photo.jpg``
     AppleDouble files) are not images and are passed over. Unreadable files, and files whose pixels
@@ -233,7 +242,7 @@ def load_image_folder(
     arrays, alphas, valid, names, files, bad, clear = [], [], [], [], [], [], []
     for path in paths:
         try:
-            rgb, alpha = read_image(path)
+            rgb, alpha = read_image(path, fit=size)
         except (UnidentifiedImageError, OSError, ValueError, SyntaxError, Image.DecompressionBombError) as error:
             bad.append(f"{path.name}: {type(error).__name__}: {error}")
             continue
