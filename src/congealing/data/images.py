@@ -46,10 +46,9 @@ def read_image(path: str | os.PathLike, fit: int | None = None) -> tuple[np.ndar
     and float (``F``) images are min-max scaled. EXIF orientation is applied, so phone photos come
     out as the camera was held. With ``fit``, an 8-bit photo whose shorter side is at least four times
     ``fit`` is first shrunk by an integer factor (a box filter, keeping that side at least ``2 * fit``,
-    so padding or cropping it to a ``fit`` square still only shrinks it), and a 48-megapixel photo
-    meant for a 256-pixel square never becomes gigabytes of floats. Used
-    in Chapter 7, "Align your own photos", section "Exercises", and by :func:`load_image_folder` and
-    :func:`load_masks`.
+    so padding or cropping it to a ``fit`` square still only shrinks it): a 48-megapixel photo meant
+    for a 256-pixel square never becomes gigabytes of floats. Used in Chapter 7, "Align your own
+    photos", section "Exercises", and by :func:`load_image_folder` and :func:`load_masks`.
 
     Args:
         path: the image file.
@@ -200,8 +199,9 @@ def load_image_folder(
     Mixed sizes and modes are fine (see :func:`read_image`, :func:`to_square`; a photo many times larger
     than ``size`` is shrunk as it is read, ``read_image(..., fit=size)``); an RGBA file's alpha
     becomes its mask, unless it is transparent all over (no pixel more than half opaque: then it marks
-    no object, and the file is read as one without alpha, with a warning). Hidden files (names starting with ``.``, such as macOS's ``._photo.jpg``
-    AppleDouble files) are not images and are passed over. Unreadable files, and files whose pixels
+    no object, and the file is read as one without alpha, with a warning). Hidden files (names
+    starting with ``.``, such as macOS's ``._photo.jpg`` AppleDouble files) are not images and are
+    passed over. Unreadable files, and files whose pixels
     are not finite, raise :class:`ImageSetError` naming each one, unless ``skip_unreadable`` is set,
     in which case they are listed in ``ImageSet.skipped`` and a warning is issued. The files
     themselves are never modified. ``ImageSet.fingerprint`` identifies the set (names, sizes and
