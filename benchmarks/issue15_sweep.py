@@ -73,6 +73,7 @@ def main(argv=None) -> int:
     parser.add_argument("--tag", default="")
     parser.add_argument("--channels", default="", help="START:STOP, a slice of the descriptor channels (EfficientNet-Lite0: 0:40 stage 3, 40:152 stage 5, 152:472 stage 7)")
     parser.add_argument("--masks", default="cosegment", help="cosegment (the method), cosegment:F (its vote_fraction F instead of 0.75), box (diagnostic: ground truth), ones")
+    parser.add_argument("--input-size", type=int, default=0, help="the side images are resized to before the backbone (default: the backbone's own, 256 for EfficientNet-Lite); method and NN alike")
     parser.add_argument("--machine", default="", help="a label for runs timed on another machine than the record's first")
     parser.add_argument("--jsonl", default="/tmp/i15/runs.jsonl")
     args = parser.parse_args(argv)
@@ -94,6 +95,8 @@ def main(argv=None) -> int:
 
         features.extract_descriptors = sliced
     backbone = features.load_backbone(args.backbone)
+    if args.input_size:  # experiment: another input resolution (the descriptor cache keys on it)
+        backbone.spec = replace(backbone.spec, input_size=args.input_size)
     runner = run_spacejam if args.method == "spacejam" else run_neural
     rows = []
     for c in [int(c) for c in args.classes.split(",")]:
@@ -108,6 +111,8 @@ def main(argv=None) -> int:
                        final_loss=round(float(final_loss), 5), wall=round(wall, 1), cpu=round(cpu, 1), rss_mb=round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024))
             if args.machine:
                 row["machine"] = args.machine
+            if args.input_size:
+                row["input_size"] = args.input_size
             rows.append(row)
             print(json.dumps(row), flush=True)
             with open(args.jsonl, "a") as handle:

@@ -22,6 +22,8 @@ def test_sweep_rows_average_seeds_and_find_the_shipped_config():
         dict(run({"epochs": 90}, 1, 0, 11.0), machine="b"),
         # another backbone, same settings as the shipped row: its own row, never the shipped one
         *[dict(run({"epochs": 60, "pools": [26, 8]}, c, 0, 90.0), backbone="efficientnet_lite1") for c in (1, 2, 3)],
+        # the backbone at another input side: its own row, never the shipped one
+        *[dict(run({"epochs": 60, "pools": [26, 8]}, c, s, 80.0), input_size=384) for c in (1, 2, 3) for s in (0, 1, 2)],
     ]}
     rows = sweeps.sweep_rows(record, "m")
     shipped = sweeps.shipped_row(rows, Config())
@@ -30,8 +32,10 @@ def test_sweep_rows_average_seeds_and_find_the_shipped_config():
     table = sweeps.format_sweep(rows)
     assert "epochs=60 [2 seeds]" in table and "35.0" in table  # seeds 0 and 1 of class 1 averaged
     assert [row["mean"] for row in rows][:2] == [None, pytest.approx((35.0 + 50.0 + 60.0) / 3)]  # class 1 alone has no mean
-    assert rows[-1]["backbone"] == "efficientnet_lite1" and rows[-1]["mean"] == pytest.approx(90.0)
+    assert rows[-2]["backbone"] == "efficientnet_lite1" and rows[-2]["mean"] == pytest.approx(90.0)
     assert "pools=[26, 8] [backbone: efficientnet_lite1]" in table
+    resized, = (row for row in rows if row["input_size"] == 384)
+    assert resized["mean"] == pytest.approx(80.0) and resized["seeds"] == 3 and "pools=[26, 8] [3 seeds] [input: 384 px]" in table
     assert [row["pck"] for row in rows if row["overrides"] == {"epochs": 90}] == [{1: [99.0]}, {1: [11.0]}]
     assert "epochs=90 [machine: b]" in table
     held_out = sweeps.sweep_rows({"runs": [run({}, 1, 0, 1.0), run({}, 2, 0, 1.0), run({}, 3, 0, 1.0), dict(run({}, 5, 0, 1.0), cpu=100.0)]}, "m")

@@ -28,13 +28,15 @@ def sweep_rows(record: dict, method: str) -> list[dict]:
 
     Args:
         record: ``{"runs": [{"method", "tag", "overrides", "cls", "seed", "pck", "nn", "cpu", "masks"?,
-            "backbone"?, "machine"?}]}`` as ``benchmarks/issue15_sweep.py`` writes them (a run without ``masks``
-            used the co-segmentation, one without ``backbone`` EfficientNet-Lite0; ``machine`` labels
-            runs timed on another machine than the record's first, whose CPU seconds are not comparable).
+            "backbone"?, "machine"?, "input_size"?}]}`` as ``benchmarks/issue15_sweep.py`` writes them (a run
+            without ``masks`` used the co-segmentation, one without ``backbone`` EfficientNet-Lite0, one
+            without ``input_size`` the backbone's own input side; ``machine`` labels runs timed on another
+            machine than the record's first, whose CPU seconds are not comparable).
         method: the method whose runs to read.
 
     Returns:
-        one row per setting (overrides, masks, backbone and machine): ``overrides``, ``masks``, ``backbone``, ``machine``, ``pck`` (class -> list over seeds), ``nn``
+        one row per setting (overrides, masks, backbone, input side and machine): ``overrides``, ``masks``, ``backbone``, ``machine``,
+        ``input_size`` (None: the backbone's own), ``pck`` (class -> list over seeds), ``nn``
         (class -> nearest neighbours' PCK), ``cpu`` (class -> CPU seconds of each run), ``mean`` and ``nn_mean``
         (over classes 1-3, or None if one is missing), ``cpu_mean`` (seconds per run on classes 1-3, or on
         every class if none of them ran) and ``seeds``.
@@ -51,9 +53,10 @@ def sweep_rows(record: dict, method: str) -> list[dict]:
         if run["method"] != method:
             continue
         masks, backbone, machine = run.get("masks", "cosegment"), run.get("backbone", SWEEP_BACKBONE), run.get("machine", "")
-        key = json.dumps([run["overrides"], masks, backbone, machine], sort_keys=True)
+        input_size = run.get("input_size")
+        key = json.dumps([run["overrides"], masks, backbone, machine, input_size], sort_keys=True)
         row = rows.setdefault(key, {"tag": run["tag"], "overrides": run["overrides"], "masks": masks, "backbone": backbone, "machine": machine,
-                                    "pck": {}, "nn": {}, "cpu": {}})
+                                    "input_size": input_size, "pck": {}, "nn": {}, "cpu": {}})
         row["pck"].setdefault(run["cls"], []).append(run["pck"])
         row["nn"][run["cls"]] = run["nn"]
         row["cpu"].setdefault(run["cls"], []).append(run["cpu"])
@@ -92,6 +95,7 @@ def format_sweep(rows: list[dict]) -> str:
         label = (", ".join(f"{k}={v}" for k, v in row["overrides"].items()) or "none (the earlier quick config)") + (f" [{row['seeds']} seeds]" if row["seeds"] > 1 else "")
         label += "" if row["masks"] == "cosegment" else f" [masks: {row['masks']}]"
         label += "" if row.get("backbone", SWEEP_BACKBONE) == SWEEP_BACKBONE else f" [backbone: {row['backbone']}]"
+        label += f" [input: {row['input_size']} px]" if row.get("input_size") else ""
         label += f" [machine: {row['machine']}]" if row.get("machine") else ""
         means = f"{row['mean']:10.1f}{row['nn_mean']:8.1f}" if row["mean"] is not None else f"{'-':>10}{'-':>8}"
         lines += [label, f"{'':<4}{cells}{means}{row['cpu_mean']:7.0f}"]
@@ -100,8 +104,8 @@ def format_sweep(rows: list[dict]) -> str:
 
 def shipped_row(rows: list[dict], shipped) -> dict:
     """The row of :func:`sweep_rows` that is the ``shipped`` config: the one with the most overrides
-    that ``shipped`` all has, with co-segmented masks and the offline backbone (:data:`SWEEP_BACKBONE`) (Chapters 4 and 5, "Quick mode on whole
-    classes"); of rows alike but for the machine, the one with the most seeds, then the first recorded.
+    that ``shipped`` all has, with co-segmented masks and the offline backbone (:data:`SWEEP_BACKBONE`) at its own input side (Chapters 4
+    and 5, "Quick mode on whole classes"); of rows alike but for the machine, the one with the most seeds, then the first recorded.
 
     Args:
         rows: :func:`sweep_rows`' rows.
@@ -113,7 +117,8 @@ def shipped_row(rows: list[dict], shipped) -> dict:
     Raises:
         ValueError: no recorded setting is the shipped config.
     """
-    matches = [row for row in rows if row["masks"] == "cosegment" and row.get("backbone", SWEEP_BACKBONE) == SWEEP_BACKBONE and row["overrides"]
+    matches = [row for row in rows if row["masks"] == "cosegment" and row.get("backbone", SWEEP_BACKBONE) == SWEEP_BACKBONE
+               and row.get("input_size") is None and row["overrides"]
                and all(getattr(shipped, k) == (tuple(v) if isinstance(v, list) else v) for k, v in row["overrides"].items())]
     if not matches:
         raise ValueError("no recorded setting is the shipped config; rerun the sweep")
