@@ -98,3 +98,14 @@ def test_lowest_loss_seeds_keeps_the_lowest_loss_and_ranks_it_against_pck():
         sweeps.lowest_loss_seeds({"runs": runs[:1]}, "a")
     with pytest.raises(ValueError, match="no final_loss"):
         sweeps.lowest_loss_seeds({"runs": runs}, "b")
+
+
+def test_by_input_size_keys_rows_by_side_and_refuses_two_at_one_side():
+    run = lambda overrides, side, pck: {"method": "m", "tag": "t", "overrides": overrides, "cls": 1, "seed": 0, "pck": pck,  # noqa: E731
+                                        "nn": 50.0, "cpu": 1.0, **({"input_size": side} if side else {})}
+    rows = sweeps.sweep_rows({"runs": [run({}, None, 40.0), run({}, 384, 55.0), run({"loss_size": 32}, 384, 45.0)]}, "m")
+    with pytest.raises(ValueError, match="two settings at input side 384"):
+        sweeps.by_input_size(rows, own=256)
+    sides = sweeps.by_input_size([row for row in rows if row["overrides"] == {}], own=256)
+    assert {side: row["pck"][1] for side, row in sides.items()} == {256: [40.0], 384: [55.0]}
+    assert sweeps.margin(sides[384], (1,)) == pytest.approx(5.0) and sweeps.margin(sides[256], (1,)) == pytest.approx(-10.0)

@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 
 __all__ = ["SWEEP_BACKBONE", "sweep_rows", "format_sweep", "shipped_row", "two_core_times", "two_core_summary", "two_core_retime",
-           "lowest_loss_seeds"]
+           "lowest_loss_seeds", "by_input_size", "margin"]
 
 #: The backbone of the recorded quick-mode sweep's shipped settings (the offline one, Chapter 3).
 SWEEP_BACKBONE = "efficientnet_lite0"
@@ -73,6 +73,46 @@ def sweep_rows(record: dict, method: str) -> list[dict]:
 
 def _seed_mean(row: dict, cls: int) -> float:
     return sum(row["pck"][cls]) / len(row["pck"][cls])
+
+
+def by_input_size(rows: list[dict], own: int) -> dict[int, dict]:
+    """:func:`sweep_rows`' rows by the backbone's input side (Chapters 4 and 5, "Quick mode on whole classes").
+
+    Args:
+        rows: :func:`sweep_rows`' rows of one setting measured at several input sides.
+        own: the backbone's own input side, that of the rows without ``input_size``.
+
+    Returns:
+        side -> row.
+
+    Raises:
+        ValueError: two rows have the same side (they differ in another setting: filter them first).
+
+    Example:
+        >>> run = lambda side, pck: {"method": "m", "tag": "t", "overrides": {}, "cls": 1, "seed": 0, "pck": pck,  # noqa: E731
+        ...                          "nn": 50.0, "cpu": 1.0, **({"input_size": side} if side else {})}
+        >>> sides = by_input_size(sweep_rows({"runs": [run(None, 40.0), run(384, 55.0)]}, "m"), own=256)
+        >>> sorted(sides), sides[384]["pck"]
+        ([256, 384], {1: [55.0]})
+    """
+    sides: dict[int, dict] = {}
+    for row in rows:
+        side = row["input_size"] or own
+        if side in sides:
+            raise ValueError(f"two settings at input side {side}: {sides[side]['overrides']} and {row['overrides']}")
+        sides[side] = row
+    return sides
+
+
+def margin(row: dict, classes) -> float:
+    """How far a :func:`sweep_rows` row is above nearest neighbours, in PCK points: the mean over ``classes``
+    of its seed mean minus the baseline (negative: below it) (Chapters 4 and 5, "Quick mode on whole classes").
+
+    Example:
+        >>> margin({"pck": {1: [40.0, 50.0], 2: [60.0]}, "nn": {1: 50.0, 2: 50.0}}, (1, 2))
+        2.5
+    """
+    return sum(_seed_mean(row, c) - row["nn"][c] for c in classes) / len(classes)
 
 
 def format_sweep(rows: list[dict]) -> str:
