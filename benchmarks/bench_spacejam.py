@@ -42,7 +42,8 @@ def run(class_id: int, mode: str, device: str | None, seed: int) -> dict:
     device = runtime.get_device(device)
     backbone = features.load_backbone("efficientnet_lite0" if os.environ.get("CONGEAL_BACKBONE") is None else None, device=device)
     config = spacejam.SpaceJAMConfig.for_mode(mode, seed=seed)
-    descriptors = features.extract_descriptors(cub.images, backbone, grid=config.descriptor_grid)  # cached (excluded)
+    # the descriptors SpaceJAM reads, at its config's input side: cached (excluded), and the baseline's too
+    descriptors = features.extract_descriptors(cub.images, backbone, grid=config.descriptor_grid, input_size=config.input_size or None)
     tic, cpu_tic = time.perf_counter(), time.process_time()
     keys, masks = spacejam.prepare_keys(cub.images, backbone, config)
     result = spacejam.train(keys, masks, config, device=device)

@@ -5,10 +5,11 @@
 Issue 15 sets its time targets for quick mode on 2 CPU cores with the descriptors cached: SpaceJAM at
 most 60 s and Neural Congealing at most 5 minutes per 30-image class, training included. This script
 first fills the descriptor cache for every class (the backbone's grids that the methods and the
-co-segmentation read), then runs ``congeal eval --dataset cub --method M --classes C`` once per method
-in a fresh process with ``--threads`` torch threads (``runtime.run_recorded``), and prints each
-class's wall seconds (the record's ``seconds``: fit and scoring) against its target, the process's
-peak memory, and PCK@0.1 next to nearest neighbours'. Run it on an otherwise idle machine: wall time
+co-segmentation read, at the input side each reads them), then runs ``congeal eval --dataset cub
+--method M --classes C`` once per method in a fresh process with ``--threads`` torch threads
+(``runtime.run_recorded``), and prints each class's wall seconds (the record's ``seconds``: fit and
+scoring) against its target, the process's peak memory, and PCK@0.1 next to nearest neighbours' on
+the descriptors the method reads (SpaceJAM's at its config's ``input_size``). Run it on an otherwise idle machine: wall time
 is what it measures. The sweep (`issue15_sweep.py`) times one thread in CPU seconds instead, so that
 runs sharing a machine can be compared.
 
@@ -43,11 +44,17 @@ TARGET_SECONDS = {"spacejam": 60.0, "neural": 300.0}  # quick mode, a 30-image c
 def fill_descriptor_cache(classes: list[int], backbone_name: str, mode: str) -> None:
     """Extract (or find cached) every descriptor grid the timed runs read, so that no run pays for it."""
     backbone = features.load_backbone(backbone_name)
-    grids = {64, neural.NeuralCongealingConfig.for_mode(mode).atlas_size, spacejam.SpaceJAMConfig.for_mode(mode).descriptor_grid}
+    sj = spacejam.SpaceJAMConfig.for_mode(mode)
+    grids = {(64, None), (neural.NeuralCongealingConfig.for_mode(mode).atlas_size, None), (sj.descriptor_grid, sj.input_size or None)}
     for class_id in classes:
         cub = data.load_cub_class(class_id, split="test", size=256)
-        for grid in sorted(grids):
-            features.extract_descriptors(cub.images, backbone, grid=grid)
+        for grid, side in sorted(grids, key=str):
+            features.extract_descriptors(cub.images, backbone, grid=grid, input_size=side)
+
+
+def baseline_side(method: str, mode: str) -> int | None:
+    """The input side of the descriptors ``method`` reads (None: the backbone's own), at which its baseline is run."""
+    return (spacejam.SpaceJAMConfig.for_mode(mode).input_size or None) if method == "spacejam" else None
 
 
 def cpu_description() -> str:
@@ -116,20 +123,25 @@ def main(argv=None) -> int:
     speed = {"reference_conv_ms_before": reference_conv_ms(args.threads)}
     steal_start = steal_seconds()
     runs = {}
+    sides = {method: baseline_side(method, mode) for method in methods}
     with tempfile.TemporaryDirectory() as folder:  # fresh records: nothing reused
-        for method in ["nn", *methods]:
+        for side in sorted(set(sides.values()), key=str):
+            sized = [] if side is None else ["--input-size", str(side)]
+            command = ["eval", "--dataset", "cub", "--method", "nn", "--classes", args.classes, "--mode", mode, "--backbone", args.backbone, *sized]
+            runs[("nn", side)] = runtime.run_recorded(command, folder, threads=args.threads)
+        for method in methods:
             command = ["eval", "--dataset", "cub", "--method", method, "--classes", args.classes, "--mode", mode, "--backbone", args.backbone]
             runs[method] = runtime.run_recorded(command, folder, threads=args.threads)
     steal_end = steal_seconds()
     speed["reference_conv_ms_after"] = reference_conv_ms(args.threads)
     speed["steal_seconds"] = None if steal_start is None or steal_end is None else round(steal_end - steal_start, 1)
-    nn = {c["class_id"]: 100 * c["pck"]["0.1"]["mean"] for c in runs["nn"]["classes"]}
     rows = []
     for method in methods:
+        nn = {c["class_id"]: 100 * c["pck"]["0.1"]["mean"] for c in runs[("nn", sides[method])]["classes"]}
         for c in runs[method]["classes"]:
             rows.append({"method": method, "class": c["class_id"], "seconds": c["seconds"], "target_seconds": TARGET_SECONDS[method],
                          "pck@0.1": round(100 * c["pck"]["0.1"]["mean"], 1), "nn_pck@0.1": round(nn[c["class_id"]], 1),
-                         "peak_rss_mb": runs[method]["peak_rss_mb"]})
+                         "peak_rss_mb": runs[method]["peak_rss_mb"], **({} if sides[method] is None else {"input_size": sides[method]})})
     print(f"congeal eval, {mode} mode, {args.backbone}, {args.threads} threads, machine {args.machine or '(unlabelled)'}, "
           f"commit {runs[methods[0]]['provenance']['commit'][:12] if methods else '-'}")
     print("| method | class | wall s | target s | verdict | peak RSS MB | PCK@0.1 | NN |")

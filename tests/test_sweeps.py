@@ -47,6 +47,15 @@ def test_sweep_rows_average_seeds_and_find_the_shipped_config():
     elsewhere = [dict(run({"epochs": 60, "pools": [26, 8]}, c, 0, 70.0), machine="e") for c in (1, 2, 3)]
     both = sweeps.sweep_rows({"runs": elsewhere + [run({"epochs": 60, "pools": [26, 8]}, c, s, 20.0) for c in (1, 2, 3) for s in (0, 1)]}, "m")
     assert sweeps.shipped_row(both, Config())["machine"] == ""
+    # a config that reads its descriptors at another side is shipped only by the rows at that side
+    @dataclass(frozen=True)
+    class SizedConfig(Config):
+        input_size: int = 384
+
+    assert sweeps.shipped_row(rows, SizedConfig())["input_size"] == 384 and sweeps.shipped_row(rows, SizedConfig())["mean"] == pytest.approx(80.0)
+    assert sweeps.shipped_row(rows, SizedConfig(input_size=0))["mean"] == pytest.approx(20.0)  # 0: the backbone's own side
+    with pytest.raises(ValueError, match="shipped config"):
+        sweeps.shipped_row(rows, SizedConfig(input_size=512))
 
 
 def test_two_core_times_name_the_classes_over_the_target():

@@ -37,7 +37,7 @@ from .files import write_atomically
 
 __all__ = [
     "METHODS", "SHAPE_METHODS", "DATASETS_EVALUATED", "DATASET_METHODS", "PIXEL_METHODS", "RESUMABLE",
-    "BACKBONE_NAMES", "SIZE_RANGE", "validate", "main",
+    "BACKBONE_NAMES", "SIZE_RANGE", "INPUT_SIZE_RANGE", "validate", "main",
 ]
 
 #: ``congeal align --method NAME``: the registry's methods (:mod:`congealing.registry`); those that
@@ -55,6 +55,8 @@ PIXEL_METHODS = align.PIXEL_METHODS
 RESUMABLE = align.RESUMABLE
 BACKBONE_NAMES = ("auto", "dino_vits8", "dinov2_vits14", "efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2")
 SIZE_RANGE = (16, 2048)
+#: The sides ``congeal eval --input-size`` accepts (pixels).
+INPUT_SIZE_RANGE = (32, 1024)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -96,6 +98,8 @@ def _parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--method", required=True)
     evaluate.add_argument("--classes", default=None, help="comma-separated class ids: CUB 1-200 (default 1,2,3), MNIST digits 0-9 (default all)")
     evaluate.add_argument("--json", type=Path, default=None, help="write the results here as JSON")
+    evaluate.add_argument("--input-size", default=None, help="--method nn on cub only: resize the images to this many pixels before the backbone "
+                          "(default: its own side), to compare with a method that reads its descriptors at that side (spacejam: 384 in quick mode)")
     common(evaluate)
     return parser
 
@@ -229,6 +233,11 @@ def validate(args) -> None:
             raise UsageError(f"--method {args.method} cannot be evaluated on {args.dataset}; choose one of {', '.join(DATASET_METHODS[args.dataset])}")
         if args.dataset == "mnist" and args.backbone:
             raise UsageError("--dataset mnist aligns pixels and uses no feature backbone; leave out --backbone")
+        if args.input_size is not None:
+            if args.dataset != "cub" or args.method != "nn":
+                raise UsageError("--input-size sets the nearest-neighbour baseline's input side on cub (--dataset cub --method nn); "
+                                 "the methods read theirs from their configs: leave it out")
+            args.input_size = _whole_number(args.input_size, "--input-size", *INPUT_SIZE_RANGE)
         _parse_classes(args)
         _check_json(args.json)
 
@@ -271,7 +280,7 @@ def _write_record(args, result: dict, argv, complete: bool = True) -> None:
 def _eval_request(args) -> evaluation.EvalRequest:
     classes = tuple(int(c) for c in args.classes.split(",")) if args.classes else None
     return evaluation.EvalRequest(method=args.method, classes=classes, mode=args.mode, seed=args.seed, device=args.device,
-                                  backbone=args.backbone, data=args.data)
+                                  backbone=args.backbone, data=args.data, input_size=args.input_size)
 
 
 def _lego_request(args) -> lego.LegoRequest:

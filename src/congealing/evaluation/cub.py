@@ -48,6 +48,9 @@ class EvalRequest:
         device: a name or :class:`torch.device` (None: the best available).
         backbone: a :func:`congealing.features.load_backbone` name (None: its default).
         data: the data folder (None: ``$CONGEAL_DATA``, else the download cache).
+        input_size: for ``"nn"`` only: the side the images are resized to before the backbone
+            (None: its own), to compare with a method that reads its descriptors at that side
+            (SpaceJAM's quick config: 384 px, Chapter 5).
 
     Example:
         >>> EvalRequest("nn", classes=(1,)).mode is None
@@ -61,6 +64,7 @@ class EvalRequest:
     device: str | torch.device | None = None
     backbone: str | None = None
     data: str | Path | None = None
+    input_size: int | None = None
 
 
 # ----------------------------------------------------------------------------- one record per run
@@ -84,10 +88,15 @@ def evaluate_cub(request: EvalRequest, on_partial: Callable[[dict], None] | None
         ``mean``, ``peak_rss_mb`` and a ``"table"`` string (:func:`format_cub_table`).
 
     Raises:
-        UsageError: ``request.method`` is not in :data:`CUB_METHODS`.
+        UsageError: ``request.method`` is not in :data:`CUB_METHODS`, or ``request.input_size`` is
+            given for another method than ``"nn"`` or is not positive.
     """
     if request.method not in CUB_METHODS:
         raise UsageError(f"congeal eval: unknown method {request.method!r} for cub; available: {', '.join(CUB_METHODS)}")
+    if request.input_size is not None and (request.method != "nn" or request.input_size < 1):
+        raise UsageError("congeal eval: --input-size sets the nearest-neighbour baseline's input side (a positive number of pixels, "
+                         "with --method nn); the methods read theirs from their configs")
+    sized = {} if request.input_size is None else {"input_size": request.input_size}
     classes = tuple(request.classes) if request.classes else DEFAULT_CLASSES
     mode = runtime.get_mode(request.mode)
     device = runtime.get_device(request.device)
@@ -97,7 +106,7 @@ def evaluate_cub(request: EvalRequest, on_partial: Callable[[dict], None] | None
     for class_id in classes:
         cub = load_cub_class(class_id, split="test", size=256, root=request.data)
         start = time.perf_counter()
-        transfer = fit(cub, backbone, mode, request.seed, device)
+        transfer = fit(cub, backbone, mode, request.seed, device, **sized)
         result = evaluate_transfer(transfer, cub, seed=request.seed)
         result.update(class_id=class_id, class_name=cub.class_name, seconds=round(time.perf_counter() - start, 2),
                       trainable_parameters=getattr(transfer, "parameters", 0))
@@ -117,6 +126,7 @@ def _cub_record(request: EvalRequest, rows: list[dict], backbone, mode: str, dev
         "mode": mode,
         "device": str(device),
         "seed": request.seed,
+        **({} if request.input_size is None else {"input_size": request.input_size}),
         "protocol": "test split, 256 px box crops, all ordered pairs, keypoints visible in both, d <= alpha * max(h, w) of the target box",
         "classes": rows,
         "mean": _cub_mean(rows),
@@ -134,7 +144,7 @@ def _cub_mean(rows: list[dict]) -> dict:
 
 
 #: The fields of a CUB record that say what was run; records merged by :func:`merge_cub_records` must agree on them.
-_CUB_SETTINGS = ("dataset", "method", "backbone", "backbone_title", "mode", "device", "seed", "protocol")
+_CUB_SETTINGS = ("dataset", "method", "backbone", "backbone_title", "mode", "device", "seed", "input_size", "protocol")
 
 
 def merge_cub_records(records: list[dict]) -> dict:
@@ -147,7 +157,7 @@ def merge_cub_records(records: list[dict]) -> dict:
 
     Args:
         records: JSON records of ``congeal eval --dataset cub`` that agree on the method and every
-            setting (backbone, mode, device, seed, protocol) and share no class.
+            setting (backbone, mode, device, seed, input side, protocol) and share no class.
 
     Returns:
         the record with every class in the order given, their ``mean``, the largest ``peak_rss_mb``
@@ -217,7 +227,8 @@ def format_cub_table(results: dict) -> str:
         the table, one line per class, then the mean and a legend.
     """
     head = f"{'class':<32} {'PCK@0.1':>16} {'PCK@0.05':>16} {'img@0.1':>8} {'pairs':>6} {'kps':>6} {'s':>7}"
-    lines = [f"CUB PCK, method {results['method']}, backbone {results['backbone']}, {results['mode']} mode", head]
+    side = f" at {results['input_size']} px" if results.get("input_size") else ""
+    lines = [f"CUB PCK, method {results['method']}, backbone {results['backbone']}{side}, {results['mode']} mode", head]
     for r in results["classes"]:
         cells = []
         for a in ("0.1", "0.05"):

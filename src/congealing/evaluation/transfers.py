@@ -53,7 +53,7 @@ def identity_transfer(cub, backbone=None, mode=None, seed=0, device=None) -> Tra
     return lambda src, tgt, points: points.clone()
 
 
-def nn_transfer(cub, backbone=None, mode=None, seed=0, device=None, grid: int = 64) -> TransferFn:
+def nn_transfer(cub, backbone=None, mode=None, seed=0, device=None, grid: int = 64, input_size: int | None = None) -> TransferFn:
     """The baseline every paper reports: nearest-neighbour matching of descriptors (Chapter 3, "The
     baseline every paper reports: nearest neighbours").
 
@@ -70,13 +70,16 @@ def nn_transfer(cub, backbone=None, mode=None, seed=0, device=None, grid: int = 
         seed: unused.
         device: where to load the backbone if it is not loaded yet.
         grid: the side of the descriptor grid.
+        input_size: the side the images are resized to before the backbone (None: its own). A
+            method whose config reads descriptors at another side (SpaceJAM's ``input_size``,
+            Chapter 5) is compared with the baseline at that side.
 
     Returns:
         ``transfer(src, tgt, points (K, 2)) -> (K, 2)`` in pixels of ``cub.images``.
     """
     if not isinstance(backbone, Backbone):
         backbone = load_backbone(backbone, device)
-    descriptors = extract_descriptors(cub.images, backbone, grid=grid)
+    descriptors = extract_descriptors(cub.images, backbone, grid=grid, input_size=input_size)
     size = cub.images.shape[-1]
     return descriptor_transfer(descriptors, size)
 

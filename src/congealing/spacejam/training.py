@@ -47,14 +47,15 @@ def prepare_keys(
 
     ``masks`` ``(N, 1, *, *)`` in ``[0, 1]``: the set's foreground. If ``None``, Chapter 3's
     co-segmentation (:func:`congealing.features.cosegment`) finds it, leaving out the padding
-    outside ``valid`` ``(N, 1, H, W)`` (the photos' own pixels) if given. Descriptors are cached
+    outside ``valid`` ``(N, 1, H, W)`` (the photos' own pixels) if given. The descriptors are those
+    of the images resized to ``config.input_size`` px before the backbone (0: its own side), cached
     on disk by :func:`congealing.features.extract_descriptors`; the keys are made by
     :func:`keys_from_descriptors`. Chapter 5, "The keys: masked PCA maps and a 3-channel autoencoder".
 
     Args:
         images: ``(N, 3, H, W)`` in ``[0, 1]``, ``N >= 2``.
         backbone: the :class:`congealing.features.Backbone`.
-        config: the config (``descriptor_grid``, ``pca_dim``, ``pca_fit``, ``map_size``).
+        config: the config (``descriptor_grid``, ``input_size``, ``pca_dim``, ``pca_fit``, ``map_size``).
         masks: ``(N, 1, *, *)`` foreground in ``[0, 1]``, or None (co-segmentation).
         valid: ``(N, 1, H, W)`` the photos' own pixels, or None.
 
@@ -68,7 +69,7 @@ def prepare_keys(
         raise ValueError(f"expected RGB images (N, 3, H, W), got {tuple(images.shape)}")
     if images.shape[0] < 2:
         raise ValueError(f"joint alignment needs at least 2 images, got {images.shape[0]}")
-    descriptors = features.extract_descriptors(images, backbone, grid=config.descriptor_grid)
+    descriptors = features.extract_descriptors(images, backbone, grid=config.descriptor_grid, input_size=config.input_size or None)
     if masks is None:
         small = None if valid is None else features.valid_on_grid(valid, descriptors.shape[-2:])
         masks = features.cosegment(descriptors, valid=small)
