@@ -43,7 +43,7 @@ def run(class_id: int, mode: str, device: str | None, seed: int) -> dict:
     backbone = features.load_backbone("efficientnet_lite0" if os.environ.get("CONGEAL_BACKBONE") is None else None, device=device)
     config = spacejam.SpaceJAMConfig.for_mode(mode, seed=seed)
     # the descriptors SpaceJAM reads, at its config's input side: cached (excluded), and the baseline's too
-    descriptors = features.extract_descriptors(cub.images, backbone, grid=config.descriptor_grid, input_size=config.input_size or None)
+    descriptors = features.extract_descriptors(cub.images, backbone, grid=config.descriptor_grid, input_size=config.backbone_input_size)
     tic, cpu_tic = time.perf_counter(), time.process_time()
     keys, masks = spacejam.prepare_keys(cub.images, backbone, config)
     result = spacejam.train(keys, masks, config, device=device)

@@ -45,7 +45,7 @@ def fill_descriptor_cache(classes: list[int], backbone_name: str, mode: str) -> 
     """Extract (or find cached) every descriptor grid the timed runs read, so that no run pays for it."""
     backbone = features.load_backbone(backbone_name)
     sj = spacejam.SpaceJAMConfig.for_mode(mode)
-    grids = {(64, None), (neural.NeuralCongealingConfig.for_mode(mode).atlas_size, None), (sj.descriptor_grid, sj.input_size or None)}
+    grids = {(64, None), (neural.NeuralCongealingConfig.for_mode(mode).atlas_size, None), (sj.descriptor_grid, sj.backbone_input_size)}
     for class_id in classes:
         cub = data.load_cub_class(class_id, split="test", size=256)
         for grid, side in sorted(grids, key=str):
@@ -54,7 +54,7 @@ def fill_descriptor_cache(classes: list[int], backbone_name: str, mode: str) -> 
 
 def baseline_side(method: str, mode: str) -> int | None:
     """The input side of the descriptors ``method`` reads (None: the backbone's own), at which its baseline is run."""
-    return (spacejam.SpaceJAMConfig.for_mode(mode).input_size or None) if method == "spacejam" else None
+    return spacejam.SpaceJAMConfig.for_mode(mode).backbone_input_size if method == "spacejam" else None
 
 
 def cpu_description() -> str:

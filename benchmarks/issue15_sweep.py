@@ -48,7 +48,7 @@ def run_spacejam(cub, backbone, overrides, seed, input_size):
         given = torch.ones(len(cub), 1, 8, 8)
     tic, cpu = time.perf_counter(), time.process_time()
     if MASKS.startswith("cosegment:"):  # the co-segmentation with another vote_fraction (timed: fit would do it)
-        descriptors = features.extract_descriptors(cub.images, backbone, grid=config.descriptor_grid, input_size=config.input_size or None)
+        descriptors = features.extract_descriptors(cub.images, backbone, grid=config.descriptor_grid, input_size=config.backbone_input_size)
         given = features.cosegment(descriptors, vote_fraction=float(MASKS.split(":")[1]))
     alignment = spacejam.fit(cub.images, config, masks=given, backbone=backbone, device="cpu")
     wall, cpu = time.perf_counter() - tic, time.process_time() - cpu

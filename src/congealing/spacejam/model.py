@@ -132,6 +132,15 @@ class SpaceJAMConfig(ModeConfig):
             pca_fit="foreground", input_size=384,
         )
 
+    @property
+    def backbone_input_size(self) -> int | None:
+        """``input_size`` as :func:`congealing.features.extract_descriptors` takes it: None for 0 (the backbone's own side).
+
+        >>> SpaceJAMConfig().backbone_input_size, SpaceJAMConfig.for_mode("quick").backbone_input_size
+        (None, 384)
+        """
+        return self.input_size or None
+
     def scaled(self, *, ae_epochs: int, epochs: int, **changes) -> "SpaceJAMConfig":
         """A copy trained for ``epochs`` joint epochs, with every epoch-based schedule scaled alike."""
         f = epochs / self.epochs

@@ -69,7 +69,7 @@ def prepare_keys(
         raise ValueError(f"expected RGB images (N, 3, H, W), got {tuple(images.shape)}")
     if images.shape[0] < 2:
         raise ValueError(f"joint alignment needs at least 2 images, got {images.shape[0]}")
-    descriptors = features.extract_descriptors(images, backbone, grid=config.descriptor_grid, input_size=config.input_size or None)
+    descriptors = features.extract_descriptors(images, backbone, grid=config.descriptor_grid, input_size=config.backbone_input_size)
     if masks is None:
         small = None if valid is None else features.valid_on_grid(valid, descriptors.shape[-2:])
         masks = features.cosegment(descriptors, valid=small)
