@@ -36,7 +36,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from congealing import data, features, neural, runtime, spacejam
+from congealing import data, features, neural, registry, runtime, spacejam
 
 TARGET_SECONDS = {"spacejam": 60.0, "neural": 300.0}  # quick mode, a 30-image class on 2 CPU cores (issue 15)
 
@@ -50,11 +50,6 @@ def fill_descriptor_cache(classes: list[int], backbone_name: str, mode: str) -> 
         cub = data.load_cub_class(class_id, split="test", size=256)
         for grid, side in sorted(grids, key=str):
             features.extract_descriptors(cub.images, backbone, grid=grid, input_size=side)
-
-
-def baseline_side(method: str, mode: str) -> int | None:
-    """The input side of the descriptors ``method`` reads (None: the backbone's own), at which its baseline is run."""
-    return spacejam.SpaceJAMConfig.for_mode(mode).backbone_input_size if method == "spacejam" else None
 
 
 def cpu_description() -> str:
@@ -123,7 +118,7 @@ def main(argv=None) -> int:
     speed = {"reference_conv_ms_before": reference_conv_ms(args.threads)}
     steal_start = steal_seconds()
     runs = {}
-    sides = {method: baseline_side(method, mode) for method in methods}
+    sides = {method: registry.get(method).descriptor_side(mode) for method in methods}
     with tempfile.TemporaryDirectory() as folder:  # fresh records: nothing reused
         for side in sorted(set(sides.values()), key=str):
             sized = [] if side is None else ["--input-size", str(side)]

@@ -4,8 +4,8 @@
 
 ``--set key=value`` overrides a field of the quick config (value parsed as a Python literal). Prints one
 line per (class, seed): PCK@0.1 (box threshold, mean over ordered pairs, as ``congeal eval``), the
-nearest-neighbour baseline on the same backbone, wall and CPU seconds of keys + training. Appends a JSON
-line per run to ``--jsonl``.
+nearest-neighbour baseline on the same backbone, wall and CPU seconds of keys + training, the final training
+loss and every epoch's (``losses``). Appends a JSON line per run to ``--jsonl``.
 """
 from __future__ import annotations
 
@@ -52,7 +52,7 @@ def run_spacejam(cub, backbone, overrides, seed, input_size):
         given = features.cosegment(descriptors, vote_fraction=float(MASKS.split(":")[1]))
     alignment = spacejam.fit(cub.images, config, masks=given, backbone=backbone, device="cpu")
     wall, cpu = time.perf_counter() - tic, time.process_time() - cpu
-    return alignment.transfer(), wall, cpu, config.descriptor_grid, config.input_size, alignment.history[-1]["loss"]
+    return alignment.transfer(), wall, cpu, config.descriptor_grid, config.input_size, [entry["loss"] for entry in alignment.history]
 
 
 def run_neural(cub, backbone, overrides, seed, input_size):
@@ -63,7 +63,7 @@ def run_neural(cub, backbone, overrides, seed, input_size):
     tic, cpu = time.perf_counter(), time.process_time()
     alignment = neural.fit(cub.images, config, masks=data.cub_box_masks(cub), backbone=backbone, device="cpu")
     wall, cpu = time.perf_counter() - tic, time.process_time() - cpu
-    return alignment.transfer(), wall, cpu, 64, input_size, alignment.history[-1]["total"]
+    return alignment.transfer(), wall, cpu, 64, input_size, [entry["total"] for entry in alignment.history]
 
 
 def main(argv=None) -> int:
@@ -107,7 +107,7 @@ def main(argv=None) -> int:
     for c in [int(c) for c in args.classes.split(",")]:
         cub = data.load_cub_class(c)
         for seed in [int(s) for s in args.seeds.split(",")]:
-            transfer, wall, cpu, grid, side, final_loss = runner(cub, backbone, overrides, seed, args.input_size)
+            transfer, wall, cpu, grid, side, losses = runner(cub, backbone, overrides, seed, args.input_size)
             side = side or backbone.spec.input_size  # the side the method's descriptors were made at; the baseline's too
             ours = box_pck(transfer, cub)
             key = (c, grid, side)
@@ -115,7 +115,7 @@ def main(argv=None) -> int:
                 descriptors = features.extract_descriptors(cub.images, backbone, grid=grid, input_size=side)
                 _NN[key] = box_pck(descriptor_transfer(descriptors, cub.images.shape[-1]), cub)
             row = dict(method=args.method, tag=args.tag, masks=args.masks, channels=args.channels, overrides=overrides, backbone=args.backbone, cls=c, seed=seed, pck=ours, nn=_NN[key],
-                       final_loss=round(float(final_loss), 5), wall=round(wall, 1), cpu=round(cpu, 1), rss_mb=round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024))
+                       final_loss=round(float(losses[-1]), 5), losses=[round(float(loss), 5) for loss in losses], wall=round(wall, 1), cpu=round(cpu, 1), rss_mb=round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024))
             if args.machine:
                 row["machine"] = args.machine
             if side != own:

@@ -52,6 +52,10 @@ def test_sweep_rows_average_seeds_and_find_the_shipped_config():
     class SizedConfig(Config):
         input_size: int = 384
 
+        @property
+        def backbone_input_size(self):  # as SpaceJAMConfig's: None for 0, the backbone's own side
+            return self.input_size or None
+
     assert sweeps.shipped_row(rows, SizedConfig())["input_size"] == 384 and sweeps.shipped_row(rows, SizedConfig())["mean"] == pytest.approx(80.0)
     assert sweeps.shipped_row(rows, SizedConfig(input_size=0))["mean"] == pytest.approx(20.0)  # 0: the backbone's own side
     with pytest.raises(ValueError, match="shipped config"):

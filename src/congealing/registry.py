@@ -126,6 +126,19 @@ class Method:
     needs_shape: bool = False
     cub: CubSetup | None = None
 
+    def descriptor_side(self, mode: str) -> int | None:
+        """The side the images are resized to before the backbone when this method reads descriptors in
+        ``mode`` (None: the backbone's own side, or a method that reads none). A config that reads them at
+        a side of its own says so with a ``backbone_input_size`` property (SpaceJAM's quick config: 384 px,
+        Chapter 5, "The backbone's input side"); nearest neighbours compared with the method are run at
+        the same side (Chapter 7).
+
+        Example:
+            >>> get("spacejam").descriptor_side("quick"), get("spacejam").descriptor_side("full"), get("neural").descriptor_side("quick")
+            (384, None, None)
+        """
+        return getattr(self.config.for_mode(mode), "backbone_input_size", None)
+
 
 METHODS: dict[str, Method] = {
     "entropy": Method("entropy", classical.fit, classical.EntropyConfig, "Chapter 2", False, False,

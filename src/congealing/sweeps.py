@@ -144,8 +144,8 @@ def format_sweep(rows: list[dict]) -> str:
 
 def shipped_row(rows: list[dict], shipped) -> dict:
     """The row of :func:`sweep_rows` that is the ``shipped`` config: the one with the most overrides
-    that ``shipped`` all has, with co-segmented masks and the offline backbone (:data:`SWEEP_BACKBONE`) at the config's ``input_size``
-    (0 or no such field: the backbone's own side; Chapters 4 and 5, "Quick mode on whole classes"); of rows alike but for the machine,
+    that ``shipped`` all has, with co-segmented masks and the offline backbone (:data:`SWEEP_BACKBONE`) at the config's
+    ``backbone_input_size`` (None or no such property: the backbone's own side; Chapters 4 and 5, "Quick mode on whole classes"); of rows alike but for the machine,
     the one with the most seeds, then the first recorded.
 
     Args:
@@ -159,7 +159,7 @@ def shipped_row(rows: list[dict], shipped) -> dict:
         ValueError: no recorded setting is the shipped config.
     """
     matches = [row for row in rows if row["masks"] == "cosegment" and row.get("backbone", SWEEP_BACKBONE) == SWEEP_BACKBONE
-               and row.get("input_size") == (getattr(shipped, "input_size", 0) or None) and row["overrides"]
+               and row.get("input_size") == getattr(shipped, "backbone_input_size", None) and row["overrides"]
                and all(getattr(shipped, k) == (tuple(v) if isinstance(v, list) else v) for k, v in row["overrides"].items())]
     if not matches:
         raise ValueError("no recorded setting is the shipped config; rerun the sweep")
