@@ -33,7 +33,11 @@ def spearman(xs: list[float], ys: list[float]) -> float:
 
 def main(path: str, *epochs: str) -> int:
     runs = [run for run in json.loads(Path(path).read_text())["runs"] if run["method"] == "spacejam" and "losses" in run]
+    overrides = runs[0]["overrides"]
+    assert all(run["overrides"] == overrides for run in runs), "one setting per record"
     config = spacejam.SpaceJAMConfig.for_mode("quick")
+    if "epochs" in overrides:  # as issue15_sweep.py does: every epoch-based schedule rescaled
+        config = config.scaled(ae_epochs=overrides.get("ae_epochs", config.ae_epochs), epochs=overrides["epochs"])
     checkpoints = {f"end of {group}": epoch - 1 for group, epoch in zip(config.curriculum_groups, config.curriculum_epochs)}
     checkpoints["final"] = config.epochs - 1
     checkpoints.update({f"epoch {int(e)}": int(e) - 1 for e in epochs})  # more epochs to compare at (1 = the first)
