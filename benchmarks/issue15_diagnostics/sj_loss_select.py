@@ -1,7 +1,7 @@
-"""Would "train several seeds, keep the lowest loss" pick SpaceJAM's better alignments? Read from a sweep record
-whose runs carry every epoch's loss (``benchmarks/issue15_sweep.py`` writes ``losses``).
+"""Would "train several seeds, keep the lowest loss" pick SpaceJAM's better alignments? Read from sweep records
+(one setting; their runs pooled) whose runs carry every epoch's loss (``benchmarks/issue15_sweep.py`` writes ``losses``).
 
-    python benchmarks/issue15_diagnostics/sj_loss_select.py benchmarks/records/issue15_sj_384_losses_e.json [EPOCH ...]
+    python benchmarks/issue15_diagnostics/sj_loss_select.py benchmarks/records/issue15_sj_384_losses_e.json [MORE.json ...] [EPOCH ...]
 
 For the loss at the end of each curriculum stage of the quick config, the final epoch's and each EPOCH's (1 = the
 first joint epoch), per class: Spearman's
@@ -31,8 +31,9 @@ def spearman(xs: list[float], ys: list[float]) -> float:
     return cov / spread if spread else float("nan")
 
 
-def main(path: str, *epochs: str) -> int:
-    runs = [run for run in json.loads(Path(path).read_text())["runs"] if run["method"] == "spacejam" and "losses" in run]
+def main(*args: str) -> int:
+    paths, epochs = [a for a in args if a.endswith(".json")], [a for a in args if not a.endswith(".json")]
+    runs = [run for path in paths for run in json.loads(Path(path).read_text())["runs"] if run["method"] == "spacejam" and "losses" in run]
     overrides = runs[0]["overrides"]
     assert all(run["overrides"] == overrides for run in runs), "one setting per record"
     config = spacejam.SpaceJAMConfig.for_mode("quick")
