@@ -17,18 +17,7 @@ import sys
 from pathlib import Path
 
 from congealing import spacejam
-
-
-def spearman(xs: list[float], ys: list[float]) -> float:
-    def rank(values):  # ties share their average rank
-        ordered = sorted(values)
-        return [ordered.index(v) + (ordered.count(v) - 1) / 2 for v in values]
-
-    rx, ry = rank(xs), rank(ys)  # Spearman's rho: Pearson's correlation of the ranks
-    mx, my = sum(rx) / len(rx), sum(ry) / len(ry)
-    cov = sum((a - mx) * (b - my) for a, b in zip(rx, ry))
-    spread = (sum((a - mx) ** 2 for a in rx) * sum((b - my) ** 2 for b in ry)) ** 0.5
-    return cov / spread if spread else float("nan")
+from congealing.sweeps import spearman
 
 
 def main(*args: str) -> int:

@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 
 __all__ = ["SWEEP_BACKBONE", "sweep_rows", "format_sweep", "shipped_row", "two_core_times", "two_core_summary", "two_core_retime",
-           "lowest_loss_seeds", "by_input_size", "margin"]
+           "lowest_loss_seeds", "spearman", "by_input_size", "margin"]
 
 #: The backbone of the recorded quick-mode sweep's shipped settings (the offline one, Chapter 3).
 SWEEP_BACKBONE = "efficientnet_lite0"
@@ -273,8 +273,8 @@ def lowest_loss_seeds(record: dict, method: str) -> dict[int, dict]:
     Returns:
         ``{class: {"kept": PCK of the seed with the lowest final loss, "mean": mean PCK over the seeds,
         "best": the highest PCK, "best_loss_rank": where the best seed's loss ranks (1 = lowest),
-        "seeds": how many, "spearman": Spearman's rank correlation of final loss and PCK}}`` (ties
-        ranked in seed order; a positive correlation means the loss prefers worse alignments).
+        "seeds": how many, "spearman": :func:`spearman` of final loss and PCK}}`` (a positive correlation
+        means the loss prefers worse alignments).
 
     Raises:
         ValueError: a class has fewer than 2 runs of ``method``, or a run has no ``final_loss``.
@@ -294,13 +294,31 @@ def lowest_loss_seeds(record: dict, method: str) -> dict[int, dict]:
         if len(runs) < 2:
             raise ValueError(f"class {cls} has {len(runs)} run(s) of {method}: a choice between seeds needs at least 2")
         runs = sorted(runs, key=lambda r: r["seed"])
-        loss_rank, pck_rank = (_ranks([r[key] for r in runs]) for key in ("final_loss", "pck"))
+        loss_rank = _ranks([r["final_loss"] for r in runs])
         n = len(runs)
         best = max(range(n), key=lambda i: runs[i]["pck"])
         out[cls] = {"kept": runs[loss_rank.index(0)]["pck"], "mean": round(sum(r["pck"] for r in runs) / n, 2),
                     "best": runs[best]["pck"], "best_loss_rank": loss_rank[best] + 1, "seeds": n,
-                    "spearman": round(1 - 6 * sum((a - b) ** 2 for a, b in zip(loss_rank, pck_rank)) / (n * (n * n - 1)), 2)}
+                    "spearman": round(spearman([r["final_loss"] for r in runs], [r["pck"] for r in runs]), 2)}
     return out
+
+
+def spearman(xs: list[float], ys: list[float]) -> float:
+    """Spearman's rank correlation of ``xs`` and ``ys``: Pearson's correlation of their ranks, tied values
+    sharing their average rank (Chapter 5, "What the loss prefers"); NaN if either is constant.
+
+    >>> spearman([0.3, 0.1, 0.2], [40.0, 60.0, 50.0]), round(spearman([1, 2, 3, 4], [1, 1, 2, 2]), 3)
+    (-1.0, 0.894)
+    """
+    def average_ranks(values):
+        ordered = sorted(values)
+        return [ordered.index(v) + (ordered.count(v) - 1) / 2 for v in values]
+
+    rx, ry = average_ranks(xs), average_ranks(ys)
+    mx, my = sum(rx) / len(rx), sum(ry) / len(ry)
+    cov = sum((a - mx) * (b - my) for a, b in zip(rx, ry))
+    spread = (sum((a - mx) ** 2 for a in rx) * sum((b - my) ** 2 for b in ry)) ** 0.5
+    return cov / spread if spread else float("nan")
 
 
 def _ranks(values: list[float]) -> list[int]:
