@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import ast
+import functools
 import json
 import resource
 import sys
@@ -30,10 +31,11 @@ def box_pck(transfer, cub) -> float:
     return round(100 * evaluate_transfer(transfer, cub, alphas=(0.1,), n_boot=1)["pck"]["0.1"]["mean"], 1)
 
 
-def run_spacejam(cub, backbone, overrides, seed, input_size):
+def run_spacejam(cub, backbone, overrides, seed, input_size=0):
     """As ``evaluation.fit_on_cub("spacejam", ...)`` (co-segmented masks), with overrides of the quick config;
     ``epochs`` (and ``ae_epochs``) rescale every epoch-based schedule, as ``SpaceJAMConfig.scaled`` does.
-    ``input_size`` (0: the config's) replaces the config's input side."""
+    ``input_size`` (0: the config's) replaces the config's input side. Returns the transfer, wall and CPU
+    seconds, the descriptor grid and the input side the descriptors were made at, and every epoch's loss."""
     overrides = dict(overrides)
     config = spacejam.SpaceJAMConfig.for_mode("quick", seed=seed)
     if input_size:
@@ -52,18 +54,21 @@ def run_spacejam(cub, backbone, overrides, seed, input_size):
         given = features.cosegment(descriptors, vote_fraction=float(MASKS.split(":")[1]))
     alignment = spacejam.fit(cub.images, config, masks=given, backbone=backbone, device="cpu")
     wall, cpu = time.perf_counter() - tic, time.process_time() - cpu
-    return alignment.transfer(), wall, cpu, config.descriptor_grid, config.input_size, [entry["loss"] for entry in alignment.history]
+    side = config.backbone_input_size or backbone.spec.input_size
+    return alignment.transfer(), wall, cpu, config.descriptor_grid, side, [entry["loss"] for entry in alignment.history]
 
 
-def run_neural(cub, backbone, overrides, seed, input_size):
-    """As ``evaluation.fit_on_cub("neural", ...)`` (its registry entry's quick settings and box masks), with overrides."""
+def run_neural(cub, backbone, overrides, seed):
+    """As ``evaluation.fit_on_cub("neural", ...)`` (its registry entry's quick settings and box masks), with overrides;
+    it reads the descriptors at the backbone's input side (``--input-size`` replaces the backbone's). Returns what
+    :func:`run_spacejam` returns."""
     flags = registry.get("neural").cub.overrides_for("quick")
     flags.update(overrides)
     config = neural.NeuralCongealingConfig.for_mode("quick", seed=seed, **flags)
     tic, cpu = time.perf_counter(), time.process_time()
     alignment = neural.fit(cub.images, config, masks=data.cub_box_masks(cub), backbone=backbone, device="cpu")
     wall, cpu = time.perf_counter() - tic, time.process_time() - cpu
-    return alignment.transfer(), wall, cpu, 64, input_size, [entry["total"] for entry in alignment.history]
+    return alignment.transfer(), wall, cpu, 64, backbone.spec.input_size, [entry["total"] for entry in alignment.history]
 
 
 def main(argv=None) -> int:
@@ -102,13 +107,12 @@ def main(argv=None) -> int:
     own = backbone.spec.input_size
     if args.input_size and args.method != "spacejam":  # experiment: another input resolution (the descriptor cache keys on it)
         backbone.spec = replace(backbone.spec, input_size=args.input_size)
-    runner = run_spacejam if args.method == "spacejam" else run_neural
+    runner = functools.partial(run_spacejam, input_size=args.input_size) if args.method == "spacejam" else run_neural
     rows = []
     for c in [int(c) for c in args.classes.split(",")]:
         cub = data.load_cub_class(c)
         for seed in [int(s) for s in args.seeds.split(",")]:
-            transfer, wall, cpu, grid, side, losses = runner(cub, backbone, overrides, seed, args.input_size)
-            side = side or backbone.spec.input_size  # the side the method's descriptors were made at; the baseline's too
+            transfer, wall, cpu, grid, side, losses = runner(cub, backbone, overrides, seed)  # side: the method's and the baseline's
             ours = box_pck(transfer, cub)
             key = (c, grid, side)
             if key not in _NN:
