@@ -1,17 +1,19 @@
 # Two commands for a newcomer:
 #   make book   build the rendered book (executes every notebook) into _build/html
 #   make test   the full test suite CI runs: unit tests and doctests, nbval over every notebook
-#               in _toc.yml, the book build, and the browser test of the built pages
+#               in _toc.yml, the book built from nbval's run, and the browser test of the built pages
 # Both create the virtual environment .venv from the pinned requirements on first use.
 # Environment: CONGEAL_DATA (data folder), CONGEAL_MODE (quick|full, default quick).
 
 PYTHON ?= python3
 VENV   ?= .venv
 BIN     = $(VENV)/bin
+# nbval's run of each notebook, kept for the book build of `make test` (book/conftest.py)
+EXECUTED = _build/executed-notebooks
 export CONGEAL_MODE ?= quick
 export PYTHONUNBUFFERED = 1
 
-.PHONY: book test unit fast notebooks browser env clean
+.PHONY: book tested-book test unit fast notebooks browser env clean
 
 env: $(VENV)/.installed
 
@@ -30,6 +32,12 @@ book/_static/vendor/mathjax/tex-mml-chtml.js: book/tools/fetch_vendor_js.py | en
 book: env book/_static/vendor/mathjax/tex-mml-chtml.js
 	OMP_NUM_THREADS=1 $(BIN)/python book/tools/execute_notebooks.py --warningiserror --keep-going
 
+# The same build from the notebooks as `make notebooks` (nbval) has just executed them, each kept
+# with its outputs and widget state: `make test` runs every notebook once, and its pages show the
+# run the notebook tests checked.
+tested-book: env book/_static/vendor/mathjax/tex-mml-chtml.js
+	$(BIN)/python book/tools/execute_notebooks.py --executed $(EXECUTED) --warningiserror --keep-going
+
 unit: env
 	OMP_NUM_THREADS=1 $(BIN)/pytest -m "not browser" -q -n 2
 
@@ -41,13 +49,14 @@ fast: env
 # kernels with two threads each would fight for a 2-core machine's cores. The slowest notebooks go
 # first (in the order given, not xdist's own), so the two workers finish close together. The per-cell
 # limit is _config.yml's (an hour: Chapter 7's longest cell waits about 10 minutes for its CUB runs here).
+# Each notebook that passes is also written to $(EXECUTED), with its outputs, for tested-book.
 notebooks: env
-	OMP_NUM_THREADS=1 $(BIN)/pytest -q --nbval-lax --nbval-current-env --nbval-cell-timeout=3600 -n 2 --dist loadfile --no-loadscope-reorder $$($(BIN)/python tests/toc_notebooks.py --longest-first)
+	OMP_NUM_THREADS=1 $(BIN)/pytest -q --nbval-lax --nbval-current-env --nbval-cell-timeout=3600 -n 2 --dist loadfile --no-loadscope-reorder --executed-notebooks $(EXECUTED) $$($(BIN)/python tests/toc_notebooks.py --longest-first)
 
 browser: env
 	$(BIN)/pytest -m browser -q
 
-test: unit notebooks book browser
+test: unit notebooks tested-book browser
 
 clean:
 	rm -rf _build

@@ -311,7 +311,7 @@ def run_recorded(argv: list[str], folder=None, threads: int | None = None) -> di
     A fresh process makes the record's wall time and peak memory the method's own. The record is
     kept in ``folder`` (default ``$CONGEAL_CACHE/results``) under a name made from the command, and
     reused when the same command already ran at the same *clean* git commit (a notebook executed
-    twice, by nbval and by the book build, then trains each method once). A record from a dirty
+    again, by ``make book`` after ``make notebooks``, then trains each method once). A record from a dirty
     tree or another commit is recomputed. Shown in Chapter 7's introduction ("Chapter 7: Every method
     side by side") and used, through :func:`start_recorded`, for its "CUB-200-2011" and "lego: when
     the viewpoint changes" tables.
