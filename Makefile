@@ -49,9 +49,10 @@ fast: env
 # kernels with two threads each would fight for a 2-core machine's cores. The slowest notebooks go
 # first (in the order given, not xdist's own), so the two workers finish close together. The per-cell
 # limit is _config.yml's (an hour: Chapter 7's longest cell waits about 10 minutes for its CUB runs here).
-# Each notebook that passes is also written to $(EXECUTED), with its outputs, for tested-book.
+# Each notebook that passes is also written to $(EXECUTED), with its outputs, for tested-book. The
+# five slowest cells are listed at the end: the longest must stay well inside the per-cell limit.
 notebooks: env
-	OMP_NUM_THREADS=1 $(BIN)/pytest -q --nbval-lax --nbval-current-env --nbval-cell-timeout=3600 -n 2 --dist loadfile --no-loadscope-reorder --executed-notebooks $(EXECUTED) $$($(BIN)/python tests/toc_notebooks.py --longest-first)
+	OMP_NUM_THREADS=1 $(BIN)/pytest -q --nbval-lax --nbval-current-env --nbval-cell-timeout=3600 -n 2 --dist loadfile --no-loadscope-reorder --durations=5 --executed-notebooks $(EXECUTED) $$($(BIN)/python tests/toc_notebooks.py --longest-first)
 
 browser: env
 	$(BIN)/pytest -m browser -q
