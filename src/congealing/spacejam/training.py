@@ -81,7 +81,9 @@ def keys_from_descriptors(descriptors: torch.Tensor, masks: torch.Tensor, config
 
     PCA (``K = config.pca_dim`` components) is fitted on all locations of all images (background
     included, as the official code does; on the foreground only with ``config.pca_fit ==
-    "foreground"`` when it has at least ``K`` locations), then the maps are resized to
+    "foreground"`` when it has at least ``K`` locations), each descriptor channel first divided by
+    its standard deviation over those locations (``config.pca_standardise``, the official code's
+    z-score; the centring is the PCA's own), then the maps are resized to
     ``config.map_size``, multiplied by the masks (resized and thresholded at 0.5), and divided by one
     scalar, their standard deviation on the foreground. An image whose mask is empty keeps its whole
     image, with a warning. Chapter 5, "The keys: masked PCA maps and a 3-channel autoencoder".
@@ -89,7 +91,7 @@ def keys_from_descriptors(descriptors: torch.Tensor, masks: torch.Tensor, config
     Args:
         descriptors: ``(N, D, h, w)``, e.g. from :func:`congealing.features.extract_descriptors`.
         masks: ``(N, 1, *, *)`` foreground in ``[0, 1]``, at any resolution.
-        config: the :class:`SpaceJAMConfig` (``pca_dim``, ``pca_fit``, ``map_size``).
+        config: the :class:`SpaceJAMConfig` (``pca_dim``, ``pca_fit``, ``pca_standardise``, ``map_size``).
 
     Returns:
         keys ``(N, K, S, S)`` (zero on the background) and binary masks ``(N, 1, S, S)``,
@@ -108,7 +110,15 @@ def keys_from_descriptors(descriptors: torch.Tensor, masks: torch.Tensor, config
     if config.pca_fit == "foreground":
         at_descriptors = F.interpolate(masks.float(), size=descriptors.shape[-2:], mode="bilinear", align_corners=False)
         fit_masks = features.foreground_locations(at_descriptors, config.pca_dim)
-    maps, _, _ = features.pca_project(descriptors.float(), config.pca_dim, fit_masks)
+    descriptors = descriptors.float()
+    if config.pca_standardise:
+        # Every channel one unit of spread where the PCA is fitted (pca_project centres them): the
+        # components then follow how channels co-vary, not which channels happen to vary most.
+        fitted = descriptors.transpose(0, 1).flatten(1)
+        if fit_masks is not None:
+            fitted = fitted[:, fit_masks.transpose(0, 1).flatten() > 0.5]
+        descriptors = descriptors / fitted.std(dim=1).clamp_min(1e-9)[:, None, None]
+    maps, _, _ = features.pca_project(descriptors, config.pca_dim, fit_masks)
     if maps.shape[-2:] != size:
         maps = F.interpolate(maps, size=size, mode="bilinear", align_corners=False)
     masks = (F.interpolate(masks.float(), size=size, mode="bilinear", align_corners=False) > 0.5).float()
