@@ -146,6 +146,33 @@ def test_outside_the_source_frame_the_prediction_is_the_padding_value():
     assert torch.isclose(loss, expected, rtol=1e-5)
 
 
+def test_the_channels_last_pool_gives_the_default_pools_values_and_gradients_bit_for_bit(device):
+    """Ties included: a plateau (the constant codes of the background) and repeated values."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(4, 10, 58, 58, generator=g).round(decimals=1).to(device)  # many exact ties
+    x[:, :, 20:45, 10:50] = 0.25  # a plateau
+    upstream = torch.randn(4, 10, 32, 32, generator=g).to(device)
+    results = []
+    for pool in (torch.nn.AdaptiveMaxPool2d(32), spacejam.ChannelsLastAdaptiveMaxPool2d(32)):
+        leaf = x.clone().requires_grad_(True)
+        out = pool(leaf)
+        out.backward(upstream)
+        results.append((out.detach(), leaf.grad))
+    assert results[1][0].is_contiguous() and torch.equal(results[0][0], results[1][0]) and torch.equal(results[0][1], results[1][1])
+    double = torch.randn(1, 2, 9, 9, dtype=torch.float64, generator=g).to(device).requires_grad_(True)
+    assert torch.autograd.gradcheck(spacejam.ChannelsLastAdaptiveMaxPool2d(4), (double,))
+
+
+def test_training_with_the_channels_last_pool_is_bit_for_bit_the_default_pools(monkeypatch):
+    keys = warps.warp_image(_blobs(1, 24).expand(4, -1, -1, -1), warps.exp(torch.tensor([[0.1, 0.0, 0.1], [0.0, 0.1, 0.0], [-0.1, 0.0, 0.0], [0.0, -0.1, -0.1]]), "se2"))
+    config = SpaceJAMConfig(map_size=24, ae_epochs=2, epochs=4, batch_size=4, stn_lr=2e-3, stn_pools=(12, 4), flips=True)
+    channels_last = spacejam.train(keys, torch.ones(4, 1, 24, 24), config).transforms
+    monkeypatch.setattr(spacejam.model, "ChannelsLastAdaptiveMaxPool2d", torch.nn.AdaptiveMaxPool2d)
+    default = spacejam.train(keys, torch.ones(4, 1, 24, 24), config).transforms
+    assert not torch.equal(default, torch.eye(3).expand_as(default))  # it trained
+    assert torch.equal(channels_last, default)
+
+
 @pytest.mark.parametrize("pca_fit", ["all", "foreground"])
 def test_the_keys_pca_standardises_each_channel_where_it_is_fitted(pca_fit):
     """As the official code, every descriptor channel is z-scored over the PCA's fitting locations

@@ -62,6 +62,7 @@ from .model import (
     count_parameters,
     GlobalNorm,
     KeyAutoencoder,
+    ChannelsLastAdaptiveMaxPool2d,
     RecurrentLieSTN,
 )
 from .losses import pair_predictions, ic_loss, atlas_loss
@@ -83,7 +84,7 @@ from .training import (
 
 __all__ = [
     "GROUPS", "DIVERGED_ADVICE", "SpaceJAMConfig", "count_parameters", "prepare_keys",
-    "keys_from_descriptors", "GlobalNorm", "KeyAutoencoder", "RecurrentLieSTN", "pair_predictions",
+    "keys_from_descriptors", "GlobalNorm", "KeyAutoencoder", "ChannelsLastAdaptiveMaxPool2d", "RecurrentLieSTN", "pair_predictions",
     "ic_loss", "atlas_loss", "TrainResult", "infer", "pretrain_epoch", "joint_loss", "joint_epoch",
     "update_flips", "train", "atlas", "codes_to_rgb", "fit",
 ]

@@ -15,7 +15,7 @@ from .. import warps
 from ..runtime import ModeConfig
 
 __all__ = [
-    "GROUPS", "SpaceJAMConfig", "count_parameters", "GlobalNorm", "KeyAutoencoder", "RecurrentLieSTN",
+    "GROUPS", "SpaceJAMConfig", "count_parameters", "GlobalNorm", "KeyAutoencoder", "ChannelsLastAdaptiveMaxPool2d", "RecurrentLieSTN",
 ]
 
 GROUPS = ("se2", "affine", "homography")
@@ -256,6 +256,23 @@ class KeyAutoencoder(nn.Module):
         return self.decode(self.encode(keys))
 
 
+class ChannelsLastAdaptiveMaxPool2d(nn.AdaptiveMaxPool2d):
+    """:class:`torch.nn.AdaptiveMaxPool2d`, computed in channels-last memory layout; ``(B, C, H, W)`` in and out.
+
+    The same maxima and the same gradients, bit for bit (a maximum is exact, ties go to the first
+    cell in row-major order in either layout, and each cell's gradient is summed over its windows in
+    the same order), in about half the time of PyTorch's CPU kernel in the default layout on the
+    network's first pool (58 x 58 -> 32 x 32). Chapter 5, "Speed next to Neural Congealing".
+
+    >>> x = torch.randn(2, 3, 58, 58)
+    >>> torch.equal(ChannelsLastAdaptiveMaxPool2d(32)(x), nn.AdaptiveMaxPool2d(32)(x))
+    True
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return super().forward(x.contiguous(memory_format=torch.channels_last)).contiguous()
+
+
 class RecurrentLieSTN(nn.Module):
     """The localisation network, applied ``recurrences`` times with shared weights.
 
@@ -272,7 +289,7 @@ class RecurrentLieSTN(nn.Module):
         super().__init__()
         (c1, c2), (k1, k2), (p1, p2) = config.stn_channels, config.stn_kernels, config.stn_pools
         self.features = nn.Sequential(
-            nn.Conv2d(config.low_dim, c1, k1), nn.AdaptiveMaxPool2d(p1), nn.ReLU(),
+            nn.Conv2d(config.low_dim, c1, k1), ChannelsLastAdaptiveMaxPool2d(p1), nn.ReLU(),
             nn.Conv2d(c1, c2, k2), nn.AdaptiveMaxPool2d(p2), nn.ReLU(), nn.Flatten(),
         )
         self.head = nn.Sequential(nn.Linear(c2 * p2 * p2, config.stn_hidden), nn.ReLU(), nn.Linear(config.stn_hidden, 8))
