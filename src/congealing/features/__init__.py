@@ -22,13 +22,13 @@ from .backbones import (
     WeightsNotAvailableError, BackboneSpec, BACKBONES, AUTO_ORDER, Backbone, ViTKeys, EfficientNetStages,
     efficientnet_lite_state_dict, LITE_STAGE_BLOCKS, load_backbone, extract_descriptors,
 )
-from .pca import pca_project, foreground_locations, minmax_rgb, PCAColours
+from .pca import pca_project, channel_spread, foreground_locations, minmax_rgb, PCAColours
 from .cosegmentation import commonness, border_contrast, kmeans, cosegment, saliency_masks, border_band, valid_on_grid
 from .flips import consensus_flips
 
 __all__ = [
     "WeightsNotAvailableError", "BackboneSpec", "BACKBONES", "AUTO_ORDER", "Backbone", "ViTKeys",
     "EfficientNetStages", "efficientnet_lite_state_dict", "LITE_STAGE_BLOCKS", "load_backbone", "extract_descriptors",
-    "pca_project", "foreground_locations", "minmax_rgb", "PCAColours", "commonness", "border_contrast", "kmeans",
+    "pca_project", "channel_spread", "foreground_locations", "minmax_rgb", "PCAColours", "commonness", "border_contrast", "kmeans",
     "cosegment", "saliency_masks", "border_band", "valid_on_grid", "consensus_flips",
 ]

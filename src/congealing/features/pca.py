@@ -12,8 +12,14 @@ from dataclasses import dataclass
 import torch
 
 __all__ = [
-    "pca_project", "foreground_locations", "minmax_rgb", "PCAColours",
+    "pca_project", "channel_spread", "foreground_locations", "minmax_rgb", "PCAColours",
 ]
+
+
+def _locations(descriptors: torch.Tensor, masks: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Every location's descriptor ``(N h w, D)`` and those a fit uses ``(M, D)`` (inside ``masks`` > 0.5, or all)."""
+    flat = descriptors.permute(0, 2, 3, 1).reshape(-1, descriptors.shape[1])
+    return flat, (flat if masks is None else flat[masks.permute(0, 2, 3, 1).reshape(-1) > 0.5])
 
 
 def pca_project(descriptors: torch.Tensor, k: int, masks: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -46,8 +52,7 @@ def pca_project(descriptors: torch.Tensor, k: int, masks: torch.Tensor | None = 
                 [ 2.,  2.]])
     """
     N, D, h, w = descriptors.shape
-    flat = descriptors.permute(0, 2, 3, 1).reshape(-1, D)
-    fit = flat if masks is None else flat[masks.permute(0, 2, 3, 1).reshape(-1) > 0.5]
+    flat, fit = _locations(descriptors, masks)
     if fit.shape[0] < k:
         raise ValueError(f"PCA with k={k} needs at least {k} locations, got {fit.shape[0]}")
     mean = fit.mean(dim=0)
@@ -59,6 +64,19 @@ def pca_project(descriptors: torch.Tensor, k: int, masks: torch.Tensor | None = 
     components = (components * signs).float().contiguous()
     projected = (flat - mean) @ components.T
     return projected.reshape(N, h, w, k).permute(0, 3, 1, 2).contiguous(), components, mean
+
+
+def channel_spread(descriptors: torch.Tensor, masks: torch.Tensor | None = None) -> torch.Tensor:
+    """The standard deviation ``(D,)`` of each channel of descriptors ``(N, D, h, w)`` over the
+    locations :func:`pca_project` would fit on (inside ``masks`` ``(N, 1, h, w)`` > 0.5, or all),
+    floored at 1e-9. Dividing by it before the PCA z-scores every channel, as SpaceJAM's official
+    code does (Chapter 5, "The keys: masked PCA maps and a 3-channel autoencoder").
+
+    Example:
+        >>> channel_spread(torch.tensor([[[[0.0, 2.0]], [[1.0, 1.0]]]]))  # (1, 2, 1, 2): one varying channel, one constant
+        tensor([1.4142e+00, 1.0000e-09])
+    """
+    return _locations(descriptors, masks)[1].std(dim=0).clamp_min(1e-9)
 
 
 def foreground_locations(masks: torch.Tensor, k: int) -> torch.Tensor | None:

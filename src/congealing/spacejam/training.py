@@ -114,10 +114,7 @@ def keys_from_descriptors(descriptors: torch.Tensor, masks: torch.Tensor, config
     if config.pca_standardise:
         # Every channel one unit of spread where the PCA is fitted (pca_project centres them): the
         # components then follow how channels co-vary, not which channels happen to vary most.
-        fitted = descriptors.transpose(0, 1).flatten(1)
-        if fit_masks is not None:
-            fitted = fitted[:, fit_masks.transpose(0, 1).flatten() > 0.5]
-        descriptors = descriptors / fitted.std(dim=1).clamp_min(1e-9)[:, None, None]
+        descriptors = descriptors / features.channel_spread(descriptors, fit_masks)[:, None, None]
     maps, _, _ = features.pca_project(descriptors, config.pca_dim, fit_masks)
     if maps.shape[-2:] != size:
         maps = F.interpolate(maps, size=size, mode="bilinear", align_corners=False)
