@@ -2,6 +2,8 @@
 
     python benchmarks/bench_two_cores.py --methods spacejam,neural --classes 1,2,3 --threads 2 --json out.json
 
+``--seed S`` passes ``--seed S`` to every method's ``congeal eval`` (default 0, the command's own default).
+
 Issue 15 sets its time targets for quick mode on 2 CPU cores with the descriptors cached: SpaceJAM at
 most 60 s and Neural Congealing at most 5 minutes per 30-image class, training included. This script
 first fills the descriptor cache for every class (the backbone's grids that the methods and the
@@ -106,6 +108,7 @@ def main(argv=None) -> int:
     parser.add_argument("--backbone", default="efficientnet_lite0")
     parser.add_argument("--mode", default=None)
     parser.add_argument("--machine", default="", help="a label for the machine, stored with the numbers")
+    parser.add_argument("--seed", type=int, default=0, help="the methods' seed (congeal eval --seed)")
     parser.add_argument("--json", default=None)
     args = parser.parse_args(argv)
     mode = runtime.get_mode(args.mode)
@@ -125,7 +128,8 @@ def main(argv=None) -> int:
             command = ["eval", "--dataset", "cub", "--method", "nn", "--classes", args.classes, "--mode", mode, "--backbone", args.backbone, *sized]
             runs[("nn", side)] = runtime.run_recorded(command, folder, threads=args.threads)
         for method in methods:
-            command = ["eval", "--dataset", "cub", "--method", method, "--classes", args.classes, "--mode", mode, "--backbone", args.backbone]
+            command = ["eval", "--dataset", "cub", "--method", method, "--classes", args.classes, "--mode", mode, "--backbone", args.backbone,
+                       "--seed", str(args.seed)]
             runs[method] = runtime.run_recorded(command, folder, threads=args.threads)
     steal_end = steal_seconds()
     speed["reference_conv_ms_after"] = reference_conv_ms(args.threads)
@@ -137,7 +141,7 @@ def main(argv=None) -> int:
             rows.append({"method": method, "class": c["class_id"], "seconds": c["seconds"], "target_seconds": TARGET_SECONDS[method],
                          "pck@0.1": round(100 * c["pck"]["0.1"]["mean"], 1), "nn_pck@0.1": round(nn[c["class_id"]], 1),
                          "peak_rss_mb": runs[method]["peak_rss_mb"], **({} if sides[method] is None else {"input_size": sides[method]})})
-    print(f"congeal eval, {mode} mode, {args.backbone}, {args.threads} threads, machine {args.machine or '(unlabelled)'}, "
+    print(f"congeal eval, {mode} mode, {args.backbone}, {args.threads} threads, seed {args.seed}, machine {args.machine or '(unlabelled)'}, "
           f"commit {runs[methods[0]]['provenance']['commit'][:12] if methods else '-'}")
     print("| method | class | wall s | target s | verdict | peak RSS MB | PCK@0.1 | NN |")
     print("|---|---|---|---|---|---|---|---|")
@@ -149,7 +153,7 @@ def main(argv=None) -> int:
     if args.json:
         provenance = runs[methods[0]]["provenance"] if methods else {}
         with open(args.json, "w") as handle:
-            json.dump({"benchmark": " ".join(["python benchmarks/bench_two_cores.py", *(sys.argv[1:] if argv is None else argv)]), "threads": args.threads, "machine": args.machine, "cpu": cpu_description(), "backbone": args.backbone, "mode": mode,
+            json.dump({"benchmark": " ".join(["python benchmarks/bench_two_cores.py", *(sys.argv[1:] if argv is None else argv)]), "threads": args.threads, "seed": args.seed, "machine": args.machine, "cpu": cpu_description(), "backbone": args.backbone, "mode": mode,
                        "provenance": provenance, "machine_speed": speed, "rows": rows}, handle, indent=1)
             handle.write("\n")
         print(f"wrote {args.json}")
