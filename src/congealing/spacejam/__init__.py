@@ -9,9 +9,9 @@ The pipeline, as in the official code (``BGU-CS-VIL/SpaceJAM``), with the change
    the alignment network reads. Pretrained with a masked L2 reconstruction loss.
 3. **Alignment network** (:class:`RecurrentLieSTN`): a small CNN (13,271 parameters) that reads a
    code map and predicts a Lie-algebra element ``xi`` in sl(3) (8 numbers). It runs 5 times with
-   the same weights; each step re-warps the *original* code with the transform so far (so the
-   network never sees an interpolation of an interpolation), and the steps compose as matrix
-   products of exponentials, ``T = exp(xi_5) ... exp(xi_1)``. The last layer starts at zero, so
+   the same weights (3 in quick mode); each step re-warps the *original* code with the transform so
+   far (so the network never sees an interpolation of an interpolation), and the steps compose as
+   matrix products of exponentials, ``T = exp(xi_5) ... exp(xi_1)``. The last layer starts at zero, so
    every transform is the identity at initialisation.
 4. **Curriculum**: ``xi`` is projected onto se(2), then aff(2), then sl(3)
    (:func:`congealing.warps.project`), using the nesting of the algebras.
@@ -49,7 +49,7 @@ Differences from the official code, and why
 
 >>> cfg = SpaceJAMConfig.for_mode("quick")
 >>> cfg.pca_dim, cfg.low_dim, cfg.recurrences, cfg.batch_size
-(25, 3, 5, 10)
+(25, 3, 3, 10)
 >>> ae, stn = KeyAutoencoder(cfg), RecurrentLieSTN(cfg)
 >>> count_parameters(ae), count_parameters(stn)
 (3036, 13271)

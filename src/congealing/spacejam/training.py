@@ -185,7 +185,7 @@ def infer(ae: KeyAutoencoder, stn: RecurrentLieSTN, keys: torch.Tensor, flips: t
         >>> cfg = SpaceJAMConfig.for_mode("quick", map_size=16)
         >>> T, steps, codes = infer(KeyAutoencoder(cfg), RecurrentLieSTN(cfg), torch.randn(2, 25, 16, 16), torch.tensor([False, True]))
         >>> T.shape, steps.shape, codes.shape, torch.linalg.det(T[:, :2, :2]).sign().tolist()  # the zero-initialised STN: identity, mirrored for image 1
-        (torch.Size([2, 3, 3]), torch.Size([2, 5, 3, 3]), torch.Size([2, 3, 16, 16]), [1.0, -1.0])
+        (torch.Size([2, 3, 3]), torch.Size([2, 3, 3, 3]), torch.Size([2, 3, 16, 16]), [1.0, -1.0])
     """
     ae.eval(), stn.eval()
     Ts, all_steps, codes = [], [], []
