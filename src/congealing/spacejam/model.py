@@ -64,8 +64,9 @@ class SpaceJAMConfig(ModeConfig):
     * ``recurrences`` 5 -> 3: the network's shared step is applied three times instead of five.
       Each step runs the network on every code of the batch (and its mirror image), so the step is
       most of a joint epoch's time; three steps cost about 0.7 of five. Measured on CUB with the
-      same seeds on one machine: 58.5 against 58.7 on the mean of classes 1-3 (seeds 0-4) and
-      67.1 against 67.2 on classes 4-10 (seeds 0-2), in 0.69 of the CPU time.
+      same seeds on one machine (``benchmarks/records/issue15_sj_384_rec3_f.json``): 58.5 against
+      58.7 on the mean of classes 1-3 (seeds 0-4) and 67.1 against 67.2 on classes 4-10 (seeds
+      0-2); on both cores of that 2-core machine a class takes 40-50 s instead of 51-62 s.
 
     The loss follows the official code in both modes: ``atlas_flips`` (mean over each target's two
     flip configurations, min over the atlas's mirror) and ``decoded_padding`` (a source predicts
