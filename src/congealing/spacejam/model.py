@@ -47,7 +47,8 @@ class SpaceJAMConfig(ModeConfig):
       (``benchmarks/records/issue15_sj_384_ae68_f.json`` against ``issue15_sj_384_rec3_f.json``),
       68 epochs score 57.6 against 55.7 on class 1 (eight seeds; standard deviation 2.9 against 4.2),
       60.1 against 58.5 on the mean of classes 1-3 (seeds 0-4) and 67.1 against 67.1 on classes 4-10
-      (seeds 0-2), for about 13 s more of one core per class.
+      (seeds 0-2), for about 13 s more of one core per class; on both cores of that machine a class
+      takes 48-56 s (``benchmarks/records/issue15_two_cores_f_384_ae68_seeds.json``).
     * ``stn_lr`` 2e-4 -> 1e-3: with 4.5x fewer Adam steps (each about ``lr`` long), 2e-4 x 401/90 =
       8.9e-4 keeps the path length of the published schedule; 1e-3 rounds it up.
     * ``loss_size`` 0 -> 16: the IC loss compares the maps area-averaged to 16x16 (the STN still
@@ -72,7 +73,8 @@ class SpaceJAMConfig(ModeConfig):
       most of a joint epoch's time; three steps cost about 0.7 of five. Measured on CUB with the
       same seeds on one machine (``benchmarks/records/issue15_sj_384_rec3_f.json``): 58.5 against
       58.7 on the mean of classes 1-3 (seeds 0-4) and 67.1 against 67.2 on classes 4-10 (seeds
-      0-2); on both cores of that 2-core machine a class takes 40-50 s instead of 51-62 s.
+      0-2); on both cores of that 2-core machine a class took 40-50 s instead of 51-62 s (with 30
+      autoencoder epochs, above).
 
     The loss follows the official code in both modes: ``atlas_flips`` (mean over each target's two
     flip configurations, min over the atlas's mirror) and ``decoded_padding`` (a source predicts
